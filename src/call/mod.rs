@@ -1,0 +1,371 @@
+//! One task per call: answer, greet, queue with position prompts, record,
+//! and close the record whatever happened.
+//!
+//! The call never waits on the database (records go to the store writer)
+//! and never drops the caller for load: past a queue's maximum wait it
+//! overflows to the next queue and keeps waiting, recorded.
+
+pub mod paths;
+
+use crate::acd::runtime::{AcdHandle, AcdNotice};
+use crate::config::Config;
+use crate::ids::{CallId, IncidentId};
+use crate::media::ports::PortPool;
+use crate::media::prompts::{Prompts, Segment};
+use crate::media::recorder::{sha256_file, Recorder};
+use crate::media::sdp::{self, LocalAudio, Negotiated};
+use crate::media::session::{self, MediaCommand, MediaEvent, MediaParams};
+use crate::sip::{IncomingCall, LegEnd, LegEvent};
+use crate::store::{now_ms, NewCall, NewIncident, StoreCmd, StoreWriter};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tracing::{error, info, info_span, warn, Instrument};
+
+/// What every call shares.
+pub struct Services {
+    pub config: Arc<Config>,
+    pub prompts: Prompts,
+    pub ports: PortPool,
+    pub recorder: Recorder,
+    pub store: StoreWriter,
+    pub acd: AcdHandle,
+}
+
+/// Takes every accepted call and runs it in its own task.
+pub async fn run_intake(services: Arc<Services>, mut calls: mpsc::UnboundedReceiver<IncomingCall>) {
+    while let Some(call) = calls.recv().await {
+        let call_id = CallId::new();
+        let incident_id = IncidentId::new();
+        let span = info_span!(
+            "call",
+            call_id = %call_id,
+            incident_id = %incident_id,
+            service = %call.route.service,
+            source = %call.info.source,
+        );
+        tokio::spawn(run_call(services.clone(), call, call_id, incident_id).instrument(span));
+    }
+}
+
+enum Phase {
+    Greeting,
+    Queued,
+}
+
+async fn run_call(s: Arc<Services>, call: IncomingCall, call_id: CallId, incident_id: IncidentId) {
+    let IncomingCall {
+        mut leg,
+        info,
+        route,
+        trunk,
+    } = call;
+    let arrived = Instant::now();
+    let arrived_ms = now_ms();
+    info!(dialed = ?info.dialed, caller = ?info.caller_number, queue = %route.queue, "emergency call arrived");
+
+    let location = info.location.clone().unwrap_or_default();
+    s.store.send(StoreCmd::NewCall(Box::new((
+        NewCall {
+            id: call_id.clone(),
+            incident_id: incident_id.clone(),
+            sip_call_id: info.sip_call_id.clone(),
+            from_uri: info.from_uri.clone(),
+            to_uri: info.request_uri.clone(),
+            caller_number: info.caller_number.clone(),
+            dialed: info
+                .dialed
+                .as_ref()
+                .map(|d| d.as_text())
+                .unwrap_or_default(),
+            service: route.service.clone(),
+            route: route.name.clone(),
+            queue: route.queue.clone(),
+            source: info.source.to_string(),
+            transport: info.transport.to_string(),
+            trunk,
+            arrived_at: arrived_ms,
+        },
+        NewIncident {
+            id: incident_id.clone(),
+            service: route.service.clone(),
+            caller_number: info.caller_number.clone(),
+            location_text: location.text,
+            latitude: location.latitude,
+            longitude: location.longitude,
+            geolocation: info.geolocation.clone(),
+            created_at: arrived_ms,
+        },
+    ))));
+    let end = |cause: &str, wait_ms: Option<i64>| {
+        s.store.send(StoreCmd::Ended {
+            id: call_id.clone(),
+            at: now_ms(),
+            wait_ms,
+            cause: cause.to_string(),
+        });
+    };
+
+    // The offer, if the INVITE had one (else we offer in the 200 OK).
+    let offer = match info.sdp.as_deref().map(sdp::parse) {
+        None => None,
+        Some(Ok(remote)) => match sdp::negotiate(&remote) {
+            Ok(n) => Some((remote, n)),
+            Err(e) => {
+                warn!(error = %e, "refusing a call whose offer has no G.711");
+                leg.reject(488, "Not Acceptable Here");
+                end("no_common_codec", None);
+                return;
+            }
+        },
+        Some(Err(e)) => {
+            warn!(error = %e, "refusing a call with an unreadable offer");
+            leg.reject(488, "Not Acceptable Here");
+            end("bad_sdp", None);
+            return;
+        }
+    };
+
+    let rtp = match s.ports.allocate() {
+        Ok(r) => r,
+        Err(e) => {
+            // Only a full port range gets here; 503 lets the trunk try
+            // another center at once rather than ring into nothing.
+            error!(error = %e, "no RTP port for an emergency call");
+            leg.reject(503, "Service Unavailable");
+            end("no_media_port", None);
+            return;
+        }
+    };
+
+    if !route.answer_delay.is_zero() {
+        leg.ringing();
+        tokio::select! {
+            _ = tokio::time::sleep(route.answer_delay) => {}
+            ev = leg.next_event() => {
+                if let LegEvent::Ended(why) = ev {
+                    info!(cause = why.cause(), "caller left before answer");
+                    end(why.cause(), None);
+                    return;
+                }
+            }
+        }
+    }
+
+    let local = LocalAudio {
+        ip: s.config.server.sip.public_ip,
+        port: rtp.port,
+        session_id: u64::from(rand::random::<u32>()),
+        version: 1,
+    };
+    let answer_sdp = match &offer {
+        Some((remote, n)) => sdp::answer(&local, n, sdp::answer_direction(remote.direction)),
+        None => sdp::offer(&local),
+    };
+    if let Err(e) = leg.answer(answer_sdp.clone()) {
+        warn!(error = %e, "caller left as we answered");
+        end("caller_cancel", None);
+        return;
+    }
+    let answered = Instant::now();
+    let answered_ms = now_ms();
+
+    // Late offer: the answer comes in the ACK.
+    let (remote_addr, negotiated) = match offer {
+        Some((remote, n)) => (remote.addr, n),
+        None => match leg.next_event().await {
+            LegEvent::Confirmed {
+                ack_body: Some(body),
+            } => match sdp::parse(&body).and_then(|r| sdp::negotiate(&r).map(|n| (r.addr, n))) {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "ACK carried no usable answer; ending the call");
+                    leg.hangup().await;
+                    end("bad_sdp", Some(0));
+                    return;
+                }
+            },
+            LegEvent::Ended(why) => {
+                end(why.cause(), Some(0));
+                return;
+            }
+            _ => {
+                warn!("ACK without an answer to our offer; ending the call");
+                leg.hangup().await;
+                end("bad_sdp", Some(0));
+                return;
+            }
+        },
+    };
+    let codec = codec_name(&negotiated);
+
+    let path = s
+        .config
+        .resolve(&s.config.server.media.recordings_dir)
+        .join(paths::recording_path(arrived_ms, &call_id));
+    let (recording, recording_error) = match s.recorder.open(&path) {
+        Ok(r) => (Some(r), None),
+        Err(e) => {
+            // Loud, stored on the call, and the call goes on.
+            error!(error = %e, "recording could not start; the call continues unrecorded");
+            (None, Some(e.to_string()))
+        }
+    };
+    s.store.send(StoreCmd::Answered {
+        id: call_id.clone(),
+        at: answered_ms,
+        codec: codec.to_string(),
+        recording_path: recording.as_ref().map(|r| r.path().display().to_string()),
+        recording_error,
+    });
+
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (ev_tx, mut media_events) = mpsc::unbounded_channel();
+    let media = tokio::spawn(session::run(
+        rtp,
+        MediaParams {
+            law: negotiated.law,
+            pt: negotiated.pt,
+            dtmf_pt: negotiated.dtmf_pt,
+            remote: remote_addr,
+            rtp_timeout: s.config.server.media.rtp_timeout,
+        },
+        recording,
+        cmd_rx,
+        ev_tx,
+    ));
+    let greeting = format!("greeting-{}", route.service);
+    let greeting = s
+        .prompts
+        .get(&greeting)
+        .or_else(|| s.prompts.get("greeting-112"));
+    let _ = cmd_tx.send(MediaCommand::Background(s.prompts.get("hold-music")));
+    let _ = cmd_tx.send(MediaCommand::Play(
+        greeting.into_iter().map(Segment::Audio).collect(),
+    ));
+
+    let (notice_tx, mut notices) = mpsc::unbounded_channel();
+    let mut queue = route.queue.clone();
+    if s.acd
+        .enqueue(call_id.clone(), queue.clone(), arrived, notice_tx)
+        .await
+        .is_none()
+    {
+        error!(%queue, "queue refused the call; it stays answered with prompts");
+    }
+
+    let mut phase = Phase::Greeting;
+    let mut next_announcement: Option<tokio::time::Instant> = None;
+    let mut version = 1u64;
+    let why: LegEnd = loop {
+        let announce = async {
+            match next_announcement {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = leg.next_event() => match ev {
+                LegEvent::Confirmed { .. } => {}
+                LegEvent::ReOffer { sdp: offer, responder } => {
+                    // Keep the session as negotiated; answer with a new version.
+                    let keeps_g711 = offer
+                        .as_deref()
+                        .map(|b| sdp::parse(b).and_then(|r| sdp::negotiate(&r)).is_ok())
+                        .unwrap_or(true);
+                    if keeps_g711 {
+                        version += 1;
+                        let again = LocalAudio { version, ..local };
+                        responder.ok_with_sdp(sdp::answer(&again, &negotiated, sdp::Direction::SendRecv)).await;
+                    } else {
+                        responder.reject(488).await;
+                    }
+                }
+                LegEvent::Ended(why) => break why,
+            },
+            ev = media_events.recv() => match ev {
+                Some(MediaEvent::Drained) => {
+                    let wait = match phase {
+                        Phase::Greeting => Duration::ZERO,
+                        Phase::Queued => prompt_interval(&s.config, &queue),
+                    };
+                    phase = Phase::Queued;
+                    next_announcement = Some(tokio::time::Instant::now() + wait);
+                }
+                Some(MediaEvent::RtpTimeout) => {
+                    warn!("no RTP from the caller; ending the call");
+                    leg.hangup().await;
+                    break LegEnd::Other("rtp_timeout".into());
+                }
+                None => break LegEnd::Other("media_failed".into()),
+            },
+            notice = notices.recv() => {
+                if let Some(AcdNotice::Overflowed { from, to }) = notice {
+                    info!(%from, %to, "caller overflowed to the next queue");
+                    s.store.send(StoreCmd::Event {
+                        id: call_id.clone(),
+                        at: now_ms(),
+                        kind: "overflow".into(),
+                        detail: Some(format!("{from} -> {to}")),
+                    });
+                    s.store.send(StoreCmd::Queue { id: call_id.clone(), queue: to.clone() });
+                    queue = to;
+                }
+            }
+            _ = announce => {
+                next_announcement = None;
+                let position = s.acd.position(call_id.clone()).await.map(|(_, p)| p).unwrap_or(1);
+                let _ = cmd_tx.send(MediaCommand::Play(s.prompts.queue_announcement(position)));
+            }
+        }
+    };
+    info!(cause = why.cause(), "call ended");
+
+    s.acd.leave(call_id.clone());
+    let _ = cmd_tx.send(MediaCommand::Stop);
+    let wait_ms = answered.elapsed().as_millis() as i64;
+    end(why.cause(), Some(wait_ms));
+    let (_stats, recording) = match media.await {
+        Ok(x) => x,
+        Err(e) => {
+            error!(error = %e, "media task failed");
+            return;
+        }
+    };
+    if let Some(rec) = recording {
+        let (sha256, error) = match rec.close().await {
+            Ok(closed) => {
+                let p = closed.path.clone();
+                match tokio::task::spawn_blocking(move || sha256_file(&p)).await {
+                    Ok(Ok(sum)) => (Some(sum), None),
+                    Ok(Err(e)) => (None, Some(e.to_string())),
+                    Err(e) => (None, Some(e.to_string())),
+                }
+            }
+            Err(e) => (None, Some(e.to_string())),
+        };
+        if let Some(e) = &error {
+            error!(error = %e, "recording was not closed cleanly");
+        }
+        s.store.send(StoreCmd::RecordingClosed {
+            id: call_id.clone(),
+            sha256,
+            error,
+        });
+    }
+}
+
+fn prompt_interval(config: &Config, queue: &str) -> Duration {
+    config
+        .queues
+        .get(queue)
+        .map(|q| q.prompt_interval)
+        .unwrap_or(Duration::from_secs(10))
+}
+
+fn codec_name(n: &Negotiated) -> &'static str {
+    match n.law {
+        crate::media::g711::Law::Alaw => "PCMA",
+        crate::media::g711::Law::Ulaw => "PCMU",
+    }
+}

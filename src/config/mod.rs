@@ -1,0 +1,473 @@
+//! Reads and checks `sip-config/` and `dialplans/`.
+//!
+//! Every error names the file, the key and what was expected, because the
+//! person reading it is an operator at 3 a.m., not the author.
+
+mod cidr;
+pub mod dialplan;
+
+pub use cidr::Cidr;
+pub use dialplan::{Dialplan, DialplanMatch, Route};
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration error: which file, which key, what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: TOML syntax error{}: {message}", line.map(|l| format!(" at line {l}")).unwrap_or_default())]
+    Syntax {
+        file: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
+    #[error("{file}: key `{key}`: {message}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(file: &Path, key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            file: file.to_path_buf(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// `sip-config/siaga.toml`: the server itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub sip: SipSection,
+    pub media: MediaSection,
+    pub http: HttpSection,
+    pub database: DatabaseSection,
+    #[serde(default, rename = "trunk")]
+    pub trunks: Vec<Trunk>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipSection {
+    /// UDP listen addresses.
+    #[serde(default)]
+    pub udp: Vec<SocketAddr>,
+    /// TCP listen addresses.
+    #[serde(default)]
+    pub tcp: Vec<SocketAddr>,
+    /// The address peers should use to reach us (Contact, SDP `c=`).
+    pub public_ip: IpAddr,
+    #[serde(default = "default_user_agent")]
+    pub user_agent: String,
+}
+
+fn default_user_agent() -> String {
+    format!("siaga/{}", env!("CARGO_PKG_VERSION"))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaSection {
+    /// Local address RTP sockets bind to.
+    pub rtp_ip: IpAddr,
+    pub rtp_port_min: u16,
+    pub rtp_port_max: u16,
+    /// Folder of 8 kHz mono 16-bit WAV prompts (see `scripts/make-prompts`).
+    pub prompts_dir: PathBuf,
+    pub recordings_dir: PathBuf,
+    /// Hang up a call whose caller sent no RTP for this long after answer
+    /// (a dead trunk leg must not hold a queue place forever).
+    #[serde(default = "default_rtp_timeout", with = "humantime_serde")]
+    pub rtp_timeout: Duration,
+}
+
+fn default_rtp_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSection {
+    /// `sqlite://path?mode=rwc` (embedded default) or `postgres://...`.
+    pub url: String,
+}
+
+/// A telco gateway (or a trusted network) allowed to deliver emergency calls
+/// without authentication (RFC 6881 practice).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trunk {
+    pub name: String,
+    pub sources: Vec<Cidr>,
+}
+
+/// `sip-config/queues.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueuesFile {
+    #[serde(rename = "queue")]
+    pub queues: Vec<QueueConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    pub name: String,
+    /// Shown in the panel and the API.
+    #[serde(default)]
+    pub description: String,
+    /// How long a caller waits here before overflowing.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Where callers go after `max_wait`: `queue:NAME`.
+    pub overflow: Option<String>,
+    /// How often a waiting caller hears "you are number N".
+    #[serde(default = "default_prompt_interval", with = "humantime_serde")]
+    pub prompt_interval: Duration,
+}
+
+fn default_prompt_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Where a queue's callers go after its maximum wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Overflow {
+    Queue(String),
+}
+
+/// Everything `serve` needs, checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerFile,
+    pub queues: BTreeMap<String, QueueConfig>,
+    pub dialplan: Dialplan,
+    /// The folder the config was read from, for resolving relative paths.
+    pub root: PathBuf,
+}
+
+impl Config {
+    /// Reads `ROOT/sip-config/siaga.toml`, `ROOT/sip-config/queues.toml` and
+    /// every `ROOT/dialplans/*.toml`, and checks them against each other.
+    pub fn load(root: &Path) -> Result<Config, ConfigError> {
+        // Absolute, so stored recording paths stay valid whatever the cwd.
+        let root = &std::path::absolute(root).map_err(|source| ConfigError::Read {
+            file: root.to_path_buf(),
+            source,
+        })?;
+        let server_path = root.join("sip-config/siaga.toml");
+        let server: ServerFile = parse_file(&server_path)?;
+        check_server(&server_path, &server)?;
+
+        let queues_path = root.join("sip-config/queues.toml");
+        let queues_file: QueuesFile = parse_file(&queues_path)?;
+        let mut queues = BTreeMap::new();
+        for (i, q) in queues_file.queues.iter().enumerate() {
+            if q.name.is_empty() {
+                return Err(ConfigError::invalid(
+                    &queues_path,
+                    format!("queue[{i}].name"),
+                    "expected a non-empty queue name",
+                ));
+            }
+            if queues.insert(q.name.clone(), q.clone()).is_some() {
+                return Err(ConfigError::invalid(
+                    &queues_path,
+                    format!("queue[{i}].name"),
+                    format!("queue `{}` is defined twice", q.name),
+                ));
+            }
+            if q.prompt_interval < Duration::from_secs(1) {
+                return Err(ConfigError::invalid(
+                    &queues_path,
+                    format!("queue[{i}].prompt_interval"),
+                    "expected at least 1s",
+                ));
+            }
+        }
+        for (i, q) in queues_file.queues.iter().enumerate() {
+            if let Some(target) = &q.overflow {
+                let key = format!("queue[{i}].overflow");
+                match parse_overflow(target) {
+                    Some(Overflow::Queue(name)) if !queues.contains_key(&name) => {
+                        return Err(ConfigError::invalid(
+                            &queues_path,
+                            key,
+                            format!("expected a defined queue, found unknown queue `{name}`"),
+                        ));
+                    }
+                    Some(Overflow::Queue(name)) if name == q.name => {
+                        return Err(ConfigError::invalid(
+                            &queues_path,
+                            key,
+                            "a queue cannot overflow into itself",
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        return Err(ConfigError::invalid(
+                            &queues_path,
+                            key,
+                            format!("expected `queue:NAME`, found `{target}`"),
+                        ))
+                    }
+                }
+            }
+        }
+        check_overflow_cycles(&queues_path, &queues)?;
+
+        let dialplan = Dialplan::load_dir(&root.join("dialplans"), &queues)?;
+        Ok(Config {
+            server,
+            queues,
+            dialplan,
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// A path from the config, taken relative to the config root.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.root.join(p)
+        }
+    }
+
+    /// Whether `ip` belongs to a trunk allowed to send emergency calls.
+    pub fn trunk_for(&self, ip: IpAddr) -> Option<&Trunk> {
+        self.server
+            .trunks
+            .iter()
+            .find(|t| t.sources.iter().any(|c| c.contains(ip)))
+    }
+}
+
+/// `queue:NAME` → `Overflow::Queue`.
+pub fn parse_overflow(s: &str) -> Option<Overflow> {
+    let name = s.strip_prefix("queue:")?;
+    (!name.is_empty()).then(|| Overflow::Queue(name.to_string()))
+}
+
+fn check_overflow_cycles(
+    file: &Path,
+    queues: &BTreeMap<String, QueueConfig>,
+) -> Result<(), ConfigError> {
+    for start in queues.keys() {
+        let mut seen = vec![start.as_str()];
+        let mut cur = start.as_str();
+        while let Some(Overflow::Queue(next)) =
+            queues[cur].overflow.as_deref().and_then(parse_overflow)
+        {
+            let next = queues.get_key_value(&next).map(|(k, _)| k.as_str());
+            let Some(next) = next else { break };
+            if seen.contains(&next) {
+                seen.push(next);
+                return Err(ConfigError::invalid(
+                    file,
+                    format!("queue `{start}`.overflow"),
+                    format!(
+                        "overflow targets form a loop ({}); a caller would never leave it",
+                        seen.join(" -> ")
+                    ),
+                ));
+            }
+            seen.push(next);
+            cur = next;
+        }
+    }
+    Ok(())
+}
+
+fn check_server(file: &Path, s: &ServerFile) -> Result<(), ConfigError> {
+    if s.sip.udp.is_empty() && s.sip.tcp.is_empty() {
+        return Err(ConfigError::invalid(
+            file,
+            "sip.udp",
+            "expected at least one UDP or TCP listen address",
+        ));
+    }
+    let m = &s.media;
+    if m.rtp_port_min == 0 || m.rtp_port_min > m.rtp_port_max {
+        return Err(ConfigError::invalid(
+            file,
+            "media.rtp_port_min",
+            format!(
+                "expected 1 <= rtp_port_min <= rtp_port_max, found {}..{}",
+                m.rtp_port_min, m.rtp_port_max
+            ),
+        ));
+    }
+    if u32::from(m.rtp_port_max) - u32::from(m.rtp_port_min) < 1 {
+        return Err(ConfigError::invalid(
+            file,
+            "media.rtp_port_max",
+            "expected a range of at least 2 ports",
+        ));
+    }
+    if !(s.database.url.starts_with("sqlite:")
+        || s.database.url.starts_with("postgres:")
+        || s.database.url.starts_with("postgresql:"))
+    {
+        return Err(ConfigError::invalid(
+            file,
+            "database.url",
+            "expected a `sqlite:` or `postgres:` URL",
+        ));
+    }
+    for (i, t) in s.trunks.iter().enumerate() {
+        if t.sources.is_empty() {
+            return Err(ConfigError::invalid(
+                file,
+                format!("trunk[{i}].sources"),
+                "expected at least one address or network",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parses one TOML file into `T`, naming the key path on a type error.
+pub(crate) fn parse_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    parse_str(path, &text)
+}
+
+pub(crate) fn parse_str<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, ConfigError> {
+    let line_of = |span: Option<std::ops::Range<usize>>| {
+        span.map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+    };
+    let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Syntax {
+        file: path.to_path_buf(),
+        line: line_of(e.span()),
+        message: e.message().to_string(),
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let line = line_of(inner.span());
+        ConfigError::Invalid {
+            file: path.to_path_buf(),
+            key: if key == "." {
+                "(top level)".into()
+            } else {
+                key
+            },
+            message: match line {
+                Some(l) => format!("{} (line {l})", inner.message()),
+                None => inner.message().to_string(),
+            },
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    /// The example config in the repository must always load.
+    #[test]
+    fn example_config_loads() {
+        let c = Config::load(&root()).expect("example config");
+        assert!(c.queues.contains_key("ntpd-112"));
+        assert!(c.queues.contains_key("psc-119"));
+        assert!(!c.dialplan.routes.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let text = r#"
+[sip]
+public_ip = "127.0.0.1"
+udp = ["127.0.0.1:5060"]
+colour = "red"
+"#;
+        let err = parse_str::<ServerFile>(Path::new("sip-config/siaga.toml"), text).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("sip-config/siaga.toml: key `sip"), "{msg}");
+        assert!(msg.contains("colour"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_names_nested_key() {
+        let text = r#"
+[sip]
+public_ip = "127.0.0.1"
+[media]
+rtp_ip = "127.0.0.1"
+rtp_port_min = "twenty"
+rtp_port_max = 30000
+prompts_dir = "p"
+recordings_dir = "r"
+[http]
+listen = "127.0.0.1:1"
+[database]
+url = "sqlite::memory:"
+"#;
+        let err = parse_str::<ServerFile>(Path::new("f.toml"), text).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("key `media.rtp_port_min`"), "{msg}");
+        assert!(msg.contains("line 6"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let err = parse_str::<ServerFile>(Path::new("f.toml"), "[sip\nx=1").unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Syntax { line: Some(1), .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn overflow_syntax() {
+        assert_eq!(parse_overflow("queue:a"), Some(Overflow::Queue("a".into())));
+        assert_eq!(parse_overflow("queue:"), None);
+        assert_eq!(parse_overflow("sip:112@other"), None);
+    }
+
+    #[test]
+    fn overflow_loop_is_refused() {
+        let mk = |name: &str, of: &str| QueueConfig {
+            name: name.into(),
+            description: String::new(),
+            max_wait: Duration::from_secs(1),
+            overflow: Some(of.into()),
+            prompt_interval: Duration::from_secs(5),
+        };
+        let mut q = BTreeMap::new();
+        q.insert("a".to_string(), mk("a", "queue:b"));
+        q.insert("b".to_string(), mk("b", "queue:a"));
+        let err = check_overflow_cycles(Path::new("q.toml"), &q).unwrap_err();
+        assert!(err.to_string().contains("a -> b -> a"), "{err}");
+    }
+}

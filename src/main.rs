@@ -1,0 +1,103 @@
+//! The `siaga` binary: serve, migrate, check-config.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "siaga",
+    version,
+    about = "Emergency call center for NTPD 112 and 119"
+)]
+struct Cli {
+    /// Folder holding sip-config/, dialplans/ and prompts/.
+    #[arg(long, global = true, default_value = ".")]
+    config_root: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the call center.
+    Serve,
+    /// Check sip-config/ and dialplans/ (and the prompts) without serving.
+    CheckConfig,
+    /// Create or update the database schema, then exit.
+    Migrate,
+}
+
+fn init_logging() {
+    // rsipstack logs whole messages at info; keep it at warn so digest
+    // responses and caller data stay out of the logs.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SIAGA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rsipstack=warn,sqlx=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::CheckConfig => {
+            let config = siaga::config::Config::load(&cli.config_root)?;
+            let prompts = config.resolve(&config.server.media.prompts_dir);
+            siaga::media::prompts::Prompts::load(&prompts)?;
+            println!(
+                "config OK: {} route(s), {} queue(s), {} trunk(s)",
+                config.dialplan.routes.len(),
+                config.queues.len(),
+                config.server.trunks.len()
+            );
+        }
+        Command::Migrate => {
+            let config = siaga::config::Config::load(&cli.config_root)?;
+            let store = siaga::store::Store::lazy(&config.server.database.url)?;
+            store.migrate().await.context("running migrations")?;
+            println!("database schema is current");
+        }
+        Command::Serve => {
+            let config = siaga::config::Config::load(&cli.config_root)?;
+            let shutdown = CancellationToken::new();
+            let running = siaga::server::start(config, shutdown.clone()).await?;
+            // One machine-readable line, for scripts and tests.
+            let list = |v: &[std::net::SocketAddr]| {
+                v.iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            println!(
+                "READY sip-udp={} sip-tcp={} http={}",
+                list(&running.sip.udp),
+                list(&running.sip.tcp),
+                running.http
+            );
+            wait_for_signal().await;
+            tracing::info!("stopping");
+            shutdown.cancel();
+        }
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,10 @@
+//! Media: RTP sockets and their port pool, G.711, SDP, prompt playback and
+//! recording. Per-packet work allocates nothing and never waits on the
+//! database; disk writes happen on the recorder thread.
+
+pub mod g711;
+pub mod ports;
+pub mod prompts;
+pub mod recorder;
+pub mod sdp;
+pub mod session;

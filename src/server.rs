@@ -1,0 +1,92 @@
+//! `siaga serve`: wires the parts together and runs until shutdown.
+
+use crate::acd::{runtime::AcdHandle, Acd};
+use crate::call::{self, Services};
+use crate::config::Config;
+use crate::media::{ports::PortPool, prompts::Prompts, recorder::Recorder};
+use crate::sip::{SipAddrs, SipStack};
+use crate::store::{Store, StoreWriter};
+use crate::web;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Prompts(#[from] crate::media::prompts::PromptError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Sip(#[from] crate::sip::SipError),
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// What a running server listens on.
+#[derive(Debug, Clone)]
+pub struct Running {
+    pub sip: SipAddrs,
+    pub http: SocketAddr,
+}
+
+/// Starts every part and returns once all listen; the work continues in
+/// background tasks until `shutdown` is cancelled.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, ServerError> {
+    let config = Arc::new(config);
+    let prompts = Prompts::load(&config.resolve(&config.server.media.prompts_dir))?;
+    let store = Store::lazy(&config.server.database.url)?;
+    let writer = StoreWriter::spawn(store.clone());
+    let acd = AcdHandle::spawn(Acd::new(&config.queues));
+    let media = &config.server.media;
+    let services = Arc::new(Services {
+        config: config.clone(),
+        prompts,
+        ports: PortPool::new(media.rtp_ip, media.rtp_port_min, media.rtp_port_max),
+        recorder: Recorder::start(),
+        store: writer,
+        acd: acd.clone(),
+    });
+
+    let (calls_tx, calls_rx) = mpsc::unbounded_channel();
+    let sip = SipStack::start(config.clone(), calls_tx, shutdown.clone()).await?;
+    tokio::spawn(call::run_intake(services, calls_rx));
+
+    let http_addr = config.server.http.listen;
+    let listener = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .map_err(|source| ServerError::Http {
+            addr: http_addr,
+            source,
+        })?;
+    let http = listener.local_addr().map_err(|source| ServerError::Http {
+        addr: http_addr,
+        source,
+    })?;
+    let recordings_dir = config.resolve(&config.server.media.recordings_dir);
+    std::fs::create_dir_all(&recordings_dir).ok();
+    let app = web::app(web::AppState {
+        store,
+        recordings_dir,
+        acd,
+    });
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+    });
+    info!(%http, "HTTP API listening");
+    // Keep the SIP stack (and its dialog layer) alive until shutdown.
+    let addrs = sip.addrs.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        drop(sip);
+    });
+    Ok(Running { sip: addrs, http })
+}

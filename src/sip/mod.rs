@@ -1,0 +1,12 @@
+//! SIP: transports, transactions and dialogs on rsipstack (pinned), and our
+//! own decisions on top (routing a request, answering what the parser
+//! refuses). Only this module names rsipstack, so its churn stays here.
+
+pub mod request;
+pub mod routing;
+pub mod salvage;
+mod stack;
+
+pub use stack::{
+    IncomingCall, LegEnd, LegEvent, Responder, ServerLeg, SipAddrs, SipError, SipStack,
+};

@@ -1,0 +1,164 @@
+//! Decisions about requests that arrive outside a dialog. Pure: the request
+//! is summarized into plain data first, so this is tested without sockets.
+
+use crate::config::{dialplan::DialedTarget, Dialplan, Route};
+
+/// What to do with a new INVITE.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InviteDecision {
+    /// Take the call into this route's queue.
+    Accept(Box<Route>),
+    Reject {
+        code: u16,
+        reason: &'static str,
+    },
+}
+
+/// Routes an INVITE. `trunk` is the trusted trunk it came from, if any;
+/// emergency routes need one (RFC 6881 practice: no authentication for
+/// emergency calls from trusted sources). Anything else needs the digest
+/// authentication that arrives with agent accounts, so it is refused.
+pub fn route_invite(
+    dialed: Option<&DialedTarget>,
+    trunk: Option<&str>,
+    plan: &Dialplan,
+) -> InviteDecision {
+    let Some(route) = dialed.and_then(|d| plan.lookup(d)) else {
+        return InviteDecision::Reject {
+            code: 404,
+            reason: "Not Found",
+        };
+    };
+    if !route.emergency || trunk.is_none() {
+        return InviteDecision::Reject {
+            code: 403,
+            reason: "Forbidden",
+        };
+    }
+    InviteDecision::Accept(Box::new(route.clone()))
+}
+
+/// What to do with a request outside a dialog, by method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodDecision {
+    Invite,
+    /// Answer 200 with our capabilities.
+    Options,
+    /// Answer with this status (405 carries an Allow header).
+    Reply(u16),
+    /// ACK of a non-2xx or of nothing: nothing to answer.
+    Absorb,
+}
+
+/// Methods we accept, for Allow headers.
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
+
+pub fn out_of_dialog(method: &str) -> MethodDecision {
+    match method {
+        "INVITE" => MethodDecision::Invite,
+        "OPTIONS" => MethodDecision::Options,
+        "ACK" => MethodDecision::Absorb,
+        // A BYE or in-dialog request for a dialog we do not know.
+        "BYE" | "INFO" | "UPDATE" | "PRACK" => MethodDecision::Reply(481),
+        // Known SIP methods this server does not offer (yet).
+        "REGISTER" | "SUBSCRIBE" | "NOTIFY" | "PUBLISH" | "MESSAGE" | "REFER" => {
+            MethodDecision::Reply(405)
+        }
+        _ => MethodDecision::Reply(501),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::PathBuf;
+
+    fn plan() -> Dialplan {
+        Config::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+            .unwrap()
+            .dialplan
+    }
+
+    fn accept_queue(d: InviteDecision) -> String {
+        match d {
+            InviteDecision::Accept(r) => r.queue,
+            other => panic!("expected accept, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn emergency_numbers_from_trunk_are_accepted() {
+        let p = plan();
+        let t = Some("trunk");
+        assert_eq!(
+            accept_queue(route_invite(Some(&DialedTarget::number("112")), t, &p)),
+            "ntpd-112"
+        );
+        assert_eq!(
+            accept_queue(route_invite(Some(&DialedTarget::number("119")), t, &p)),
+            "psc-119"
+        );
+        assert_eq!(
+            accept_queue(route_invite(
+                Some(&DialedTarget::urn("urn:service:sos")),
+                t,
+                &p
+            )),
+            "ntpd-112"
+        );
+        assert_eq!(
+            accept_queue(route_invite(
+                Some(&DialedTarget::urn("urn:service:sos.fire")),
+                t,
+                &p
+            )),
+            "ntpd-112"
+        );
+        assert_eq!(
+            accept_queue(route_invite(
+                Some(&DialedTarget::urn("urn:service:sos.ambulance")),
+                t,
+                &p
+            )),
+            "psc-119"
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        let p = plan();
+        let r = |d: DialedTarget, t| route_invite(Some(&d), t, &p);
+        assert_eq!(
+            r(DialedTarget::number("0215551234"), Some("t")),
+            InviteDecision::Reject {
+                code: 404,
+                reason: "Not Found"
+            }
+        );
+        assert_eq!(
+            r(DialedTarget::number("112"), None),
+            InviteDecision::Reject {
+                code: 403,
+                reason: "Forbidden"
+            }
+        );
+        assert_eq!(
+            route_invite(None, Some("t"), &p),
+            InviteDecision::Reject {
+                code: 404,
+                reason: "Not Found"
+            }
+        );
+    }
+
+    #[test]
+    fn methods() {
+        assert_eq!(out_of_dialog("INVITE"), MethodDecision::Invite);
+        assert_eq!(out_of_dialog("OPTIONS"), MethodDecision::Options);
+        assert_eq!(out_of_dialog("BYE"), MethodDecision::Reply(481));
+        assert_eq!(out_of_dialog("SUBSCRIBE"), MethodDecision::Reply(405));
+        assert_eq!(out_of_dialog("FOOBAR"), MethodDecision::Reply(501));
+        assert_eq!(out_of_dialog("ACK"), MethodDecision::Absorb);
+    }
+}

@@ -1,0 +1,527 @@
+//! The SIP runtime on rsipstack: transports, the transaction endpoint, the
+//! dialog layer, and the dispatch of every incoming transaction.
+//!
+//! UDP is read here, not by rsipstack, so a request its parser refuses
+//! still gets 400 or 501 (see `salvage`); parsed messages go to the
+//! endpoint as if its own loop had read them. TCP framing stays with
+//! rsipstack.
+
+use super::request::{self, header_value, InviteInfo};
+use super::routing::{self, InviteDecision, MethodDecision};
+use super::salvage;
+use crate::config::{Config, Route};
+use rsipstack::dialog::dialog::{
+    DialogState, DialogStateReceiver, TerminatedReason, TransactionHandle,
+};
+use rsipstack::dialog::dialog_layer::DialogLayer;
+use rsipstack::dialog::invite_dialog::InviteDialog;
+use rsipstack::sip::{prelude::HeadersExt, Header, SipMessage, StatusCode, Transport};
+use rsipstack::transaction::endpoint::EndpointInner;
+use rsipstack::transaction::transaction::Transaction;
+use rsipstack::transport::tcp_listener::TcpListenerConnection;
+use rsipstack::transport::udp::UdpConnection;
+use rsipstack::transport::{SipConnection, TransportLayer};
+use rsipstack::EndpointBuilder;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SipError {
+    #[error("cannot listen for SIP on {addr}: {message}")]
+    Listen { addr: SocketAddr, message: String },
+    #[error("SIP stack: {0}")]
+    Stack(String),
+    #[error("the caller leg is gone: {0}")]
+    LegGone(String),
+}
+
+impl From<rsipstack::Error> for SipError {
+    fn from(e: rsipstack::Error) -> Self {
+        SipError::Stack(e.to_string())
+    }
+}
+
+/// A new call the dispatcher accepted for a route.
+pub struct IncomingCall {
+    pub leg: ServerLeg,
+    pub info: InviteInfo,
+    pub route: Route,
+    pub trunk: Option<String>,
+}
+
+/// Where the SIP stack listens, once bound.
+#[derive(Debug, Clone)]
+pub struct SipAddrs {
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+}
+
+pub struct SipStack {
+    pub addrs: SipAddrs,
+    layer: Arc<DialogLayer>,
+}
+
+impl SipStack {
+    /// Binds every configured SIP address and starts serving. New calls
+    /// that a route accepts are sent to `calls`.
+    pub async fn start(
+        config: Arc<Config>,
+        calls: mpsc::UnboundedSender<IncomingCall>,
+        cancel: CancellationToken,
+    ) -> Result<SipStack, SipError> {
+        let transport_layer = TransportLayer::new(cancel.child_token());
+        // rsipstack's own UDP reader is given a cancelled token so it stops
+        // at once; the socket stays registered for sending.
+        let parked = CancellationToken::new();
+        parked.cancel();
+        let mut udp = Vec::new();
+        let mut udp_conns = Vec::new();
+        for addr in &config.server.sip.udp {
+            let conn = UdpConnection::create_connection(*addr, None, Some(parked.clone()))
+                .await
+                .map_err(|e| SipError::Listen {
+                    addr: *addr,
+                    message: e.to_string(),
+                })?;
+            let bound = conn
+                .get_addr()
+                .get_socketaddr()
+                .map_err(|e| SipError::Listen {
+                    addr: *addr,
+                    message: e.to_string(),
+                })?;
+            transport_layer.add_transport(SipConnection::Udp(conn.clone()));
+            udp.push(bound);
+            udp_conns.push(conn);
+        }
+        let mut tcp = Vec::new();
+        for addr in &config.server.sip.tcp {
+            // Port 0 takes the UDP port number when it is free for TCP too,
+            // so one number serves both, as 5060 does.
+            let mut want = *addr;
+            if want.port() == 0 {
+                if let Some(u) = udp.iter().find(|u| u.ip() == addr.ip()) {
+                    want.set_port(u.port());
+                }
+            }
+            let probe = std::net::TcpListener::bind(want)
+                .or_else(|_| std::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0)))
+                .map_err(|e| SipError::Listen {
+                    addr: *addr,
+                    message: e.to_string(),
+                })?;
+            let bound = probe.local_addr().map_err(|e| SipError::Listen {
+                addr: *addr,
+                message: e.to_string(),
+            })?;
+            drop(probe);
+            let listener = TcpListenerConnection::new(bound, None).await?;
+            transport_layer.add_transport(SipConnection::TcpListener(listener));
+            tcp.push(bound);
+        }
+
+        let endpoint = EndpointBuilder::new()
+            .with_cancel_token(cancel.clone())
+            .with_transport_layer(transport_layer)
+            .with_user_agent(&config.server.sip.user_agent)
+            .build();
+        let mut incoming = endpoint.incoming_transactions()?;
+        let inner = endpoint.inner.clone();
+        let layer = Arc::new(DialogLayer::new(inner.clone()));
+
+        for conn in udp_conns {
+            tokio::spawn(udp_loop(conn, inner.clone(), cancel.clone()));
+        }
+        tokio::spawn(async move { endpoint.serve().await });
+
+        let addrs = SipAddrs { udp, tcp };
+        let dispatcher = Dispatcher {
+            config,
+            layer: layer.clone(),
+            addrs: addrs.clone(),
+            calls,
+        };
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    tx = incoming.recv() => match tx {
+                        Some(tx) => dispatcher.dispatch(tx).await,
+                        None => break,
+                    },
+                    _ = stop.cancelled() => break,
+                }
+            }
+        });
+        info!(udp = ?addrs.udp, tcp = ?addrs.tcp, "SIP listening");
+        Ok(SipStack { addrs, layer })
+    }
+
+    /// Dialogs open right now.
+    pub fn dialogs(&self) -> usize {
+        self.layer.len()
+    }
+}
+
+async fn udp_loop(conn: UdpConnection, endpoint: Arc<EndpointInner>, cancel: CancellationToken) {
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let (len, from) = tokio::select! {
+            r = conn.recv_raw(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => { debug!(error = %e, "udp receive failed"); continue; }
+            },
+            _ = cancel.cancelled() => return,
+        };
+        let raw = &buf[..len];
+        if raw.iter().all(|b| b.is_ascii_whitespace()) {
+            // RFC 5626 keep-alive: answer a double CRLF with a CRLF.
+            if raw == b"\r\n\r\n" {
+                let _ = conn.send_raw(b"\r\n", &from).await;
+            }
+            continue;
+        }
+        let Ok(source) = from.get_socketaddr() else {
+            continue;
+        };
+        match SipMessage::try_from(raw) {
+            Ok(msg) => {
+                let msg = match SipConnection::update_msg_received(msg, source, Transport::Udp) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        debug!(%source, error = %e, "dropped a message without a usable Via");
+                        continue;
+                    }
+                };
+                if let Err(e) = endpoint
+                    .on_received_message(msg, SipConnection::Udp(conn.clone()), &from)
+                    .await
+                {
+                    debug!(%source, error = %e, "message not taken by the endpoint");
+                }
+            }
+            Err(e) => match salvage::reply_for_unparsable(raw) {
+                Some(reply) => {
+                    info!(%source, error = %e, "answered an unparsable request");
+                    let _ = conn.send_raw(&reply, &from).await;
+                }
+                None => debug!(%source, error = %e, len, "dropped an unparsable datagram"),
+            },
+        }
+    }
+}
+
+struct Dispatcher {
+    config: Arc<Config>,
+    layer: Arc<DialogLayer>,
+    addrs: SipAddrs,
+    calls: mpsc::UnboundedSender<IncomingCall>,
+}
+
+impl Dispatcher {
+    async fn dispatch(&self, mut tx: Transaction) {
+        let method = tx.original.method.to_string();
+        let in_dialog = tx
+            .original
+            .to_header()
+            .ok()
+            .and_then(|t| t.tag().ok().flatten())
+            .is_some();
+        if in_dialog {
+            match self.layer.match_dialog(&tx) {
+                Some(mut dialog) => {
+                    tokio::spawn(async move {
+                        if let Err(e) = dialog.handle(&mut tx).await {
+                            debug!(error = %e, "in-dialog request failed");
+                        }
+                    });
+                }
+                None if method == "ACK" => {}
+                None => {
+                    let _ = tx.reply(StatusCode::CallTransactionDoesNotExist).await;
+                }
+            }
+            return;
+        }
+        match routing::out_of_dialog(&method) {
+            MethodDecision::Invite => self.invite(tx).await,
+            MethodDecision::Options => {
+                let headers = vec![
+                    Header::Other("Allow".into(), routing::ALLOW.into()),
+                    Header::Other("Accept".into(), "application/sdp".into()),
+                ];
+                let _ = tx.reply_with(StatusCode::OK, headers, None).await;
+            }
+            MethodDecision::Reply(405) => {
+                let headers = vec![Header::Other("Allow".into(), routing::ALLOW.into())];
+                let _ = tx
+                    .reply_with(StatusCode::MethodNotAllowed, headers, None)
+                    .await;
+            }
+            MethodDecision::Reply(code) => {
+                let _ = tx.reply(StatusCode::from(code)).await;
+            }
+            MethodDecision::Absorb => {}
+        }
+    }
+
+    fn source_and_transport(&self, tx: &Transaction) -> Option<(SocketAddr, &'static str)> {
+        let transport = match tx.connection.as_ref().map(|c| c.transport()) {
+            Some(Transport::Tcp) => "tcp",
+            _ => "udp",
+        };
+        if transport == "tcp" {
+            let remote = tx
+                .connection
+                .as_ref()?
+                .get_remote_addr()?
+                .get_socketaddr()
+                .ok()?;
+            return Some((remote, transport));
+        }
+        let via = header_value(&tx.original, "Via")?;
+        Some((request::source_from_via(&via)?, transport))
+    }
+
+    async fn invite(&self, mut tx: Transaction) {
+        let Some((source, transport)) = self.source_and_transport(&tx) else {
+            let _ = tx.reply(StatusCode::BadRequest).await;
+            return;
+        };
+        let req = &tx.original;
+        let trunk = self.config.trunk_for(source.ip()).map(|t| t.name.clone());
+        let dialed = request::dialed_target(&req.uri);
+        let route =
+            match routing::route_invite(dialed.as_ref(), trunk.as_deref(), &self.config.dialplan) {
+                InviteDecision::Accept(route) => *route,
+                InviteDecision::Reject { code, reason } => {
+                    info!(%source, ruri = %req.uri, code, reason, "INVITE refused");
+                    let _ = tx.reply(StatusCode::from(code)).await;
+                    return;
+                }
+            };
+        let from_uri = header_value(req, "From").unwrap_or_default();
+        // P-Asserted-Identity is trusted only from a trunk (RFC 3325).
+        let caller_number = trunk
+            .as_ref()
+            .and_then(|_| header_value(req, "P-Asserted-Identity"))
+            .and_then(|v| request::number_from_address(&v))
+            .or_else(|| request::number_from_address(&from_uri));
+        let content_type = header_value(req, "Content-Type");
+        let (sdp, pidf) = request::split_body(content_type.as_deref(), &req.body);
+        let info = InviteInfo {
+            sip_call_id: header_value(req, "Call-ID").unwrap_or_default(),
+            request_uri: req.uri.to_string(),
+            from_uri,
+            to_uri: header_value(req, "To").unwrap_or_default(),
+            dialed,
+            caller_number,
+            geolocation: header_value(req, "Geolocation"),
+            location: pidf.as_deref().and_then(request::parse_pidf),
+            sdp,
+            source,
+            transport,
+        };
+
+        let contact = self.contact(transport);
+        let (state_tx, states) = self.layer.new_dialog_state_channel();
+        let dialog = match self
+            .layer
+            .get_or_create_server_invite(&tx, state_tx, None, contact)
+        {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(error = %e, "cannot create the caller's dialog");
+                let _ = tx.reply(StatusCode::ServerInternalError).await;
+                return;
+            }
+        };
+        let mut handler = dialog.clone();
+        tokio::spawn(async move {
+            // Sends 100 Trying at once, then waits for ACK or CANCEL.
+            if let Err(e) = handler.handle(&mut tx).await {
+                debug!(error = %e, "INVITE transaction ended with an error");
+            }
+        });
+        let leg = ServerLeg {
+            dialog,
+            states,
+            layer: self.layer.clone(),
+            confirmed: false,
+        };
+        if self
+            .calls
+            .send(IncomingCall {
+                leg,
+                info,
+                route,
+                trunk,
+            })
+            .is_err()
+        {
+            warn!("no call handler is running");
+        }
+    }
+
+    fn contact(&self, transport: &str) -> Option<rsipstack::sip::Uri> {
+        let ip = self.config.server.sip.public_ip;
+        let (port, suffix) = if transport == "tcp" {
+            (self.addrs.tcp.first()?.port(), ";transport=tcp")
+        } else {
+            (self.addrs.udp.first()?.port(), "")
+        };
+        let host = if ip.is_ipv6() {
+            format!("[{ip}]")
+        } else {
+            ip.to_string()
+        };
+        rsipstack::sip::Uri::try_from(format!("sip:{host}:{port}{suffix}").as_str()).ok()
+    }
+}
+
+/// How the caller's leg ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LegEnd {
+    /// CANCEL before we answered.
+    Cancelled,
+    /// BYE from the caller.
+    RemoteBye,
+    /// We answered but no ACK came (RFC 3261 §13.3.1.4): BYE was sent.
+    NoAck,
+    /// We ended it.
+    LocalBye,
+    Other(String),
+}
+
+impl LegEnd {
+    pub fn cause(&self) -> &str {
+        match self {
+            LegEnd::Cancelled => "caller_cancel",
+            LegEnd::RemoteBye => "caller_bye",
+            LegEnd::NoAck => "no_ack",
+            LegEnd::LocalBye => "system_bye",
+            LegEnd::Other(s) => s,
+        }
+    }
+}
+
+/// What happens on the caller's leg.
+pub enum LegEvent {
+    /// The ACK came; it carries the answer when the INVITE had no offer.
+    Confirmed {
+        ack_body: Option<Vec<u8>>,
+    },
+    /// A re-INVITE or UPDATE: answer it with `Responder`.
+    ReOffer {
+        sdp: Option<Vec<u8>>,
+        responder: Responder,
+    },
+    Ended(LegEnd),
+}
+
+/// Answers a re-INVITE or UPDATE.
+pub struct Responder(TransactionHandle);
+
+impl Responder {
+    pub async fn ok_with_sdp(self, sdp: String) {
+        let headers = vec![Header::ContentType("application/sdp".into())];
+        let _ = self
+            .0
+            .respond(StatusCode::OK, Some(headers), Some(sdp.into_bytes()))
+            .await;
+    }
+
+    pub async fn reject(self, code: u16) {
+        let _ = self.0.reply(StatusCode::from(code)).await;
+    }
+}
+
+/// The caller's side of a call: a server INVITE dialog.
+pub struct ServerLeg {
+    dialog: InviteDialog,
+    states: DialogStateReceiver,
+    layer: Arc<DialogLayer>,
+    confirmed: bool,
+}
+
+impl ServerLeg {
+    pub fn ringing(&self) {
+        let _ = self.dialog.ringing(None, None);
+    }
+
+    pub fn answer(&self, sdp: String) -> Result<(), SipError> {
+        let headers = vec![Header::ContentType("application/sdp".into())];
+        self.dialog
+            .accept(Some(headers), Some(sdp.into_bytes()))
+            .map_err(|e| SipError::LegGone(e.to_string()))
+    }
+
+    pub fn reject(&self, code: u16, reason: &str) {
+        let _ = self
+            .dialog
+            .reject(Some(StatusCode::from(code)), Some(reason.to_string()));
+    }
+
+    pub async fn hangup(&self) {
+        if let Err(e) = self.dialog.hangup().await {
+            debug!(error = %e, "BYE to the caller failed");
+        }
+    }
+
+    /// The next thing that matters to the call. In-dialog INFO, OPTIONS,
+    /// MESSAGE and NOTIFY are answered here.
+    pub async fn next_event(&mut self) -> LegEvent {
+        loop {
+            let Some(state) = self.states.recv().await else {
+                return LegEvent::Ended(LegEnd::Other("dialog_closed".into()));
+            };
+            match state {
+                DialogState::Confirmed(..) if !self.confirmed => {
+                    self.confirmed = true;
+                    let ack_body = self
+                        .dialog
+                        .last_remote_ack()
+                        .map(|ack| ack.body)
+                        .filter(|b| !b.is_empty());
+                    return LegEvent::Confirmed { ack_body };
+                }
+                DialogState::Terminated(_, reason) => {
+                    return LegEvent::Ended(match reason {
+                        TerminatedReason::UacCancel => LegEnd::Cancelled,
+                        TerminatedReason::UacBye => LegEnd::RemoteBye,
+                        TerminatedReason::UasBye => LegEnd::LocalBye,
+                        TerminatedReason::Timeout => LegEnd::NoAck,
+                        other => LegEnd::Other(format!("{other:?}").to_lowercase()),
+                    });
+                }
+                DialogState::Updated(_, req, handle) => {
+                    let sdp = Some(req.body).filter(|b| !b.is_empty());
+                    return LegEvent::ReOffer {
+                        sdp,
+                        responder: Responder(handle),
+                    };
+                }
+                DialogState::Info(_, _, h)
+                | DialogState::Options(_, _, h)
+                | DialogState::Message(_, _, h)
+                | DialogState::Notify(_, _, h) => {
+                    let _ = h.reply(StatusCode::OK).await;
+                }
+                DialogState::Refer(_, _, h) => {
+                    // Transfers arrive with agents; until then, decline.
+                    let _ = h.reply(StatusCode::from(603)).await;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Drop for ServerLeg {
+    fn drop(&mut self) {
+        self.layer.remove_dialog(&self.dialog.id());
+    }
+}

@@ -1,0 +1,567 @@
+//! Storage: `sqlx` over its `Any` driver, SQLite embedded by default and
+//! PostgreSQL as the option. Only this module holds SQL.
+//!
+//! Calls never wait on the database: they hand records to a `StoreWriter`,
+//! which applies them in order and retries while the database is slow or
+//! down, so the records catch up afterwards.
+
+mod writer;
+
+pub use writer::{StoreCmd, StoreWriter};
+
+use crate::ids::{CallId, IncidentId};
+use serde::Serialize;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Executor, FromRow};
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot create database folder {path}: {source}")]
+    Folder {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether trying again later can succeed (the database is down or
+    /// busy), as opposed to a record it will never take.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Db(e) => {
+                !matches!(
+                    e,
+                    sqlx::Error::Database(_)
+                        | sqlx::Error::ColumnDecode { .. }
+                        | sqlx::Error::ColumnNotFound(_)
+                        | sqlx::Error::TypeNotFound { .. }
+                        | sqlx::Error::Decode(_)
+                        | sqlx::Error::Encode(_)
+                ) || matches!(e, sqlx::Error::Database(d) if d.message().contains("locked") || d.message().contains("busy"))
+            }
+            StoreError::Migrate(_) => true,
+            StoreError::Folder { .. } => true,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone)]
+pub struct NewIncident {
+    pub id: IncidentId,
+    pub service: String,
+    pub caller_number: Option<String>,
+    pub location_text: Option<String>,
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
+    pub geolocation: Option<String>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewCall {
+    pub id: CallId,
+    pub incident_id: IncidentId,
+    pub sip_call_id: String,
+    pub from_uri: String,
+    pub to_uri: String,
+    pub caller_number: Option<String>,
+    pub dialed: String,
+    pub service: String,
+    pub route: String,
+    pub queue: String,
+    pub source: String,
+    pub transport: String,
+    pub trunk: Option<String>,
+    pub arrived_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct CallRow {
+    pub id: String,
+    pub incident_id: String,
+    pub sip_call_id: String,
+    pub from_uri: String,
+    pub to_uri: String,
+    pub caller_number: Option<String>,
+    pub dialed: String,
+    pub service: String,
+    pub route: String,
+    pub queue: String,
+    pub source: String,
+    pub transport: String,
+    pub trunk: Option<String>,
+    pub status: String,
+    pub arrived_at: i64,
+    pub answered_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub wait_ms: Option<i64>,
+    pub end_cause: Option<String>,
+    pub codec: Option<String>,
+    pub recording_path: Option<String>,
+    pub recording_sha256: Option<String>,
+    pub recording_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct IncidentRow {
+    pub id: String,
+    pub status: String,
+    pub service: String,
+    pub caller_number: Option<String>,
+    pub location_text: Option<String>,
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
+    pub geolocation: Option<String>,
+    pub prior_incidents: i64,
+    pub recent_incidents: i64,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct CallEventRow {
+    pub call_id: String,
+    pub at: i64,
+    pub kind: String,
+    pub detail: Option<String>,
+}
+
+/// A call that was still open when the previous process stopped.
+#[derive(Debug, Clone, FromRow)]
+pub struct OpenCall {
+    pub id: String,
+    pub recording_path: Option<String>,
+}
+
+/// "Recent" for the repeat-caller flag.
+pub const RECENT: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+macro_rules! call_columns {
+    () => {
+        "id, incident_id, sip_call_id, from_uri, to_uri, caller_number, dialed, service, route, queue, source, transport, trunk, status, arrived_at, answered_at, ended_at, wait_ms, end_cause, codec, recording_path, recording_sha256, recording_error"
+    };
+}
+macro_rules! incident_columns {
+    () => {
+        "id, status, service, caller_number, location_text, latitude, longitude, geolocation, prior_incidents, recent_incidents, created_at"
+    };
+}
+
+impl Store {
+    /// A pool that connects on first use, so a database that is down at
+    /// start-up does not keep the SIP side from serving.
+    pub fn lazy(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        if let Some(path) = sqlite_path(url) {
+            if let Some(dir) = Path::new(&path)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(dir).map_err(|source| StoreError::Folder {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+            }
+        }
+        let is_sqlite = url.starts_with("sqlite:");
+        let pool = AnyPoolOptions::new()
+            .max_connections(if is_sqlite { 4 } else { 10 })
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if is_sqlite {
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA busy_timeout = 5000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_lazy(url)?;
+        Ok(Store { pool })
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations").run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Opens the incident (with the caller's history counted) and the call
+    /// record, in one transaction.
+    pub async fn insert_call(&self, call: &NewCall, inc: &NewIncident) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let (prior, recent) = match &inc.caller_number {
+            Some(number) => {
+                let prior: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM incidents WHERE caller_number = $1")
+                        .bind(number)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                let recent: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM incidents WHERE caller_number = $1 AND created_at >= $2",
+                )
+                .bind(number)
+                .bind(inc.created_at - RECENT.as_millis() as i64)
+                .fetch_one(&mut *tx)
+                .await?;
+                (prior, recent)
+            }
+            None => (0, 0),
+        };
+        sqlx::query(
+            "INSERT INTO incidents (id, status, service, caller_number, location_text, latitude, longitude, geolocation, prior_incidents, recent_incidents, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(inc.id.as_str())
+        .bind("new")
+        .bind(&inc.service)
+        .bind(&inc.caller_number)
+        .bind(&inc.location_text)
+        .bind(inc.latitude)
+        .bind(inc.longitude)
+        .bind(&inc.geolocation)
+        .bind(prior)
+        .bind(recent)
+        .bind(inc.created_at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO calls (id, incident_id, sip_call_id, from_uri, to_uri, caller_number, dialed, service, route, queue, source, transport, trunk, status, arrived_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind(call.id.as_str())
+        .bind(call.incident_id.as_str())
+        .bind(&call.sip_call_id)
+        .bind(&call.from_uri)
+        .bind(&call.to_uri)
+        .bind(&call.caller_number)
+        .bind(&call.dialed)
+        .bind(&call.service)
+        .bind(&call.route)
+        .bind(&call.queue)
+        .bind(&call.source)
+        .bind(&call.transport)
+        .bind(&call.trunk)
+        .bind("arriving")
+        .bind(call.arrived_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn call_answered(
+        &self,
+        id: &CallId,
+        at: i64,
+        codec: &str,
+        recording_path: Option<&str>,
+        recording_error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE calls SET status = $1, answered_at = $2, codec = $3, recording_path = $4, recording_error = $5 WHERE id = $6",
+        )
+        .bind("queued")
+        .bind(at)
+        .bind(codec)
+        .bind(recording_path)
+        .bind(recording_error)
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn call_queue(&self, id: &CallId, queue: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE calls SET queue = $1 WHERE id = $2")
+            .bind(queue)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn call_event(
+        &self,
+        id: &CallId,
+        at: i64,
+        kind: &str,
+        detail: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO call_events (call_id, at, kind, detail) VALUES ($1, $2, $3, $4)")
+            .bind(id.as_str())
+            .bind(at)
+            .bind(kind)
+            .bind(detail)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn call_ended(
+        &self,
+        id: &CallId,
+        at: i64,
+        wait_ms: Option<i64>,
+        cause: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE calls SET status = $1, ended_at = $2, wait_ms = $3, end_cause = $4 WHERE id = $5",
+        )
+        .bind("ended")
+        .bind(at)
+        .bind(wait_ms)
+        .bind(cause)
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn recording_closed(
+        &self,
+        id: &CallId,
+        sha256: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE calls SET recording_sha256 = $1, recording_error = COALESCE($2, recording_error) WHERE id = $3",
+        )
+        .bind(sha256)
+        .bind(error)
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Calls a previous process left open (it was killed or crashed).
+    pub async fn open_calls(&self) -> Result<Vec<OpenCall>, StoreError> {
+        Ok(sqlx::query_as::<_, OpenCall>(
+            "SELECT id, recording_path FROM calls WHERE ended_at IS NULL AND status <> 'interrupted'",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn mark_interrupted(
+        &self,
+        id: &str,
+        at: i64,
+        sha256: Option<&str>,
+        note: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE calls SET status = $1, end_cause = $2, ended_at = $3, recording_sha256 = $4, recording_error = $5 WHERE id = $6",
+        )
+        .bind("interrupted")
+        .bind("interrupted_by_restart")
+        .bind(at)
+        .bind(sha256)
+        .bind(note)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn list_calls(&self, limit: i64) -> Result<Vec<CallRow>, StoreError> {
+        let q = concat!(
+            "SELECT ",
+            call_columns!(),
+            " FROM calls ORDER BY arrived_at DESC, id DESC LIMIT $1"
+        );
+        Ok(sqlx::query_as::<_, CallRow>(q)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn get_call(&self, id: &str) -> Result<Option<CallRow>, StoreError> {
+        let q = concat!("SELECT ", call_columns!(), " FROM calls WHERE id = $1");
+        Ok(sqlx::query_as::<_, CallRow>(q)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn call_events(&self, id: &str) -> Result<Vec<CallEventRow>, StoreError> {
+        Ok(sqlx::query_as::<_, CallEventRow>(
+            "SELECT call_id, at, kind, detail FROM call_events WHERE call_id = $1 ORDER BY at",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn list_incidents(&self, limit: i64) -> Result<Vec<IncidentRow>, StoreError> {
+        let q = concat!(
+            "SELECT ",
+            incident_columns!(),
+            " FROM incidents ORDER BY created_at DESC, id DESC LIMIT $1"
+        );
+        Ok(sqlx::query_as::<_, IncidentRow>(q)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn get_incident(&self, id: &str) -> Result<Option<IncidentRow>, StoreError> {
+        let q = concat!(
+            "SELECT ",
+            incident_columns!(),
+            " FROM incidents WHERE id = $1"
+        );
+        Ok(sqlx::query_as::<_, IncidentRow>(q)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn calls_of_incident(&self, id: &str) -> Result<Vec<CallRow>, StoreError> {
+        let q = concat!(
+            "SELECT ",
+            call_columns!(),
+            " FROM calls WHERE incident_id = $1 ORDER BY arrived_at"
+        );
+        Ok(sqlx::query_as::<_, CallRow>(q)
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+/// The file of a `sqlite:` URL, if it names one.
+fn sqlite_path(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    (!path.is_empty() && path != ":memory:").then(|| path.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(id: &str, inc: &str, number: &str, at: i64) -> (NewCall, NewIncident) {
+        (
+            NewCall {
+                id: CallId(id.into()),
+                incident_id: IncidentId(inc.into()),
+                sip_call_id: format!("sip-{id}"),
+                from_uri: "sip:0812@127.0.0.1".into(),
+                to_uri: "sip:112@127.0.0.1".into(),
+                caller_number: Some(number.into()),
+                dialed: "112".into(),
+                service: "112".into(),
+                route: "ntpd-112".into(),
+                queue: "ntpd-112".into(),
+                source: "127.0.0.1:5070".into(),
+                transport: "udp".into(),
+                trunk: Some("t".into()),
+                arrived_at: at,
+            },
+            NewIncident {
+                id: IncidentId(inc.into()),
+                service: "112".into(),
+                caller_number: Some(number.into()),
+                location_text: None,
+                latitude: Some(-6.4),
+                longitude: Some(106.8),
+                geolocation: None,
+                created_at: at,
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn call_lifecycle_and_repeat_caller_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/db/s.db?mode=rwc", dir.path().display());
+        let store = Store::lazy(&url).unwrap();
+        store.migrate().await.unwrap();
+        let day = RECENT.as_millis() as i64;
+        let t = now_ms();
+        let (c1, i1) = call("c1", "i1", "0812", t - 2 * day);
+        store.insert_call(&c1, &i1).await.unwrap();
+        let (c2, i2) = call("c2", "i2", "0812", t - 1000);
+        store.insert_call(&c2, &i2).await.unwrap();
+        let (c3, i3) = call("c3", "i3", "0812", t);
+        store.insert_call(&c3, &i3).await.unwrap();
+        let inc = store.get_incident("i3").await.unwrap().unwrap();
+        assert_eq!((inc.prior_incidents, inc.recent_incidents), (2, 1));
+        assert_eq!(inc.latitude, Some(-6.4));
+
+        store
+            .call_answered(&c3.id, t + 5, "PCMA", Some("/r/c3.wav"), None)
+            .await
+            .unwrap();
+        store
+            .call_event(&c3.id, t + 6, "overflow", Some("a -> b"))
+            .await
+            .unwrap();
+        store
+            .call_ended(&c3.id, t + 10, Some(5), "caller_bye")
+            .await
+            .unwrap();
+        store
+            .recording_closed(&c3.id, Some("ab"), None)
+            .await
+            .unwrap();
+        let row = store.get_call("c3").await.unwrap().unwrap();
+        assert_eq!(row.status, "ended");
+        assert_eq!(row.recording_sha256.as_deref(), Some("ab"));
+        assert_eq!(row.recording_path.as_deref(), Some("/r/c3.wav"));
+        assert_eq!(store.call_events("c3").await.unwrap().len(), 1);
+
+        let open: Vec<String> = store
+            .open_calls()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(open, vec!["c1".to_string(), "c2".to_string()]);
+        store.mark_interrupted("c1", t, None, "cut").await.unwrap();
+        assert_eq!(store.open_calls().await.unwrap().len(), 1);
+
+        let calls = store.list_calls(10).await.unwrap();
+        assert_eq!(calls[0].id, "c3");
+        assert_eq!(store.calls_of_incident("i1").await.unwrap().len(), 1);
+        assert!(store.get_call("nope").await.unwrap().is_none());
+    }
+
+    #[test]
+    fn sqlite_paths() {
+        assert_eq!(
+            sqlite_path("sqlite://data/x.db?mode=rwc").as_deref(),
+            Some("data/x.db")
+        );
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+        assert_eq!(sqlite_path("postgres://h/db"), None);
+    }
+}

@@ -1,0 +1,174 @@
+//! The store writer: applies call records in order, off the call path.
+//!
+//! A record the database refuses for good (a constraint it breaks) is
+//! logged and skipped; while the database is down or busy, the writer waits
+//! and tries the same record again, so nothing is lost and order is kept.
+
+use super::{now_ms, NewCall, NewIncident, Store, StoreError};
+use crate::ids::CallId;
+use crate::media::recorder::sha256_file;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+#[derive(Debug, Clone)]
+pub enum StoreCmd {
+    NewCall(Box<(NewCall, NewIncident)>),
+    Answered {
+        id: CallId,
+        at: i64,
+        codec: String,
+        recording_path: Option<String>,
+        recording_error: Option<String>,
+    },
+    Queue {
+        id: CallId,
+        queue: String,
+    },
+    Event {
+        id: CallId,
+        at: i64,
+        kind: String,
+        detail: Option<String>,
+    },
+    Ended {
+        id: CallId,
+        at: i64,
+        wait_ms: Option<i64>,
+        cause: String,
+    },
+    RecordingClosed {
+        id: CallId,
+        sha256: Option<String>,
+        error: Option<String>,
+    },
+}
+
+/// Where call tasks send their records; never blocks.
+#[derive(Clone)]
+pub struct StoreWriter {
+    tx: mpsc::UnboundedSender<StoreCmd>,
+}
+
+impl StoreWriter {
+    /// Starts the writer. It first runs migrations and closes the records
+    /// of calls a previous process left open, then applies commands.
+    pub fn spawn(store: Store) -> StoreWriter {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(store, rx));
+        StoreWriter { tx }
+    }
+
+    pub fn send(&self, cmd: StoreCmd) {
+        if self.tx.send(cmd).is_err() {
+            error!("store writer is gone; a call record was not written");
+        }
+    }
+}
+
+async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<StoreCmd>) {
+    retry("start-up", || startup(&store)).await;
+    while let Some(cmd) = rx.recv().await {
+        retry("call record", || apply(&store, &cmd)).await;
+    }
+}
+
+/// Tries `op` until it succeeds or fails for good.
+async fn retry<F, Fut>(what: &str, mut op: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let mut attempts = 0u32;
+    loop {
+        let result = match tokio::time::timeout(Duration::from_secs(10), op()).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Db(sqlx::Error::PoolTimedOut)),
+        };
+        match result {
+            Ok(()) => {
+                if attempts > 0 {
+                    info!(what, attempts, "database is back; record written");
+                }
+                return;
+            }
+            Err(e) if e.is_transient() => {
+                attempts += 1;
+                if attempts == 1 || attempts.is_power_of_two() {
+                    warn!(what, attempts, error = %e, "database unavailable; will retry");
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                error!(what, error = %e, "database refused a record; skipped");
+                return;
+            }
+        }
+    }
+}
+
+async fn startup(store: &Store) -> Result<(), StoreError> {
+    store.migrate().await?;
+    for call in store.open_calls().await? {
+        let path = call.recording_path.map(PathBuf::from);
+        let (sha, note) = match path {
+            Some(p) => match tokio::task::spawn_blocking(move || sha256_file(&p)).await {
+                Ok(Ok(sum)) => (
+                    Some(sum),
+                    "process stopped during the call; recording playable up to its last sync",
+                ),
+                _ => (None, "process stopped during the call; recording missing"),
+            },
+            None => (None, "process stopped during the call before answer"),
+        };
+        warn!(call_id = %call.id, "closing the record of a call interrupted by a restart");
+        store
+            .mark_interrupted(&call.id, now_ms(), sha.as_deref(), note)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn apply(store: &Store, cmd: &StoreCmd) -> Result<(), StoreError> {
+    match cmd {
+        StoreCmd::NewCall(b) => store.insert_call(&b.0, &b.1).await,
+        StoreCmd::Answered {
+            id,
+            at,
+            codec,
+            recording_path,
+            recording_error,
+        } => {
+            store
+                .call_answered(
+                    id,
+                    *at,
+                    codec,
+                    recording_path.as_deref(),
+                    recording_error.as_deref(),
+                )
+                .await
+        }
+        StoreCmd::Queue { id, queue } => store.call_queue(id, queue).await,
+        StoreCmd::Event {
+            id,
+            at,
+            kind,
+            detail,
+        } => store.call_event(id, *at, kind, detail.as_deref()).await,
+        StoreCmd::Ended {
+            id,
+            at,
+            wait_ms,
+            cause,
+        } => store.call_ended(id, *at, *wait_ms, cause).await,
+        StoreCmd::RecordingClosed { id, sha256, error } => {
+            store
+                .recording_closed(id, sha256.as_deref(), error.as_deref())
+                .await
+        }
+    }
+}
