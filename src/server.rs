@@ -41,6 +41,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let config = Arc::new(config);
     let prompts = Prompts::load(&config.resolve(&config.server.media.prompts_dir))?;
     let store = Store::lazy(&config.server.database.url)?;
+    // Migrate before serving so the API finds its tables; a database that
+    // is down must not keep calls out, so this is bounded and the store
+    // writer keeps trying in the background.
+    match tokio::time::timeout(std::time::Duration::from_secs(5), store.migrate()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "database not ready; serving calls anyway"),
+        Err(_) => tracing::warn!("database slow to answer; serving calls anyway"),
+    }
     let writer = StoreWriter::spawn(store.clone());
     let acd = AcdHandle::spawn(Acd::new(&config.queues));
     let media = &config.server.media;

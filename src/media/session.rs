@@ -88,7 +88,6 @@ pub async fn run(
     let mut frame = [0i16; FRAME_SAMPLES];
     let mut last_rx = Instant::now();
     let mut timed_out = false;
-    let mut was_busy = false;
 
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
@@ -96,7 +95,8 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let foreground = player.next_frame(&mut frame);
+                let busy_before = player.busy();
+                player.next_frame(&mut frame);
                 let mut sent = [0i16; FRAME_SAMPLES];
                 {
                     let payload = &mut out_buf[header_len..header_len + FRAME_SAMPLES];
@@ -128,10 +128,10 @@ pub async fn run(
                     heard.drain(..n);
                 }
 
-                if was_busy && !foreground && !player.busy() {
+                // The frame that played the last queued audio just went out.
+                if busy_before && !player.busy() {
                     let _ = events.send(MediaEvent::Drained);
                 }
-                was_busy = player.busy();
 
                 if !timed_out && last_rx.elapsed() >= params.rtp_timeout {
                     timed_out = true;

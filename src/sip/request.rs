@@ -32,6 +32,31 @@ pub struct InviteInfo {
     pub transport: &'static str,
 }
 
+/// Checks what a dialog is built from (RFC 3261 §8.1.1, §20): a numeric
+/// Max-Forwards, a CSeq whose method matches, a From tag, and a Contact on
+/// an INVITE. A request failing this gets 400 with the reason.
+pub fn check_invite(req: &Request) -> Result<(), &'static str> {
+    if let Some(mf) = header_value(req, "Max-Forwards") {
+        if mf.parse::<u32>().is_err() {
+            return Err("Invalid Max-Forwards");
+        }
+    }
+    let cseq = header_value(req, "CSeq").ok_or("Missing CSeq")?;
+    let mut parts = cseq.split_whitespace();
+    let seq_ok = parts.next().is_some_and(|n| n.parse::<u32>().is_ok());
+    if !seq_ok || parts.next() != Some("INVITE") {
+        return Err("Invalid CSeq");
+    }
+    let from = header_value(req, "From").ok_or("Missing From")?;
+    if !from.contains(";tag=") {
+        return Err("Missing From tag");
+    }
+    if header_value(req, "Contact").is_none() {
+        return Err("Missing Contact");
+    }
+    Ok(())
+}
+
 /// The value of the first header called `name` (case-insensitive).
 pub fn header_value(req: &Request, name: &str) -> Option<String> {
     req.headers.iter().find_map(|h| {
@@ -270,6 +295,22 @@ mod tests {
             Some(DialedTarget::urn("urn:service:sos.fire"))
         );
         assert_eq!(dialed_target(&invite("sip:127.0.0.1").uri), None);
+    }
+
+    #[test]
+    fn invite_checks() {
+        let good = "INVITE sip:112@h SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:112@h>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContact: <sip:a@1.2.3.4>\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(check_invite(&req(good)), Ok(()));
+        let bad = |from: &str, to: &str| check_invite(&req(&good.replace(from, to)));
+        assert_eq!(
+            bad("Max-Forwards: 70", "Max-Forwards: lots"),
+            Err("Invalid Max-Forwards")
+        );
+        assert_eq!(bad(";tag=1", ""), Err("Missing From tag"));
+        assert_eq!(
+            bad("Contact: <sip:a@1.2.3.4>\r\n", ""),
+            Err("Missing Contact")
+        );
     }
 
     #[test]

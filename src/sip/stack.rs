@@ -291,6 +291,15 @@ impl Dispatcher {
             let _ = tx.reply(StatusCode::BadRequest).await;
             return;
         };
+        if let Err(reason) = request::check_invite(&tx.original) {
+            info!(%source, reason, "malformed INVITE refused");
+            let headers = vec![Header::Other(
+                "Warning".into(),
+                format!("399 siaga \"{reason}\""),
+            )];
+            let _ = tx.reply_with(StatusCode::BadRequest, headers, None).await;
+            return;
+        }
         let req = &tx.original;
         let trunk = self.config.trunk_for(source.ip()).map(|t| t.name.clone());
         let dialed = request::dialed_target(&req.uri);

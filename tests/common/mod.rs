@@ -1,0 +1,403 @@
+//! Test harness: the real `siaga` binary on ephemeral loopback ports, real
+//! peers (SIPp) and a raw SIP client for exact RFC checks.
+
+#![allow(dead_code)]
+
+pub mod audio;
+pub mod rawsip;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A free UDP port on loopback (bound, read, released).
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Options for one test server.
+pub struct Setup {
+    /// Extra dialplan file contents (added as dialplans/zz-test.toml).
+    pub extra_dialplan: Option<String>,
+    /// Trunk sources; loopback by default.
+    pub trunk_sources: Vec<String>,
+    pub rtp_timeout: &'static str,
+    /// Replaces sip-config/queues.toml.
+    pub queues: Option<String>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            extra_dialplan: None,
+            trunk_sources: vec!["127.0.0.1".into()],
+            rtp_timeout: "60s",
+            queues: None,
+        }
+    }
+}
+
+pub struct Server {
+    pub root: tempfile::TempDir,
+    pub sip: SocketAddr,
+    pub sip_tcp: SocketAddr,
+    pub http: SocketAddr,
+    child: Option<Child>,
+}
+
+impl Server {
+    pub fn start(setup: Setup) -> Server {
+        let root = tempfile::tempdir().unwrap();
+        Self::write_config(root.path(), &setup);
+        let mut s = Server {
+            root,
+            sip: "0.0.0.0:0".parse().unwrap(),
+            sip_tcp: "0.0.0.0:0".parse().unwrap(),
+            http: "0.0.0.0:0".parse().unwrap(),
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    fn write_config(root: &Path, setup: &Setup) {
+        std::fs::create_dir_all(root.join("sip-config")).unwrap();
+        std::fs::create_dir_all(root.join("dialplans")).unwrap();
+        let sources = setup
+            .trunk_sources
+            .iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rtp_base = 30000 + (std::process::id() % 500) as u16 * 40;
+        std::fs::write(
+            root.join("sip-config/siaga.toml"),
+            format!(
+                r#"[sip]
+udp = ["127.0.0.1:0"]
+tcp = ["127.0.0.1:0"]
+public_ip = "127.0.0.1"
+
+[media]
+rtp_ip = "127.0.0.1"
+rtp_port_min = {rtp_base}
+rtp_port_max = {}
+prompts_dir = "{}"
+recordings_dir = "recordings"
+rtp_timeout = "{}"
+
+[http]
+listen = "127.0.0.1:0"
+
+[database]
+url = "sqlite://{}/db/siaga.db?mode=rwc"
+
+[[trunk]]
+name = "test-trunk"
+sources = [{sources}]
+"#,
+                rtp_base + 3000,
+                repo().join("prompts").display(),
+                setup.rtp_timeout,
+                root.display()
+            ),
+        )
+        .unwrap();
+        match &setup.queues {
+            Some(q) => std::fs::write(root.join("sip-config/queues.toml"), q).unwrap(),
+            None => {
+                std::fs::copy(
+                    repo().join("sip-config/queues.toml"),
+                    root.join("sip-config/queues.toml"),
+                )
+                .unwrap();
+            }
+        }
+        std::fs::copy(
+            repo().join("dialplans/emergency.toml"),
+            root.join("dialplans/emergency.toml"),
+        )
+        .unwrap();
+        if let Some(extra) = &setup.extra_dialplan {
+            std::fs::write(root.join("dialplans/zz-test.toml"), extra).unwrap();
+        }
+    }
+
+    /// (Re)starts the process on the same config and database.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.path().join("siaga.log"))
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_siaga"))
+            .arg("serve")
+            .arg("--config-root")
+            .arg(self.root.path())
+            .env("SIAGA_LOG", "info,rsipstack=warn,sqlx=warn")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start siaga");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = loop {
+            match lines.next() {
+                Some(Ok(l)) if l.starts_with("READY ") => break l,
+                Some(Ok(_)) => continue,
+                _ => panic!("siaga did not start; log:\n{}", self.log()),
+            }
+        };
+        // Keep draining stdout so the child never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        for part in ready.split_whitespace().skip(1) {
+            let (k, v) = part.split_once('=').unwrap();
+            let first: SocketAddr = v.split(',').next().unwrap().parse().unwrap();
+            match k {
+                "sip-udp" => self.sip = first,
+                "sip-tcp" => self.sip_tcp = first,
+                "http" => self.http = first,
+                _ => {}
+            }
+        }
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn database_url(&self) -> String {
+        format!("sqlite://{}/db/siaga.db", self.root.path().display())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.path().join("siaga.log")).unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let url = format!("http://{}{}", self.http, path);
+        let resp = ureq_get(&url);
+        let status = resp.0;
+        let body = serde_json::from_slice(&resp.1).unwrap_or(serde_json::Value::Null);
+        (status, body)
+    }
+
+    pub fn get_bytes(
+        &self,
+        path: &str,
+        range: Option<&str>,
+    ) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        http_get(&format!("http://{}{}", self.http, path), range)
+    }
+
+    /// Waits until the call with this SIP Call-ID has ended (and its
+    /// recording checksum is stored, if it was recorded).
+    pub fn wait_call_done(&self, sip_call_id: &str, timeout: Duration) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let (_, calls) = self.get("/api/calls?limit=1000");
+            if let Some(c) = calls
+                .as_array()
+                .and_then(|a| a.iter().find(|c| c["sip_call_id"] == sip_call_id).cloned())
+            {
+                let ended = !c["ended_at"].is_null();
+                let recorded = c["recording_path"].is_null()
+                    || !c["recording_sha256"].is_null()
+                    || !c["recording_error"].is_null();
+                if ended && recorded {
+                    return c;
+                }
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "call {sip_call_id} not done in {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn calls_with(&self, sip_call_id: &str) -> Vec<serde_json::Value> {
+        let (_, calls) = self.get("/api/calls?limit=1000");
+        calls
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|c| c["sip_call_id"] == sip_call_id)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A minimal HTTP/1.1 GET over std (no extra client in the test build).
+pub fn http_get(url: &str, range: Option<&str>) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let range = range.map(|r| format!("Range: {r}\r\n")).unwrap_or_default();
+    write!(
+        s,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\n{range}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    let mut body = buf[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    (status, headers, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let nl = b.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&b[..nl]).unwrap().trim(), 16).unwrap();
+        b = &b[nl + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
+}
+
+fn ureq_get(url: &str) -> (u16, Vec<u8>) {
+    let (s, _, b) = http_get(url, None);
+    (s, b)
+}
+
+/// Makes sure the SIPp binary exists (the test script installs it).
+pub fn sipp_bin() -> &'static str {
+    assert!(
+        Command::new("sipp").arg("-v").output().is_ok(),
+        "SIPp is not installed: run scripts/test, which installs sip-tester"
+    );
+    "sipp"
+}
+
+/// One SIPp run.
+pub struct Sipp {
+    pub workdir: tempfile::TempDir,
+}
+
+pub struct SippResult {
+    pub code: Option<i32>,
+    pub output: String,
+    pub errors: String,
+}
+
+impl Sipp {
+    /// A working folder holding the caller's tone as `caller-tone.wav`.
+    pub fn new(tone_hz: f64) -> Sipp {
+        let workdir = tempfile::tempdir().unwrap();
+        audio::write_alaw_tone(&workdir.path().join("caller-tone.wav"), tone_hz, 10.0);
+        std::fs::write(
+            workdir.path().join("callers.csv"),
+            "SEQUENTIAL\n081234567;\n",
+        )
+        .unwrap();
+        Sipp { workdir }
+    }
+
+    /// Runs a scenario from tests/sipp against `target`; bounded by `limit`.
+    pub fn run(
+        &self,
+        scenario: &str,
+        target: SocketAddr,
+        args: &[&str],
+        limit: Duration,
+    ) -> SippResult {
+        let scenario = repo().join("tests/sipp").join(scenario);
+        let port = free_udp_port().to_string();
+        let media = (free_udp_port() & !1).to_string();
+        let mut cmd = Command::new(sipp_bin());
+        cmd.current_dir(self.workdir.path())
+            .arg(target.to_string())
+            .arg("-sf")
+            .arg(&scenario)
+            .args(["-inf", "callers.csv", "-m", "1", "-l", "1"])
+            .args([
+                "-i",
+                "127.0.0.1",
+                "-mi",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-mp",
+                &media,
+            ])
+            .args([
+                "-timeout",
+                &format!("{}s", limit.as_secs()),
+                "-timeout_error",
+            ])
+            .args(["-trace_err", "-nostdin"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = cmd.output().expect("run sipp");
+        let mut errors = String::new();
+        for e in std::fs::read_dir(self.workdir.path()).unwrap().flatten() {
+            if e.file_name().to_string_lossy().ends_with("_errors.log") {
+                errors.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        SippResult {
+            code: out.status.code(),
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            errors,
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! A raw SIP-over-UDP client for exact protocol checks (retransmission
+//! timing, status codes for odd input) where a scripted tool would hide
+//! the details.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+pub struct RawSip {
+    pub sock: UdpSocket,
+    pub server: SocketAddr,
+}
+
+impl RawSip {
+    pub fn new(server: SocketAddr, bind_ip: &str) -> RawSip {
+        let sock = UdpSocket::bind((bind_ip, 0)).unwrap();
+        RawSip { sock, server }
+    }
+
+    pub fn local(&self) -> SocketAddr {
+        self.sock.local_addr().unwrap()
+    }
+
+    pub fn send(&self, msg: &str) {
+        self.sock.send_to(msg.as_bytes(), self.server).unwrap();
+    }
+
+    pub fn send_bytes(&self, b: &[u8]) {
+        self.sock.send_to(b, self.server).unwrap();
+    }
+
+    /// Every message received within `window`.
+    pub fn collect(&self, window: Duration) -> Vec<(Instant, String)> {
+        let end = Instant::now() + window;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 65535];
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return out;
+            }
+            self.sock.set_read_timeout(Some(left)).unwrap();
+            match self.sock.recv_from(&mut buf) {
+                Ok((n, _)) => out.push((
+                    Instant::now(),
+                    String::from_utf8_lossy(&buf[..n]).to_string(),
+                )),
+                Err(_) => return out,
+            }
+        }
+    }
+
+    /// The first final (non-1xx) response within `window`, as its status.
+    pub fn final_status(&self, window: Duration) -> Option<(u16, String)> {
+        let end = Instant::now() + window;
+        let mut buf = [0u8; 65535];
+        while Instant::now() < end {
+            self.sock
+                .set_read_timeout(Some(
+                    end.saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(1)),
+                ))
+                .unwrap();
+            let Ok((n, _)) = self.sock.recv_from(&mut buf) else {
+                return None;
+            };
+            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            if let Some(code) = status_of(&text) {
+                if code >= 200 {
+                    return Some((code, text));
+                }
+            }
+        }
+        None
+    }
+}
+
+pub fn status_of(msg: &str) -> Option<u16> {
+    msg.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()
+}
+
+pub fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// An INVITE from `local` for `user` with an A-law offer on `rtp_port`.
+pub fn invite(
+    local: SocketAddr,
+    server: SocketAddr,
+    user: &str,
+    call_id: &str,
+    branch: &str,
+    rtp_port: u16,
+) -> String {
+    let sdp = format!(
+        "v=0\r\no=t 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"
+    );
+    format!(
+        "INVITE sip:{user}@{server} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: <sip:0811111@{local}>;tag=ft-{call_id}\r\nTo: <sip:{user}@{server}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:0811111@{local}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+}

@@ -1,0 +1,785 @@
+//! Call intake against the real binary over real sockets: SIPp as the
+//! caller, a raw client for exact RFC checks, the recording checked for the
+//! caller's tone. Each test names the behaviour (and RFC section) it pins.
+
+mod common;
+
+use common::audio::{find_exact, prompt_through_alaw, read_stereo, rms, tone_ratio};
+use common::rawsip::{self, header, status_of, RawSip};
+use common::{free_udp_port, Server, Setup, Sipp};
+use std::path::Path;
+use std::time::Duration;
+
+const CALLER_TONE: f64 = 1000.0;
+
+/// Runs a SIPp caller with a tone to `service`, returns its SIP Call-ID.
+fn tone_call(server: &Server, service: &str, ms: u32, tcp: bool) -> String {
+    let sipp = Sipp::new(CALLER_TONE);
+    let d = ms.to_string();
+    let mut args = vec!["-s", service, "-d", &d];
+    let target = if tcp {
+        args.extend(["-t", "t1"]);
+        server.sip_tcp
+    } else {
+        server.sip
+    };
+    let r = sipp.run("uac_tone.xml", target, &args, Duration::from_secs(30));
+    assert_eq!(
+        r.code,
+        Some(0),
+        "SIPp call failed:\n{}\n{}\nserver log:\n{}",
+        r.output,
+        r.errors,
+        server.log()
+    );
+    // SIPp's Call-ID for call 1 of this process.
+    let calls = server.get("/api/calls?limit=1000").1;
+    let newest = calls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["dialed"] == service)
+        .cloned()
+        .unwrap();
+    newest["sip_call_id"].as_str().unwrap().to_string()
+}
+
+/// Checks the recording of a call: caller's tone on the left in every
+/// half second, the greeting (exactly, through A-law) on the right.
+fn check_recording(server: &Server, call: &serde_json::Value, greeting: &str, seconds: f64) {
+    let path = call["recording_path"].as_str().expect("recording path");
+    let (left, right) = read_stereo(Path::new(path));
+    let dur = left.len() as f64 / 8000.0;
+    assert!(
+        dur >= seconds - 0.5,
+        "recording is {dur:.2}s, expected about {seconds}s"
+    );
+    // The caller's tone, in every half second after set-up.
+    let mut t = 0.4;
+    while t + 0.5 <= seconds - 0.5 {
+        let w = &left[(t * 8000.0) as usize..((t + 0.5) * 8000.0) as usize];
+        let r = tone_ratio(w, CALLER_TONE);
+        assert!(
+            r > 0.8,
+            "caller tone missing at {t:.1}s on the left (ratio {r:.3})"
+        );
+        t += 0.5;
+    }
+    // Channels are kept apart: no caller tone on the right.
+    let r = tone_ratio(&right[3200..], CALLER_TONE);
+    assert!(
+        r < 0.1,
+        "caller tone leaked to the right channel (ratio {r:.3})"
+    );
+    // The greeting starts the right channel, sample-exact.
+    let g = prompt_through_alaw(greeting);
+    let head = &g[..g.len().min(8000 * 2)];
+    assert!(
+        find_exact(&right, head, 1600).is_some(),
+        "greeting `{greeting}` not found at the start of the right channel"
+    );
+    // The stored checksum proves the file unchanged.
+    let bytes = std::fs::read(path).unwrap();
+    let sum = sha256_hex(&bytes);
+    assert_eq!(call["recording_sha256"].as_str(), Some(sum.as_str()));
+    // The API serves it, whole and by range.
+    let url = call["recording_url"].as_str().unwrap();
+    let (status, headers, body) = server.get_bytes(url, None);
+    assert_eq!(status, 200);
+    assert!(headers
+        .iter()
+        .any(|(k, v)| k == "content-type" && v == "audio/wav"));
+    assert_eq!(body, bytes);
+    let (status, headers, body) = server.get_bytes(url, Some("bytes=40-99"));
+    assert_eq!(status, 206);
+    assert_eq!(body, &bytes[40..100]);
+    let cr = format!("bytes 40-99/{}", bytes.len());
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "content-range" && *v == cr),
+        "{headers:?}"
+    );
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+#[test]
+fn calls_to_112_and_119_are_answered_recorded_and_open_incidents() {
+    let server = Server::start(Setup::default());
+    let id112 = tone_call(&server, "112", 4000, false);
+    let c = server.wait_call_done(&id112, Duration::from_secs(10));
+    assert_eq!(c["service"], "112");
+    assert_eq!(c["queue"], "ntpd-112");
+    assert_eq!(
+        c["caller_number"], "081234567",
+        "number from P-Asserted-Identity"
+    );
+    assert_eq!(c["end_cause"], "caller_bye");
+    assert_eq!(c["codec"], "PCMA");
+    assert_eq!(c["trunk"], "test-trunk");
+    assert!(c["answered_at"].as_i64().unwrap() >= c["arrived_at"].as_i64().unwrap());
+    assert!(c["wait_ms"].as_i64().unwrap() >= 3500);
+    check_recording(&server, &c, "greeting-112", 4.0);
+
+    let inc_id = c["incident_id"].as_str().unwrap();
+    let (status, inc) = server.get(&format!("/api/incidents/{inc_id}"));
+    assert_eq!(status, 200);
+    assert_eq!(inc["status"], "new");
+    assert_eq!(inc["service"], "112");
+    assert_eq!(inc["caller_number"], "081234567");
+    assert_eq!(inc["prior_incidents"], 0);
+    assert_eq!(inc["calls"][0]["id"], c["id"]);
+
+    let id119 = tone_call(&server, "119", 3000, false);
+    let c = server.wait_call_done(&id119, Duration::from_secs(10));
+    assert_eq!(c["service"], "119");
+    assert_eq!(c["queue"], "psc-119", "119 has its own queue");
+    check_recording(&server, &c, "greeting-119", 3.0);
+    let (_, inc) = server.get(&format!(
+        "/api/incidents/{}",
+        c["incident_id"].as_str().unwrap()
+    ));
+    assert_eq!(inc["service"], "119");
+    assert_eq!(
+        inc["prior_incidents"], 1,
+        "the same caller called 112 before"
+    );
+    assert_eq!(inc["recent_incidents"], 1);
+
+    let (_, calls) = server.get("/api/calls");
+    assert_eq!(calls[0]["sip_call_id"], id119, "newest first");
+    let (_, incidents) = server.get("/api/incidents");
+    assert_eq!(incidents.as_array().unwrap().len(), 2);
+    let (status, _) = server.get("/api/calls/no-such-call");
+    assert_eq!(status, 404);
+    let (status, health) = server.get("/healthz");
+    assert_eq!((status, health["database"].as_str()), (200, Some("ok")));
+}
+
+#[test]
+fn a_call_over_tcp_is_taken_like_udp() {
+    let server = Server::start(Setup::default());
+    let id = tone_call(&server, "112", 2500, true);
+    let c = server.wait_call_done(&id, Duration::from_secs(10));
+    assert_eq!(c["transport"], "tcp");
+    assert_eq!(c["end_cause"], "caller_bye");
+    check_recording(&server, &c, "greeting-112", 2.5);
+}
+
+/// RFC 3261 §9.2: CANCEL before the final response gets 200, the INVITE
+/// 487; the caller is on record as having left before answer.
+#[test]
+fn cancel_before_answer_gets_487_and_is_recorded() {
+    let server = Server::start(Setup {
+        extra_dialplan: Some(
+            r#"[[route]]
+name = "fire-113"
+match = ["113"]
+service = "113"
+queue = "ntpd-112"
+emergency = true
+answer_delay = "3s"
+"#
+            .into(),
+        ),
+        ..Setup::default()
+    });
+    let sipp = Sipp::new(CALLER_TONE);
+    let r = sipp.run(
+        "uac_cancel.xml",
+        server.sip,
+        &["-s", "113"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        r.code,
+        Some(0),
+        "{}\n{}\n{}",
+        r.output,
+        r.errors,
+        server.log()
+    );
+    let calls = server.get("/api/calls").1;
+    let id = calls[0]["sip_call_id"].as_str().unwrap().to_string();
+    let c = server.wait_call_done(&id, Duration::from_secs(10));
+    assert_eq!(c["end_cause"], "caller_cancel");
+    assert!(c["answered_at"].is_null());
+    assert!(c["recording_path"].is_null());
+    assert_eq!(c["service"], "113");
+}
+
+/// RFC 3261 §17.2.1: a retransmitted INVITE is absorbed by its server
+/// transaction (the response is resent); one call results, one dialog.
+#[test]
+fn a_retransmitted_invite_makes_one_call() {
+    let server = Server::start(Setup::default());
+    let c = RawSip::new(server.sip, "127.0.0.1");
+    let call_id = format!("retrans-{}", free_udp_port());
+    let invite = rawsip::invite(c.local(), server.sip, "112", &call_id, "z9hG4bK-rt-1", 4002);
+    c.send(&invite);
+    std::thread::sleep(Duration::from_millis(100));
+    c.send(&invite);
+    std::thread::sleep(Duration::from_millis(100));
+    c.send(&invite);
+    let msgs = c.collect(Duration::from_millis(400));
+    let tags: std::collections::BTreeSet<_> = msgs
+        .iter()
+        .filter(|(_, m)| status_of(m) == Some(200))
+        .filter_map(|(_, m)| {
+            header(m, "To")
+                .and_then(|t| t.split(";tag=").nth(1))
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(tags.len(), 1, "one dialog answered: {msgs:?}");
+    assert_eq!(
+        server.calls_with(&call_id).len(),
+        1,
+        "one call for one INVITE transaction"
+    );
+    let to = msgs
+        .iter()
+        .find(|(_, m)| status_of(m) == Some(200))
+        .map(|(_, m)| header(m, "To").unwrap().to_string())
+        .unwrap();
+    let l = c.local();
+    c.send(&format!(
+        "ACK sip:112@{} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-rt-2;rport\r\nMax-Forwards: 70\r\nFrom: <sip:0811111@{l}>;tag=ft-{call_id}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        server.sip
+    ));
+    c.send(&format!(
+        "BYE sip:112@{} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-rt-3;rport\r\nMax-Forwards: 70\r\nFrom: <sip:0811111@{l}>;tag=ft-{call_id}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        server.sip
+    ));
+    assert_eq!(
+        c.final_status(Duration::from_secs(3)).map(|x| x.0),
+        Some(200)
+    );
+    let call = server.wait_call_done(&call_id, Duration::from_secs(10));
+    assert_eq!(call["end_cause"], "caller_bye");
+}
+
+/// RFC 3261 §13.3.1.4: the 200 OK is retransmitted (T1, doubling) until the
+/// ACK arrives, and not after; the call then goes on normally.
+#[test]
+fn a_lost_ack_gets_the_200_retransmitted_until_it_comes() {
+    let server = Server::start(Setup::default());
+    let c = RawSip::new(server.sip, "127.0.0.1");
+    let rtp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rtp_port = rtp.local_addr().unwrap().port();
+    let call_id = format!("lost-ack-{}", free_udp_port());
+    c.send(&rawsip::invite(
+        c.local(),
+        server.sip,
+        "112",
+        &call_id,
+        "z9hG4bK-la-1",
+        rtp_port,
+    ));
+    // Do not ACK: collect what comes for 2.2 s (200s at ~0, 0.5 and 1.5 s).
+    let msgs = c.collect(Duration::from_millis(2200));
+    let oks: Vec<_> = msgs
+        .iter()
+        .filter(|(_, m)| status_of(m) == Some(200))
+        .collect();
+    assert!(
+        oks.len() >= 3,
+        "expected the 200 OK at least 3 times, got {}: {msgs:?}",
+        oks.len()
+    );
+    let gap1 = oks[1].0 - oks[0].0;
+    let gap2 = oks[2].0 - oks[1].0;
+    assert!(
+        gap1 >= Duration::from_millis(400) && gap1 <= Duration::from_millis(800),
+        "first gap {gap1:?}"
+    );
+    assert!(
+        gap2 >= Duration::from_millis(850) && gap2 <= Duration::from_millis(1300),
+        "second gap {gap2:?}"
+    );
+    let ok = &oks[0].1;
+    let to = header(ok, "To").unwrap();
+    let local = c.local();
+    c.send(&format!(
+        "ACK sip:112@{} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-la-2;rport\r\nMax-Forwards: 70\r\nFrom: <sip:0811111@{local}>;tag=ft-{call_id}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        server.sip
+    ));
+    let after = c.collect(Duration::from_millis(2500));
+    assert!(
+        after.iter().all(|(_, m)| status_of(m) != Some(200)),
+        "200 OK still retransmitted after the ACK: {after:?}"
+    );
+    // The call is alive: a BYE ends it normally.
+    c.send(&format!(
+        "BYE sip:112@{} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-la-3;rport\r\nMax-Forwards: 70\r\nFrom: <sip:0811111@{local}>;tag=ft-{call_id}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        server.sip
+    ));
+    assert_eq!(
+        c.final_status(Duration::from_secs(3)).map(|x| x.0),
+        Some(200)
+    );
+    let call = server.wait_call_done(&call_id, Duration::from_secs(10));
+    assert_eq!(call["end_cause"], "caller_bye");
+}
+
+/// Non-emergency targets and untrusted sources are refused; nothing is
+/// recorded for them.
+#[test]
+fn non_emergency_and_untrusted_invites_are_refused() {
+    let server = Server::start(Setup::default());
+    let trunk = RawSip::new(server.sip, "127.0.0.1");
+    trunk.send(&rawsip::invite(
+        trunk.local(),
+        server.sip,
+        "0215551234",
+        "ne-1",
+        "z9hG4bK-ne-1",
+        4000,
+    ));
+    assert_eq!(
+        trunk.final_status(Duration::from_secs(3)).map(|x| x.0),
+        Some(404),
+        "unknown number"
+    );
+
+    // 127.0.0.3 is loopback but not a configured trunk source.
+    let stranger = RawSip::new(server.sip, "127.0.0.3");
+    stranger.send(&rawsip::invite(
+        stranger.local(),
+        server.sip,
+        "112",
+        "ne-2",
+        "z9hG4bK-ne-2",
+        4000,
+    ));
+    assert_eq!(
+        stranger.final_status(Duration::from_secs(3)).map(|x| x.0),
+        Some(403),
+        "untrusted source"
+    );
+    // A Via that claims to be the trunk does not help (received= wins).
+    let liar = RawSip::new(server.sip, "127.0.0.3");
+    let msg = rawsip::invite(
+        liar.local(),
+        server.sip,
+        "112",
+        "ne-3",
+        "z9hG4bK-ne-3",
+        4000,
+    )
+    .replace(
+        &format!("SIP/2.0/UDP {}", liar.local()),
+        "SIP/2.0/UDP 127.0.0.1:5060",
+    );
+    liar.send(&msg);
+    assert_eq!(
+        liar.final_status(Duration::from_secs(3)).map(|x| x.0),
+        Some(403)
+    );
+
+    let (_, calls) = server.get("/api/calls");
+    assert_eq!(calls.as_array().unwrap().len(), 0);
+}
+
+/// OPTIONS 200, unknown methods 501, broken requests 400, garbage dropped,
+/// stray BYE 481 — and the server keeps answering.
+#[test]
+fn odd_requests_get_proper_answers() {
+    let server = Server::start(Setup::default());
+    let c = RawSip::new(server.sip, "127.0.0.1");
+    let l = c.local();
+    let hdrs = |method: &str, n: u32| {
+        format!(
+            "Via: SIP/2.0/UDP {l};branch=z9hG4bK-odd-{n};rport\r\nMax-Forwards: 70\r\nFrom: <sip:a@{l}>;tag=odd{n}\r\nTo: <sip:112@{}>\r\nCall-ID: odd-{n}\r\nCSeq: 1 {method}\r\n",
+            server.sip
+        )
+    };
+    c.send(&format!(
+        "OPTIONS sip:{} SIP/2.0\r\n{}Content-Length: 0\r\n\r\n",
+        server.sip,
+        hdrs("OPTIONS", 1)
+    ));
+    let (code, resp) = c
+        .final_status(Duration::from_secs(3))
+        .expect("OPTIONS answered");
+    assert_eq!(code, 200);
+    assert!(header(&resp, "Allow").unwrap().contains("INVITE"));
+
+    c.send(&format!(
+        "FROBNICATE sip:112@{} SIP/2.0\r\n{}Content-Length: 0\r\n\r\n",
+        server.sip,
+        hdrs("FROBNICATE", 2)
+    ));
+    let (code, resp) = c
+        .final_status(Duration::from_secs(3))
+        .expect("unknown method answered");
+    assert_eq!(code, 501);
+    assert_eq!(header(&resp, "Call-ID"), Some("odd-2"));
+
+    c.send(&format!(
+        "INVITE sip:112@{} SIP/2.0\r\n{}Max-Forwards: lots\r\nContent-Length: 0\r\n\r\n",
+        server.sip,
+        hdrs("INVITE", 3)
+    ));
+    assert_eq!(
+        c.final_status(Duration::from_secs(3)).map(|x| x.0),
+        Some(400),
+        "malformed INVITE"
+    );
+
+    c.send_bytes(b"\x16\x03\x01\x02\x00\x01garbage that is not SIP at all");
+    c.send_bytes(&[0u8; 1200]);
+    assert!(
+        c.final_status(Duration::from_millis(500)).is_none(),
+        "garbage is not answered"
+    );
+
+    c.send(&format!(
+        "BYE sip:112@{} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-odd-5\r\nFrom: <sip:a@{l}>;tag=x\r\nTo: <sip:112@{}>;tag=nope\r\nCall-ID: no-such-dialog\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        server.sip, server.sip
+    ));
+    assert_eq!(
+        c.final_status(Duration::from_secs(3)).map(|x| x.0),
+        Some(481)
+    );
+
+    c.send(&format!(
+        "SUBSCRIBE sip:112@{} SIP/2.0\r\n{}Event: presence\r\nContent-Length: 0\r\n\r\n",
+        server.sip,
+        hdrs("SUBSCRIBE", 6)
+    ));
+    let (code, resp) = c.final_status(Duration::from_secs(3)).unwrap();
+    assert_eq!(code, 405);
+    assert!(header(&resp, "Allow").is_some());
+}
+
+/// Garbage, malformed SIP and forged in-dialog requests aimed at the
+/// server while a call is up leave that call and its recording whole.
+#[test]
+fn bad_input_during_a_call_harms_nothing_else() {
+    let server = Server::start(Setup::default());
+    let target = server.sip;
+    let caller = std::thread::spawn({
+        let sipp = Sipp::new(CALLER_TONE);
+        move || {
+            let r = sipp.run(
+                "uac_tone.xml",
+                target,
+                &["-s", "112", "-d", "5000"],
+                Duration::from_secs(30),
+            );
+            (r, sipp)
+        }
+    });
+    // Find the live call.
+    let mut live = None;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let (_, calls) = server.get("/api/calls");
+        if let Some(c) = calls.as_array().and_then(|a| a.first()).cloned() {
+            live = Some(c);
+            break;
+        }
+    }
+    let live = live.expect("call came up");
+    let call_id = live["sip_call_id"].as_str().unwrap().to_string();
+
+    let attacker = RawSip::new(server.sip, "127.0.0.1");
+    let l = attacker.local();
+    for i in 0..200u32 {
+        match i % 5 {
+            0 => attacker.send_bytes(&i.to_le_bytes().repeat(50)),
+            1 => attacker.send(&format!("INVITE sip:112@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {l}\r\nCall-ID: {call_id}\r\n\r\n")),
+            // A forged BYE for the live Call-ID with the wrong tags: 481.
+            2 => attacker.send(&format!(
+                "BYE sip:112@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-f{i}\r\nFrom: <sip:x@{l}>;tag=forged\r\nTo: <sip:112@{target}>;tag=forged\r\nCall-ID: {call_id}\r\nCSeq: 9{i} BYE\r\nContent-Length: 0\r\n\r\n"
+            )),
+            3 => attacker.send(&format!("SIP/2.0 200 OK\r\nCall-ID: {call_id}\r\n\r\n")),
+            _ => attacker.send("\r\n\r\n"),
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let answers = attacker.collect(Duration::from_millis(500));
+    assert!(
+        answers.iter().any(|(_, m)| status_of(m) == Some(481)),
+        "forged BYEs get 481"
+    );
+
+    let (r, _sipp) = caller.join().unwrap();
+    assert_eq!(
+        r.code,
+        Some(0),
+        "the real call failed:\n{}\n{}\n{}",
+        r.output,
+        r.errors,
+        server.log()
+    );
+    let c = server.wait_call_done(&call_id, Duration::from_secs(10));
+    assert_eq!(
+        c["end_cause"], "caller_bye",
+        "only the caller's BYE ended it"
+    );
+    check_recording(&server, &c, "greeting-112", 5.0);
+}
+
+/// kill -9 mid-call: the WAV is playable up to its last sync, and the next
+/// start marks the call interrupted with the file's checksum.
+#[test]
+fn kill_9_leaves_a_playable_recording_and_restart_marks_the_call() {
+    let mut server = Server::start(Setup::default());
+    let target = server.sip;
+    let sipp = Sipp::new(CALLER_TONE);
+    let caller = std::thread::spawn(move || {
+        let r = sipp.run(
+            "uac_tone.xml",
+            target,
+            &["-s", "112", "-d", "8000"],
+            Duration::from_secs(12),
+        );
+        drop(r);
+        sipp
+    });
+    let mut live = None;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Some(c) = server
+            .get("/api/calls")
+            .1
+            .as_array()
+            .and_then(|a| a.first())
+            .cloned()
+        {
+            if c["recording_path"].is_string() {
+                live = Some(c);
+                break;
+            }
+        }
+    }
+    let live = live.expect("call answered");
+    std::thread::sleep(Duration::from_millis(3500));
+    server.kill9();
+
+    let path = live["recording_path"].as_str().unwrap().to_string();
+    let (left, _right) = read_stereo(Path::new(&path));
+    let secs = left.len() as f64 / 8000.0;
+    assert!(secs >= 2.0, "only {secs:.2}s survived the crash");
+    let w = &left[left.len() - 4000..];
+    assert!(
+        tone_ratio(w, CALLER_TONE) > 0.8 && rms(w) > 1000.0,
+        "the last synced audio has the caller"
+    );
+
+    server.spawn();
+    let id = live["id"].as_str().unwrap().to_string();
+    let mut row = serde_json::Value::Null;
+    for _ in 0..50 {
+        row = server.get(&format!("/api/calls/{id}")).1;
+        if row["status"] == "interrupted" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(row["status"], "interrupted", "{row}");
+    assert_eq!(row["end_cause"], "interrupted_by_restart");
+    let sum = sha256_hex(&std::fs::read(&path).unwrap());
+    assert_eq!(row["recording_sha256"].as_str(), Some(sum.as_str()));
+    drop(caller.join());
+}
+
+/// `siaga check-config` names the file, the key and what was expected.
+#[test]
+fn check_config_names_file_and_key() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("sip-config")).unwrap();
+    std::fs::create_dir_all(root.path().join("dialplans")).unwrap();
+    let good = std::fs::read_to_string(common::repo().join("sip-config/siaga.toml")).unwrap();
+    std::fs::write(
+        root.path().join("sip-config/siaga.toml"),
+        good.replace("rtp_port_min = 20000", "rtp_port_min = \"lots\""),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_siaga"))
+        .args(["check-config", "--config-root"])
+        .arg(root.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sip-config/siaga.toml: key `media.rtp_port_min`"),
+        "{err}"
+    );
+    assert!(err.contains("expected"), "{err}");
+
+    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_siaga"))
+        .args(["check-config", "--config-root"])
+        .arg(common::repo())
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
+
+/// While the database refuses writes (held by another writer), calls are
+/// answered and recorded all the same; the records catch up afterwards.
+#[test]
+fn a_locked_database_does_not_delay_or_drop_calls() {
+    use sqlx::Connection;
+    let server = Server::start(Setup::default());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    sqlx::any::install_default_drivers();
+    let mut blocker = rt
+        .block_on(sqlx::AnyConnection::connect(&server.database_url()))
+        .unwrap();
+    rt.block_on(sqlx::query("BEGIN EXCLUSIVE").execute(&mut blocker))
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let sipp = Sipp::new(CALLER_TONE);
+    let r = sipp.run(
+        "uac_tone.xml",
+        server.sip,
+        &["-s", "112", "-d", "3000"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        r.code,
+        Some(0),
+        "call failed while the database was locked:\n{}\n{}",
+        r.output,
+        server.log()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "the call was held up: {:?}",
+        started.elapsed()
+    );
+    let (_, calls) = server.get("/api/calls");
+    assert_eq!(
+        calls.as_array().map(|a| a.len()),
+        Some(0),
+        "nothing could be written yet"
+    );
+
+    rt.block_on(sqlx::query("ROLLBACK").execute(&mut blocker))
+        .unwrap();
+    drop(blocker);
+    let mut found = None;
+    for _ in 0..200 {
+        let (_, calls) = server.get("/api/calls");
+        if let Some(c) = calls.as_array().and_then(|a| a.first()) {
+            if !c["recording_sha256"].is_null() {
+                found = Some(c.clone());
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let c = found.expect("records caught up after the database came back");
+    assert_eq!(c["end_cause"], "caller_bye");
+    check_recording(&server, &c, "greeting-112", 3.0);
+}
+
+/// Two callers wait: after the greeting the first hears "... antrean nomor
+/// satu", the second "... nomor dua" (positions from the ACD).
+#[test]
+fn waiting_callers_hear_their_position() {
+    let server = Server::start(Setup::default());
+    let target = server.sip;
+    let first = std::thread::spawn(move || {
+        let sipp = Sipp::new(CALLER_TONE);
+        sipp.run(
+            "uac_tone.xml",
+            target,
+            &["-s", "112", "-d", "19000"],
+            Duration::from_secs(40),
+        )
+        .code
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let second = Sipp::new(CALLER_TONE);
+    let r = second.run(
+        "uac_tone.xml",
+        target,
+        &["-s", "112", "-d", "18000"],
+        Duration::from_secs(40),
+    );
+    assert_eq!(r.code, Some(0), "{}", r.output);
+    assert_eq!(first.join().unwrap(), Some(0));
+
+    let (_, calls) = server.get("/api/calls");
+    let calls = calls.as_array().unwrap().clone();
+    assert_eq!(calls.len(), 2);
+    let greeting_len = prompt_through_alaw("greeting-112").len();
+    let intro = prompt_through_alaw("queue-position");
+    // calls[1] arrived first (newest first).
+    for (call, word) in [(&calls[1], "num-satu"), (&calls[0], "num-dua")] {
+        let c = server.wait_call_done(
+            call["sip_call_id"].as_str().unwrap(),
+            Duration::from_secs(10),
+        );
+        let (_, right) = read_stereo(Path::new(c["recording_path"].as_str().unwrap()));
+        let at = find_exact(&right[greeting_len..], &intro, 1600)
+            .expect("position announcement right after the greeting");
+        let number_at = greeting_len + at + intro.len();
+        let number = prompt_through_alaw(word);
+        assert!(
+            right.len() >= number_at + number.len(),
+            "recording too short for the number"
+        );
+        assert_eq!(
+            &right[number_at..number_at + number.len()],
+            &number[..],
+            "expected `{word}` after the position announcement"
+        );
+    }
+}
+
+/// Past a queue's maximum wait the caller moves to its overflow queue and
+/// keeps waiting, recorded; the move is on the call's record.
+#[test]
+fn a_caller_past_max_wait_overflows_and_stays_recorded() {
+    let server = Server::start(Setup {
+        queues: Some(
+            r#"[[queue]]
+name = "ntpd-112"
+max_wait = "1500ms"
+overflow = "queue:backup"
+[[queue]]
+name = "psc-119"
+max_wait = "60s"
+[[queue]]
+name = "backup"
+max_wait = "600s"
+"#
+            .into(),
+        ),
+        ..Setup::default()
+    });
+    let sipp = Sipp::new(CALLER_TONE);
+    let r = sipp.run(
+        "uac_tone.xml",
+        server.sip,
+        &["-s", "112", "-d", "3500"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(r.code, Some(0), "{}", r.output);
+    let (_, calls) = server.get("/api/calls");
+    let id = calls[0]["sip_call_id"].as_str().unwrap().to_string();
+    let c = server.wait_call_done(&id, Duration::from_secs(10));
+    assert_eq!(c["queue"], "backup");
+    assert_eq!(c["end_cause"], "caller_bye");
+    let (_, detail) = server.get(&format!("/api/calls/{}", c["id"].as_str().unwrap()));
+    let events = detail["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["kind"], "overflow");
+    assert_eq!(events[0]["detail"], "ntpd-112 -> backup");
+    check_recording(&server, &c, "greeting-112", 3.5);
+}
