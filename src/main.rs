@@ -64,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve => {
             let config = siaga::config::Config::load(&cli.config_root)?;
+            let grace = config.server.sip.shutdown_grace;
             let shutdown = CancellationToken::new();
             let running = siaga::server::start(config, shutdown.clone()).await?;
             // One machine-readable line, for scripts and tests.
@@ -80,8 +81,11 @@ async fn main() -> anyhow::Result<()> {
                 running.http
             );
             wait_for_signal().await;
-            tracing::info!("stopping");
-            shutdown.cancel();
+            tracing::info!("stopping; a second signal stops at once");
+            tokio::select! {
+                _ = running.shutdown(grace) => {}
+                _ = wait_for_signal() => tracing::warn!("stopped at once"),
+            }
         }
     }
     Ok(())

@@ -9,9 +9,11 @@ use crate::store::{Store, StoreWriter};
 use crate::web;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -28,11 +30,50 @@ pub enum ServerError {
     },
 }
 
-/// What a running server listens on.
-#[derive(Debug, Clone)]
+/// A running server: where it listens, and how to stop it.
 pub struct Running {
     pub sip: SipAddrs,
     pub http: SocketAddr,
+    stack: SipStack,
+    services: Arc<Services>,
+    shutdown: CancellationToken,
+}
+
+impl Running {
+    /// Stops gracefully: refuse new calls (503, so trunks fail over), let
+    /// calls in progress go on for `grace`, then end the rest; recordings
+    /// are finished and records written before this returns.
+    pub async fn shutdown(self, grace: Duration) {
+        self.stack.stop_taking_calls();
+        let tracker = &self.services.tracker;
+        tracker.close();
+        info!(
+            calls = tracker.len(),
+            ?grace,
+            "draining: new calls are refused"
+        );
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            warn!(
+                calls = tracker.len(),
+                "grace period over: ending the remaining calls"
+            );
+            self.services.hangup_all.cancel();
+            if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+                .await
+                .is_err()
+            {
+                warn!(calls = tracker.len(), "calls did not end in time");
+            }
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.services.store.flush())
+            .await
+            .is_err()
+        {
+            warn!("the database did not take every record before exit; they are lost");
+        }
+        self.shutdown.cancel();
+        drop(self.stack);
+    }
 }
 
 /// Starts every part and returns once all listen; the work continues in
@@ -59,11 +100,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         recorder: Recorder::start(),
         store: writer,
         acd: acd.clone(),
+        hangup_all: CancellationToken::new(),
+        tracker: TaskTracker::new(),
     });
 
     let (calls_tx, calls_rx) = mpsc::unbounded_channel();
     let sip = SipStack::start(config.clone(), calls_tx, shutdown.clone()).await?;
-    tokio::spawn(call::run_intake(services, calls_rx));
+    tokio::spawn(call::run_intake(services.clone(), calls_rx));
 
     let http_addr = config.server.http.listen;
     let listener = tokio::net::TcpListener::bind(http_addr)
@@ -90,11 +133,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             .await;
     });
     info!(%http, "HTTP API listening");
-    // Keep the SIP stack (and its dialog layer) alive until shutdown.
-    let addrs = sip.addrs.clone();
-    tokio::spawn(async move {
-        shutdown.cancelled().await;
-        drop(sip);
-    });
-    Ok(Running { sip: addrs, http })
+    Ok(Running {
+        sip: sip.addrs.clone(),
+        http,
+        stack: sip,
+        services,
+        shutdown,
+    })
 }

@@ -783,3 +783,184 @@ max_wait = "600s"
     assert_eq!(events[0]["detail"], "ntpd-112 -> backup");
     check_recording(&server, &c, "greeting-112", 3.5);
 }
+
+/// An INVITE without SDP gets our offer in the 200 OK and the answer comes
+/// in the ACK (RFC 3264 §4, late offer); PIDF-LO and Geolocation reach the
+/// incident; the caller then receives RTP paced every 20 ms, sequence +1,
+/// timestamp +160, carrying the greeting.
+#[test]
+fn late_offer_location_and_paced_rtp_at_the_caller() {
+    let server = Server::start(Setup::default());
+    let c = RawSip::new(server.sip, "127.0.0.1");
+    let rtp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rtp_port = rtp.local_addr().unwrap().port();
+    let l = c.local();
+    let call_id = format!("late-{rtp_port}");
+    let pidf = r#"<?xml version="1.0"?><presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:gml="http://www.opengis.net/gml" xmlns:ca="urn:ietf:params:xml:ns:pidf:geopriv10:civicAddr" entity="pres:c@t"><tuple id="a"><status><geopriv><location-info><gml:Point><gml:pos>-6.2088 106.8456</gml:pos></gml:Point><ca:civicAddress><ca:A2>Depok</ca:A2><ca:RD>Jalan Margonda</ca:RD></ca:civicAddress></location-info></geopriv></status></tuple></presence>"#;
+    let body = format!("--loc\r\nContent-Type: application/pidf+xml\r\nContent-ID: <loc@caller>\r\n\r\n{pidf}\r\n--loc--\r\n");
+    c.send(&format!(
+        "INVITE urn:service:sos SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-lo-1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:081299@{l}>;tag=lo1\r\nTo: <urn:service:sos>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:081299@{l}>\r\nP-Asserted-Identity: <tel:+6281299887766>\r\nGeolocation: <cid:loc@caller>\r\nContent-Type: multipart/mixed; boundary=loc\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    let (code, ok) = c.final_status(Duration::from_secs(3)).expect("answered");
+    assert_eq!(code, 200);
+    assert!(
+        ok.contains("m=audio "),
+        "the 200 OK carries our offer: {ok}"
+    );
+    assert!(ok.contains("PCMA/8000") && ok.contains("PCMU/8000"));
+    let to = header(&ok, "To").unwrap().to_string();
+    // Answer with PCMU (the offer's second codec) in the ACK.
+    let sdp = format!("v=0\r\no=c 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n");
+    c.send(&format!(
+        "ACK sip:112@{} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-lo-2;rport\r\nMax-Forwards: 70\r\nFrom: <sip:081299@{l}>;tag=lo1\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        server.sip,
+        sdp.len()
+    ));
+
+    // What the caller receives.
+    rtp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut buf = [0u8; 2048];
+    let mut packets = Vec::new();
+    while packets.len() < 100 {
+        let (n, _) = rtp.recv_from(&mut buf).expect("RTP from siaga");
+        packets.push((std::time::Instant::now(), buf[..n].to_vec()));
+    }
+    let seq = |p: &[u8]| u16::from_be_bytes([p[2], p[3]]);
+    let ts = |p: &[u8]| u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+    for w in packets.windows(2) {
+        let (a, b) = (&w[0].1, &w[1].1);
+        assert_eq!(b[1] & 0x7f, 0, "payload type PCMU as answered");
+        assert_eq!(b.len(), 12 + 160, "20 ms of G.711 per packet");
+        assert_eq!(seq(b), seq(a).wrapping_add(1));
+        assert_eq!(ts(b), ts(a).wrapping_add(160));
+    }
+    let span = packets[99].0 - packets[0].0;
+    assert!(
+        span >= Duration::from_millis(1850) && span <= Duration::from_millis(2150),
+        "99 intervals took {span:?}, expected about 1.98 s"
+    );
+    // The audio is the greeting, through µ-law.
+    let greeting: Vec<i16> = {
+        let mut r =
+            hound::WavReader::open(common::repo().join("prompts/greeting-112.wav")).unwrap();
+        r.samples::<i16>()
+            .map(|s| {
+                siaga::media::g711::Law::Ulaw
+                    .decode(siaga::media::g711::Law::Ulaw.encode(s.unwrap()))
+            })
+            .collect()
+    };
+    let heard: Vec<i16> = packets
+        .iter()
+        .flat_map(|(_, p)| {
+            p[12..]
+                .iter()
+                .map(|&b| siaga::media::g711::Law::Ulaw.decode(b))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        find_exact(&heard, &greeting[..8000], 1600).is_some(),
+        "the caller hears the greeting"
+    );
+
+    c.send(&format!(
+        "BYE sip:112@{} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-lo-3;rport\r\nMax-Forwards: 70\r\nFrom: <sip:081299@{l}>;tag=lo1\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        server.sip
+    ));
+    let call = server.wait_call_done(&call_id, Duration::from_secs(10));
+    assert_eq!(call["codec"], "PCMU");
+    assert_eq!(call["dialed"], "urn:service:sos");
+    assert_eq!(call["caller_number"], "+6281299887766");
+    let (_, inc) = server.get(&format!(
+        "/api/incidents/{}",
+        call["incident_id"].as_str().unwrap()
+    ));
+    assert_eq!(inc["latitude"], -6.2088);
+    assert_eq!(inc["longitude"], 106.8456);
+    assert_eq!(inc["location_text"], "Depok, Jalan Margonda");
+    assert_eq!(inc["geolocation"], "<cid:loc@caller>");
+}
+
+/// SIGTERM drains: new INVITEs get 503 with Retry-After (the trunk fails
+/// over), the call in progress goes on for the grace period, then gets a
+/// BYE; its recording is finished and its record written before exit.
+#[test]
+fn sigterm_drains_calls_then_ends_them_cleanly() {
+    let mut server = Server::start(Setup {
+        shutdown_grace: "1500ms",
+        ..Setup::default()
+    });
+    let c = RawSip::new(server.sip, "127.0.0.1");
+    let rtp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let l = c.local();
+    let call_id = format!("drain-{}", rtp.local_addr().unwrap().port());
+    c.send(&rawsip::invite(
+        l,
+        server.sip,
+        "112",
+        &call_id,
+        "z9hG4bK-dr-1",
+        rtp.local_addr().unwrap().port(),
+    ));
+    let (code, ok) = c.final_status(Duration::from_secs(3)).unwrap();
+    assert_eq!(code, 200);
+    let to = header(&ok, "To").unwrap().to_string();
+    c.send(&format!(
+        "ACK sip:112@{} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-dr-2;rport\r\nMax-Forwards: 70\r\nFrom: <sip:0811111@{l}>;tag=ft-{call_id}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        server.sip
+    ));
+    std::thread::sleep(Duration::from_millis(1000));
+    server.terminate();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let late = RawSip::new(server.sip, "127.0.0.1");
+    late.send(&rawsip::invite(
+        late.local(),
+        server.sip,
+        "112",
+        "drain-late",
+        "z9hG4bK-dr-9",
+        4000,
+    ));
+    let (code, resp) = late
+        .final_status(Duration::from_secs(2))
+        .expect("refused while draining");
+    assert_eq!(code, 503);
+    assert_eq!(header(&resp, "Retry-After"), Some("30"));
+
+    // The call in progress is ended by BYE after the grace period.
+    let msgs = c.collect(Duration::from_secs(4));
+    let bye = msgs
+        .iter()
+        .map(|(_, m)| m)
+        .find(|m| m.starts_with("BYE "))
+        .unwrap_or_else(|| panic!("no BYE after the grace period: {msgs:?}"));
+    let mut reply = String::from("SIP/2.0 200 OK\r\n");
+    for h in ["Via", "From", "To", "Call-ID", "CSeq"] {
+        reply.push_str(&format!("{h}: {}\r\n", header(bye, h).unwrap()));
+    }
+    reply.push_str("Content-Length: 0\r\n\r\n");
+    c.send(&reply);
+
+    let status = server
+        .wait_exit(Duration::from_secs(20))
+        .expect("exits by itself");
+    assert!(status.success(), "exit status {status:?}");
+    server.spawn();
+    let row = server.wait_call_done(&call_id, Duration::from_secs(10));
+    assert_eq!(row["status"], "ended");
+    assert_eq!(row["end_cause"], "shutdown");
+    let path = row["recording_path"].as_str().unwrap();
+    assert_eq!(
+        row["recording_sha256"].as_str(),
+        Some(sha256_hex(&std::fs::read(path).unwrap()).as_str())
+    );
+    let (left, _) = read_stereo(Path::new(path));
+    assert!(
+        left.len() as f64 / 8000.0 >= 2.0,
+        "recorded through the grace period"
+    );
+    assert_eq!(server.calls_with("drain-late").len(), 0);
+}

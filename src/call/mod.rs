@@ -20,6 +20,8 @@ use crate::store::{now_ms, NewCall, NewIncident, StoreCmd, StoreWriter};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{error, info, info_span, warn, Instrument};
 
 /// What every call shares.
@@ -30,6 +32,10 @@ pub struct Services {
     pub recorder: Recorder,
     pub store: StoreWriter,
     pub acd: AcdHandle,
+    /// Cancelled when the grace period of a shutdown is over.
+    pub hangup_all: CancellationToken,
+    /// Every call task, so a shutdown can wait for them.
+    pub tracker: TaskTracker,
 }
 
 /// Takes every accepted call and runs it in its own task.
@@ -44,7 +50,9 @@ pub async fn run_intake(services: Arc<Services>, mut calls: mpsc::UnboundedRecei
             service = %call.route.service,
             source = %call.info.source,
         );
-        tokio::spawn(run_call(services.clone(), call, call_id, incident_id).instrument(span));
+        services
+            .tracker
+            .spawn(run_call(services.clone(), call, call_id, incident_id).instrument(span));
     }
 }
 
@@ -311,6 +319,11 @@ async fn run_call(s: Arc<Services>, call: IncomingCall, call_id: CallId, inciden
                     s.store.send(StoreCmd::Queue { id: call_id.clone(), queue: to.clone() });
                     queue = to;
                 }
+            }
+            _ = s.hangup_all.cancelled() => {
+                info!("ending the call: the service is shutting down");
+                leg.hangup().await;
+                break LegEnd::Other("shutdown".into());
             }
             _ = announce => {
                 next_announcement = None;

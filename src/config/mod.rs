@@ -72,6 +72,14 @@ pub struct SipSection {
     pub public_ip: IpAddr,
     #[serde(default = "default_user_agent")]
     pub user_agent: String,
+    /// On SIGTERM, how long calls in progress may go on before they are
+    /// ended; new calls are refused with 503 meanwhile, so trunks fail over.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_user_agent() -> String {

@@ -23,6 +23,7 @@ use rsipstack::transport::udp::UdpConnection;
 use rsipstack::transport::{SipConnection, TransportLayer};
 use rsipstack::EndpointBuilder;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +63,7 @@ pub struct SipAddrs {
 pub struct SipStack {
     pub addrs: SipAddrs,
     layer: Arc<DialogLayer>,
+    draining: Arc<AtomicBool>,
 }
 
 impl SipStack {
@@ -138,11 +140,13 @@ impl SipStack {
         tokio::spawn(async move { endpoint.serve().await });
 
         let addrs = SipAddrs { udp, tcp };
+        let draining = Arc::new(AtomicBool::new(false));
         let dispatcher = Dispatcher {
             config,
             layer: layer.clone(),
             addrs: addrs.clone(),
             calls,
+            draining: draining.clone(),
         };
         let stop = cancel.clone();
         tokio::spawn(async move {
@@ -157,12 +161,22 @@ impl SipStack {
             }
         });
         info!(udp = ?addrs.udp, tcp = ?addrs.tcp, "SIP listening");
-        Ok(SipStack { addrs, layer })
+        Ok(SipStack {
+            addrs,
+            layer,
+            draining,
+        })
     }
 
     /// Dialogs open right now.
     pub fn dialogs(&self) -> usize {
         self.layer.len()
+    }
+
+    /// From now on, new INVITEs get 503 with Retry-After so the trunk
+    /// routes them to another center; calls in progress go on.
+    pub fn stop_taking_calls(&self) {
+        self.draining.store(true, Ordering::SeqCst);
     }
 }
 
@@ -219,6 +233,7 @@ struct Dispatcher {
     layer: Arc<DialogLayer>,
     addrs: SipAddrs,
     calls: mpsc::UnboundedSender<IncomingCall>,
+    draining: Arc<AtomicBool>,
 }
 
 impl Dispatcher {
@@ -287,6 +302,13 @@ impl Dispatcher {
     }
 
     async fn invite(&self, mut tx: Transaction) {
+        if self.draining.load(Ordering::SeqCst) {
+            let headers = vec![Header::Other("Retry-After".into(), "30".into())];
+            let _ = tx
+                .reply_with(StatusCode::ServiceUnavailable, headers, None)
+                .await;
+            return;
+        }
         let Some((source, transport)) = self.source_and_transport(&tx) else {
             let _ = tx.reply(StatusCode::BadRequest).await;
             return;

@@ -45,10 +45,16 @@ pub enum StoreCmd {
     },
 }
 
+enum Queued {
+    Cmd(StoreCmd),
+    /// Answered once everything queued before it is written.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 /// Where call tasks send their records; never blocks.
 #[derive(Clone)]
 pub struct StoreWriter {
-    tx: mpsc::UnboundedSender<StoreCmd>,
+    tx: mpsc::UnboundedSender<Queued>,
 }
 
 impl StoreWriter {
@@ -61,16 +67,29 @@ impl StoreWriter {
     }
 
     pub fn send(&self, cmd: StoreCmd) {
-        if self.tx.send(cmd).is_err() {
+        if self.tx.send(Queued::Cmd(cmd)).is_err() {
             error!("store writer is gone; a call record was not written");
+        }
+    }
+
+    /// Waits until every record sent before this call is written.
+    pub async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Queued::Flush(tx)).is_ok() {
+            let _ = rx.await;
         }
     }
 }
 
-async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<StoreCmd>) {
+async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Queued>) {
     retry("start-up", || startup(&store)).await;
-    while let Some(cmd) = rx.recv().await {
-        retry("call record", || apply(&store, &cmd)).await;
+    while let Some(q) = rx.recv().await {
+        match q {
+            Queued::Cmd(cmd) => retry("call record", || apply(&store, &cmd)).await,
+            Queued::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
     }
 }
 

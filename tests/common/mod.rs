@@ -34,6 +34,7 @@ pub struct Setup {
     pub rtp_timeout: &'static str,
     /// Replaces sip-config/queues.toml.
     pub queues: Option<String>,
+    pub shutdown_grace: &'static str,
 }
 
 impl Default for Setup {
@@ -43,6 +44,7 @@ impl Default for Setup {
             trunk_sources: vec!["127.0.0.1".into()],
             rtp_timeout: "60s",
             queues: None,
+            shutdown_grace: "30s",
         }
     }
 }
@@ -87,6 +89,7 @@ impl Server {
 udp = ["127.0.0.1:0"]
 tcp = ["127.0.0.1:0"]
 public_ip = "127.0.0.1"
+shutdown_grace = "{}"
 
 [media]
 rtp_ip = "127.0.0.1"
@@ -106,6 +109,7 @@ url = "sqlite://{}/db/siaga.db?mode=rwc"
 name = "test-trunk"
 sources = [{sources}]
 "#,
+                setup.shutdown_grace,
                 rtp_base + 3000,
                 repo().join("prompts").display(),
                 setup.rtp_timeout,
@@ -179,6 +183,29 @@ sources = [{sources}]
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// SIGTERM, as systemd sends on stop.
+    pub fn terminate(&self) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Some(status) = self.child.as_mut()?.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     pub fn database_url(&self) -> String {
