@@ -91,7 +91,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         Err(_) => tracing::warn!("database slow to answer; serving calls anyway"),
     }
     let writer = StoreWriter::spawn(store.clone());
-    let acd = AcdHandle::spawn(Acd::new(&config.queues));
+    let acd = AcdHandle::spawn(Acd::new(
+        &config.queues,
+        &config.agents,
+        std::time::Instant::now(),
+    ));
     let media = &config.server.media;
     let services = Arc::new(Services {
         config: config.clone(),

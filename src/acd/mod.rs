@@ -1,36 +1,95 @@
-//! The ACD: queues of waiting callers, their positions and overflow.
+//! The ACD: queues of waiting callers, agents with skills, and who gets
+//! which call.
 //!
 //! Pure and deterministic: events and `now` go in, actions come out. It
-//! never touches a socket or reads the clock, so tests drive it with a
-//! fake clock (`runtime` is the thin task that feeds it real time).
+//! never touches a socket or reads the clock, so tests drive it with a fake
+//! clock (`runtime` is the thin task that feeds it real time).
+//!
+//! Rules, in the order `poll` applies them:
+//! 1. wrap-up ends: the agent is ready again;
+//! 2. an offer rings past the queue's `ring_timeout`: the agent is set not
+//!    ready ("no_answer") and the call is offered anew at once;
+//! 3. a caller past `max_wait` moves to the overflow queue (never while
+//!    an agent's phone rings for it);
+//! 4. waiting calls, highest queue priority first, then oldest arrival
+//!    first (fair across queues), are offered to a ready, registered agent
+//!    meeting the call's requirements, chosen by the queue's strategy.
+//!
+//! A call's requirements are its queue's `require` plus its route's; after
+//! an escalation step's `after`, they are that step's `require` instead.
 
 pub mod runtime;
 
-use crate::config::{parse_overflow, Overflow, QueueConfig};
+use crate::config::{parse_overflow, AgentConfig, Overflow, QueueConfig, Strategy};
 use crate::ids::CallId;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+pub type Skills = BTreeMap<String, u8>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum AgentState {
+    LoggedOut,
+    Ready,
+    Ringing { call_id: CallId },
+    OnCall { call_id: CallId },
+    WrapUp,
+    NotReady { reason: String },
+}
+
+/// What an agent (or the panel for them) asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requested {
+    Ready,
+    NotReady(String),
+    LoggedOut,
+}
+
+#[derive(Debug, Clone)]
+struct Agent {
+    agency: String,
+    skills: Skills,
+    state: AgentState,
+    since: Instant,
+    /// Since when the agent has been free: orders longest-idle-first.
+    idle_since: Instant,
+    wrap_until: Option<Instant>,
+    /// Has an unexpired registration.
+    reachable: bool,
+}
 
 #[derive(Debug, Clone)]
 struct Waiting {
     call: CallId,
-    /// When the caller first reached us: orders callers across overflow.
+    /// When the caller first reached us: orders callers across queues.
     arrived: Instant,
-    /// When the caller entered this queue: starts the max-wait clock.
+    /// When the caller entered this queue: starts max-wait and escalation.
     entered: Instant,
+    route_require: Skills,
+    offer: Option<(String, Instant)>,
 }
 
 #[derive(Debug, Clone)]
 struct QueueState {
-    max_wait: Duration,
+    cfg: QueueConfig,
     overflow: Option<String>,
     waiting: Vec<Waiting>,
+    last_rr: Option<String>,
 }
 
 /// What the ACD decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AcdAction {
+    /// Ring this agent for this call.
+    Offer {
+        call: CallId,
+        agent: String,
+        queue: String,
+    },
+    /// The agent did not answer in time: stop ringing it.
+    RingTimeout { call: CallId, agent: String },
     /// The caller waited `max_wait` and now waits in `to`.
     Overflowed {
         call: CallId,
@@ -39,10 +98,33 @@ pub enum AcdAction {
     },
 }
 
+/// Why an offer failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfferFailure {
+    /// Rang out, or the phone said busy/unavailable.
+    NoAnswer,
+    /// The agent declined.
+    Declined,
+    /// The phone could not be reached.
+    Unreachable,
+}
+
+impl OfferFailure {
+    fn reason(self) -> &'static str {
+        match self {
+            OfferFailure::NoAnswer => "no_answer",
+            OfferFailure::Declined => "declined",
+            OfferFailure::Unreachable => "unreachable",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct QueueSnapshot {
     pub name: String,
     pub waiting: Vec<WaitingSnapshot>,
+    /// Agents able to take this queue's calls, counted by state.
+    pub agents: BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -50,21 +132,85 @@ pub struct WaitingSnapshot {
     pub call_id: CallId,
     pub position: u32,
     pub wait_ms: u64,
+    pub ringing_agent: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentSnapshot {
+    pub id: String,
+    pub agency: String,
+    pub skills: Skills,
+    #[serde(flatten)]
+    pub state: AgentState,
+    pub in_state_ms: u64,
+    pub registered: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AcdError {
     #[error("no queue named `{0}`")]
     UnknownQueue(String),
+    #[error("no agent named `{0}`")]
+    UnknownAgent(String),
+    #[error("the agent's phone is not registered")]
+    NotRegistered,
+    #[error("the agent is on a call; change state after it")]
+    Busy,
 }
 
 #[derive(Debug, Clone)]
 pub struct Acd {
     queues: BTreeMap<String, QueueState>,
+    agents: BTreeMap<String, Agent>,
+}
+
+fn meets(skills: &Skills, require: &Skills) -> bool {
+    require
+        .iter()
+        .all(|(s, min)| skills.get(s).is_some_and(|l| l >= min))
+}
+
+fn state_name(s: &AgentState) -> &'static str {
+    match s {
+        AgentState::LoggedOut => "logged_out",
+        AgentState::Ready => "ready",
+        AgentState::Ringing { .. } => "ringing",
+        AgentState::OnCall { .. } => "on_call",
+        AgentState::WrapUp => "wrap_up",
+        AgentState::NotReady { .. } => "not_ready",
+    }
+}
+
+impl QueueState {
+    /// The requirements of a waiting call at `now`.
+    fn requirement(&self, w: &Waiting, now: Instant) -> Skills {
+        let waited = now.saturating_duration_since(w.entered);
+        let step = self
+            .cfg
+            .escalation
+            .iter()
+            .filter(|e| e.after <= waited)
+            .max_by_key(|e| e.after);
+        match step {
+            Some(e) => e.require.clone(),
+            None => {
+                let mut r = self.cfg.require.clone();
+                for (k, v) in &w.route_require {
+                    let e = r.entry(k.clone()).or_insert(*v);
+                    *e = (*e).max(*v);
+                }
+                r
+            }
+        }
+    }
 }
 
 impl Acd {
-    pub fn new(configs: &BTreeMap<String, QueueConfig>) -> Acd {
+    pub fn new(
+        configs: &BTreeMap<String, QueueConfig>,
+        agents: &BTreeMap<String, AgentConfig>,
+        now: Instant,
+    ) -> Acd {
         let queues = configs
             .iter()
             .map(|(name, c)| {
@@ -75,18 +221,45 @@ impl Acd {
                     .map(|o| match o {
                         Overflow::Queue(q) => q,
                     });
+                let mut cfg = c.clone();
+                cfg.escalation.sort_by_key(|e| e.after);
                 (
                     name.clone(),
                     QueueState {
-                        max_wait: c.max_wait,
+                        cfg,
                         overflow,
                         waiting: Vec::new(),
+                        last_rr: None,
                     },
                 )
             })
             .collect();
-        Acd { queues }
+        let agents = agents
+            .iter()
+            .map(|(id, a)| {
+                (
+                    id.clone(),
+                    Agent {
+                        agency: a.agency.clone(),
+                        skills: a.skills.clone(),
+                        state: AgentState::LoggedOut,
+                        since: now,
+                        idle_since: now,
+                        wrap_until: None,
+                        reachable: false,
+                    },
+                )
+            })
+            .collect();
+        Acd { queues, agents }
     }
+
+    fn set(agent: &mut Agent, state: AgentState, now: Instant) {
+        agent.state = state;
+        agent.since = now;
+    }
+
+    // ----- callers -----
 
     /// Puts a caller in a queue, ordered by first arrival (a caller that
     /// overflowed keeps its place ahead of later arrivals).
@@ -94,6 +267,7 @@ impl Acd {
         &mut self,
         call: CallId,
         queue: &str,
+        route_require: Skills,
         arrived: Instant,
         now: Instant,
     ) -> Result<u32, AcdError> {
@@ -109,20 +283,33 @@ impl Acd {
                 call,
                 arrived,
                 entered: now,
+                route_require,
+                offer: None,
             },
         );
         Ok(idx as u32 + 1)
     }
 
-    /// Takes a caller out of whatever queue holds it.
-    pub fn remove(&mut self, call: &CallId) -> bool {
+    /// Takes a caller out (it hung up). Returns the agent whose phone was
+    /// ringing for it, now ready again, so its ringing can be stopped.
+    pub fn remove(&mut self, call: &CallId) -> Option<String> {
         for q in self.queues.values_mut() {
             if let Some(i) = q.waiting.iter().position(|w| &w.call == call) {
-                q.waiting.remove(i);
-                return true;
+                let w = q.waiting.remove(i);
+                let (agent, _) = w.offer?;
+                if let Some(a) = self.agents.get_mut(&agent) {
+                    if matches!(&a.state, AgentState::Ringing { call_id } if call_id == call) {
+                        a.state = if a.reachable {
+                            AgentState::Ready
+                        } else {
+                            AgentState::LoggedOut
+                        };
+                    }
+                }
+                return Some(agent);
             }
         }
-        false
+        None
     }
 
     /// The caller's queue and 1-based position.
@@ -135,144 +322,334 @@ impl Acd {
         })
     }
 
-    /// Applies every rule whose time has come.
+    // ----- offers -----
+
+    /// The agent answered: the call leaves the queue, the agent is on it.
+    pub fn answered(&mut self, call: &CallId, agent: &str, now: Instant) {
+        for q in self.queues.values_mut() {
+            q.waiting.retain(|w| &w.call != call);
+        }
+        if let Some(a) = self.agents.get_mut(agent) {
+            Self::set(
+                a,
+                AgentState::OnCall {
+                    call_id: call.clone(),
+                },
+                now,
+            );
+        }
+    }
+
+    /// The offer failed: the agent is set not ready, the call waits again.
+    pub fn offer_failed(&mut self, call: &CallId, agent: &str, why: OfferFailure, now: Instant) {
+        for q in self.queues.values_mut() {
+            for w in q.waiting.iter_mut().filter(|w| &w.call == call) {
+                if w.offer.as_ref().is_some_and(|(a, _)| a == agent) {
+                    w.offer = None;
+                }
+            }
+        }
+        if let Some(a) = self.agents.get_mut(agent) {
+            if matches!(&a.state, AgentState::Ringing { call_id } if call_id == call) {
+                Self::set(
+                    a,
+                    AgentState::NotReady {
+                        reason: why.reason().into(),
+                    },
+                    now,
+                );
+            }
+        }
+    }
+
+    /// The agent's call ended: wrap-up, then ready.
+    pub fn call_ended(&mut self, agent: &str, queue: &str, now: Instant) {
+        let wrap = self
+            .queues
+            .get(queue)
+            .map(|q| q.cfg.wrap_up)
+            .unwrap_or_default();
+        if let Some(a) = self.agents.get_mut(agent) {
+            if !a.reachable {
+                Self::set(a, AgentState::LoggedOut, now);
+            } else if wrap.is_zero() {
+                Self::set(a, AgentState::Ready, now);
+                a.idle_since = now;
+            } else {
+                Self::set(a, AgentState::WrapUp, now);
+                a.wrap_until = Some(now + wrap);
+            }
+        }
+    }
+
+    // ----- agents -----
+
+    /// Registration gained or lost. An agent without a registration is
+    /// never left ready.
+    pub fn set_reachable(&mut self, agent: &str, reachable: bool, now: Instant) {
+        if let Some(a) = self.agents.get_mut(agent) {
+            a.reachable = reachable;
+            if !reachable
+                && matches!(
+                    a.state,
+                    AgentState::Ready | AgentState::WrapUp | AgentState::NotReady { .. }
+                )
+            {
+                Self::set(a, AgentState::LoggedOut, now);
+            }
+        }
+    }
+
+    pub fn set_state(&mut self, agent: &str, req: Requested, now: Instant) -> Result<(), AcdError> {
+        let a = self
+            .agents
+            .get_mut(agent)
+            .ok_or_else(|| AcdError::UnknownAgent(agent.to_string()))?;
+        if matches!(
+            a.state,
+            AgentState::Ringing { .. } | AgentState::OnCall { .. }
+        ) {
+            return Err(AcdError::Busy);
+        }
+        match req {
+            Requested::Ready => {
+                if !a.reachable {
+                    return Err(AcdError::NotRegistered);
+                }
+                if a.state != AgentState::Ready {
+                    Self::set(a, AgentState::Ready, now);
+                    a.idle_since = now;
+                    a.wrap_until = None;
+                }
+            }
+            Requested::NotReady(reason) => Self::set(a, AgentState::NotReady { reason }, now),
+            Requested::LoggedOut => Self::set(a, AgentState::LoggedOut, now),
+        }
+        Ok(())
+    }
+
+    pub fn agent_state(&self, agent: &str) -> Option<&AgentState> {
+        self.agents.get(agent).map(|a| &a.state)
+    }
+
+    // ----- time -----
+
+    /// Applies every rule whose time has come (see the module docs).
     pub fn poll(&mut self, now: Instant) -> Vec<AcdAction> {
+        let mut actions = Vec::new();
+
+        for a in self.agents.values_mut() {
+            if a.state == AgentState::WrapUp && a.wrap_until.is_some_and(|t| t <= now) {
+                let until = a.wrap_until.take().unwrap_or(now);
+                Self::set(a, AgentState::Ready, until);
+                a.idle_since = until;
+            }
+        }
+
+        for q in self.queues.values_mut() {
+            let ring = q.cfg.ring_timeout;
+            for w in q.waiting.iter_mut() {
+                let Some((agent, since)) = w.offer.clone() else {
+                    continue;
+                };
+                if now.saturating_duration_since(since) >= ring {
+                    w.offer = None;
+                    if let Some(a) = self.agents.get_mut(&agent) {
+                        Self::set(
+                            a,
+                            AgentState::NotReady {
+                                reason: "no_answer".into(),
+                            },
+                            now,
+                        );
+                    }
+                    actions.push(AcdAction::RingTimeout {
+                        call: w.call.clone(),
+                        agent,
+                    });
+                }
+            }
+        }
+
         let mut moves = Vec::new();
         for (name, q) in &mut self.queues {
             let Some(target) = &q.overflow else { continue };
-            let max_wait = q.max_wait;
+            let max_wait = q.cfg.max_wait;
             let mut i = 0;
             while i < q.waiting.len() {
-                if now.saturating_duration_since(q.waiting[i].entered) >= max_wait {
-                    let w = q.waiting.remove(i);
-                    moves.push((w, name.clone(), target.clone()));
+                let w = &q.waiting[i];
+                if w.offer.is_none() && now.saturating_duration_since(w.entered) >= max_wait {
+                    moves.push((q.waiting.remove(i), name.clone(), target.clone()));
                 } else {
                     i += 1;
                 }
             }
         }
-        let mut actions = Vec::new();
         for (w, from, to) in moves {
             let call = w.call.clone();
-            // Config checking guarantees the target exists; if it did not,
-            // the caller stays where it was rather than being lost.
-            if self.enqueue(w.call.clone(), &to, w.arrived, now).is_err() {
-                let _ = self.enqueue(w.call, &from, w.arrived, w.entered);
+            if self
+                .enqueue(w.call.clone(), &to, w.route_require.clone(), w.arrived, now)
+                .is_err()
+            {
+                // Config checking prevents this; the caller is never lost.
+                let _ = self.enqueue(w.call, &from, w.route_require, w.arrived, w.entered);
                 continue;
             }
             actions.push(AcdAction::Overflowed { call, from, to });
         }
+
+        self.assign(now, &mut actions);
         actions
+    }
+
+    fn assign(&mut self, now: Instant, actions: &mut Vec<AcdAction>) {
+        // Every call not ringing anyone, best first.
+        let mut order: Vec<(i32, Instant, String, CallId)> = self
+            .queues
+            .iter()
+            .flat_map(|(name, q)| {
+                q.waiting
+                    .iter()
+                    .filter(|w| w.offer.is_none())
+                    .map(move |w| (-q.cfg.priority, w.arrived, name.clone(), w.call.clone()))
+            })
+            .collect();
+        order.sort();
+        for (_, _, qname, call) in order {
+            let Some(q) = self.queues.get(&qname) else {
+                continue;
+            };
+            let Some(w) = q.waiting.iter().find(|w| w.call == call) else {
+                continue;
+            };
+            let req = q.requirement(w, now);
+            let mut eligible: Vec<(&String, &Agent)> = self
+                .agents
+                .iter()
+                .filter(|(_, a)| {
+                    a.state == AgentState::Ready && a.reachable && meets(&a.skills, &req)
+                })
+                .collect();
+            if eligible.is_empty() {
+                continue;
+            }
+            let chosen = match q.cfg.strategy {
+                Strategy::LongestIdle => {
+                    eligible.sort_by_key(|(id, a)| (a.idle_since, (*id).clone()));
+                    eligible[0].0.clone()
+                }
+                Strategy::SkillLevel => {
+                    let score = |a: &Agent| -> u32 {
+                        req.keys()
+                            .map(|s| u32::from(*a.skills.get(s).unwrap_or(&0)))
+                            .sum()
+                    };
+                    eligible.sort_by_key(|(id, a)| {
+                        (std::cmp::Reverse(score(a)), a.idle_since, (*id).clone())
+                    });
+                    eligible[0].0.clone()
+                }
+                Strategy::RoundRobin => {
+                    let last = q.last_rr.clone();
+                    let after = eligible
+                        .iter()
+                        .find(|(id, _)| last.as_ref().is_none_or(|l| *id > l))
+                        .or_else(|| eligible.first());
+                    after.map(|(id, _)| (*id).clone()).unwrap_or_default()
+                }
+            };
+            let q = self.queues.get_mut(&qname).expect("queue exists");
+            q.last_rr = Some(chosen.clone());
+            if let Some(w) = q.waiting.iter_mut().find(|w| w.call == call) {
+                w.offer = Some((chosen.clone(), now));
+            }
+            if let Some(a) = self.agents.get_mut(&chosen) {
+                Self::set(
+                    a,
+                    AgentState::Ringing {
+                        call_id: call.clone(),
+                    },
+                    now,
+                );
+            }
+            actions.push(AcdAction::Offer {
+                call,
+                agent: chosen,
+                queue: qname,
+            });
+        }
     }
 
     /// When `poll` next has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.queues
-            .values()
-            .filter(|q| q.overflow.is_some())
-            .flat_map(|q| q.waiting.iter().map(move |w| w.entered + q.max_wait))
-            .min()
+        let mut times = Vec::new();
+        for q in self.queues.values() {
+            for w in &q.waiting {
+                match &w.offer {
+                    Some((_, since)) => times.push(*since + q.cfg.ring_timeout),
+                    None => {
+                        if q.overflow.is_some() {
+                            times.push(w.entered + q.cfg.max_wait);
+                        }
+                        times.extend(q.cfg.escalation.iter().map(|e| w.entered + e.after));
+                    }
+                }
+            }
+        }
+        times.extend(self.agents.values().filter_map(|a| a.wrap_until));
+        times.into_iter().min()
     }
 
     pub fn snapshot(&self, now: Instant) -> Vec<QueueSnapshot> {
         self.queues
             .iter()
-            .map(|(name, q)| QueueSnapshot {
-                name: name.clone(),
-                waiting: q
-                    .waiting
-                    .iter()
-                    .enumerate()
-                    .map(|(i, w)| WaitingSnapshot {
-                        call_id: w.call.clone(),
-                        position: i as u32 + 1,
-                        wait_ms: now.saturating_duration_since(w.arrived).as_millis() as u64,
-                    })
-                    .collect(),
+            .map(|(name, q)| {
+                let mut agents = BTreeMap::new();
+                for a in self
+                    .agents
+                    .values()
+                    .filter(|a| meets(&a.skills, &q.cfg.require))
+                {
+                    *agents.entry(state_name(&a.state).to_string()).or_insert(0) += 1;
+                }
+                QueueSnapshot {
+                    name: name.clone(),
+                    waiting: q
+                        .waiting
+                        .iter()
+                        .enumerate()
+                        .map(|(i, w)| WaitingSnapshot {
+                            call_id: w.call.clone(),
+                            position: i as u32 + 1,
+                            wait_ms: now.saturating_duration_since(w.arrived).as_millis() as u64,
+                            ringing_agent: w.offer.as_ref().map(|(a, _)| a.clone()),
+                        })
+                        .collect(),
+                    agents,
+                }
+            })
+            .collect()
+    }
+
+    pub fn agents(&self, now: Instant) -> Vec<AgentSnapshot> {
+        self.agents
+            .iter()
+            .map(|(id, a)| AgentSnapshot {
+                id: id.clone(),
+                agency: a.agency.clone(),
+                skills: a.skills.clone(),
+                state: a.state.clone(),
+                in_state_ms: now.saturating_duration_since(a.since).as_millis() as u64,
+                registered: a.reachable,
             })
             .collect()
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn queues() -> BTreeMap<String, QueueConfig> {
-        let q = |name: &str, secs: u64, overflow: Option<&str>| {
-            (
-                name.to_string(),
-                QueueConfig {
-                    name: name.into(),
-                    description: String::new(),
-                    max_wait: Duration::from_secs(secs),
-                    overflow: overflow.map(String::from),
-                    prompt_interval: Duration::from_secs(10),
-                },
-            )
-        };
-        [q("a", 60, Some("queue:backup")), q("backup", 600, None)].into()
-    }
-
-    fn id(s: &str) -> CallId {
-        CallId(s.into())
-    }
-
-    #[test]
-    fn positions_follow_arrival() {
-        let t0 = Instant::now();
-        let mut acd = Acd::new(&queues());
-        assert_eq!(acd.enqueue(id("1"), "a", t0, t0), Ok(1));
-        assert_eq!(
-            acd.enqueue(id("2"), "a", t0 + Duration::from_secs(1), t0),
-            Ok(2)
-        );
-        assert_eq!(acd.position(&id("2")), Some(("a", 2)));
-        assert!(acd.remove(&id("1")));
-        assert_eq!(acd.position(&id("2")), Some(("a", 1)));
-        assert!(!acd.remove(&id("1")));
-        assert_eq!(
-            acd.enqueue(id("x"), "nope", t0, t0),
-            Err(AcdError::UnknownQueue("nope".into()))
-        );
-    }
-
-    #[test]
-    fn overflow_after_max_wait_keeps_arrival_order() {
-        let t0 = Instant::now();
-        let s = Duration::from_secs;
-        let mut acd = Acd::new(&queues());
-        acd.enqueue(id("late"), "backup", t0 + s(30), t0 + s(30))
-            .unwrap();
-        acd.enqueue(id("early"), "a", t0, t0).unwrap();
-        assert_eq!(acd.next_deadline(), Some(t0 + s(60)));
-        assert!(acd.poll(t0 + s(59)).is_empty());
-        let actions = acd.poll(t0 + s(60));
-        assert_eq!(
-            actions,
-            vec![AcdAction::Overflowed {
-                call: id("early"),
-                from: "a".into(),
-                to: "backup".into()
-            }]
-        );
-        // Arrived first, so ahead of the caller already in backup.
-        assert_eq!(acd.position(&id("early")), Some(("backup", 1)));
-        assert_eq!(acd.position(&id("late")), Some(("backup", 2)));
-        // The backup queue has no overflow: nobody is ever moved out.
-        assert_eq!(acd.next_deadline(), None);
-        assert!(acd.poll(t0 + s(100_000)).is_empty());
-        assert_eq!(acd.position(&id("early")), Some(("backup", 1)));
-    }
-
-    #[test]
-    fn snapshot_reports_wait_from_arrival() {
-        let t0 = Instant::now();
-        let mut acd = Acd::new(&queues());
-        acd.enqueue(id("1"), "a", t0, t0).unwrap();
-        let snap = acd.snapshot(t0 + Duration::from_millis(1500));
-        let a = snap.iter().find(|q| q.name == "a").unwrap();
-        assert_eq!(a.waiting[0].wait_ms, 1500);
-        assert_eq!(a.waiting[0].position, 1);
-    }
+/// Shorthand for tests and config: `skills(&[("triage", 2)])`.
+pub fn skills(pairs: &[(&str, u8)]) -> Skills {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,7 +1,9 @@
 //! The task that owns the ACD: feeds it commands and real time, and tells
 //! each call what the ACD decided about it.
 
-use super::{Acd, AcdAction, QueueSnapshot};
+use super::{
+    Acd, AcdAction, AcdError, AgentSnapshot, OfferFailure, QueueSnapshot, Requested, Skills,
+};
 use crate::ids::CallId;
 use std::collections::HashMap;
 use std::time::Instant;
@@ -10,37 +12,48 @@ use tokio::sync::{mpsc, oneshot};
 /// What the ACD tells a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AcdNotice {
-    Overflowed { from: String, to: String },
+    Overflowed {
+        from: String,
+        to: String,
+    },
+    /// Ring this agent.
+    Offer {
+        agent: String,
+    },
+    /// Stop ringing this agent: it did not answer in time.
+    RingTimeout {
+        agent: String,
+    },
 }
 
-pub enum AcdCommand {
+enum Cmd {
     Enqueue {
         call: CallId,
         queue: String,
+        require: Skills,
         arrived: Instant,
         notices: mpsc::UnboundedSender<AcdNotice>,
         reply: oneshot::Sender<Option<u32>>,
     },
-    Leave {
-        call: CallId,
-    },
-    Position {
-        call: CallId,
-        reply: oneshot::Sender<Option<(String, u32)>>,
-    },
-    Snapshot {
-        reply: oneshot::Sender<Vec<QueueSnapshot>>,
-    },
+    Leave(CallId),
+    Position(CallId, oneshot::Sender<Option<(String, u32)>>),
+    Snapshot(oneshot::Sender<Vec<QueueSnapshot>>),
+    Agents(oneshot::Sender<Vec<AgentSnapshot>>),
+    SetState(String, Requested, oneshot::Sender<Result<(), AcdError>>),
+    Reachable(String, bool),
+    Answered(CallId, String),
+    OfferFailed(CallId, String, OfferFailure),
+    CallEnded(String, String),
 }
 
 #[derive(Clone)]
 pub struct AcdHandle {
-    tx: mpsc::UnboundedSender<AcdCommand>,
+    tx: mpsc::UnboundedSender<Cmd>,
 }
 
 impl AcdHandle {
     pub fn spawn(mut acd: Acd) -> AcdHandle {
-        let (tx, mut rx) = mpsc::unbounded_channel::<AcdCommand>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Cmd>();
         tokio::spawn(async move {
             let mut listeners: HashMap<CallId, mpsc::UnboundedSender<AcdNotice>> = HashMap::new();
             loop {
@@ -52,35 +65,56 @@ impl AcdHandle {
                     }
                 };
                 tokio::select! {
-                    cmd = rx.recv() => match cmd {
-                        Some(AcdCommand::Enqueue { call, queue, arrived, notices, reply }) => {
-                            let pos = acd.enqueue(call.clone(), &queue, arrived, Instant::now()).ok();
-                            if pos.is_some() {
-                                listeners.insert(call, notices);
+                    cmd = rx.recv() => {
+                        let Some(cmd) = cmd else { return };
+                        let now = Instant::now();
+                        match cmd {
+                            Cmd::Enqueue { call, queue, require, arrived, notices, reply } => {
+                                let pos = acd.enqueue(call.clone(), &queue, require, arrived, now).ok();
+                                if pos.is_some() {
+                                    listeners.insert(call, notices);
+                                }
+                                let _ = reply.send(pos);
                             }
-                            let _ = reply.send(pos);
+                            Cmd::Leave(call) => {
+                                acd.remove(&call);
+                                listeners.remove(&call);
+                            }
+                            Cmd::Position(call, reply) => {
+                                let _ = reply.send(acd.position(&call).map(|(q, p)| (q.to_string(), p)));
+                            }
+                            Cmd::Snapshot(reply) => {
+                                let _ = reply.send(acd.snapshot(now));
+                            }
+                            Cmd::Agents(reply) => {
+                                let _ = reply.send(acd.agents(now));
+                            }
+                            Cmd::SetState(agent, req, reply) => {
+                                let _ = reply.send(acd.set_state(&agent, req, now));
+                            }
+                            Cmd::Reachable(agent, yes) => acd.set_reachable(&agent, yes, now),
+                            Cmd::Answered(call, agent) => {
+                                acd.answered(&call, &agent, now);
+                                listeners.remove(&call);
+                            }
+                            Cmd::OfferFailed(call, agent, why) => acd.offer_failed(&call, &agent, why, now),
+                            Cmd::CallEnded(agent, queue) => acd.call_ended(&agent, &queue, now),
                         }
-                        Some(AcdCommand::Leave { call }) => {
-                            acd.remove(&call);
-                            listeners.remove(&call);
-                        }
-                        Some(AcdCommand::Position { call, reply }) => {
-                            let _ = reply.send(acd.position(&call).map(|(q, p)| (q.to_string(), p)));
-                        }
-                        Some(AcdCommand::Snapshot { reply }) => {
-                            let _ = reply.send(acd.snapshot(Instant::now()));
-                        }
-                        None => return,
-                    },
+                    }
                     _ = sleep => {}
                 }
                 for action in acd.poll(Instant::now()) {
-                    match action {
+                    let (call, notice) = match action {
                         AcdAction::Overflowed { call, from, to } => {
-                            if let Some(l) = listeners.get(&call) {
-                                let _ = l.send(AcdNotice::Overflowed { from, to });
-                            }
+                            (call, AcdNotice::Overflowed { from, to })
                         }
+                        AcdAction::Offer { call, agent, .. } => (call, AcdNotice::Offer { agent }),
+                        AcdAction::RingTimeout { call, agent } => {
+                            (call, AcdNotice::RingTimeout { agent })
+                        }
+                    };
+                    if let Some(l) = listeners.get(&call) {
+                        let _ = l.send(notice);
                     }
                 }
             }
@@ -88,41 +122,67 @@ impl AcdHandle {
         AcdHandle { tx }
     }
 
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).ok()?;
+        rx.await.ok()
+    }
+
     pub async fn enqueue(
         &self,
         call: CallId,
         queue: String,
+        require: Skills,
         arrived: Instant,
         notices: mpsc::UnboundedSender<AcdNotice>,
     ) -> Option<u32> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(AcdCommand::Enqueue {
-                call,
-                queue,
-                arrived,
-                notices,
-                reply,
-            })
-            .ok()?;
-        rx.await.ok().flatten()
+        self.ask(|reply| Cmd::Enqueue {
+            call,
+            queue,
+            require,
+            arrived,
+            notices,
+            reply,
+        })
+        .await
+        .flatten()
     }
 
     pub fn leave(&self, call: CallId) {
-        let _ = self.tx.send(AcdCommand::Leave { call });
+        let _ = self.tx.send(Cmd::Leave(call));
     }
 
     pub async fn position(&self, call: CallId) -> Option<(String, u32)> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(AcdCommand::Position { call, reply }).ok()?;
-        rx.await.ok().flatten()
+        self.ask(|r| Cmd::Position(call, r)).await.flatten()
     }
 
     pub async fn snapshot(&self) -> Vec<QueueSnapshot> {
-        let (reply, rx) = oneshot::channel();
-        if self.tx.send(AcdCommand::Snapshot { reply }).is_err() {
-            return Vec::new();
-        }
-        rx.await.unwrap_or_default()
+        self.ask(Cmd::Snapshot).await.unwrap_or_default()
+    }
+
+    pub async fn agents(&self) -> Vec<AgentSnapshot> {
+        self.ask(Cmd::Agents).await.unwrap_or_default()
+    }
+
+    pub async fn set_state(&self, agent: String, req: Requested) -> Result<(), AcdError> {
+        self.ask(|r| Cmd::SetState(agent.clone(), req, r))
+            .await
+            .unwrap_or(Err(AcdError::UnknownAgent(agent)))
+    }
+
+    pub fn reachable(&self, agent: String, yes: bool) {
+        let _ = self.tx.send(Cmd::Reachable(agent, yes));
+    }
+
+    pub fn answered(&self, call: CallId, agent: String) {
+        let _ = self.tx.send(Cmd::Answered(call, agent));
+    }
+
+    pub fn offer_failed(&self, call: CallId, agent: String, why: OfferFailure) {
+        let _ = self.tx.send(Cmd::OfferFailed(call, agent, why));
+    }
+
+    pub fn call_ended(&self, agent: String, queue: String) {
+        let _ = self.tx.send(Cmd::CallEnded(agent, queue));
     }
 }

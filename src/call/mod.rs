@@ -255,7 +255,13 @@ async fn run_call(s: Arc<Services>, call: IncomingCall, call_id: CallId, inciden
     let (notice_tx, mut notices) = mpsc::unbounded_channel();
     let mut queue = route.queue.clone();
     if s.acd
-        .enqueue(call_id.clone(), queue.clone(), arrived, notice_tx)
+        .enqueue(
+            call_id.clone(),
+            queue.clone(),
+            route.require.clone(),
+            arrived,
+            notice_tx,
+        )
         .await
         .is_none()
     {

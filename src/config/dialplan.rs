@@ -119,6 +119,9 @@ struct RouteFile {
     /// Ring (180) this long before answering. 0 answers at once.
     #[serde(default, with = "humantime_serde")]
     answer_delay: Option<Duration>,
+    /// Skills this route adds to the queue's (a language line: `{ jv = 1 }`).
+    #[serde(default)]
+    require: std::collections::BTreeMap<String, u8>,
 }
 
 /// A checked route.
@@ -130,6 +133,7 @@ pub struct Route {
     pub queue: String,
     pub emergency: bool,
     pub answer_delay: Duration,
+    pub require: BTreeMap<String, u8>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -229,6 +233,7 @@ fn check_route(
         queue: r.queue,
         emergency: r.emergency,
         answer_delay: r.answer_delay.unwrap_or_default(),
+        require: r.require,
     })
 }
 

@@ -72,10 +72,17 @@ pub struct SipSection {
     pub public_ip: IpAddr,
     #[serde(default = "default_user_agent")]
     pub user_agent: String,
+    /// Digest realm for agent accounts (their HA1s depend on it).
+    #[serde(default = "default_realm")]
+    pub realm: String,
     /// On SIGTERM, how long calls in progress may go on before they are
     /// ended; new calls are refused with 503 meanwhile, so trunks fail over.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+}
+
+fn default_realm() -> String {
+    "siaga".into()
 }
 
 fn default_shutdown_grace() -> Duration {
@@ -151,10 +158,101 @@ pub struct QueueConfig {
     /// How often a waiting caller hears "you are number N".
     #[serde(default = "default_prompt_interval", with = "humantime_serde")]
     pub prompt_interval: Duration,
+    /// Which ready agent gets the next caller.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Skills (with minimum levels) an agent needs to take these calls.
+    #[serde(default)]
+    pub require: BTreeMap<String, u8>,
+    /// Higher is served first when one agent serves several queues.
+    #[serde(default)]
+    pub priority: i32,
+    /// How long an agent's phone rings before the next agent is tried.
+    #[serde(default = "default_ring_timeout", with = "humantime_serde")]
+    pub ring_timeout: Duration,
+    /// After-call work time before the agent is offered the next call.
+    #[serde(default = "default_wrap_up", with = "humantime_serde")]
+    pub wrap_up: Duration,
+    /// Requirements that relax as a caller waits, in order of `after`.
+    #[serde(default)]
+    pub escalation: Vec<Escalation>,
+}
+
+/// After `after` in the queue, the call's requirements become `require`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Escalation {
+    #[serde(with = "humantime_serde")]
+    pub after: Duration,
+    pub require: BTreeMap<String, u8>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// The agent idle longest (the fair default).
+    #[default]
+    LongestIdle,
+    /// The most skilled agent (sum of levels in the required skills).
+    SkillLevel,
+    /// Agents in turn.
+    RoundRobin,
+}
+
+fn default_ring_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+
+fn default_wrap_up() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// `sip-config/agents.toml`: call-takers and dispatchers.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsFile {
+    #[serde(default, rename = "agent")]
+    pub agents: Vec<AgentConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// SIP user name and API id.
+    pub id: String,
+    pub name: String,
+    /// ntpd, polri, damkar, psc119, satpolpp, dishub...
+    pub agency: String,
+    /// Skill -> level (1..=5): triage, health, police, damkar, id, jv, su, en...
+    #[serde(default)]
+    pub skills: BTreeMap<String, u8>,
+    /// HA1 = MD5(id:realm:password), from `siaga agent-secret`.
+    pub ha1_md5: String,
+    /// HA1 = SHA-256(id:realm:password).
+    pub ha1_sha256: String,
 }
 
 fn default_prompt_interval() -> Duration {
     Duration::from_secs(10)
+}
+
+impl QueueConfig {
+    /// A queue with defaults, for code and tests that build one by hand.
+    pub fn new(name: &str, max_wait: Duration) -> QueueConfig {
+        QueueConfig {
+            name: name.into(),
+            description: String::new(),
+            max_wait,
+            overflow: None,
+            prompt_interval: default_prompt_interval(),
+            strategy: Strategy::default(),
+            require: BTreeMap::new(),
+            priority: 0,
+            ring_timeout: default_ring_timeout(),
+            wrap_up: default_wrap_up(),
+            escalation: Vec::new(),
+        }
+    }
 }
 
 /// Where a queue's callers go after its maximum wait.
@@ -169,6 +267,7 @@ pub struct Config {
     pub server: ServerFile,
     pub queues: BTreeMap<String, QueueConfig>,
     pub dialplan: Dialplan,
+    pub agents: BTreeMap<String, AgentConfig>,
     /// The folder the config was read from, for resolving relative paths.
     pub root: PathBuf,
 }
@@ -244,10 +343,12 @@ impl Config {
         check_overflow_cycles(&queues_path, &queues)?;
 
         let dialplan = Dialplan::load_dir(&root.join("dialplans"), &queues)?;
+        let agents = load_agents(&root.join("sip-config/agents.toml"))?;
         Ok(Config {
             server,
             queues,
             dialplan,
+            agents,
             root: root.to_path_buf(),
         })
     }
@@ -268,6 +369,61 @@ impl Config {
             .iter()
             .find(|t| t.sources.iter().any(|c| c.contains(ip)))
     }
+}
+
+fn load_agents(path: &Path) -> Result<BTreeMap<String, AgentConfig>, ConfigError> {
+    // No agents file: a center that only takes calls into queues.
+    if !path.exists() {
+        return Ok(BTreeMap::new());
+    }
+    let file: AgentsFile = parse_file(path)?;
+    let mut agents = BTreeMap::new();
+    for (i, a) in file.agents.into_iter().enumerate() {
+        let key = |k: &str| format!("agent[{i}].{k}");
+        let id_ok = !a.id.is_empty()
+            && a.id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !id_ok {
+            return Err(ConfigError::invalid(
+                path,
+                key("id"),
+                "expected letters, digits, - _ . only",
+            ));
+        }
+        for (field, value, len) in [
+            ("ha1_md5", &a.ha1_md5, 32),
+            ("ha1_sha256", &a.ha1_sha256, 64),
+        ] {
+            if value.len() != len || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ConfigError::invalid(
+                    path,
+                    key(field),
+                    format!(
+                        "expected {len} hex digits (run `siaga agent-secret {}`)",
+                        a.id
+                    ),
+                ));
+            }
+        }
+        for (skill, level) in &a.skills {
+            if !(1..=5).contains(level) {
+                return Err(ConfigError::invalid(
+                    path,
+                    format!("agent[{i}].skills.{skill}"),
+                    format!("expected a level from 1 to 5, found {level}"),
+                ));
+            }
+        }
+        if agents.insert(a.id.clone(), a.clone()).is_some() {
+            return Err(ConfigError::invalid(
+                path,
+                key("id"),
+                format!("agent `{}` is defined twice", a.id),
+            ));
+        }
+    }
+    Ok(agents)
 }
 
 /// `queue:NAME` → `Overflow::Queue`.
@@ -466,11 +622,8 @@ url = "sqlite::memory:"
     #[test]
     fn overflow_loop_is_refused() {
         let mk = |name: &str, of: &str| QueueConfig {
-            name: name.into(),
-            description: String::new(),
-            max_wait: Duration::from_secs(1),
             overflow: Some(of.into()),
-            prompt_interval: Duration::from_secs(5),
+            ..QueueConfig::new(name, Duration::from_secs(1))
         };
         let mut q = BTreeMap::new();
         q.insert("a".to_string(), mk("a", "queue:b"));

@@ -2,6 +2,9 @@
 //! own decisions on top (routing a request, answering what the parser
 //! refuses). Only this module names rsipstack, so its churn stays here.
 
+pub mod digest;
+pub mod guard;
+pub mod registrar;
 pub mod request;
 pub mod routing;
 pub mod salvage;

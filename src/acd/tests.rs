@@ -1,0 +1,444 @@
+//! One scenario per rule, on a fake clock (`t0 + seconds`).
+
+use super::*;
+use crate::config::{AgentConfig, Escalation, QueueConfig, Strategy};
+use std::time::Duration;
+
+fn s(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn id(x: &str) -> CallId {
+    CallId(x.into())
+}
+
+fn queue(name: &str, f: impl FnOnce(&mut QueueConfig)) -> (String, QueueConfig) {
+    let mut q = QueueConfig::new(name, s(600));
+    q.wrap_up = s(0);
+    f(&mut q);
+    (name.to_string(), q)
+}
+
+fn agent(name: &str, sk: &[(&str, u8)]) -> (String, AgentConfig) {
+    (
+        name.to_string(),
+        AgentConfig {
+            id: name.into(),
+            name: name.into(),
+            agency: "ntpd".into(),
+            skills: skills(sk),
+            ha1_md5: String::new(),
+            ha1_sha256: String::new(),
+        },
+    )
+}
+
+/// An ACD with every agent registered and made ready at `t0 + ready[i]`.
+fn acd(
+    queues: Vec<(String, QueueConfig)>,
+    agents: Vec<(String, AgentConfig)>,
+    t0: Instant,
+    ready_at: &[u64],
+) -> Acd {
+    let names: Vec<String> = agents.iter().map(|(n, _)| n.clone()).collect();
+    let mut a = Acd::new(
+        &queues.into_iter().collect(),
+        &agents.into_iter().collect(),
+        t0,
+    );
+    for (i, n) in names.iter().enumerate() {
+        a.set_reachable(n, true, t0);
+        let at = t0 + s(*ready_at.get(i).unwrap_or(&0));
+        a.set_state(n, Requested::Ready, at).unwrap();
+    }
+    a
+}
+
+fn offers(actions: &[AcdAction]) -> Vec<(String, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            AcdAction::Offer { call, agent, .. } => Some((call.0.clone(), agent.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn longest_idle_agent_gets_the_call() {
+    let t0 = Instant::now();
+    let mut a = acd(
+        vec![queue("q", |_| {})],
+        vec![agent("a1", &[]), agent("a2", &[]), agent("a3", &[])],
+        t0,
+        &[5, 1, 3],
+    );
+    a.enqueue(id("c1"), "q", Skills::new(), t0 + s(10), t0 + s(10))
+        .unwrap();
+    assert_eq!(
+        offers(&a.poll(t0 + s(10))),
+        vec![("c1".into(), "a2".into())]
+    );
+    assert_eq!(
+        a.agent_state("a2"),
+        Some(&AgentState::Ringing { call_id: id("c1") })
+    );
+}
+
+#[test]
+fn skill_level_strategy_picks_the_most_skilled() {
+    let t0 = Instant::now();
+    let mut a = acd(
+        vec![queue("q", |q| {
+            q.strategy = Strategy::SkillLevel;
+            q.require = skills(&[("triage", 1)]);
+        })],
+        vec![
+            agent("a1", &[("triage", 2)]),
+            agent("a2", &[("triage", 5)]),
+            agent("a3", &[("triage", 3)]),
+        ],
+        t0,
+        &[0, 9, 1],
+    );
+    a.enqueue(id("c1"), "q", Skills::new(), t0, t0 + s(10))
+        .unwrap();
+    assert_eq!(
+        offers(&a.poll(t0 + s(10))),
+        vec![("c1".into(), "a2".into())]
+    );
+}
+
+#[test]
+fn round_robin_takes_agents_in_turn() {
+    let t0 = Instant::now();
+    let mut a = acd(
+        vec![queue("q", |q| q.strategy = Strategy::RoundRobin)],
+        vec![agent("a1", &[]), agent("a2", &[]), agent("a3", &[])],
+        t0,
+        &[],
+    );
+    let mut got = Vec::new();
+    for i in 0..4u64 {
+        let c = id(&format!("c{i}"));
+        a.enqueue(c.clone(), "q", Skills::new(), t0 + s(i), t0 + s(i))
+            .unwrap();
+        let o = offers(&a.poll(t0 + s(i)));
+        got.push(o[0].1.clone());
+        a.answered(&c, &o[0].1, t0 + s(i));
+        a.call_ended(&o[0].1, "q", t0 + s(i));
+    }
+    assert_eq!(got, ["a1", "a2", "a3", "a1"]);
+}
+
+#[test]
+fn required_skills_and_minimum_levels_are_respected() {
+    let t0 = Instant::now();
+    let mut a = acd(
+        vec![queue("health", |q| q.require = skills(&[("health", 2)]))],
+        vec![
+            agent("triage-only", &[("triage", 5)]),
+            agent("junior", &[("health", 1)]),
+            agent("medic", &[("health", 3)]),
+        ],
+        t0,
+        &[0, 0, 5],
+    );
+    a.enqueue(id("c1"), "health", Skills::new(), t0, t0 + s(10))
+        .unwrap();
+    assert_eq!(
+        offers(&a.poll(t0 + s(10))),
+        vec![("c1".into(), "medic".into())]
+    );
+    // Nobody else qualifies for the next caller.
+    a.enqueue(id("c2"), "health", Skills::new(), t0 + s(11), t0 + s(11))
+        .unwrap();
+    assert!(offers(&a.poll(t0 + s(11))).is_empty());
+}
+
+#[test]
+fn route_requirements_add_a_language() {
+    let t0 = Instant::now();
+    let mut a = acd(
+        vec![queue("q", |q| q.require = skills(&[("triage", 1)]))],
+        vec![
+            agent("id-only", &[("triage", 3), ("id", 3)]),
+            agent("jv", &[("triage", 1), ("jv", 2)]),
+        ],
+        t0,
+        &[0, 5],
+    );
+    a.enqueue(id("c1"), "q", skills(&[("jv", 1)]), t0, t0 + s(10))
+        .unwrap();
+    assert_eq!(
+        offers(&a.poll(t0 + s(10))),
+        vec![("c1".into(), "jv".into())]
+    );
+}
+
+#[test]
+fn escalation_relaxes_requirements_after_a_wait() {
+    let t0 = Instant::now();
+    let mut a = acd(
+        vec![queue("q", |q| {
+            q.require = skills(&[("triage", 1)]);
+            q.escalation = vec![Escalation {
+                after: s(30),
+                require: Skills::new(),
+            }];
+        })],
+        vec![agent("untrained", &[("en", 1)])],
+        t0,
+        &[],
+    );
+    a.enqueue(id("c1"), "q", skills(&[("jv", 1)]), t0, t0)
+        .unwrap();
+    assert_eq!(a.next_deadline(), Some(t0 + s(30)));
+    assert!(offers(&a.poll(t0 + s(29))).is_empty());
+    assert_eq!(
+        offers(&a.poll(t0 + s(30))),
+        vec![("c1".into(), "untrained".into())]
+    );
+}
+
+#[test]
+fn higher_priority_queue_is_served_first() {
+    let t0 = Instant::now();
+    let mut a = acd(
+        vec![queue("low", |_| {}), queue("high", |q| q.priority = 10)],
+        vec![agent("a1", &[])],
+        t0,
+        &[],
+    );
+    a.set_state("a1", Requested::NotReady("break".into()), t0)
+        .unwrap();
+    a.enqueue(id("old-low"), "low", Skills::new(), t0, t0)
+        .unwrap();
+    a.enqueue(
+        id("new-high"),
+        "high",
+        Skills::new(),
+        t0 + s(20),
+        t0 + s(20),
+    )
+    .unwrap();
+    a.set_state("a1", Requested::Ready, t0 + s(21)).unwrap();
+    assert_eq!(
+        offers(&a.poll(t0 + s(21))),
+        vec![("new-high".into(), "a1".into())]
+    );
+}
+
+#[test]
+fn oldest_caller_first_across_queues_of_equal_priority() {
+    let t0 = Instant::now();
+    let mut a = acd(
+        vec![queue("q112", |_| {}), queue("q119", |_| {})],
+        vec![agent("both", &[])],
+        t0,
+        &[],
+    );
+    a.set_state("both", Requested::NotReady("break".into()), t0)
+        .unwrap();
+    a.enqueue(id("second"), "q112", Skills::new(), t0 + s(5), t0 + s(5))
+        .unwrap();
+    a.enqueue(id("first"), "q119", Skills::new(), t0 + s(1), t0 + s(1))
+        .unwrap();
+    a.set_state("both", Requested::Ready, t0 + s(6)).unwrap();
+    assert_eq!(
+        offers(&a.poll(t0 + s(6))),
+        vec![("first".into(), "both".into())]
+    );
+}
+
+#[test]
+fn ring_timeout_sets_agent_not_ready_and_tries_the_next_at_once() {
+    let t0 = Instant::now();
+    let mut a = acd(
+        vec![queue("q", |q| q.ring_timeout = s(15))],
+        vec![agent("sleepy", &[]), agent("awake", &[])],
+        t0,
+        &[0, 1],
+    );
+    a.enqueue(id("c1"), "q", Skills::new(), t0 + s(2), t0 + s(2))
+        .unwrap();
+    assert_eq!(
+        offers(&a.poll(t0 + s(2))),
+        vec![("c1".into(), "sleepy".into())]
+    );
+    assert_eq!(a.next_deadline(), Some(t0 + s(17)));
+    assert!(a.poll(t0 + s(16)).is_empty());
+    let actions = a.poll(t0 + s(17));
+    assert_eq!(
+        actions,
+        vec![
+            AcdAction::RingTimeout {
+                call: id("c1"),
+                agent: "sleepy".into()
+            },
+            AcdAction::Offer {
+                call: id("c1"),
+                agent: "awake".into(),
+                queue: "q".into()
+            },
+        ]
+    );
+    assert_eq!(
+        a.agent_state("sleepy"),
+        Some(&AgentState::NotReady {
+            reason: "no_answer".into()
+        })
+    );
+}
+
+#[test]
+fn a_failed_offer_sets_not_ready_and_the_call_waits_again() {
+    let t0 = Instant::now();
+    let mut a = acd(
+        vec![queue("q", |_| {})],
+        vec![agent("a1", &[]), agent("a2", &[])],
+        t0,
+        &[0, 1],
+    );
+    a.enqueue(id("c1"), "q", Skills::new(), t0, t0 + s(2))
+        .unwrap();
+    assert_eq!(offers(&a.poll(t0 + s(2)))[0].1, "a1");
+    a.offer_failed(&id("c1"), "a1", OfferFailure::Declined, t0 + s(3));
+    assert_eq!(
+        a.agent_state("a1"),
+        Some(&AgentState::NotReady {
+            reason: "declined".into()
+        })
+    );
+    assert_eq!(offers(&a.poll(t0 + s(3))), vec![("c1".into(), "a2".into())]);
+}
+
+#[test]
+fn wrap_up_then_ready_then_next_call() {
+    let t0 = Instant::now();
+    let mut a = acd(
+        vec![queue("q", |q| q.wrap_up = s(10))],
+        vec![agent("a1", &[])],
+        t0,
+        &[],
+    );
+    a.enqueue(id("c1"), "q", Skills::new(), t0, t0).unwrap();
+    a.poll(t0);
+    a.answered(&id("c1"), "a1", t0 + s(1));
+    assert_eq!(a.position(&id("c1")), None);
+    a.enqueue(id("c2"), "q", Skills::new(), t0 + s(5), t0 + s(5))
+        .unwrap();
+    assert!(offers(&a.poll(t0 + s(5))).is_empty(), "on a call");
+    a.call_ended("a1", "q", t0 + s(20));
+    assert_eq!(a.agent_state("a1"), Some(&AgentState::WrapUp));
+    assert_eq!(a.next_deadline(), Some(t0 + s(30)));
+    assert!(offers(&a.poll(t0 + s(29))).is_empty());
+    assert_eq!(
+        offers(&a.poll(t0 + s(30))),
+        vec![("c2".into(), "a1".into())]
+    );
+}
+
+#[test]
+fn an_unregistered_agent_gets_no_calls_and_cannot_be_ready() {
+    let t0 = Instant::now();
+    let queues: BTreeMap<_, _> = [queue("q", |_| {})].into();
+    let agents: BTreeMap<_, _> = [agent("a1", &[])].into();
+    let mut a = Acd::new(&queues, &agents, t0);
+    assert_eq!(
+        a.set_state("a1", Requested::Ready, t0),
+        Err(AcdError::NotRegistered)
+    );
+    a.enqueue(id("c1"), "q", Skills::new(), t0, t0).unwrap();
+    assert!(offers(&a.poll(t0)).is_empty());
+    a.set_reachable("a1", true, t0);
+    a.set_state("a1", Requested::Ready, t0).unwrap();
+    // Registration lost: never left ready.
+    a.set_reachable("a1", false, t0 + s(1));
+    assert_eq!(a.agent_state("a1"), Some(&AgentState::LoggedOut));
+    assert!(offers(&a.poll(t0 + s(1))).is_empty());
+    assert_eq!(
+        a.set_state("nobody", Requested::Ready, t0),
+        Err(AcdError::UnknownAgent("nobody".into()))
+    );
+}
+
+#[test]
+fn a_caller_leaving_while_ringing_frees_the_agent() {
+    let t0 = Instant::now();
+    let mut a = acd(vec![queue("q", |_| {})], vec![agent("a1", &[])], t0, &[]);
+    a.enqueue(id("c1"), "q", Skills::new(), t0, t0).unwrap();
+    a.poll(t0);
+    assert_eq!(
+        a.set_state("a1", Requested::NotReady("x".into()), t0),
+        Err(AcdError::Busy)
+    );
+    assert_eq!(
+        a.remove(&id("c1")),
+        Some("a1".into()),
+        "its ringing must be stopped"
+    );
+    assert_eq!(a.agent_state("a1"), Some(&AgentState::Ready));
+}
+
+#[test]
+fn overflow_after_max_wait_keeps_arrival_order_and_never_while_ringing() {
+    let t0 = Instant::now();
+    let mut a = acd(
+        vec![
+            queue("a", |q| {
+                q.max_wait = s(60);
+                q.overflow = Some("queue:backup".into());
+                q.require = skills(&[("rare", 1)]);
+            }),
+            queue("backup", |q| q.require = skills(&[("rare", 1)])),
+        ],
+        vec![],
+        t0,
+        &[],
+    );
+    a.enqueue(id("late"), "backup", Skills::new(), t0 + s(30), t0 + s(30))
+        .unwrap();
+    a.enqueue(id("early"), "a", Skills::new(), t0, t0).unwrap();
+    assert_eq!(a.next_deadline(), Some(t0 + s(60)));
+    assert!(a.poll(t0 + s(59)).is_empty());
+    assert_eq!(
+        a.poll(t0 + s(60)),
+        vec![AcdAction::Overflowed {
+            call: id("early"),
+            from: "a".into(),
+            to: "backup".into()
+        }]
+    );
+    assert_eq!(a.position(&id("early")), Some(("backup", 1)));
+    assert_eq!(a.position(&id("late")), Some(("backup", 2)));
+    assert!(a.poll(t0 + s(100_000)).is_empty(), "backup has no overflow");
+}
+
+#[test]
+fn snapshots_report_waits_and_agent_states() {
+    let t0 = Instant::now();
+    let mut a = acd(
+        vec![queue("q", |_| {})],
+        vec![agent("a1", &[]), agent("a2", &[])],
+        t0,
+        &[],
+    );
+    a.set_state("a2", Requested::NotReady("break".into()), t0)
+        .unwrap();
+    a.enqueue(id("c1"), "q", Skills::new(), t0, t0).unwrap();
+    a.poll(t0);
+    let q = &a.snapshot(t0 + Duration::from_millis(1500))[0];
+    assert_eq!(q.waiting[0].wait_ms, 1500);
+    assert_eq!(q.waiting[0].ringing_agent.as_deref(), Some("a1"));
+    assert_eq!(q.agents.get("ringing"), Some(&1));
+    assert_eq!(q.agents.get("not_ready"), Some(&1));
+    let agents = a.agents(t0 + s(2));
+    assert_eq!(
+        agents[1].state,
+        AgentState::NotReady {
+            reason: "break".into()
+        }
+    );
+    assert_eq!(agents[1].in_state_ms, 2000);
+}

@@ -1,0 +1,182 @@
+//! The registrar (RFC 3261 §10): where each agent's phone can be reached.
+//! Pure: time comes in as an argument. One binding per contact URI; an
+//! agent is reachable while at least one binding is unexpired.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Where to send an INVITE for an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub contact: String,
+    /// The address the REGISTER came from (NAT-safe target).
+    pub source: SocketAddr,
+    pub transport: &'static str,
+    pub expires_at: Instant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegisterError {
+    /// 423 Interval Too Brief, with our minimum.
+    TooBrief(u32),
+}
+
+#[derive(Debug)]
+pub struct Registrar {
+    bindings: HashMap<String, Vec<Binding>>,
+    min_expires: u32,
+    max_expires: u32,
+}
+
+impl Registrar {
+    pub fn new(min_expires: u32, max_expires: u32) -> Registrar {
+        Registrar {
+            bindings: HashMap::new(),
+            min_expires,
+            max_expires,
+        }
+    }
+
+    /// Adds or refreshes a binding, or removes it when `expires` is 0.
+    /// Returns the granted expiry in seconds.
+    pub fn register(
+        &mut self,
+        agent: &str,
+        contact: &str,
+        expires: u32,
+        source: SocketAddr,
+        transport: &'static str,
+        now: Instant,
+    ) -> Result<u32, RegisterError> {
+        let list = self.bindings.entry(agent.to_string()).or_default();
+        list.retain(|b| b.contact != contact);
+        if expires == 0 {
+            if list.is_empty() {
+                self.bindings.remove(agent);
+            }
+            return Ok(0);
+        }
+        if expires < self.min_expires {
+            return Err(RegisterError::TooBrief(self.min_expires));
+        }
+        let granted = expires.min(self.max_expires);
+        list.push(Binding {
+            contact: contact.to_string(),
+            source,
+            transport,
+            expires_at: now + Duration::from_secs(u64::from(granted)),
+        });
+        Ok(granted)
+    }
+
+    /// `Contact: *` with `Expires: 0`.
+    pub fn unregister_all(&mut self, agent: &str) {
+        self.bindings.remove(agent);
+    }
+
+    /// The freshest binding of an agent, if any is unexpired.
+    pub fn lookup(&self, agent: &str, now: Instant) -> Option<&Binding> {
+        self.bindings
+            .get(agent)?
+            .iter()
+            .filter(|b| b.expires_at > now)
+            .max_by_key(|b| b.expires_at)
+    }
+
+    /// Current bindings of an agent with their remaining seconds.
+    pub fn bindings(&self, agent: &str, now: Instant) -> Vec<(String, u64)> {
+        self.bindings
+            .get(agent)
+            .map(|l| {
+                l.iter()
+                    .filter(|b| b.expires_at > now)
+                    .map(|b| {
+                        (
+                            b.contact.clone(),
+                            b.expires_at.duration_since(now).as_secs(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Drops expired bindings; returns agents left with none.
+    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+        let mut gone = Vec::new();
+        self.bindings.retain(|agent, list| {
+            list.retain(|b| b.expires_at > now);
+            if list.is_empty() {
+                gone.push(agent.clone());
+                false
+            } else {
+                true
+            }
+        });
+        gone.sort();
+        gone
+    }
+
+    /// When `expire` next has work.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.bindings.values().flatten().map(|b| b.expires_at).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr() -> SocketAddr {
+        "127.0.0.1:5080".parse().unwrap()
+    }
+
+    #[test]
+    fn register_refresh_expire() {
+        let t0 = Instant::now();
+        let mut r = Registrar::new(60, 3600);
+        assert_eq!(
+            r.register("ct-01", "sip:ct-01@1.2.3.4", 7200, addr(), "udp", t0),
+            Ok(3600)
+        );
+        assert_eq!(
+            r.register("ct-01", "sip:ct-01@1.2.3.4", 30, addr(), "udp", t0),
+            Err(RegisterError::TooBrief(60))
+        );
+        assert_eq!(
+            r.register("ct-01", "sip:ct-01@1.2.3.4", 120, addr(), "udp", t0),
+            Ok(120)
+        );
+        assert_eq!(
+            r.bindings("ct-01", t0).len(),
+            1,
+            "a refresh replaces, not adds"
+        );
+        assert!(r.lookup("ct-01", t0 + Duration::from_secs(119)).is_some());
+        assert!(r.lookup("ct-01", t0 + Duration::from_secs(120)).is_none());
+        assert_eq!(r.next_expiry(), Some(t0 + Duration::from_secs(120)));
+        assert_eq!(
+            r.expire(t0 + Duration::from_secs(121)),
+            vec!["ct-01".to_string()]
+        );
+        assert!(r.expire(t0 + Duration::from_secs(122)).is_empty());
+    }
+
+    #[test]
+    fn zero_expires_and_wildcard_remove() {
+        let t0 = Instant::now();
+        let mut r = Registrar::new(60, 3600);
+        r.register("a", "sip:a@x", 300, addr(), "udp", t0).unwrap();
+        r.register("a", "sip:a@y", 600, addr(), "tcp", t0).unwrap();
+        assert_eq!(
+            r.lookup("a", t0).unwrap().contact,
+            "sip:a@y",
+            "freshest binding first"
+        );
+        assert_eq!(r.register("a", "sip:a@y", 0, addr(), "tcp", t0), Ok(0));
+        assert_eq!(r.lookup("a", t0).unwrap().contact, "sip:a@x");
+        r.unregister_all("a");
+        assert!(r.lookup("a", t0).is_none());
+    }
+}
