@@ -27,6 +27,12 @@ enum Command {
     CheckConfig,
     /// Create or update the database schema, then exit.
     Migrate,
+    /// Print the HA1 secrets of an agent account for sip-config/agents.toml.
+    /// Reads the password from standard input; it is never stored or shown.
+    AgentSecret {
+        /// The agent's id (SIP user name).
+        id: String,
+    },
 }
 
 fn init_logging() {
@@ -50,10 +56,33 @@ async fn main() -> anyhow::Result<()> {
             let prompts = config.resolve(&config.server.media.prompts_dir);
             siaga::media::prompts::Prompts::load(&prompts)?;
             println!(
-                "config OK: {} route(s), {} queue(s), {} trunk(s)",
+                "config OK: {} route(s), {} queue(s), {} trunk(s), {} agent(s)",
                 config.dialplan.routes.len(),
                 config.queues.len(),
-                config.server.trunks.len()
+                config.server.trunks.len(),
+                config.agents.len()
+            );
+        }
+        Command::AgentSecret { id } => {
+            let config = siaga::config::Config::load(&cli.config_root)?;
+            let realm = &config.server.sip.realm;
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .context("reading the password from standard input")?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(
+                password.len() >= 8,
+                "use a password of at least 8 characters"
+            );
+            use siaga::sip::digest::{ha1, Algorithm};
+            println!(
+                "ha1_md5 = \"{}\"",
+                ha1(Algorithm::Md5, &id, realm, password)
+            );
+            println!(
+                "ha1_sha256 = \"{}\"",
+                ha1(Algorithm::Sha256, &id, realm, password)
             );
         }
         Command::Migrate => {

@@ -4,7 +4,7 @@ use crate::acd::{runtime::AcdHandle, Acd};
 use crate::call::{self, Services};
 use crate::config::Config;
 use crate::media::{ports::PortPool, prompts::Prompts, recorder::Recorder};
-use crate::sip::{SipAddrs, SipStack};
+use crate::sip::{RegistrationEvent, SipAddrs, SipStack};
 use crate::store::{Store, StoreWriter};
 use crate::web;
 use std::net::SocketAddr;
@@ -96,6 +96,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         &config.agents,
         std::time::Instant::now(),
     ));
+    let (calls_tx, calls_rx) = mpsc::unbounded_channel();
+    let (reg_tx, mut reg_rx) = mpsc::unbounded_channel::<RegistrationEvent>();
+    let sip = SipStack::start(config.clone(), calls_tx, reg_tx, shutdown.clone()).await?;
+    let to_acd = acd.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = reg_rx.recv().await {
+            info!(agent = %ev.agent, registered = ev.reachable, "agent phone registration changed");
+            to_acd.reachable(ev.agent, ev.reachable);
+        }
+    });
     let media = &config.server.media;
     let services = Arc::new(Services {
         config: config.clone(),
@@ -104,12 +114,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         recorder: Recorder::start(),
         store: writer,
         acd: acd.clone(),
+        sip: sip.handle(),
         hangup_all: CancellationToken::new(),
         tracker: TaskTracker::new(),
     });
-
-    let (calls_tx, calls_rx) = mpsc::unbounded_channel();
-    let sip = SipStack::start(config.clone(), calls_tx, shutdown.clone()).await?;
     tokio::spawn(call::run_intake(services.clone(), calls_rx));
 
     let http_addr = config.server.http.listen;

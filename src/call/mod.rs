@@ -8,14 +8,19 @@
 pub mod paths;
 
 use crate::acd::runtime::{AcdHandle, AcdNotice};
+use crate::acd::OfferFailure;
 use crate::config::Config;
 use crate::ids::{CallId, IncidentId};
+use crate::media::g711::Law;
 use crate::media::ports::PortPool;
+use crate::media::ports::RtpSocket;
 use crate::media::prompts::{Prompts, Segment};
 use crate::media::recorder::{sha256_file, Recorder};
 use crate::media::sdp::{self, LocalAudio, Negotiated};
 use crate::media::session::{self, MediaCommand, MediaEvent, MediaParams};
-use crate::sip::{IncomingCall, LegEnd, LegEvent};
+use crate::sip::{
+    AgentFailure, AgentLeg, AgentLegEvent, IncomingCall, LegEnd, LegEvent, SipHandle,
+};
 use crate::store::{now_ms, NewCall, NewIncident, StoreCmd, StoreWriter};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +37,8 @@ pub struct Services {
     pub recorder: Recorder,
     pub store: StoreWriter,
     pub acd: AcdHandle,
+    /// Rings agents' phones.
+    pub sip: SipHandle,
     /// Cancelled when the grace period of a shutdown is over.
     pub hangup_all: CancellationToken,
     /// Every call task, so a shutdown can wait for them.
@@ -175,8 +182,8 @@ async fn run_call(s: Arc<Services>, call: IncomingCall, call_id: CallId, inciden
         end("caller_cancel", None);
         return;
     }
-    let answered = Instant::now();
     let answered_ms = now_ms();
+    let mut agent_answered: Option<Instant> = None;
 
     // Late offer: the answer comes in the ACK.
     let (remote_addr, negotiated) = match offer {
@@ -271,10 +278,18 @@ async fn run_call(s: Arc<Services>, call: IncomingCall, call_id: CallId, inciden
     let mut phase = Phase::Greeting;
     let mut next_announcement: Option<tokio::time::Instant> = None;
     let mut version = 1u64;
+    // The agent whose phone rings for this call, or who talks with the caller.
+    let mut agent: Option<AgentSide> = None;
     let why: LegEnd = loop {
         let announce = async {
             match next_announcement {
                 Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let agent_event = async {
+            match agent.as_mut() {
+                Some(a) => a.leg.next_event().await,
                 None => std::future::pending().await,
             }
         };
@@ -297,8 +312,78 @@ async fn run_call(s: Arc<Services>, call: IncomingCall, call_id: CallId, inciden
                 }
                 LegEvent::Ended(why) => break why,
             },
+            ev = agent_event => {
+                let Some(a) = agent.as_mut() else { continue };
+                match ev {
+                    AgentLegEvent::Ringing => info!(agent = %a.id, "agent phone ringing"),
+                    AgentLegEvent::Answered { sdp: body } => {
+                        let parsed = sdp::parse(&body).and_then(|r| sdp::negotiate(&r).map(|n| (r.addr, n)));
+                        let Some(rtp) = a.rtp.take() else { continue };
+                        match parsed {
+                            Ok((remote, n)) => {
+                                info!(agent = %a.id, codec = codec_name(&n), "agent answered; bridging");
+                                s.acd.answered(call_id.clone(), a.id.clone());
+                                s.store.send(StoreCmd::AgentAnswered { id: call_id.clone(), agent: a.id.clone(), at: now_ms() });
+                                agent_answered = Some(Instant::now());
+                                a.talking = true;
+                                next_announcement = None;
+                                let _ = cmd_tx.send(MediaCommand::Bridge {
+                                    rtp,
+                                    params: MediaParams {
+                                        law: n.law,
+                                        pt: n.pt,
+                                        dtmf_pt: n.dtmf_pt,
+                                        remote,
+                                        rtp_timeout: s.config.server.media.rtp_timeout,
+                                    },
+                                });
+                            }
+                            Err(e) => {
+                                warn!(agent = %a.id, error = %e, "agent answered with no usable SDP");
+                                a.leg.end().await;
+                                s.acd.offer_failed(call_id.clone(), a.id.clone(), OfferFailure::Unreachable);
+                                agent = None;
+                            }
+                        }
+                    }
+                    AgentLegEvent::Failed(f) => {
+                        info!(agent = %a.id, failure = ?f, "agent did not take the call");
+                        let why = match f {
+                            AgentFailure::NoAnswer => OfferFailure::NoAnswer,
+                            AgentFailure::Declined => OfferFailure::Declined,
+                            AgentFailure::Unreachable => OfferFailure::Unreachable,
+                        };
+                        s.acd.offer_failed(call_id.clone(), a.id.clone(), why);
+                        agent = None;
+                    }
+                    AgentLegEvent::ReOffer { sdp: offer, responder } => {
+                        // The agent's phone holds (sendonly/inactive) or resumes.
+                        let dir = offer
+                            .as_deref()
+                            .and_then(|b| sdp::parse(b).ok())
+                            .map(|r| r.direction)
+                            .unwrap_or(sdp::Direction::SendRecv);
+                        let hold = matches!(dir, sdp::Direction::SendOnly | sdp::Direction::Inactive);
+                        let _ = cmd_tx.send(MediaCommand::Hold(hold));
+                        info!(agent = %a.id, hold, "agent hold changed");
+                        a.version += 1;
+                        let again = LocalAudio { version: a.version, ..a.local };
+                        responder
+                            .ok_with_sdp(sdp::offer_preferring(&again, a.law, sdp::answer_direction(dir)))
+                            .await;
+                    }
+                    AgentLegEvent::Ended => {
+                        info!(agent = %a.id, "agent hung up; ending the call");
+                        leg.hangup().await;
+                        break LegEnd::Other("agent_bye".into());
+                    }
+                }
+            }
             ev = media_events.recv() => match ev {
                 Some(MediaEvent::Drained) => {
+                    if agent.as_ref().is_some_and(|a| a.talking) {
+                        continue;
+                    }
                     let wait = match phase {
                         Phase::Greeting => Duration::ZERO,
                         Phase::Queued => prompt_interval(&s.config, &queue),
@@ -313,8 +398,8 @@ async fn run_call(s: Arc<Services>, call: IncomingCall, call_id: CallId, inciden
                 }
                 None => break LegEnd::Other("media_failed".into()),
             },
-            notice = notices.recv() => {
-                if let Some(AcdNotice::Overflowed { from, to }) = notice {
+            notice = notices.recv() => match notice {
+                Some(AcdNotice::Overflowed { from, to }) => {
                     info!(%from, %to, "caller overflowed to the next queue");
                     s.store.send(StoreCmd::Event {
                         id: call_id.clone(),
@@ -325,7 +410,23 @@ async fn run_call(s: Arc<Services>, call: IncomingCall, call_id: CallId, inciden
                     s.store.send(StoreCmd::Queue { id: call_id.clone(), queue: to.clone() });
                     queue = to;
                 }
-            }
+                Some(AcdNotice::Offer { agent: id }) => {
+                    match ring_agent(&s, &id, &info, &incident_id, negotiated.law) {
+                        Ok(side) => agent = Some(side),
+                        Err(why) => {
+                            warn!(agent = %id, reason = why, "cannot ring the agent");
+                            s.acd.offer_failed(call_id.clone(), id, OfferFailure::Unreachable);
+                        }
+                    }
+                }
+                Some(AcdNotice::RingTimeout { agent: id }) => {
+                    if let Some(a) = agent.take_if(|a| a.id == id && !a.talking) {
+                        info!(agent = %id, "agent did not answer in time; trying the next");
+                        a.leg.end().await;
+                    }
+                }
+                None => {}
+            },
             _ = s.hangup_all.cancelled() => {
                 info!("ending the call: the service is shutting down");
                 leg.hangup().await;
@@ -341,9 +442,20 @@ async fn run_call(s: Arc<Services>, call: IncomingCall, call_id: CallId, inciden
     info!(cause = why.cause(), "call ended");
 
     s.acd.leave(call_id.clone());
+    if let Some(a) = agent.take() {
+        // Stop the agent's phone ringing (CANCEL) or end its leg (BYE).
+        if !matches!(why, LegEnd::Other(ref c) if c == "agent_bye") {
+            a.leg.end().await;
+        }
+        if a.talking {
+            s.acd.call_ended(a.id.clone(), queue.clone());
+        }
+    }
     let _ = cmd_tx.send(MediaCommand::Stop);
-    let wait_ms = answered.elapsed().as_millis() as i64;
-    end(why.cause(), Some(wait_ms));
+    let waited = agent_answered
+        .unwrap_or_else(Instant::now)
+        .duration_since(arrived);
+    end(why.cause(), Some(waited.as_millis() as i64));
     let (_stats, recording) = match media.await {
         Ok(x) => x,
         Err(e) => {
@@ -372,6 +484,59 @@ async fn run_call(s: Arc<Services>, call: IncomingCall, call_id: CallId, inciden
             error,
         });
     }
+}
+
+/// The agent side of a call: the leg to their phone and its media port.
+struct AgentSide {
+    id: String,
+    leg: AgentLeg,
+    /// Taken by the media bridge when the agent answers.
+    rtp: Option<RtpSocket>,
+    local: LocalAudio,
+    law: Law,
+    version: u64,
+    talking: bool,
+}
+
+/// Rings an agent's registered phone, offering the caller's law first.
+fn ring_agent(
+    s: &Services,
+    agent: &str,
+    info: &crate::sip::request::InviteInfo,
+    incident: &IncidentId,
+    law: Law,
+) -> Result<AgentSide, &'static str> {
+    let binding = s.sip.agent_binding(agent).ok_or("not registered")?;
+    let rtp = s.ports.allocate().map_err(|_| "no RTP port")?;
+    let local = LocalAudio {
+        ip: s.config.server.sip.public_ip,
+        port: rtp.port,
+        session_id: u64::from(rand::random::<u32>()),
+        version: 1,
+    };
+    let offer = sdp::offer_preferring(&local, law, sdp::Direction::SendRecv);
+    let caller = info
+        .caller_number
+        .clone()
+        .unwrap_or_else(|| "anonymous".into());
+    let http = s.config.server.http.listen;
+    let call_info = Some(format!(
+        "<http://{http}/api/incidents/{incident}>;purpose=info"
+    ));
+    let leg = s
+        .sip
+        .call_agent(&binding, &caller, offer, call_info)
+        .map_err(|_| "INVITE failed")?;
+    info!(%agent, contact = %binding.contact, "ringing agent");
+    Ok(AgentSide {
+        id: agent.to_string(),
+        leg,
+        rtp: Some(rtp),
+        local,
+        law,
+        version: 1,
+        talking: false,
+    })
 }
 
 fn prompt_interval(config: &Config, queue: &str) -> Duration {

@@ -75,10 +75,18 @@ pub struct SipSection {
     /// Digest realm for agent accounts (their HA1s depend on it).
     #[serde(default = "default_realm")]
     pub realm: String,
+    /// Digest algorithms offered to agent phones, most preferred first:
+    /// "SHA-256", "MD5" (RFC 8760 order by default).
+    #[serde(default = "default_digest_algorithms")]
+    pub digest_algorithms: Vec<String>,
     /// On SIGTERM, how long calls in progress may go on before they are
     /// ended; new calls are refused with 503 meanwhile, so trunks fail over.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+}
+
+fn default_digest_algorithms() -> Vec<String> {
+    vec!["SHA-256".into(), "MD5".into()]
 }
 
 fn default_realm() -> String {
@@ -463,6 +471,16 @@ fn check_overflow_cycles(
 }
 
 fn check_server(file: &Path, s: &ServerFile) -> Result<(), ConfigError> {
+    let algs = &s.sip.digest_algorithms;
+    let known = algs.iter().all(|a| a == "MD5" || a == "SHA-256");
+    let unique = algs.len() == algs.iter().collect::<std::collections::BTreeSet<_>>().len();
+    if algs.is_empty() || !known || !unique {
+        return Err(ConfigError::invalid(
+            file,
+            "sip.digest_algorithms",
+            format!("expected a list of \"SHA-256\" and/or \"MD5\", each once, found {algs:?}"),
+        ));
+    }
     if s.sip.udp.is_empty() && s.sip.tcp.is_empty() {
         return Err(ConfigError::invalid(
             file,

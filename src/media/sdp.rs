@@ -248,24 +248,39 @@ pub fn answer(local: &LocalAudio, n: &Negotiated, direction: Direction) -> Strin
         )),
     }
     s.push_str("a=ptime:20\r\n");
-    s.push_str(match direction {
-        Direction::SendRecv => "a=sendrecv\r\n",
-        Direction::SendOnly => "a=sendonly\r\n",
-        Direction::RecvOnly => "a=recvonly\r\n",
-        Direction::Inactive => "a=inactive\r\n",
-    });
+    s.push_str(direction_line(direction));
     s
 }
 
 /// Our offer, for an INVITE that came without one (the answer comes in ACK).
 pub fn offer(local: &LocalAudio) -> String {
+    offer_preferring(local, Law::Alaw, Direction::SendRecv)
+}
+
+/// An offer of both G.711 laws, `first` preferred: to an agent's phone we
+/// offer the caller's law first, so the bridge relays without transcoding.
+pub fn offer_preferring(local: &LocalAudio, first: Law, direction: Direction) -> String {
     let mut s = String::with_capacity(256);
     origin_and_connection(local, &mut s);
+    let (a, b) = match first {
+        Law::Alaw => ((8, "PCMA"), (0, "PCMU")),
+        Law::Ulaw => ((0, "PCMU"), (8, "PCMA")),
+    };
     s.push_str(&format!(
-        "m=audio {} RTP/AVP 8 0 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n",
-        local.port
+        "m=audio {} RTP/AVP {} {} 101\r\na=rtpmap:{} {}/8000\r\na=rtpmap:{} {}/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\n",
+        local.port, a.0, b.0, a.0, a.1, b.0, b.1
     ));
+    s.push_str(direction_line(direction));
     s
+}
+
+fn direction_line(d: Direction) -> &'static str {
+    match d {
+        Direction::SendRecv => "a=sendrecv\r\n",
+        Direction::SendOnly => "a=sendonly\r\n",
+        Direction::RecvOnly => "a=recvonly\r\n",
+        Direction::Inactive => "a=inactive\r\n",
+    }
 }
 
 /// The direction we answer with, mirroring the offer (RFC 3264 §6.1).
@@ -355,5 +370,8 @@ mod tests {
         assert_eq!(negotiate(&back).unwrap(), n);
         let o = parse(offer(&local).as_bytes()).unwrap();
         assert_eq!(negotiate(&o).unwrap().law, Law::Alaw);
+        let u = parse(offer_preferring(&local, Law::Ulaw, Direction::SendRecv).as_bytes()).unwrap();
+        assert_eq!(negotiate(&u).unwrap().law, Law::Ulaw);
+        assert_eq!(u.payloads.len(), 3);
     }
 }

@@ -30,7 +30,7 @@ impl Algorithm {
         }
     }
 
-    fn parse(s: &str) -> Option<Algorithm> {
+    pub fn parse(s: &str) -> Option<Algorithm> {
         match s.to_ascii_uppercase().as_str() {
             "MD5" => Some(Algorithm::Md5),
             "SHA-256" => Some(Algorithm::Sha256),
@@ -136,6 +136,8 @@ pub enum AuthOutcome {
 /// Issues nonces and checks responses.
 pub struct Authenticator {
     realm: String,
+    /// Challenges offered, most preferred first.
+    order: Vec<Algorithm>,
     secret: [u8; 32],
     lifetime_secs: u64,
     /// Highest `nc` seen per nonce, against replays (RFC 7616 §3.4).
@@ -146,6 +148,7 @@ impl Authenticator {
     pub fn new(realm: &str, secret: [u8; 32], lifetime_secs: u64) -> Authenticator {
         Authenticator {
             realm: realm.to_string(),
+            order: vec![Algorithm::Sha256, Algorithm::Md5],
             secret,
             lifetime_secs,
             seen_nc: HashMap::new(),
@@ -154,6 +157,16 @@ impl Authenticator {
 
     pub fn realm(&self) -> &str {
         &self.realm
+    }
+
+    /// The challenges to offer, in order. Clients should take the topmost
+    /// they support (RFC 7616 §3.7); some refuse a set holding one they do
+    /// not know, hence a list rather than a fixed pair.
+    pub fn with_algorithms(mut self, order: Vec<Algorithm>) -> Self {
+        if !order.is_empty() {
+            self.order = order;
+        }
+        self
     }
 
     fn mac(&self, issued: u64) -> String {
@@ -169,11 +182,12 @@ impl Authenticator {
         format!("{now_secs:x}.{}", self.mac(now_secs))
     }
 
-    /// `WWW-Authenticate` values: SHA-256 first, then MD5 (RFC 8760 §2.4).
+    /// `WWW-Authenticate` values, one per algorithm, in preference order
+    /// (RFC 8760 §2.4).
     pub fn challenges(&self, now_secs: u64, stale: bool) -> Vec<String> {
         let nonce = self.nonce(now_secs);
         let stale = if stale { ", stale=true" } else { "" };
-        [Algorithm::Sha256, Algorithm::Md5]
+        self.order
             .iter()
             .map(|a| {
                 format!(
@@ -203,6 +217,9 @@ impl Authenticator {
                 None => return AuthOutcome::Failed("unsupported algorithm"),
             },
         };
+        if !self.order.contains(&alg) {
+            return AuthOutcome::Failed("algorithm not offered");
+        }
         let Some((issued_hex, mac)) = creds.nonce.split_once('.') else {
             return AuthOutcome::Failed("foreign nonce");
         };
@@ -376,9 +393,14 @@ mod tests {
     }
 
     #[test]
-    fn challenges_offer_sha256_first() {
+    fn challenges_in_preference_order() {
         let c = auth().challenges(1000, true);
         assert!(c[0].contains("algorithm=SHA-256") && c[0].contains("stale=true"));
         assert!(c[1].contains("algorithm=MD5") && c[1].contains("qop=\"auth\""));
+        let c = auth()
+            .with_algorithms(vec![Algorithm::Md5])
+            .challenges(1000, false);
+        assert_eq!(c.len(), 1);
+        assert!(c[0].contains("algorithm=MD5") && !c[0].contains("stale"));
     }
 }

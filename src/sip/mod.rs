@@ -1,7 +1,9 @@
 //! SIP: transports, transactions and dialogs on rsipstack (pinned), and our
 //! own decisions on top (routing a request, answering what the parser
-//! refuses). Only this module names rsipstack, so its churn stays here.
+//! refuses, digest auth, the registrar). Only this module names rsipstack,
+//! so its churn stays here.
 
+pub mod accounts;
 pub mod digest;
 pub mod guard;
 pub mod registrar;
@@ -10,6 +12,8 @@ pub mod routing;
 pub mod salvage;
 mod stack;
 
+pub use accounts::RegistrationEvent;
 pub use stack::{
-    IncomingCall, LegEnd, LegEvent, Responder, ServerLeg, SipAddrs, SipError, SipStack,
+    AgentFailure, AgentLeg, AgentLegEvent, IncomingCall, LegEnd, LegEvent, Responder, ServerLeg,
+    SipAddrs, SipError, SipHandle, SipStack,
 };

@@ -42,6 +42,8 @@ pub fn route_invite(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MethodDecision {
     Invite,
+    /// An agent's phone registering.
+    Register,
     /// Answer 200 with our capabilities.
     Options,
     /// Answer with this status (405 carries an Allow header).
@@ -51,7 +53,7 @@ pub enum MethodDecision {
 }
 
 /// Methods we accept, for Allow headers.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER";
 
 pub fn out_of_dialog(method: &str) -> MethodDecision {
     match method {
@@ -61,9 +63,8 @@ pub fn out_of_dialog(method: &str) -> MethodDecision {
         // A BYE or in-dialog request for a dialog we do not know.
         "BYE" | "INFO" | "UPDATE" | "PRACK" => MethodDecision::Reply(481),
         // Known SIP methods this server does not offer (yet).
-        "REGISTER" | "SUBSCRIBE" | "NOTIFY" | "PUBLISH" | "MESSAGE" | "REFER" => {
-            MethodDecision::Reply(405)
-        }
+        "REGISTER" => MethodDecision::Register,
+        "SUBSCRIBE" | "NOTIFY" | "PUBLISH" | "MESSAGE" | "REFER" => MethodDecision::Reply(405),
         _ => MethodDecision::Reply(501),
     }
 }
@@ -160,5 +161,6 @@ mod tests {
         assert_eq!(out_of_dialog("SUBSCRIBE"), MethodDecision::Reply(405));
         assert_eq!(out_of_dialog("FOOBAR"), MethodDecision::Reply(501));
         assert_eq!(out_of_dialog("ACK"), MethodDecision::Absorb);
+        assert_eq!(out_of_dialog("REGISTER"), MethodDecision::Register);
     }
 }

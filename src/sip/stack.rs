@@ -6,6 +6,9 @@
 //! endpoint as if its own loop had read them. TCP framing stays with
 //! rsipstack.
 
+use super::accounts::{self, Accounts, RegisterReply, RegistrationEvent};
+use super::guard::Verdict;
+use super::registrar::Binding;
 use super::request::{self, header_value, InviteInfo};
 use super::routing::{self, InviteDecision, MethodDecision};
 use super::salvage;
@@ -64,6 +67,7 @@ pub struct SipStack {
     pub addrs: SipAddrs,
     layer: Arc<DialogLayer>,
     draining: Arc<AtomicBool>,
+    handle: SipHandle,
 }
 
 impl SipStack {
@@ -72,6 +76,7 @@ impl SipStack {
     pub async fn start(
         config: Arc<Config>,
         calls: mpsc::UnboundedSender<IncomingCall>,
+        registrations: mpsc::UnboundedSender<RegistrationEvent>,
         cancel: CancellationToken,
     ) -> Result<SipStack, SipError> {
         let transport_layer = TransportLayer::new(cancel.child_token());
@@ -141,12 +146,21 @@ impl SipStack {
 
         let addrs = SipAddrs { udp, tcp };
         let draining = Arc::new(AtomicBool::new(false));
+        let accounts = Arc::new(Accounts::new(config.clone(), registrations));
+        accounts::spawn_expiry(accounts.clone(), cancel.clone());
+        let handle = SipHandle {
+            config: config.clone(),
+            layer: layer.clone(),
+            accounts: accounts.clone(),
+            addrs: addrs.clone(),
+        };
         let dispatcher = Dispatcher {
             config,
             layer: layer.clone(),
             addrs: addrs.clone(),
             calls,
             draining: draining.clone(),
+            accounts,
         };
         let stop = cancel.clone();
         tokio::spawn(async move {
@@ -165,7 +179,13 @@ impl SipStack {
             addrs,
             layer,
             draining,
+            handle,
         })
+    }
+
+    /// What call tasks use to reach agents.
+    pub fn handle(&self) -> SipHandle {
+        self.handle.clone()
     }
 
     /// Dialogs open right now.
@@ -234,6 +254,7 @@ struct Dispatcher {
     addrs: SipAddrs,
     calls: mpsc::UnboundedSender<IncomingCall>,
     draining: Arc<AtomicBool>,
+    accounts: Arc<Accounts>,
 }
 
 impl Dispatcher {
@@ -263,6 +284,13 @@ impl Dispatcher {
         }
         match routing::out_of_dialog(&method) {
             MethodDecision::Invite => self.invite(tx).await,
+            MethodDecision::Register => {
+                let Some((source, transport)) = self.source_and_transport(&tx) else {
+                    let _ = tx.reply(StatusCode::BadRequest).await;
+                    return;
+                };
+                tokio::spawn(register(self.accounts.clone(), tx, source, transport));
+            }
             MethodDecision::Options => {
                 let headers = vec![
                     Header::Other("Allow".into(), routing::ALLOW.into()),
@@ -398,18 +426,281 @@ impl Dispatcher {
     }
 
     fn contact(&self, transport: &str) -> Option<rsipstack::sip::Uri> {
-        let ip = self.config.server.sip.public_ip;
-        let (port, suffix) = if transport == "tcp" {
-            (self.addrs.tcp.first()?.port(), ";transport=tcp")
+        contact_uri(&self.config, &self.addrs, None, transport)
+    }
+}
+
+/// `sip:[user@]public-ip:port[;transport=tcp]` for our Contact headers.
+fn contact_uri(
+    config: &Config,
+    addrs: &SipAddrs,
+    user: Option<&str>,
+    transport: &str,
+) -> Option<rsipstack::sip::Uri> {
+    let ip = config.server.sip.public_ip;
+    let (port, suffix) = if transport == "tcp" {
+        (addrs.tcp.first()?.port(), ";transport=tcp")
+    } else {
+        (addrs.udp.first()?.port(), "")
+    };
+    let host = if ip.is_ipv6() {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    };
+    let user = user.map(|u| format!("{u}@")).unwrap_or_default();
+    rsipstack::sip::Uri::try_from(format!("sip:{user}{host}:{port}{suffix}").as_str()).ok()
+}
+
+fn header_values(req: &rsipstack::sip::Request, name: &str) -> Vec<String> {
+    req.headers
+        .iter()
+        .filter_map(|h| {
+            let text = h.to_string();
+            let (n, v) = text.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+        .collect()
+}
+
+/// Answers one REGISTER (RFC 3261 §10.3), after the guard's delay.
+async fn register(
+    accounts: Arc<Accounts>,
+    mut tx: Transaction,
+    source: SocketAddr,
+    transport: &'static str,
+) {
+    match accounts.guard(source.ip(), std::time::Instant::now()) {
+        Verdict::Blocked => {
+            let _ = tx.reply(StatusCode::Forbidden).await;
+            return;
+        }
+        Verdict::Delay(d) => tokio::time::sleep(d).await,
+        Verdict::Allow => {}
+    }
+    let req = &tx.original;
+    let user = header_value(req, "To")
+        .and_then(|t| {
+            let (uri, _) = accounts::split_contact(&t);
+            let rest = uri.split_once(':')?.1;
+            Some(rest.split_once('@')?.0.to_string())
+        })
+        .unwrap_or_default();
+    let contacts: Vec<String> = header_values(req, "Contact")
+        .iter()
+        .flat_map(|v| accounts::split_contacts(v))
+        .collect();
+    let expires = header_value(req, "Expires").and_then(|v| v.parse().ok());
+    let authorization = header_value(req, "Authorization");
+    let reply = accounts.register(
+        &user,
+        authorization.as_deref(),
+        &contacts,
+        expires,
+        source,
+        transport,
+        std::time::Instant::now(),
+    );
+    let result = match reply {
+        RegisterReply::Challenge(values) => {
+            let headers = values
+                .into_iter()
+                .map(|v| Header::Other("WWW-Authenticate".into(), v))
+                .collect();
+            tx.reply_with(StatusCode::Unauthorized, headers, None).await
+        }
+        RegisterReply::Ok(bindings) => {
+            let headers = bindings
+                .into_iter()
+                .map(|v| Header::Other("Contact".into(), v))
+                .collect();
+            tx.reply_with(StatusCode::OK, headers, None).await
+        }
+        RegisterReply::TooBrief(min) => {
+            let headers = vec![Header::Other("Min-Expires".into(), min.to_string())];
+            tx.reply_with(StatusCode::IntervalTooBrief, headers, None)
+                .await
+        }
+        RegisterReply::Forbidden => tx.reply(StatusCode::Forbidden).await,
+        RegisterReply::BadRequest => tx.reply(StatusCode::BadRequest).await,
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "REGISTER answer not sent");
+    }
+}
+
+/// What call tasks use to reach agents' phones.
+#[derive(Clone)]
+pub struct SipHandle {
+    config: Arc<Config>,
+    layer: Arc<DialogLayer>,
+    accounts: Arc<Accounts>,
+    addrs: SipAddrs,
+}
+
+impl SipHandle {
+    pub fn agent_binding(&self, agent: &str) -> Option<Binding> {
+        self.accounts.lookup(agent)
+    }
+
+    /// Rings an agent's registered phone with `sdp` as the offer. The From
+    /// shows the caller's number; Call-Info points at the incident.
+    pub fn call_agent(
+        &self,
+        binding: &Binding,
+        caller: &str,
+        sdp: String,
+        call_info: Option<String>,
+    ) -> Result<AgentLeg, SipError> {
+        let callee = rsipstack::sip::Uri::try_from(binding.contact.as_str())
+            .map_err(|e| SipError::Stack(format!("agent contact `{}`: {e}", binding.contact)))?;
+        let caller_uri = contact_uri(&self.config, &self.addrs, Some(caller), "udp")
+            .ok_or_else(|| SipError::Stack("no UDP listener".into()))?;
+        let contact = contact_uri(&self.config, &self.addrs, None, binding.transport)
+            .ok_or_else(|| SipError::Stack("no listener for the agent's transport".into()))?;
+        let transport = if binding.transport == "tcp" {
+            Transport::Tcp
         } else {
-            (self.addrs.udp.first()?.port(), "")
+            Transport::Udp
         };
-        let host = if ip.is_ipv6() {
-            format!("[{ip}]")
+        let headers = call_info
+            .map(|ci| vec![Header::Other("Call-Info".into(), ci)])
+            .unwrap_or_default();
+        let opt = rsipstack::dialog::invitation::InviteOption {
+            caller_display_name: Some(caller.to_string()),
+            caller: caller_uri,
+            callee,
+            destination: Some(rsipstack::transport::SipAddr {
+                r#type: Some(transport),
+                addr: binding.source.into(),
+            }),
+            content_type: Some("application/sdp".into()),
+            offer: Some(sdp.into_bytes()),
+            contact,
+            headers: Some(headers),
+            ..Default::default()
+        };
+        let (state_tx, states) = self.layer.new_dialog_state_channel();
+        let (dialog, task) = self.layer.do_invite_async(opt, state_tx)?;
+        Ok(AgentLeg {
+            dialog,
+            states,
+            layer: self.layer.clone(),
+            _task: task,
+            answered: false,
+        })
+    }
+}
+
+/// Why an agent leg did not come up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentFailure {
+    NoAnswer,
+    Declined,
+    Unreachable,
+}
+
+pub enum AgentLegEvent {
+    Ringing,
+    /// 200 OK with the agent's answer.
+    Answered {
+        sdp: Vec<u8>,
+    },
+    Failed(AgentFailure),
+    ReOffer {
+        sdp: Option<Vec<u8>>,
+        responder: Responder,
+    },
+    /// The agent hung up (or the leg died) after answering.
+    Ended,
+}
+
+/// Our INVITE to an agent's phone (we are the UAC).
+pub struct AgentLeg {
+    dialog: InviteDialog,
+    states: DialogStateReceiver,
+    layer: Arc<DialogLayer>,
+    _task: rsipstack::platform::JoinHandle<rsipstack::dialog::invitation::InviteAsyncResult>,
+    answered: bool,
+}
+
+impl AgentLeg {
+    pub async fn next_event(&mut self) -> AgentLegEvent {
+        loop {
+            let Some(state) = self.states.recv().await else {
+                return if self.answered {
+                    AgentLegEvent::Ended
+                } else {
+                    AgentLegEvent::Failed(AgentFailure::Unreachable)
+                };
+            };
+            match state {
+                DialogState::Early(..) => return AgentLegEvent::Ringing,
+                DialogState::Confirmed(_, resp) if !self.answered => {
+                    self.answered = true;
+                    return AgentLegEvent::Answered { sdp: resp.body };
+                }
+                DialogState::Terminated(_, reason) => {
+                    if self.answered {
+                        return AgentLegEvent::Ended;
+                    }
+                    let code = match &reason {
+                        TerminatedReason::UasOther(c) | TerminatedReason::ProxyError(c) => {
+                            Some(c.code())
+                        }
+                        _ => None,
+                    };
+                    return AgentLegEvent::Failed(match (reason, code) {
+                        (TerminatedReason::UasBusy | TerminatedReason::UasDecline, _) => {
+                            AgentFailure::Declined
+                        }
+                        (_, Some(486 | 600 | 603)) => AgentFailure::Declined,
+                        (TerminatedReason::Timeout | TerminatedReason::UacCancel, _) => {
+                            AgentFailure::NoAnswer
+                        }
+                        (_, Some(408 | 480 | 487)) => AgentFailure::NoAnswer,
+                        _ => AgentFailure::Unreachable,
+                    });
+                }
+                DialogState::Updated(_, req, handle) => {
+                    let sdp = Some(req.body).filter(|b| !b.is_empty());
+                    return AgentLegEvent::ReOffer {
+                        sdp,
+                        responder: Responder(handle),
+                    };
+                }
+                DialogState::Info(_, _, h)
+                | DialogState::Options(_, _, h)
+                | DialogState::Notify(_, _, h)
+                | DialogState::Message(_, _, h) => {
+                    let _ = h.reply(StatusCode::OK).await;
+                }
+                DialogState::Refer(_, _, h) => {
+                    let _ = h.reply(StatusCode::from(603)).await;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Stops ringing (CANCEL) or hangs up (BYE), whichever applies.
+    pub async fn end(&self) {
+        let r = if self.answered {
+            self.dialog.hangup().await
         } else {
-            ip.to_string()
+            self.dialog.cancel().await
         };
-        rsipstack::sip::Uri::try_from(format!("sip:{host}:{port}{suffix}").as_str()).ok()
+        if let Err(e) = r {
+            debug!(error = %e, "ending the agent leg failed");
+        }
+    }
+}
+
+impl Drop for AgentLeg {
+    fn drop(&mut self) {
+        self.layer.remove_dialog(&self.dialog.id());
     }
 }
 

@@ -114,6 +114,8 @@ pub struct CallRow {
     pub recording_path: Option<String>,
     pub recording_sha256: Option<String>,
     pub recording_error: Option<String>,
+    pub agent_id: Option<String>,
+    pub agent_answered_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, FromRow)]
@@ -156,7 +158,7 @@ pub struct Store {
 
 macro_rules! call_columns {
     () => {
-        "id, incident_id, sip_call_id, from_uri, to_uri, caller_number, dialed, service, route, queue, source, transport, trunk, status, arrived_at, answered_at, ended_at, wait_ms, end_cause, codec, recording_path, recording_sha256, recording_error"
+        "id, incident_id, sip_call_id, from_uri, to_uri, caller_number, dialed, service, route, queue, source, transport, trunk, status, arrived_at, answered_at, ended_at, wait_ms, end_cause, codec, recording_path, recording_sha256, recording_error, agent_id, agent_answered_at"
     };
 }
 macro_rules! incident_columns {
@@ -288,6 +290,35 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    pub async fn agent_answered(
+        &self,
+        id: &CallId,
+        agent: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE calls SET agent_id = $1, agent_answered_at = $2 WHERE id = $3")
+            .bind(agent)
+            .bind(at)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Callers who hung up before any agent answered: the callback list.
+    pub async fn list_abandoned(&self, limit: i64) -> Result<Vec<CallRow>, StoreError> {
+        let q = concat!(
+            "SELECT ",
+            call_columns!(),
+            " FROM calls WHERE agent_answered_at IS NULL AND ended_at IS NOT NULL",
+            " AND end_cause IN ('caller_bye', 'caller_cancel') ORDER BY arrived_at DESC LIMIT $1"
+        );
+        Ok(sqlx::query_as::<_, CallRow>(q)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     pub async fn call_queue(&self, id: &CallId, queue: &str) -> Result<(), StoreError> {
@@ -551,6 +582,23 @@ mod tests {
 
         let calls = store.list_calls(10).await.unwrap();
         assert_eq!(calls[0].id, "c3");
+        assert_eq!(
+            store.list_abandoned(10).await.unwrap()[0].id,
+            "c3",
+            "no agent answered c3"
+        );
+        store.agent_answered(&c3.id, "ct-01", t + 7).await.unwrap();
+        assert!(store.list_abandoned(10).await.unwrap().is_empty());
+        assert_eq!(
+            store
+                .get_call("c3")
+                .await
+                .unwrap()
+                .unwrap()
+                .agent_id
+                .as_deref(),
+            Some("ct-01")
+        );
         assert_eq!(store.calls_of_incident("i1").await.unwrap().len(), 1);
         assert!(store.get_call("nope").await.unwrap().is_none());
     }

@@ -26,6 +26,11 @@ pub enum StoreCmd {
         id: CallId,
         queue: String,
     },
+    AgentAnswered {
+        id: CallId,
+        agent: String,
+        at: i64,
+    },
     Event {
         id: CallId,
         at: i64,
@@ -172,6 +177,7 @@ async fn apply(store: &Store, cmd: &StoreCmd) -> Result<(), StoreError> {
                 .await
         }
         StoreCmd::Queue { id, queue } => store.call_queue(id, queue).await,
+        StoreCmd::AgentAnswered { id, agent, at } => store.agent_answered(id, agent, *at).await,
         StoreCmd::Event {
             id,
             at,

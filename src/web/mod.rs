@@ -6,7 +6,7 @@ use crate::store::{CallEventRow, CallRow, IncidentRow, Store, StoreError};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -30,6 +30,9 @@ pub fn app(state: AppState) -> Router {
         .route("/api/incidents/{id}", get(get_incident))
         .route("/api/recordings/{call_id}", get(get_recording))
         .route("/api/queues", get(queues))
+        .route("/api/agents", get(agents))
+        .route("/api/agents/{id}/state", post(set_agent_state))
+        .route("/api/abandoned", get(abandoned))
         .with_state(state)
 }
 
@@ -38,6 +41,9 @@ pub fn app(state: AppState) -> Router {
 pub enum ApiError {
     NotFound(&'static str),
     Unavailable,
+    /// The request cannot be done now; the message says why.
+    Conflict(String),
+    BadRequest(String),
 }
 
 impl From<StoreError> for ApiError {
@@ -55,6 +61,8 @@ impl IntoResponse for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the database is unavailable; calls are still being taken".to_string(),
             ),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
         };
         (status, Json(serde_json::json!({ "error": message }))).into_response()
     }
@@ -195,4 +203,47 @@ async fn get_recording(
 
 async fn queues(State(s): State<AppState>) -> Json<Vec<crate::acd::QueueSnapshot>> {
     Json(s.acd.snapshot().await)
+}
+
+async fn agents(State(s): State<AppState>) -> Json<Vec<crate::acd::AgentSnapshot>> {
+    Json(s.acd.agents().await)
+}
+
+#[derive(Deserialize)]
+struct StateChange {
+    /// `ready`, `not_ready` or `logged_out`.
+    state: String,
+    reason: Option<String>,
+}
+
+/// Login/ready/not-ready/logout for an agent.
+async fn set_agent_state(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Json(change): Json<StateChange>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use crate::acd::{AcdError, Requested};
+    let req = match change.state.as_str() {
+        "ready" => Requested::Ready,
+        "not_ready" => Requested::NotReady(change.reason.unwrap_or_else(|| "break".into())),
+        "logged_out" => Requested::LoggedOut,
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "state must be ready, not_ready or logged_out, not `{other}`"
+            )))
+        }
+    };
+    match s.acd.set_state(id.clone(), req).await {
+        Ok(()) => Ok(Json(serde_json::json!({ "id": id, "state": change.state }))),
+        Err(AcdError::UnknownAgent(_)) => Err(ApiError::NotFound("agent")),
+        Err(e) => Err(ApiError::Conflict(e.to_string())),
+    }
+}
+
+async fn abandoned(
+    State(s): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<CallView>>, ApiError> {
+    let rows = s.store.list_abandoned(limit(&q)).await?;
+    Ok(Json(rows.into_iter().map(CallView::from).collect()))
 }
