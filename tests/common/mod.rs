@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod audio;
+pub mod baresip;
 pub mod rawsip;
 
 use std::io::{BufRead, BufReader};
@@ -35,6 +36,8 @@ pub struct Setup {
     /// Replaces sip-config/queues.toml.
     pub queues: Option<String>,
     pub shutdown_grace: &'static str,
+    /// Copy the example agent accounts (passwords "contoh-sandi-<id>").
+    pub agents: bool,
 }
 
 impl Default for Setup {
@@ -45,6 +48,7 @@ impl Default for Setup {
             rtp_timeout: "60s",
             queues: None,
             shutdown_grace: "30s",
+            agents: false,
         }
     }
 }
@@ -90,6 +94,7 @@ udp = ["127.0.0.1:0"]
 tcp = ["127.0.0.1:0"]
 public_ip = "127.0.0.1"
 shutdown_grace = "{}"
+digest_algorithms = ["MD5"]
 
 [media]
 rtp_ip = "127.0.0.1"
@@ -132,6 +137,13 @@ sources = [{sources}]
             root.join("dialplans/emergency.toml"),
         )
         .unwrap();
+        if setup.agents {
+            std::fs::copy(
+                repo().join("sip-config/agents.toml"),
+                root.join("sip-config/agents.toml"),
+            )
+            .unwrap();
+        }
         if let Some(extra) = &setup.extra_dialplan {
             std::fs::write(root.join("dialplans/zz-test.toml"), extra).unwrap();
         }
@@ -206,6 +218,43 @@ sources = [{sources}]
             std::thread::sleep(Duration::from_millis(50));
         }
         None
+    }
+
+    pub fn post_json(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.http,
+            body.len()
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf).to_string();
+        let status = text.split(' ').nth(1).unwrap().parse().unwrap();
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+        (
+            status,
+            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// An agent's entry in GET /api/agents.
+    pub fn agent(&self, id: &str) -> serde_json::Value {
+        let (_, agents) = self.get("/api/agents");
+        agents
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["id"] == id).cloned())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn set_ready(&self, id: &str) {
+        let (status, body) =
+            self.post_json(&format!("/api/agents/{id}/state"), r#"{"state":"ready"}"#);
+        assert_eq!(status, 200, "{id} could not be made ready: {body}");
     }
 
     pub fn database_url(&self) -> String {

@@ -1,0 +1,350 @@
+//! Agents on real softphones (baresip) taking real callers (SIPp): digest
+//! registration, skill routing, no-answer, abandoned calls, and both voices
+//! in the one recording.
+
+mod common;
+
+use common::audio::{read_stereo, tone_ratio};
+use common::baresip::{wait_registered, Baresip, Phone};
+use common::rawsip::{header, status_of, RawSip};
+use common::{Server, Setup, Sipp};
+use siaga::sip::digest::{ha1, Algorithm};
+use std::path::Path;
+use std::time::Duration;
+
+const CALLER_TONE: f64 = 1000.0;
+const AGENT_TONE: f64 = 600.0;
+
+fn phone(user: &'static str, auto_answer: bool, tone_hz: f64) -> Phone<'static> {
+    let password: &'static str = Box::leak(format!("contoh-sandi-{user}").into_boxed_str());
+    Phone {
+        user,
+        password,
+        auto_answer,
+        tone_hz,
+    }
+}
+
+fn agents_setup(queues: Option<&str>) -> Setup {
+    Setup {
+        agents: true,
+        queues: queues.map(String::from),
+        ..Setup::default()
+    }
+}
+
+/// A SIPp caller with the caller tone; returns the call record once done.
+fn call(server: &Server, service: &str, ms: u32) -> serde_json::Value {
+    let sipp = Sipp::new(CALLER_TONE);
+    let d = ms.to_string();
+    let before = server
+        .get("/api/calls?limit=1000")
+        .1
+        .as_array()
+        .map(|a| a.len())
+        .unwrap_or(0);
+    let r = sipp.run(
+        "uac_tone.xml",
+        server.sip,
+        &["-s", service, "-d", &d],
+        Duration::from_secs(40),
+    );
+    assert_eq!(
+        r.code,
+        Some(0),
+        "caller failed:\n{}\n{}\nserver:\n{}",
+        r.output,
+        r.errors,
+        server.log()
+    );
+    let (_, calls) = server.get("/api/calls?limit=1000");
+    let calls = calls.as_array().unwrap();
+    assert_eq!(calls.len(), before + 1);
+    let id = calls[0]["sip_call_id"].as_str().unwrap().to_string();
+    server.wait_call_done(&id, Duration::from_secs(10))
+}
+
+/// The tone is there in every half second from `from` to `to` seconds.
+fn assert_tone(samples: &[i16], hz: f64, from: f64, to: f64, what: &str) {
+    let mut t = from;
+    while t + 0.5 <= to {
+        let w = &samples[(t * 8000.0) as usize..((t + 0.5) * 8000.0) as usize];
+        let r = tone_ratio(w, hz);
+        assert!(r > 0.8, "{what}: {hz} Hz missing at {t:.1}s (ratio {r:.3})");
+        t += 0.5;
+    }
+}
+
+#[test]
+fn a_softphone_agent_answers_and_both_voices_are_in_one_recording() {
+    let server = Server::start(agents_setup(None));
+    let agent = Baresip::start(phone("ct-01", true, AGENT_TONE), server.sip);
+    wait_registered(&server, "ct-01", &agent);
+    server.set_ready("ct-01");
+
+    let c = call(&server, "112", 4000);
+    assert_eq!(c["agent_id"], "ct-01", "server log:\n{}", server.log());
+    let answered = c["agent_answered_at"].as_i64().expect("agent answer time");
+    assert!(answered >= c["arrived_at"].as_i64().unwrap());
+    assert!(
+        c["wait_ms"].as_i64().unwrap() < 3000,
+        "wait {}",
+        c["wait_ms"]
+    );
+    assert_eq!(c["end_cause"], "caller_bye");
+
+    let (left, right) = read_stereo(Path::new(c["recording_path"].as_str().unwrap()));
+    let secs = left.len() as f64 / 8000.0;
+    assert!(secs >= 3.5, "recording is {secs:.2}s");
+    assert_tone(&left, CALLER_TONE, 0.5, secs - 0.5, "caller on the left");
+    assert_tone(&right, AGENT_TONE, 1.0, secs - 0.5, "agent on the right");
+    assert!(
+        tone_ratio(&right[8000..], CALLER_TONE) < 0.1,
+        "caller leaked to the right"
+    );
+
+    // The caller's voice reached the agent's phone.
+    std::thread::sleep(Duration::from_millis(500));
+    let heard = agent.heard();
+    assert_eq!(heard.len(), 1, "baresip log:\n{}", agent.log());
+    let mut r = hound::WavReader::open(&heard[0]).unwrap();
+    let got: Vec<i16> = r.samples::<i16>().map(|s| s.unwrap()).collect();
+    assert_tone(
+        &got,
+        CALLER_TONE,
+        0.5,
+        got.len() as f64 / 8000.0 - 0.5,
+        "caller at the agent's phone",
+    );
+
+    let a = server.agent("ct-01");
+    assert!(a["state"] == "wrap_up" || a["state"] == "ready", "{a}");
+}
+
+#[test]
+fn calls_go_only_to_agents_with_the_right_skills() {
+    let mut setup = agents_setup(None);
+    // A Javanese-language line: the route adds `jv` to the queue's needs.
+    setup.extra_dialplan = Some(
+        "[[route]]\nname = \"ntpd-jawa\"\nmatch = [\"1129\"]\nservice = \"112\"\nqueue = \"ntpd-112\"\nemergency = true\nrequire = { jv = 1 }\n".into(),
+    );
+    let server = Server::start(setup);
+    let plain = Baresip::start(phone("ct-02", true, 700.0), server.sip);
+    let javanese = Baresip::start(phone("ct-01", true, AGENT_TONE), server.sip);
+    let medic = Baresip::start(phone("medic-01", true, 800.0), server.sip);
+    for (id, p) in [
+        ("ct-02", &plain),
+        ("ct-01", &javanese),
+        ("medic-01", &medic),
+    ] {
+        wait_registered(&server, id, p);
+    }
+    // ct-02 is idle longest, so longest-idle alone would pick it every time.
+    server.set_ready("ct-02");
+    std::thread::sleep(Duration::from_millis(100));
+    server.set_ready("ct-01");
+    std::thread::sleep(Duration::from_millis(100));
+    server.set_ready("medic-01");
+
+    let c = call(&server, "119", 2500);
+    assert_eq!(
+        c["agent_id"], "medic-01",
+        "119 needs health skill; ct-02 has none"
+    );
+    let c = call(&server, "1129", 2500);
+    assert_eq!(
+        c["agent_id"], "ct-01",
+        "the Javanese line needs jv; ct-02 has none"
+    );
+    let (left, right) = read_stereo(Path::new(c["recording_path"].as_str().unwrap()));
+    assert_tone(
+        &right,
+        AGENT_TONE,
+        1.0,
+        right.len() as f64 / 8000.0 - 0.5,
+        "ct-01's voice",
+    );
+    assert_tone(
+        &left,
+        CALLER_TONE,
+        0.5,
+        left.len() as f64 / 8000.0 - 0.5,
+        "caller",
+    );
+    let c = call(&server, "112", 2500);
+    assert_eq!(
+        c["agent_id"], "ct-02",
+        "a plain 112 call: the triage agent idle longest"
+    );
+}
+
+#[test]
+fn an_agent_who_does_not_answer_is_skipped_and_set_not_ready() {
+    let queues = std::fs::read_to_string(common::repo().join("sip-config/queues.toml"))
+        .unwrap()
+        .replace("ring_timeout = \"15s\"", "ring_timeout = \"2s\"");
+    let server = Server::start(agents_setup(Some(&queues)));
+    let sleepy = Baresip::start(phone("ct-01", false, AGENT_TONE), server.sip);
+    let awake = Baresip::start(phone("ct-02", true, 700.0), server.sip);
+    wait_registered(&server, "ct-01", &sleepy);
+    wait_registered(&server, "ct-02", &awake);
+    server.set_ready("ct-01"); // idle longest: offered first
+    std::thread::sleep(Duration::from_millis(100));
+    server.set_ready("ct-02");
+
+    let c = call(&server, "112", 5000);
+    assert_eq!(c["agent_id"], "ct-02", "server log:\n{}", server.log());
+    let a = server.agent("ct-01");
+    assert_eq!(a["state"], "not_ready", "{a}");
+    assert_eq!(a["reason"], "no_answer");
+    let wait = c["wait_ms"].as_i64().unwrap();
+    assert!(
+        (2000..4500).contains(&wait),
+        "rang ct-01 for 2 s first, then ct-02: wait {wait}"
+    );
+    assert!(
+        sleepy.log().contains("Incoming call") || sleepy.log().contains("incoming call"),
+        "ct-01's phone rang:\n{}",
+        sleepy.log()
+    );
+}
+
+#[test]
+fn unregistered_agents_get_no_calls_and_the_caller_is_listed_as_abandoned() {
+    let server = Server::start(agents_setup(None));
+    let (status, body) = server.post_json("/api/agents/ct-01/state", r#"{"state":"ready"}"#);
+    assert_eq!(status, 409, "an unregistered phone cannot be ready: {body}");
+    let (status, _) = server.post_json("/api/agents/nobody/state", r#"{"state":"ready"}"#);
+    assert_eq!(status, 404);
+    let (status, _) = server.post_json("/api/agents/ct-01/state", r#"{"state":"dancing"}"#);
+    assert_eq!(status, 400);
+
+    let c = call(&server, "112", 2500);
+    assert!(c["agent_id"].is_null());
+    let (_, abandoned) = server.get("/api/abandoned");
+    let a = abandoned.as_array().unwrap();
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0]["id"], c["id"]);
+    assert!(a[0]["wait_ms"].as_i64().unwrap() >= 2000);
+    assert_eq!(
+        a[0]["caller_number"], "081234567",
+        "the number to call back"
+    );
+
+    let (_, queues) = server.get("/api/queues");
+    let q = queues
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "ntpd-112")
+        .unwrap()
+        .clone();
+    assert_eq!(q["waiting"].as_array().unwrap().len(), 0);
+    // ct-01, ct-02 and medic-01 all have triage >= 1.
+    assert_eq!(q["agents"]["logged_out"], 3, "{q}");
+}
+
+/// RFC 3261 §22 with RFC 7616: a REGISTER without credentials is
+/// challenged, a wrong password is refused, the right one binds; an
+/// emergency call from the same address is taken whatever its REGISTERs did.
+#[test]
+fn digest_registration_refuses_wrong_passwords_but_never_emergency_calls() {
+    let server = Server::start(agents_setup(None));
+    let c = RawSip::new(server.sip, "127.0.0.1");
+    let l = c.local();
+    let register = |cseq: u32, auth: Option<String>| {
+        let auth = auth
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "REGISTER sip:{} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-reg-{cseq};rport\r\nMax-Forwards: 70\r\nFrom: <sip:ct-01@{}>;tag=reg1\r\nTo: <sip:ct-01@{}>\r\nCall-ID: reg-ct-01\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:ct-01@{l}>\r\nExpires: 120\r\n{auth}Content-Length: 0\r\n\r\n",
+            server.sip, server.sip, server.sip
+        )
+    };
+    c.send(&register(1, None));
+    let (code, resp) = c.final_status(Duration::from_secs(3)).unwrap();
+    assert_eq!(code, 401);
+    let challenge = header(&resp, "WWW-Authenticate").unwrap().to_string();
+    assert!(
+        challenge.contains("algorithm=MD5") && challenge.contains("qop=\"auth\""),
+        "{challenge}"
+    );
+    let nonce = challenge
+        .split("nonce=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+
+    let answer = |password: &str, nc: &str| {
+        let uri = format!("sip:{}", server.sip);
+        let h1 = ha1(Algorithm::Md5, "ct-01", "siaga", password);
+        let h2 = Algorithm::Md5.hash(&format!("REGISTER:{uri}"));
+        let resp = Algorithm::Md5.hash(&format!("{h1}:{nonce}:{nc}:c0ffee:auth:{h2}"));
+        format!("Digest username=\"ct-01\", realm=\"siaga\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm=MD5, qop=auth, nc={nc}, cnonce=\"c0ffee\"")
+    };
+    c.send(&register(2, Some(answer("salah-sandi", "00000001"))));
+    assert_eq!(
+        c.final_status(Duration::from_secs(3)).map(|x| x.0),
+        Some(401),
+        "wrong password"
+    );
+    assert_eq!(server.agent("ct-01")["registered"], false);
+
+    c.send(&register(3, Some(answer("contoh-sandi-ct-01", "00000002"))));
+    let (code, ok) = c.final_status(Duration::from_secs(3)).unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        header(&ok, "Contact").unwrap().contains("expires=120"),
+        "{ok}"
+    );
+    // The ACD learns of the binding a moment after the 200 OK.
+    let mut registered = false;
+    for _ in 0..40 {
+        registered = server.agent("ct-01")["registered"] == true;
+        if registered {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(registered, "ct-01 shows as registered");
+
+    // A replayed response is refused.
+    c.send(&register(4, Some(answer("contoh-sandi-ct-01", "00000002"))));
+    assert_eq!(
+        c.final_status(Duration::from_secs(3)).map(|x| x.0),
+        Some(401),
+        "replayed nc"
+    );
+
+    // Several more wrong passwords: the source is slowed (and later
+    // blocked) for REGISTER, yet an emergency call from it is answered.
+    for i in 0..3 {
+        c.send(&register(
+            10 + i,
+            Some(answer("tebakan", &format!("{:08x}", 10 + i))),
+        ));
+        let _ = c.final_status(Duration::from_secs(8));
+    }
+    let rtp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let started = std::time::Instant::now();
+    c.send(&common::rawsip::invite(
+        l,
+        server.sip,
+        "112",
+        "reg-emergency",
+        "z9hG4bK-reg-em",
+        rtp.local_addr().unwrap().port(),
+    ));
+    let (code, _) = c
+        .final_status(Duration::from_secs(3))
+        .expect("emergency call answered");
+    assert_eq!(code, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the emergency call was not slowed"
+    );
+    assert!(status_of(&ok).is_some());
+}

@@ -1,0 +1,112 @@
+//! baresip as a call-taker's softphone: registers with digest, answers by
+//! itself (or not), speaks a tone, and dumps what it heard.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Baresip {
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+pub struct Phone<'a> {
+    pub user: &'a str,
+    pub password: &'a str,
+    pub auto_answer: bool,
+    pub tone_hz: f64,
+}
+
+impl Baresip {
+    /// Starts baresip registering `phone.user` at `registrar`.
+    pub fn start(phone: Phone<'_>, registrar: std::net::SocketAddr) -> Baresip {
+        assert!(
+            Command::new("baresip").arg("-h").output().is_ok(),
+            "baresip is not installed: run scripts/test, which installs baresip-core"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let tone = dir.path().join("voice.wav");
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 8000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(&tone, spec).unwrap();
+        for i in 0..8000 * 60 {
+            let v = (2.0 * std::f64::consts::PI * phone.tone_hz * f64::from(i) / 8000.0).sin()
+                * 12000.0;
+            w.write_sample(v as i16).unwrap();
+        }
+        w.finalize().unwrap();
+        let port = super::free_udp_port();
+        std::fs::write(
+            dir.path().join("config"),
+            format!(
+                "poll_method\tepoll\nsip_listen\t127.0.0.1:{port}\naudio_source\taufile,{}\naudio_player\taufile,/dev/null\naudio_alert\taufile,/dev/null\nmodule_path\t/usr/lib/baresip/modules\nmodule\tg711.so\nmodule\taufile.so\nmodule\tsndfile.so\nsnd_path\t{}\nmodule_app\taccount.so\nmodule_app\tmenu.so\n",
+                tone.display(),
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let mode = if phone.auto_answer { "auto" } else { "manual" };
+        std::fs::write(
+            dir.path().join("accounts"),
+            format!(
+                "<sip:{}@{registrar};transport=udp>;auth_pass={};answermode={mode};regint=60;audio_codecs=PCMA,PCMU\n",
+                phone.user, phone.password
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("baresip.log")).unwrap();
+        let child = Command::new("baresip")
+            .arg("-f")
+            .arg(dir.path())
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start baresip");
+        Baresip { dir, child }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("baresip.log")).unwrap_or_default()
+    }
+
+    /// The decoded audio it received in its calls (sndfile's `*-dec.wav`).
+    pub fn heard(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().ends_with("-dec.wav"))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Baresip {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until the server shows `agent` as registered.
+pub fn wait_registered(server: &super::Server, agent: &str, phone: &Baresip) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if server.agent(agent)["registered"] == true {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "{agent} did not register; baresip:\n{}\nserver:\n{}",
+        phone.log(),
+        server.log()
+    );
+}
