@@ -348,3 +348,202 @@ fn digest_registration_refuses_wrong_passwords_but_never_emergency_calls() {
     );
     assert!(status_of(&ok).is_some());
 }
+
+/// Waits until `check` holds for the agent's entry, or fails with it.
+fn wait_agent(server: &Server, id: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
+    for _ in 0..100 {
+        if check(&server.agent(id)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "{id}: {what}; now {}\nserver:\n{}",
+        server.agent(id),
+        server.log()
+    );
+}
+
+/// *11 ready, *12 not ready, *13 log out, dialed from the softphone: the
+/// INVITE is digest-authenticated as the agent, the phone hears two beeps.
+#[test]
+fn feature_codes_from_the_softphone_change_the_agent_state() {
+    let server = Server::start(agents_setup(None));
+    let agent = Baresip::start(phone("ct-01", true, AGENT_TONE), server.sip);
+    wait_registered(&server, "ct-01", &agent);
+    assert_eq!(server.agent("ct-01")["state"], "logged_out");
+
+    agent.command("dial", Some(&format!("sip:*11@{}", server.sip)));
+    wait_agent(&server, "ct-01", "ready after *11", |a| {
+        a["state"] == "ready"
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    agent.command("dial", Some(&format!("sip:*12@{}", server.sip)));
+    wait_agent(&server, "ct-01", "not ready after *12", |a| {
+        a["state"] == "not_ready" && a["reason"] == "break"
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    agent.command("dial", Some(&format!("sip:*13@{}", server.sip)));
+    wait_agent(&server, "ct-01", "logged out after *13", |a| {
+        a["state"] == "logged_out"
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+
+    // The confirmation beeps (880 Hz) reached the phone.
+    let heard = agent.heard();
+    assert!(!heard.is_empty(), "{}", agent.log());
+    let mut r = hound::WavReader::open(&heard[0]).unwrap();
+    let got: Vec<i16> = r.samples::<i16>().map(|s| s.unwrap()).collect();
+    let beep = (0..got.len().saturating_sub(1200))
+        .step_by(400)
+        .any(|i| tone_ratio(&got[i..i + 1200], 880.0) > 0.8);
+    assert!(beep, "no confirmation beep in what the phone heard");
+}
+
+/// The caller hangs up while the agent's phone rings: the ringing stops
+/// (CANCEL) and the agent is ready again, not stuck ringing.
+#[test]
+fn a_caller_leaving_while_the_agent_rings_cancels_the_ringing() {
+    let server = Server::start(agents_setup(None));
+    let agent = Baresip::start(phone("ct-01", false, AGENT_TONE), server.sip);
+    wait_registered(&server, "ct-01", &agent);
+    server.set_ready("ct-01");
+    let c = call(&server, "112", 2000);
+    assert!(c["agent_id"].is_null());
+    wait_agent(&server, "ct-01", "ready again", |a| a["state"] == "ready");
+    std::thread::sleep(Duration::from_millis(300));
+    let log = agent.log();
+    assert!(
+        log.contains("Incoming call") || log.contains("incoming call"),
+        "{log}"
+    );
+    assert!(
+        log.contains("terminated") || log.contains("closed"),
+        "the phone stopped ringing:\n{log}"
+    );
+
+    // The phone goes away (it unregisters as it quits): never left ready.
+    agent.command("quit", None);
+    wait_agent(&server, "ct-01", "logged out once unregistered", |a| {
+        a["registered"] == false && a["state"] == "logged_out"
+    });
+}
+
+/// On hold (re-INVITE from the agent's phone) the caller hears hold music,
+/// not the agent; on resume the agent again. The agent's BYE ends both
+/// legs and the caller gets a BYE.
+#[test]
+fn agent_hold_resume_and_hang_up() {
+    let server = Server::start(agents_setup(None));
+    let agent = Baresip::start(phone("ct-01", true, AGENT_TONE), server.sip);
+    wait_registered(&server, "ct-01", &agent);
+    server.set_ready("ct-01");
+
+    // A raw caller, so it can take the server's BYE.
+    let c = RawSip::new(server.sip, "127.0.0.1");
+    let rtp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rtp_port = rtp.local_addr().unwrap().port();
+    let l = c.local();
+    let call_id = format!("hold-{rtp_port}");
+    c.send(&common::rawsip::invite(
+        l,
+        server.sip,
+        "112",
+        &call_id,
+        "z9hG4bK-ho-1",
+        rtp_port,
+    ));
+    let (code, ok) = c.final_status(Duration::from_secs(3)).unwrap();
+    assert_eq!(code, 200);
+    let to = header(&ok, "To").unwrap().to_string();
+    c.send(&format!(
+        "ACK sip:112@{} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-ho-2;rport\r\nMax-Forwards: 70\r\nFrom: <sip:0811111@{l}>;tag=ft-{call_id}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        server.sip
+    ));
+    // Send the caller's tone for the whole call from a thread.
+    let server_rtp = ok
+        .split("m=audio ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse::<u16>()
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        let rtp = rtp.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut seq = 0u16;
+            let mut ts = 0u32;
+            let start = std::time::Instant::now();
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut pkt = vec![0x80, 8];
+                pkt.extend_from_slice(&seq.to_be_bytes());
+                pkt.extend_from_slice(&ts.to_be_bytes());
+                pkt.extend_from_slice(&0x1234u32.to_be_bytes());
+                for i in 0..160 {
+                    let t = f64::from(ts + i) / 8000.0;
+                    let v = (2.0 * std::f64::consts::PI * CALLER_TONE * t).sin() * 12000.0;
+                    pkt.push(siaga::media::g711::Law::Alaw.encode(v as i16));
+                }
+                let _ = rtp.send_to(&pkt, ("127.0.0.1", server_rtp));
+                seq = seq.wrapping_add(1);
+                ts = ts.wrapping_add(160);
+                n += 1;
+                let next = start + Duration::from_millis(20 * u64::from(n));
+                std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
+            }
+        })
+    };
+    wait_agent(&server, "ct-01", "on the call", |a| a["state"] == "on_call");
+    std::thread::sleep(Duration::from_millis(2000));
+    agent.command("hold", None);
+    std::thread::sleep(Duration::from_millis(2500));
+    agent.command("resume", None);
+    std::thread::sleep(Duration::from_millis(2500));
+    agent.command("hangup", None);
+
+    // The caller is sent a BYE.
+    let msgs = c.collect(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sender.join().unwrap();
+    let bye = msgs
+        .iter()
+        .map(|(_, m)| m)
+        .find(|m| m.starts_with("BYE "))
+        .expect("BYE to the caller");
+    let mut reply = String::from("SIP/2.0 200 OK\r\n");
+    for h in ["Via", "From", "To", "Call-ID", "CSeq"] {
+        reply.push_str(&format!("{h}: {}\r\n", header(bye, h).unwrap()));
+    }
+    reply.push_str("Content-Length: 0\r\n\r\n");
+    c.send(&reply);
+
+    let call = server.wait_call_done(&call_id, Duration::from_secs(10));
+    assert_eq!(call["end_cause"], "agent_bye");
+    assert_eq!(call["agent_id"], "ct-01");
+    let (left, right) = read_stereo(Path::new(call["recording_path"].as_str().unwrap()));
+    let answered = (call["agent_answered_at"].as_i64().unwrap()
+        - call["answered_at"].as_i64().unwrap()) as f64
+        / 1000.0;
+    let at = |t: f64| {
+        &right[((answered + t) * 8000.0) as usize..((answered + t + 0.5) * 8000.0) as usize]
+    };
+    // Talking, then on hold (music, no agent), then talking again.
+    assert!(tone_ratio(at(1.0), AGENT_TONE) > 0.8, "agent before hold");
+    let held = at(3.2);
+    assert!(
+        tone_ratio(held, AGENT_TONE) < 0.2,
+        "agent still heard on hold"
+    );
+    assert!(common::audio::rms(held) > 200.0, "hold music, not silence");
+    assert!(tone_ratio(at(5.8), AGENT_TONE) > 0.8, "agent after resume");
+    assert!(
+        tone_ratio(&left[8000..16000], CALLER_TONE) > 0.8,
+        "caller on the left"
+    );
+    let _ = status_of("");
+}

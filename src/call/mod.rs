@@ -5,6 +5,7 @@
 //! and never drops the caller for load: past a queue's maximum wait it
 //! overflows to the next queue and keeps waiting, recorded.
 
+mod feature;
 pub mod paths;
 
 use crate::acd::runtime::{AcdHandle, AcdNotice};
@@ -19,7 +20,7 @@ use crate::media::recorder::{sha256_file, Recorder};
 use crate::media::sdp::{self, LocalAudio, Negotiated};
 use crate::media::session::{self, MediaCommand, MediaEvent, MediaParams};
 use crate::sip::{
-    AgentFailure, AgentLeg, AgentLegEvent, IncomingCall, LegEnd, LegEvent, SipHandle,
+    AgentFailure, AgentLeg, AgentLegEvent, CallKind, IncomingCall, LegEnd, LegEvent, SipHandle,
 };
 use crate::store::{now_ms, NewCall, NewIncident, StoreCmd, StoreWriter};
 use std::sync::Arc;
@@ -47,20 +48,43 @@ pub struct Services {
 
 /// Takes every accepted call and runs it in its own task.
 pub async fn run_intake(services: Arc<Services>, mut calls: mpsc::UnboundedReceiver<IncomingCall>) {
-    while let Some(call) = calls.recv().await {
-        let call_id = CallId::new();
-        let incident_id = IncidentId::new();
-        let span = info_span!(
-            "call",
-            call_id = %call_id,
-            incident_id = %incident_id,
-            service = %call.route.service,
-            source = %call.info.source,
-        );
-        services
-            .tracker
-            .spawn(run_call(services.clone(), call, call_id, incident_id).instrument(span));
+    while let Some(IncomingCall { leg, info, kind }) = calls.recv().await {
+        match kind {
+            CallKind::Emergency { route, trunk } => {
+                let call_id = CallId::new();
+                let incident_id = IncidentId::new();
+                let span = info_span!(
+                    "call",
+                    call_id = %call_id,
+                    incident_id = %incident_id,
+                    service = %route.service,
+                    source = %info.source,
+                );
+                let call = EmergencyCall {
+                    leg,
+                    info,
+                    route,
+                    trunk,
+                };
+                services
+                    .tracker
+                    .spawn(run_call(services.clone(), call, call_id, incident_id).instrument(span));
+            }
+            CallKind::Feature { agent, code } => {
+                let span = info_span!("feature", %agent, ?code);
+                services
+                    .tracker
+                    .spawn(feature::run(services.clone(), leg, info, agent, code).instrument(span));
+            }
+        }
     }
+}
+
+struct EmergencyCall {
+    leg: crate::sip::ServerLeg,
+    info: crate::sip::request::InviteInfo,
+    route: crate::config::Route,
+    trunk: Option<String>,
 }
 
 enum Phase {
@@ -68,8 +92,8 @@ enum Phase {
     Queued,
 }
 
-async fn run_call(s: Arc<Services>, call: IncomingCall, call_id: CallId, incident_id: IncidentId) {
-    let IncomingCall {
+async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incident_id: IncidentId) {
+    let EmergencyCall {
         mut leg,
         info,
         route,

@@ -161,6 +161,25 @@ pub fn indonesian_number(n: u32) -> Vec<&'static str> {
     w
 }
 
+/// A sine tone (for beeps), with 5 ms fades so it does not click.
+pub fn tone(freq: f64, ms: u32) -> Clip {
+    let n = (8 * ms) as usize;
+    let fade = 40usize.min(n / 2);
+    (0..n)
+        .map(|i| {
+            let edge = i.min(n - 1 - i);
+            let gain = if edge < fade {
+                edge as f64 / fade as f64
+            } else {
+                1.0
+            };
+            let v = (2.0 * std::f64::consts::PI * freq * i as f64 / 8000.0).sin();
+            (v * gain * 12000.0) as i16
+        })
+        .collect::<Vec<i16>>()
+        .into()
+}
+
 /// A piece of what a caller hears.
 #[derive(Debug, Clone)]
 pub enum Segment {

@@ -18,6 +18,16 @@ pub struct RegistrationEvent {
     pub reachable: bool,
 }
 
+/// The outcome of checking an agent's credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authenticated {
+    Agent(String),
+    /// 401 with these WWW-Authenticate values.
+    Challenge(Vec<String>),
+    /// The source is blocked for guessing.
+    Forbidden,
+}
+
 /// What to answer a REGISTER with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegisterReply {
@@ -79,6 +89,45 @@ impl Accounts {
         lock(&self.guard).check(ip, now)
     }
 
+    /// Checks an agent's credentials on any request (digest, RFC 3261 §22).
+    pub fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        method: &str,
+        source: SocketAddr,
+        now: Instant,
+    ) -> Authenticated {
+        let now_secs = self.secs(now);
+        let Some(creds) = authorization.and_then(parse_authorization) else {
+            return Authenticated::Challenge(lock(&self.auth).challenges(now_secs, false));
+        };
+        let agents = &self.config.agents;
+        let outcome = lock(&self.auth).verify(&creds, method, now_secs, |u, alg| {
+            agents.get(u).map(|a| match alg {
+                Algorithm::Md5 => a.ha1_md5.to_ascii_lowercase(),
+                Algorithm::Sha256 => a.ha1_sha256.to_ascii_lowercase(),
+            })
+        });
+        match outcome {
+            AuthOutcome::Ok(u) => {
+                lock(&self.guard).succeeded(source.ip());
+                Authenticated::Agent(u)
+            }
+            AuthOutcome::Stale => {
+                Authenticated::Challenge(lock(&self.auth).challenges(now_secs, true))
+            }
+            AuthOutcome::Failed(reason) => {
+                // The reason and user are logged; never the response.
+                tracing::warn!(%source, user = %creds.username, method, reason, "authentication failed");
+                lock(&self.guard).failed(source.ip(), now);
+                if lock(&self.guard).check(source.ip(), now) == Verdict::Blocked {
+                    return Authenticated::Forbidden;
+                }
+                Authenticated::Challenge(lock(&self.auth).challenges(now_secs, false))
+            }
+        }
+    }
+
     /// Decides a REGISTER. `user` is the To URI's user part.
     #[allow(clippy::too_many_arguments)]
     pub fn register(
@@ -91,33 +140,11 @@ impl Accounts {
         transport: &'static str,
         now: Instant,
     ) -> RegisterReply {
-        let now_secs = self.secs(now);
-        let Some(creds) = authorization.and_then(parse_authorization) else {
-            return RegisterReply::Challenge(lock(&self.auth).challenges(now_secs, false));
+        let authed = match self.authenticate(authorization, "REGISTER", source, now) {
+            Authenticated::Agent(u) => u,
+            Authenticated::Challenge(c) => return RegisterReply::Challenge(c),
+            Authenticated::Forbidden => return RegisterReply::Forbidden,
         };
-        let agents = &self.config.agents;
-        let outcome = lock(&self.auth).verify(&creds, "REGISTER", now_secs, |u, alg| {
-            agents.get(u).map(|a| match alg {
-                Algorithm::Md5 => a.ha1_md5.to_ascii_lowercase(),
-                Algorithm::Sha256 => a.ha1_sha256.to_ascii_lowercase(),
-            })
-        });
-        let authed = match outcome {
-            AuthOutcome::Ok(u) => u,
-            AuthOutcome::Stale => {
-                return RegisterReply::Challenge(lock(&self.auth).challenges(now_secs, true))
-            }
-            AuthOutcome::Failed(reason) => {
-                // The reason and user are logged; never the response.
-                tracing::warn!(%source, user = %creds.username, reason, "REGISTER authentication failed");
-                lock(&self.guard).failed(source.ip(), now);
-                if lock(&self.guard).check(source.ip(), now) == Verdict::Blocked {
-                    return RegisterReply::Forbidden;
-                }
-                return RegisterReply::Challenge(lock(&self.auth).challenges(now_secs, false));
-            }
-        };
-        lock(&self.guard).succeeded(source.ip());
         if authed != user {
             return RegisterReply::Forbidden;
         }

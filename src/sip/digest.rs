@@ -169,17 +169,21 @@ impl Authenticator {
         self
     }
 
-    fn mac(&self, issued: u64) -> String {
+    fn mac(&self, issued: u64, salt: u64) -> String {
         let mut h = Sha256::new();
         h.update(self.secret);
         h.update(issued.to_be_bytes());
+        h.update(salt.to_be_bytes());
         h.update(self.realm.as_bytes());
         hex::encode(&h.finalize()[..16])
     }
 
-    /// A nonce that proves when we issued it; no server state needed.
+    /// A fresh nonce that proves when we issued it; no server state needed.
+    /// Never the same twice: some clients take a repeated nonce as a
+    /// refusal of the password they just sent.
     pub fn nonce(&self, now_secs: u64) -> String {
-        format!("{now_secs:x}.{}", self.mac(now_secs))
+        let salt: u64 = rand::random();
+        format!("{now_secs:x}.{salt:x}.{}", self.mac(now_secs, salt))
     }
 
     /// `WWW-Authenticate` values, one per algorithm, in preference order
@@ -220,13 +224,21 @@ impl Authenticator {
         if !self.order.contains(&alg) {
             return AuthOutcome::Failed("algorithm not offered");
         }
-        let Some((issued_hex, mac)) = creds.nonce.split_once('.') else {
+        let mut parts = creds.nonce.splitn(3, '.');
+        let (Some(issued_hex), Some(salt_hex), Some(mac)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
             return AuthOutcome::Failed("foreign nonce");
         };
-        let Ok(issued) = u64::from_str_radix(issued_hex, 16) else {
+        let (Ok(issued), Ok(salt)) = (
+            u64::from_str_radix(issued_hex, 16),
+            u64::from_str_radix(salt_hex, 16),
+        ) else {
             return AuthOutcome::Failed("foreign nonce");
         };
-        if mac != self.mac(issued) || issued > now_secs + 5 {
+        if !constant_time_eq(mac.as_bytes(), self.mac(issued, salt).as_bytes())
+            || issued > now_secs + 5
+        {
             return AuthOutcome::Failed("foreign nonce");
         }
         let Some(ha1) = ha1(&creds.username, alg) else {
@@ -370,12 +382,18 @@ mod tests {
             a.verify(&c, "REGISTER", 1000 + 301, store),
             AuthOutcome::Stale
         );
-        let forged = format!("{:x}.{}", 5000u64, "0".repeat(32));
+        let forged = format!("{:x}.{:x}.{}", 5000u64, 7u64, "0".repeat(32));
         let c = respond(Algorithm::Sha256, &forged, "rahasia", "00000001");
         assert_eq!(
             a.verify(&c, "REGISTER", 5001, store),
             AuthOutcome::Failed("foreign nonce")
         );
+    }
+
+    #[test]
+    fn nonces_are_never_repeated() {
+        let a = auth();
+        assert_ne!(a.nonce(1000), a.nonce(1000));
     }
 
     #[test]

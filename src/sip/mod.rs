@@ -14,6 +14,6 @@ mod stack;
 
 pub use accounts::RegistrationEvent;
 pub use stack::{
-    AgentFailure, AgentLeg, AgentLegEvent, IncomingCall, LegEnd, LegEvent, Responder, ServerLeg,
-    SipAddrs, SipError, SipHandle, SipStack,
+    AgentFailure, AgentLeg, AgentLegEvent, CallKind, IncomingCall, LegEnd, LegEvent, Responder,
+    ServerLeg, SipAddrs, SipError, SipHandle, SipStack,
 };

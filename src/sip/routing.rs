@@ -38,6 +38,29 @@ pub fn route_invite(
     InviteDecision::Accept(Box::new(route.clone()))
 }
 
+/// Codes an agent dials from the softphone to change state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeatureCode {
+    /// `*11`: log in / ready for calls.
+    Ready,
+    /// `*12`: not ready (break).
+    NotReady,
+    /// `*13`: log out.
+    LoggedOut,
+}
+
+pub fn feature_code(dialed: Option<&DialedTarget>) -> Option<FeatureCode> {
+    match dialed? {
+        DialedTarget::Number(n) => match n.as_str() {
+            "*11" => Some(FeatureCode::Ready),
+            "*12" => Some(FeatureCode::NotReady),
+            "*13" => Some(FeatureCode::LoggedOut),
+            _ => None,
+        },
+        DialedTarget::Urn(_) => None,
+    }
+}
+
 /// What to do with a request outside a dialog, by method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MethodDecision {
@@ -151,6 +174,24 @@ mod tests {
                 reason: "Not Found"
             }
         );
+    }
+
+    #[test]
+    fn feature_codes() {
+        assert_eq!(
+            feature_code(Some(&DialedTarget::number("*11"))),
+            Some(FeatureCode::Ready)
+        );
+        assert_eq!(
+            feature_code(Some(&DialedTarget::number("*12"))),
+            Some(FeatureCode::NotReady)
+        );
+        assert_eq!(
+            feature_code(Some(&DialedTarget::number("*13"))),
+            Some(FeatureCode::LoggedOut)
+        );
+        assert_eq!(feature_code(Some(&DialedTarget::number("112"))), None);
+        assert_eq!(feature_code(None), None);
     }
 
     #[test]

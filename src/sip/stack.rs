@@ -6,11 +6,12 @@
 //! endpoint as if its own loop had read them. TCP framing stays with
 //! rsipstack.
 
+use super::accounts::Authenticated;
 use super::accounts::{self, Accounts, RegisterReply, RegistrationEvent};
 use super::guard::Verdict;
 use super::registrar::Binding;
 use super::request::{self, header_value, InviteInfo};
-use super::routing::{self, InviteDecision, MethodDecision};
+use super::routing::{self, FeatureCode, InviteDecision, MethodDecision};
 use super::salvage;
 use crate::config::{Config, Route};
 use rsipstack::dialog::dialog::{
@@ -48,12 +49,18 @@ impl From<rsipstack::Error> for SipError {
     }
 }
 
-/// A new call the dispatcher accepted for a route.
+/// A new call the dispatcher accepted.
 pub struct IncomingCall {
     pub leg: ServerLeg,
     pub info: InviteInfo,
-    pub route: Route,
-    pub trunk: Option<String>,
+    pub kind: CallKind,
+}
+
+pub enum CallKind {
+    /// An emergency call for a route, from a trusted trunk.
+    Emergency { route: Route, trunk: Option<String> },
+    /// An authenticated agent dialing a feature code.
+    Feature { agent: String, code: FeatureCode },
 }
 
 /// Where the SIP stack listens, once bound.
@@ -353,15 +360,44 @@ impl Dispatcher {
         let req = &tx.original;
         let trunk = self.config.trunk_for(source.ip()).map(|t| t.name.clone());
         let dialed = request::dialed_target(&req.uri);
-        let route =
+        let kind = if let Some(code) = routing::feature_code(dialed.as_ref()) {
+            let now = std::time::Instant::now();
+            if self.accounts.guard(source.ip(), now) == Verdict::Blocked {
+                let _ = tx.reply(StatusCode::Forbidden).await;
+                return;
+            }
+            let auth = header_value(req, "Authorization");
+            match self
+                .accounts
+                .authenticate(auth.as_deref(), "INVITE", source, now)
+            {
+                Authenticated::Agent(agent) => CallKind::Feature { agent, code },
+                Authenticated::Challenge(values) => {
+                    let headers = values
+                        .into_iter()
+                        .map(|v| Header::Other("WWW-Authenticate".into(), v))
+                        .collect();
+                    let _ = tx.reply_with(StatusCode::Unauthorized, headers, None).await;
+                    return;
+                }
+                Authenticated::Forbidden => {
+                    let _ = tx.reply(StatusCode::Forbidden).await;
+                    return;
+                }
+            }
+        } else {
             match routing::route_invite(dialed.as_ref(), trunk.as_deref(), &self.config.dialplan) {
-                InviteDecision::Accept(route) => *route,
+                InviteDecision::Accept(route) => CallKind::Emergency {
+                    route: *route,
+                    trunk: trunk.clone(),
+                },
                 InviteDecision::Reject { code, reason } => {
                     info!(%source, ruri = %req.uri, code, reason, "INVITE refused");
                     let _ = tx.reply(StatusCode::from(code)).await;
                     return;
                 }
-            };
+            }
+        };
         let from_uri = header_value(req, "From").unwrap_or_default();
         // P-Asserted-Identity is trusted only from a trunk (RFC 3325).
         let caller_number = trunk
@@ -411,16 +447,7 @@ impl Dispatcher {
             layer: self.layer.clone(),
             confirmed: false,
         };
-        if self
-            .calls
-            .send(IncomingCall {
-                leg,
-                info,
-                route,
-                trunk,
-            })
-            .is_err()
-        {
+        if self.calls.send(IncomingCall { leg, info, kind }).is_err() {
             warn!("no call handler is running");
         }
     }

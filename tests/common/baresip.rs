@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 pub struct Baresip {
     pub dir: tempfile::TempDir,
     child: Child,
+    ctrl: u16,
 }
 
 pub struct Phone<'a> {
@@ -40,10 +41,15 @@ impl Baresip {
         }
         w.finalize().unwrap();
         let port = super::free_udp_port();
+        let ctrl = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         std::fs::write(
             dir.path().join("config"),
             format!(
-                "poll_method\tepoll\nsip_listen\t127.0.0.1:{port}\naudio_source\taufile,{}\naudio_player\taufile,/dev/null\naudio_alert\taufile,/dev/null\nmodule_path\t/usr/lib/baresip/modules\nmodule\tg711.so\nmodule\taufile.so\nmodule\tsndfile.so\nsnd_path\t{}\nmodule_app\taccount.so\nmodule_app\tmenu.so\n",
+                "poll_method\tepoll\nsip_listen\t127.0.0.1:{port}\naudio_source\taufile,{}\naudio_player\taufile,/dev/null\naudio_alert\taufile,/dev/null\nmodule_path\t/usr/lib/baresip/modules\nmodule\tg711.so\nmodule\taufile.so\nmodule\tsndfile.so\nsnd_path\t{}\nmodule_app\taccount.so\nmodule_app\tmenu.so\nmodule_app\tctrl_tcp.so\nctrl_tcp_listen\t127.0.0.1:{ctrl}\n",
                 tone.display(),
                 dir.path().display()
             ),
@@ -68,7 +74,44 @@ impl Baresip {
             .stderr(log)
             .spawn()
             .expect("start baresip");
-        Baresip { dir, child }
+        Baresip { dir, child, ctrl }
+    }
+
+    /// Runs a baresip command (ctrl_tcp, netstring JSON): `dial`, `hangup`,
+    /// `hold`, `resume`...
+    pub fn command(&self, command: &str, params: Option<&str>) {
+        use std::io::Write;
+        let body = match params {
+            Some(p) => serde_json::json!({ "command": command, "params": p, "token": "t" }),
+            None => serde_json::json!({ "command": command, "token": "t" }),
+        }
+        .to_string();
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            match std::net::TcpStream::connect(("127.0.0.1", self.ctrl)) {
+                Ok(mut s) => {
+                    use std::io::Read;
+                    write!(s, "{}:{},", body.len(), body).unwrap();
+                    // Keep the connection until baresip answers the command.
+                    s.set_read_timeout(Some(Duration::from_millis(300)))
+                        .unwrap();
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while Instant::now() < end
+                        && !String::from_utf8_lossy(&got).contains("\"response\"")
+                    {
+                        match s.read(&mut buf) {
+                            Ok(0) => break,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                            Err(_) => {}
+                        }
+                    }
+                    return;
+                }
+                Err(_) if Instant::now() < end => std::thread::sleep(Duration::from_millis(100)),
+                Err(e) => panic!("baresip control port: {e}"),
+            }
+        }
     }
 
     pub fn log(&self) -> String {
