@@ -547,3 +547,109 @@ fn agent_hold_resume_and_hang_up() {
     );
     let _ = status_of("");
 }
+
+fn overflow_queues(target: &str) -> String {
+    format!(
+        r#"[[queue]]
+name = "ntpd-112"
+max_wait = "1500ms"
+overflow = "{target}"
+require = {{ triage = 1 }}
+[[queue]]
+name = "psc-119"
+max_wait = "60s"
+[[queue]]
+name = "backup"
+max_wait = "600s"
+"#
+    )
+}
+
+/// Past max wait with no agent, the caller is handed to another center
+/// (a SIP target: here SIPp answering and echoing RTP); the bridge and the
+/// recording carry on, and the hand-over is on the call's record.
+#[test]
+fn a_caller_past_max_wait_is_handed_to_another_center() {
+    let uas_port = common::free_udp_port();
+    let target = format!("sip:112@127.0.0.1:{uas_port}");
+    let server = Server::start(agents_setup(Some(&overflow_queues(&target))));
+    let media = (common::free_udp_port() & !1).to_string();
+    let port = uas_port.to_string();
+    let other_center = std::thread::spawn(move || {
+        std::process::Command::new(common::sipp_bin())
+            .args([
+                "-sn",
+                "uas",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-mi",
+                "127.0.0.1",
+                "-mp",
+                &media,
+            ])
+            .args(["-rtp_echo", "-m", "1", "-timeout", "30s", "-nostdin", "-bg"])
+            .output()
+    });
+    drop(other_center.join());
+    std::thread::sleep(Duration::from_millis(300));
+
+    let c = call(&server, "112", 5000);
+    assert_eq!(
+        c["agent_id"].as_str(),
+        Some(target.as_str()),
+        "{}",
+        server.log()
+    );
+    let (_, detail) = server.get(&format!("/api/calls/{}", c["id"].as_str().unwrap()));
+    assert_eq!(detail["events"][0]["kind"], "overflow");
+    assert_eq!(
+        detail["events"][0]["detail"],
+        format!("ntpd-112 -> {target}")
+    );
+    // The other center echoes what it hears: the caller's tone comes back.
+    let (_, right) = read_stereo(Path::new(c["recording_path"].as_str().unwrap()));
+    assert_tone(
+        &right,
+        CALLER_TONE,
+        2.5,
+        right.len() as f64 / 8000.0 - 0.5,
+        "echo from the other center",
+    );
+    let _ = std::process::Command::new("pkill")
+        .args(["-f", &format!("-p {uas_port}")])
+        .status();
+}
+
+/// The other center cannot be reached: the caller goes back to the queue
+/// (still hearing prompts), never dropped, and the failure is on record.
+#[test]
+fn an_unreachable_overflow_target_puts_the_caller_back_in_the_queue() {
+    // Nobody listens on this port: the INVITE meets ICMP port unreachable.
+    let dead = common::free_udp_port();
+    let target = format!("sip:112@127.0.0.1:{dead}");
+    let server = Server::start(agents_setup(Some(&overflow_queues(&target))));
+    // Overflow at 1.5 s, silence for 4 s, back in the queue at about 5.5 s.
+    let c = call(&server, "112", 8000);
+    assert!(c["agent_id"].is_null());
+    assert_eq!(c["end_cause"], "caller_bye");
+    let (_, detail) = server.get(&format!("/api/calls/{}", c["id"].as_str().unwrap()));
+    let kinds: Vec<_> = detail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        kinds.starts_with(&["overflow".to_string(), "overflow_failed".to_string()]),
+        "{kinds:?}\n{}",
+        server.log()
+    );
+    let (left, right) = read_stereo(Path::new(c["recording_path"].as_str().unwrap()));
+    assert!(
+        common::audio::rms(&right[6 * 8000..]) > 200.0,
+        "still hearing prompts after the failure"
+    );
+    assert!(tone_ratio(&left[8000..], CALLER_TONE) > 0.8);
+}

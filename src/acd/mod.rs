@@ -74,7 +74,7 @@ struct Waiting {
 #[derive(Debug, Clone)]
 struct QueueState {
     cfg: QueueConfig,
-    overflow: Option<String>,
+    overflow: Option<Overflow>,
     waiting: Vec<Waiting>,
     last_rr: Option<String>,
 }
@@ -90,6 +90,14 @@ pub enum AcdAction {
     },
     /// The agent did not answer in time: stop ringing it.
     RingTimeout { call: CallId, agent: String },
+    /// The caller waited `max_wait`; the call leaves the queues for this SIP
+    /// destination (another center). If that fails, the call task puts it
+    /// back with `enqueue`, keeping its arrival time.
+    OverflowedToSip {
+        call: CallId,
+        from: String,
+        target: String,
+    },
     /// The caller waited `max_wait` and now waits in `to`.
     Overflowed {
         call: CallId,
@@ -214,13 +222,7 @@ impl Acd {
         let queues = configs
             .iter()
             .map(|(name, c)| {
-                let overflow = c
-                    .overflow
-                    .as_deref()
-                    .and_then(parse_overflow)
-                    .map(|o| match o {
-                        Overflow::Queue(q) => q,
-                    });
+                let overflow = c.overflow.as_deref().and_then(parse_overflow);
                 let mut cfg = c.clone();
                 cfg.escalation.sort_by_key(|e| e.after);
                 (
@@ -487,6 +489,13 @@ impl Acd {
         }
         for (w, from, to) in moves {
             let call = w.call.clone();
+            let to = match to {
+                Overflow::Queue(q) => q,
+                Overflow::Sip(target) => {
+                    actions.push(AcdAction::OverflowedToSip { call, from, target });
+                    continue;
+                }
+            };
             if self
                 .enqueue(w.call.clone(), &to, w.route_require.clone(), w.arrived, now)
                 .is_err()

@@ -16,6 +16,11 @@ pub enum AcdNotice {
         from: String,
         to: String,
     },
+    /// Dial this SIP destination (another center) and bridge to it.
+    OverflowedToSip {
+        from: String,
+        target: String,
+    },
     /// Ring this agent.
     Offer {
         agent: String,
@@ -111,6 +116,9 @@ impl AcdHandle {
                         AcdAction::Offer { call, agent, .. } => (call, AcdNotice::Offer { agent }),
                         AcdAction::RingTimeout { call, agent } => {
                             (call, AcdNotice::RingTimeout { agent })
+                        }
+                        AcdAction::OverflowedToSip { call, from, target } => {
+                            (call, AcdNotice::OverflowedToSip { from, target })
                         }
                     };
                     if let Some(l) = listeners.get(&call) {

@@ -442,3 +442,33 @@ fn snapshots_report_waits_and_agent_states() {
     );
     assert_eq!(agents[1].in_state_ms, 2000);
 }
+
+#[test]
+fn overflow_to_a_sip_target_takes_the_call_out_of_the_queues() {
+    let t0 = Instant::now();
+    let mut a = acd(
+        vec![queue("q", |q| {
+            q.max_wait = s(30);
+            q.overflow = Some("sip:112@10.9.8.7:5060".into());
+        })],
+        vec![],
+        t0,
+        &[],
+    );
+    a.enqueue(id("c1"), "q", Skills::new(), t0, t0).unwrap();
+    assert_eq!(
+        a.poll(t0 + s(30)),
+        vec![AcdAction::OverflowedToSip {
+            call: id("c1"),
+            from: "q".into(),
+            target: "sip:112@10.9.8.7:5060".into()
+        }]
+    );
+    assert_eq!(a.position(&id("c1")), None);
+    // The other center failed: back in the queue, ahead of later callers.
+    a.enqueue(id("c2"), "q", Skills::new(), t0 + s(10), t0 + s(10))
+        .unwrap();
+    a.enqueue(id("c1"), "q", Skills::new(), t0, t0 + s(31))
+        .unwrap();
+    assert_eq!(a.position(&id("c1")), Some(("q", 1)));
+}

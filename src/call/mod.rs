@@ -291,7 +291,7 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
             queue.clone(),
             route.require.clone(),
             arrived,
-            notice_tx,
+            notice_tx.clone(),
         )
         .await
         .is_none()
@@ -311,6 +311,11 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
                 None => std::future::pending().await,
             }
         };
+        // An overflow target that has not answered by then is given up.
+        let give_up_at = agent
+            .as_ref()
+            .filter(|a| !a.talking)
+            .and_then(|a| a.external.as_ref().map(|(_, t)| *t));
         let agent_event = async {
             match agent.as_mut() {
                 Some(a) => a.leg.next_event().await,
@@ -339,14 +344,21 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
             ev = agent_event => {
                 let Some(a) = agent.as_mut() else { continue };
                 match ev {
-                    AgentLegEvent::Ringing => info!(agent = %a.id, "agent phone ringing"),
+                    AgentLegEvent::Trying | AgentLegEvent::Ringing => {
+                        if let Some((_, give_up)) = a.external.as_mut() {
+                            // Alive: it may take the full limit to answer.
+                            *give_up = a.started + OVERFLOW_RING_LIMIT;
+                        }
+                    }
                     AgentLegEvent::Answered { sdp: body } => {
                         let parsed = sdp::parse(&body).and_then(|r| sdp::negotiate(&r).map(|n| (r.addr, n)));
                         let Some(rtp) = a.rtp.take() else { continue };
                         match parsed {
                             Ok((remote, n)) => {
-                                info!(agent = %a.id, codec = codec_name(&n), "agent answered; bridging");
-                                s.acd.answered(call_id.clone(), a.id.clone());
+                                info!(agent = %a.id, codec = codec_name(&n), "answered; bridging");
+                                if a.external.is_none() {
+                                    s.acd.answered(call_id.clone(), a.id.clone());
+                                }
                                 s.store.send(StoreCmd::AgentAnswered { id: call_id.clone(), agent: a.id.clone(), at: now_ms() });
                                 agent_answered = Some(Instant::now());
                                 a.talking = true;
@@ -363,21 +375,26 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
                                 });
                             }
                             Err(e) => {
-                                warn!(agent = %a.id, error = %e, "agent answered with no usable SDP");
+                                warn!(agent = %a.id, error = %e, "answered with no usable SDP");
                                 a.leg.end().await;
-                                s.acd.offer_failed(call_id.clone(), a.id.clone(), OfferFailure::Unreachable);
+                                a.rtp = Some(rtp);
+                                give_back(&s, &call_id, a, &route, arrived, &notice_tx).await;
                                 agent = None;
                             }
                         }
                     }
                     AgentLegEvent::Failed(f) => {
-                        info!(agent = %a.id, failure = ?f, "agent did not take the call");
-                        let why = match f {
-                            AgentFailure::NoAnswer => OfferFailure::NoAnswer,
-                            AgentFailure::Declined => OfferFailure::Declined,
-                            AgentFailure::Unreachable => OfferFailure::Unreachable,
-                        };
-                        s.acd.offer_failed(call_id.clone(), a.id.clone(), why);
+                        info!(agent = %a.id, failure = ?f, "the call was not taken");
+                        if a.external.is_some() {
+                            give_back(&s, &call_id, a, &route, arrived, &notice_tx).await;
+                        } else {
+                            let why = match f {
+                                AgentFailure::NoAnswer => OfferFailure::NoAnswer,
+                                AgentFailure::Declined => OfferFailure::Declined,
+                                AgentFailure::Unreachable => OfferFailure::Unreachable,
+                            };
+                            s.acd.offer_failed(call_id.clone(), a.id.clone(), why);
+                        }
                         agent = None;
                     }
                     AgentLegEvent::ReOffer { sdp: offer, responder } => {
@@ -397,9 +414,9 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
                             .await;
                     }
                     AgentLegEvent::Ended => {
-                        info!(agent = %a.id, "agent hung up; ending the call");
+                        info!(agent = %a.id, "the other side hung up; ending the call");
                         leg.hangup().await;
-                        break LegEnd::Other("agent_bye".into());
+                        break LegEnd::Other(if a.external.is_some() { "overflow_bye" } else { "agent_bye" }.into());
                     }
                 }
             }
@@ -434,6 +451,22 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
                     s.store.send(StoreCmd::Queue { id: call_id.clone(), queue: to.clone() });
                     queue = to;
                 }
+                Some(AcdNotice::OverflowedToSip { from, target }) => {
+                    info!(%from, %target, "caller overflowed to another center");
+                    s.store.send(StoreCmd::Event {
+                        id: call_id.clone(),
+                        at: now_ms(),
+                        kind: "overflow".into(),
+                        detail: Some(format!("{from} -> {target}")),
+                    });
+                    match ring_target(&s, &target, &from, &info, &incident_id, negotiated.law) {
+                        Ok(side) => agent = Some(side),
+                        Err(why) => {
+                            warn!(%target, reason = why, "cannot reach the overflow target; back to the queue");
+                            let _ = s.acd.enqueue(call_id.clone(), from, route.require.clone(), arrived, notice_tx.clone()).await;
+                        }
+                    }
+                }
                 Some(AcdNotice::Offer { agent: id }) => {
                     match ring_agent(&s, &id, &info, &incident_id, negotiated.law) {
                         Ok(side) => agent = Some(side),
@@ -451,6 +484,18 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
                 }
                 None => {}
             },
+            _ = async {
+                match give_up_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(a) = agent.take() {
+                    warn!(target = %a.id, "the overflow target did not answer; back to the queue");
+                    a.leg.end().await;
+                    give_back(&s, &call_id, &a, &route, arrived, &notice_tx).await;
+                }
+            }
             _ = s.hangup_all.cancelled() => {
                 info!("ending the call: the service is shutting down");
                 leg.hangup().await;
@@ -471,7 +516,7 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
         if !matches!(why, LegEnd::Other(ref c) if c == "agent_bye") {
             a.leg.end().await;
         }
-        if a.talking {
+        if a.talking && a.external.is_none() {
             s.acd.call_ended(a.id.clone(), queue.clone());
         }
     }
@@ -512,7 +557,12 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
 
 /// The agent side of a call: the leg to their phone and its media port.
 struct AgentSide {
+    /// The agent, or the SIP target of an overflow.
     id: String,
+    /// For an overflow to another center: the queue the caller left, to go
+    /// back to if the target fails, and when to give up on it.
+    external: Option<(String, tokio::time::Instant)>,
+    started: tokio::time::Instant,
     leg: AgentLeg,
     /// Taken by the media bridge when the agent answers.
     rtp: Option<RtpSocket>,
@@ -521,6 +571,87 @@ struct AgentSide {
     version: u64,
     talking: bool,
 }
+
+/// Gives a waiting caller to another center, offering the caller's law.
+fn ring_target(
+    s: &Services,
+    target: &str,
+    from_queue: &str,
+    info: &crate::sip::request::InviteInfo,
+    incident: &IncidentId,
+    law: Law,
+) -> Result<AgentSide, &'static str> {
+    let rtp = s.ports.allocate().map_err(|_| "no RTP port")?;
+    let local = LocalAudio {
+        ip: s.config.server.sip.public_ip,
+        port: rtp.port,
+        session_id: u64::from(rand::random::<u32>()),
+        version: 1,
+    };
+    let offer = sdp::offer_preferring(&local, law, sdp::Direction::SendRecv);
+    let caller = info
+        .caller_number
+        .clone()
+        .unwrap_or_else(|| "anonymous".into());
+    let http = s.config.server.http.listen;
+    let call_info = Some(format!(
+        "<http://{http}/api/incidents/{incident}>;purpose=info"
+    ));
+    let leg = s
+        .sip
+        .call_uri(target, &caller, offer, call_info)
+        .map_err(|_| "INVITE failed")?;
+    let started = tokio::time::Instant::now();
+    Ok(AgentSide {
+        id: target.to_string(),
+        started,
+        external: Some((from_queue.to_string(), started + OVERFLOW_SILENCE_LIMIT)),
+        leg,
+        rtp: Some(rtp),
+        local,
+        law,
+        version: 1,
+        talking: false,
+    })
+}
+
+/// An overflow target failed: the caller goes back to the queue it left,
+/// keeping its arrival time (so its place), and it is on record.
+async fn give_back(
+    s: &Services,
+    call_id: &CallId,
+    a: &AgentSide,
+    route: &crate::config::Route,
+    arrived: Instant,
+    notices: &mpsc::UnboundedSender<AcdNotice>,
+) {
+    let Some((queue, _)) = a.external.clone() else {
+        return;
+    };
+    s.store.send(StoreCmd::Event {
+        id: call_id.clone(),
+        at: now_ms(),
+        kind: "overflow_failed".into(),
+        detail: Some(format!("{} -> {queue}", a.id)),
+    });
+    let _ = s
+        .acd
+        .enqueue(
+            call_id.clone(),
+            queue,
+            route.require.clone(),
+            arrived,
+            notices.clone(),
+        )
+        .await;
+}
+
+/// How long another center may take to answer an overflowed caller before
+/// the caller goes back to the queue...
+const OVERFLOW_RING_LIMIT: Duration = Duration::from_secs(30);
+/// ...once it has shown it is alive (100 or 180); a target that says
+/// nothing at all (down, or a closed port) is given up much sooner.
+const OVERFLOW_SILENCE_LIMIT: Duration = Duration::from_secs(4);
 
 /// Rings an agent's registered phone, offering the caller's law first.
 fn ring_agent(
@@ -554,6 +685,8 @@ fn ring_agent(
     info!(%agent, contact = %binding.contact, "ringing agent");
     Ok(AgentSide {
         id: agent.to_string(),
+        started: tokio::time::Instant::now(),
+        external: None,
         leg,
         rtp: Some(rtp),
         local,

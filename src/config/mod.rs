@@ -267,6 +267,8 @@ impl QueueConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Overflow {
     Queue(String),
+    /// Another center (or any SIP destination): `sip:112@10.1.2.3:5060`.
+    Sip(String),
 }
 
 /// Everything `serve` needs, checked.
@@ -342,7 +344,9 @@ impl Config {
                         return Err(ConfigError::invalid(
                             &queues_path,
                             key,
-                            format!("expected `queue:NAME`, found `{target}`"),
+                            format!(
+                                "expected `queue:NAME` or `sip:USER@HOST[:PORT]`, found `{target}`"
+                            ),
                         ))
                     }
                 }
@@ -434,10 +438,15 @@ fn load_agents(path: &Path) -> Result<BTreeMap<String, AgentConfig>, ConfigError
     Ok(agents)
 }
 
-/// `queue:NAME` → `Overflow::Queue`.
+/// `queue:NAME` → `Overflow::Queue`; `sip:user@host[:port]` → `Overflow::Sip`.
 pub fn parse_overflow(s: &str) -> Option<Overflow> {
-    let name = s.strip_prefix("queue:")?;
-    (!name.is_empty()).then(|| Overflow::Queue(name.to_string()))
+    if let Some(name) = s.strip_prefix("queue:") {
+        return (!name.is_empty()).then(|| Overflow::Queue(name.to_string()));
+    }
+    let rest = s.strip_prefix("sip:")?;
+    let host = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
+    let valid = !host.is_empty() && !s.contains(char::is_whitespace);
+    valid.then(|| Overflow::Sip(s.to_string()))
 }
 
 fn check_overflow_cycles(
@@ -634,7 +643,12 @@ url = "sqlite::memory:"
     fn overflow_syntax() {
         assert_eq!(parse_overflow("queue:a"), Some(Overflow::Queue("a".into())));
         assert_eq!(parse_overflow("queue:"), None);
-        assert_eq!(parse_overflow("sip:112@other"), None);
+        assert_eq!(
+            parse_overflow("sip:112@10.0.0.5:5060"),
+            Some(Overflow::Sip("sip:112@10.0.0.5:5060".into()))
+        );
+        assert_eq!(parse_overflow("sip:"), None);
+        assert_eq!(parse_overflow("tel:112"), None);
     }
 
     #[test]

@@ -581,17 +581,57 @@ impl SipHandle {
         sdp: String,
         call_info: Option<String>,
     ) -> Result<AgentLeg, SipError> {
-        let callee = rsipstack::sip::Uri::try_from(binding.contact.as_str())
-            .map_err(|e| SipError::Stack(format!("agent contact `{}`: {e}", binding.contact)))?;
-        let caller_uri = contact_uri(&self.config, &self.addrs, Some(caller), "udp")
-            .ok_or_else(|| SipError::Stack("no UDP listener".into()))?;
-        let contact = contact_uri(&self.config, &self.addrs, None, binding.transport)
-            .ok_or_else(|| SipError::Stack("no listener for the agent's transport".into()))?;
         let transport = if binding.transport == "tcp" {
             Transport::Tcp
         } else {
             Transport::Udp
         };
+        let destination = rsipstack::transport::SipAddr {
+            r#type: Some(transport),
+            addr: binding.source.into(),
+        };
+        self.invite(
+            &binding.contact,
+            Some(destination),
+            binding.transport,
+            caller,
+            sdp,
+            call_info,
+        )
+    }
+
+    /// Calls any SIP destination (another center's trunk); rsipstack
+    /// resolves the URI.
+    pub fn call_uri(
+        &self,
+        target: &str,
+        caller: &str,
+        sdp: String,
+        call_info: Option<String>,
+    ) -> Result<AgentLeg, SipError> {
+        let transport = if target.contains("transport=tcp") {
+            "tcp"
+        } else {
+            "udp"
+        };
+        self.invite(target, None, transport, caller, sdp, call_info)
+    }
+
+    fn invite(
+        &self,
+        target: &str,
+        destination: Option<rsipstack::transport::SipAddr>,
+        transport: &str,
+        caller: &str,
+        sdp: String,
+        call_info: Option<String>,
+    ) -> Result<AgentLeg, SipError> {
+        let callee = rsipstack::sip::Uri::try_from(target)
+            .map_err(|e| SipError::Stack(format!("target `{target}`: {e}")))?;
+        let caller_uri = contact_uri(&self.config, &self.addrs, Some(caller), "udp")
+            .ok_or_else(|| SipError::Stack("no UDP listener".into()))?;
+        let contact = contact_uri(&self.config, &self.addrs, None, transport)
+            .ok_or_else(|| SipError::Stack("no listener for the target's transport".into()))?;
         let headers = call_info
             .map(|ci| vec![Header::Other("Call-Info".into(), ci)])
             .unwrap_or_default();
@@ -599,10 +639,7 @@ impl SipHandle {
             caller_display_name: Some(caller.to_string()),
             caller: caller_uri,
             callee,
-            destination: Some(rsipstack::transport::SipAddr {
-                r#type: Some(transport),
-                addr: binding.source.into(),
-            }),
+            destination,
             content_type: Some("application/sdp".into()),
             offer: Some(sdp.into_bytes()),
             contact,
@@ -630,6 +667,8 @@ pub enum AgentFailure {
 }
 
 pub enum AgentLegEvent {
+    /// 100 Trying: the far side is alive.
+    Trying,
     Ringing,
     /// 200 OK with the agent's answer.
     Answered {
@@ -664,6 +703,7 @@ impl AgentLeg {
                 };
             };
             match state {
+                DialogState::Trying(..) => return AgentLegEvent::Trying,
                 DialogState::Early(..) => return AgentLegEvent::Ringing,
                 DialogState::Confirmed(_, resp) if !self.answered => {
                     self.answered = true;
