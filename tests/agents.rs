@@ -455,11 +455,8 @@ fn agent_hold_resume_and_hang_up() {
     ));
     let (code, ok) = c.final_status(Duration::from_secs(3)).unwrap();
     assert_eq!(code, 200);
-    let to = header(&ok, "To").unwrap().to_string();
-    c.send(&format!(
-        "ACK sip:112@{} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-ho-2;rport\r\nMax-Forwards: 70\r\nFrom: <sip:0811111@{l}>;tag=ft-{call_id}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
-        server.sip
-    ));
+    let dialog = common::rawsip::Dialog::from_ok(server.sip, c.local(), &call_id, &ok);
+    c.send(&dialog.request("ACK", 1, "z9hG4bK-ho-2", None));
     // Send the caller's tone for the whole call from a thread.
     let server_rtp = ok
         .split("m=audio ")
@@ -515,12 +512,7 @@ fn agent_hold_resume_and_hang_up() {
         .map(|(_, m)| m)
         .find(|m| m.starts_with("BYE "))
         .expect("BYE to the caller");
-    let mut reply = String::from("SIP/2.0 200 OK\r\n");
-    for h in ["Via", "From", "To", "Call-ID", "CSeq"] {
-        reply.push_str(&format!("{h}: {}\r\n", header(bye, h).unwrap()));
-    }
-    reply.push_str("Content-Length: 0\r\n\r\n");
-    c.send(&reply);
+    c.send(&common::rawsip::ok_to(bye));
 
     let call = server.wait_call_done(&call_id, Duration::from_secs(10));
     assert_eq!(call["end_cause"], "agent_bye");

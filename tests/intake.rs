@@ -241,20 +241,14 @@ fn a_retransmitted_invite_makes_one_call() {
         1,
         "one call for one INVITE transaction"
     );
-    let to = msgs
+    let ok = msgs
         .iter()
         .find(|(_, m)| status_of(m) == Some(200))
-        .map(|(_, m)| header(m, "To").unwrap().to_string())
+        .map(|(_, m)| m.clone())
         .unwrap();
-    let l = c.local();
-    c.send(&format!(
-        "ACK sip:112@{} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-rt-2;rport\r\nMax-Forwards: 70\r\nFrom: <sip:0811111@{l}>;tag=ft-{call_id}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
-        server.sip
-    ));
-    c.send(&format!(
-        "BYE sip:112@{} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-rt-3;rport\r\nMax-Forwards: 70\r\nFrom: <sip:0811111@{l}>;tag=ft-{call_id}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
-        server.sip
-    ));
+    let dialog = rawsip::Dialog::from_ok(server.sip, c.local(), &call_id, &ok);
+    c.send(&dialog.request("ACK", 1, "z9hG4bK-rt-2", None));
+    c.send(&dialog.request("BYE", 2, "z9hG4bK-rt-3", None));
     assert_eq!(
         c.final_status(Duration::from_secs(3)).map(|x| x.0),
         Some(200)
@@ -301,23 +295,15 @@ fn a_lost_ack_gets_the_200_retransmitted_until_it_comes() {
         gap2 >= Duration::from_millis(850) && gap2 <= Duration::from_millis(1300),
         "second gap {gap2:?}"
     );
-    let ok = &oks[0].1;
-    let to = header(ok, "To").unwrap();
-    let local = c.local();
-    c.send(&format!(
-        "ACK sip:112@{} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-la-2;rport\r\nMax-Forwards: 70\r\nFrom: <sip:0811111@{local}>;tag=ft-{call_id}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
-        server.sip
-    ));
+    let dialog = rawsip::Dialog::from_ok(server.sip, c.local(), &call_id, &oks[0].1);
+    c.send(&dialog.request("ACK", 1, "z9hG4bK-la-2", None));
     let after = c.collect(Duration::from_millis(2500));
     assert!(
         after.iter().all(|(_, m)| status_of(m) != Some(200)),
         "200 OK still retransmitted after the ACK: {after:?}"
     );
     // The call is alive: a BYE ends it normally.
-    c.send(&format!(
-        "BYE sip:112@{} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-la-3;rport\r\nMax-Forwards: 70\r\nFrom: <sip:0811111@{local}>;tag=ft-{call_id}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
-        server.sip
-    ));
+    c.send(&dialog.request("BYE", 2, "z9hG4bK-la-3", None));
     assert_eq!(
         c.final_status(Duration::from_secs(3)).map(|x| x.0),
         Some(200)
@@ -906,11 +892,8 @@ fn sigterm_drains_calls_then_ends_them_cleanly() {
     ));
     let (code, ok) = c.final_status(Duration::from_secs(3)).unwrap();
     assert_eq!(code, 200);
-    let to = header(&ok, "To").unwrap().to_string();
-    c.send(&format!(
-        "ACK sip:112@{} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-dr-2;rport\r\nMax-Forwards: 70\r\nFrom: <sip:0811111@{l}>;tag=ft-{call_id}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
-        server.sip
-    ));
+    let dialog = rawsip::Dialog::from_ok(server.sip, c.local(), &call_id, &ok);
+    c.send(&dialog.request("ACK", 1, "z9hG4bK-dr-2", None));
     std::thread::sleep(Duration::from_millis(1000));
     server.terminate();
     std::thread::sleep(Duration::from_millis(200));
@@ -937,12 +920,7 @@ fn sigterm_drains_calls_then_ends_them_cleanly() {
         .map(|(_, m)| m)
         .find(|m| m.starts_with("BYE "))
         .unwrap_or_else(|| panic!("no BYE after the grace period: {msgs:?}"));
-    let mut reply = String::from("SIP/2.0 200 OK\r\n");
-    for h in ["Via", "From", "To", "Call-ID", "CSeq"] {
-        reply.push_str(&format!("{h}: {}\r\n", header(bye, h).unwrap()));
-    }
-    reply.push_str("Content-Length: 0\r\n\r\n");
-    c.send(&reply);
+    c.send(&rawsip::ok_to(bye));
 
     let status = server
         .wait_exit(Duration::from_secs(20))

@@ -45,12 +45,7 @@ pub(super) async fn run(
         leg.reject(503, "Service Unavailable");
         return;
     };
-    let local = LocalAudio {
-        ip: s.config.server.sip.public_ip,
-        port: rtp.port,
-        session_id: u64::from(rand::random::<u32>()),
-        version: 1,
-    };
+    let local = LocalAudio::new(s.config.server.sip.public_ip, rtp.port);
     if leg
         .answer(sdp::answer(
             &local,

@@ -191,12 +191,7 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
         }
     }
 
-    let local = LocalAudio {
-        ip: s.config.server.sip.public_ip,
-        port: rtp.port,
-        session_id: u64::from(rand::random::<u32>()),
-        version: 1,
-    };
+    let local = LocalAudio::new(s.config.server.sip.public_ip, rtp.port);
     let answer_sdp = match &offer {
         Some((remote, n)) => sdp::answer(&local, n, sdp::answer_direction(remote.direction)),
         None => sdp::offer(&local),
@@ -459,7 +454,13 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
                         kind: "overflow".into(),
                         detail: Some(format!("{from} -> {target}")),
                     });
-                    match ring_target(&s, &target, &from, &info, &incident_id, negotiated.law) {
+                    match ring(
+                        &s,
+                        RingTarget::Center { uri: &target, from_queue: &from },
+                        &info,
+                        &incident_id,
+                        negotiated.law,
+                    ) {
                         Ok(side) => agent = Some(side),
                         Err(why) => {
                             warn!(%target, reason = why, "cannot reach the overflow target; back to the queue");
@@ -468,7 +469,7 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
                     }
                 }
                 Some(AcdNotice::Offer { agent: id }) => {
-                    match ring_agent(&s, &id, &info, &incident_id, negotiated.law) {
+                    match ring(&s, RingTarget::Agent(&id), &info, &incident_id, negotiated.law) {
                         Ok(side) => agent = Some(side),
                         Err(why) => {
                             warn!(agent = %id, reason = why, "cannot ring the agent");
@@ -572,49 +573,6 @@ struct AgentSide {
     talking: bool,
 }
 
-/// Gives a waiting caller to another center, offering the caller's law.
-fn ring_target(
-    s: &Services,
-    target: &str,
-    from_queue: &str,
-    info: &crate::sip::request::InviteInfo,
-    incident: &IncidentId,
-    law: Law,
-) -> Result<AgentSide, &'static str> {
-    let rtp = s.ports.allocate().map_err(|_| "no RTP port")?;
-    let local = LocalAudio {
-        ip: s.config.server.sip.public_ip,
-        port: rtp.port,
-        session_id: u64::from(rand::random::<u32>()),
-        version: 1,
-    };
-    let offer = sdp::offer_preferring(&local, law, sdp::Direction::SendRecv);
-    let caller = info
-        .caller_number
-        .clone()
-        .unwrap_or_else(|| "anonymous".into());
-    let http = s.config.server.http.listen;
-    let call_info = Some(format!(
-        "<http://{http}/api/incidents/{incident}>;purpose=info"
-    ));
-    let leg = s
-        .sip
-        .call_uri(target, &caller, offer, call_info)
-        .map_err(|_| "INVITE failed")?;
-    let started = tokio::time::Instant::now();
-    Ok(AgentSide {
-        id: target.to_string(),
-        started,
-        external: Some((from_queue.to_string(), started + OVERFLOW_SILENCE_LIMIT)),
-        leg,
-        rtp: Some(rtp),
-        local,
-        law,
-        version: 1,
-        talking: false,
-    })
-}
-
 /// An overflow target failed: the caller goes back to the queue it left,
 /// keeping its arrival time (so its place), and it is on record.
 async fn give_back(
@@ -653,22 +611,29 @@ const OVERFLOW_RING_LIMIT: Duration = Duration::from_secs(30);
 /// nothing at all (down, or a closed port) is given up much sooner.
 const OVERFLOW_SILENCE_LIMIT: Duration = Duration::from_secs(4);
 
-/// Rings an agent's registered phone, offering the caller's law first.
-fn ring_agent(
+/// Whom a call rings.
+enum RingTarget<'a> {
+    /// An agent's registered phone.
+    Agent(&'a str),
+    /// Another center (overflow), and the queue the caller leaves.
+    Center { uri: &'a str, from_queue: &'a str },
+}
+
+/// Rings an agent's phone or another center, offering the caller's law
+/// first so the bridge needs no transcoding.
+fn ring(
     s: &Services,
-    agent: &str,
+    target: RingTarget<'_>,
     info: &crate::sip::request::InviteInfo,
     incident: &IncidentId,
     law: Law,
 ) -> Result<AgentSide, &'static str> {
-    let binding = s.sip.agent_binding(agent).ok_or("not registered")?;
-    let rtp = s.ports.allocate().map_err(|_| "no RTP port")?;
-    let local = LocalAudio {
-        ip: s.config.server.sip.public_ip,
-        port: rtp.port,
-        session_id: u64::from(rand::random::<u32>()),
-        version: 1,
+    let binding = match target {
+        RingTarget::Agent(agent) => Some(s.sip.agent_binding(agent).ok_or("not registered")?),
+        RingTarget::Center { .. } => None,
     };
+    let rtp = s.ports.allocate().map_err(|_| "no RTP port")?;
+    let local = LocalAudio::new(s.config.server.sip.public_ip, rtp.port);
     let offer = sdp::offer_preferring(&local, law, sdp::Direction::SendRecv);
     let caller = info
         .caller_number
@@ -678,16 +643,28 @@ fn ring_agent(
     let call_info = Some(format!(
         "<http://{http}/api/incidents/{incident}>;purpose=info"
     ));
-    let leg = s
-        .sip
-        .call_agent(&binding, &caller, offer, call_info)
-        .map_err(|_| "INVITE failed")?;
-    info!(%agent, contact = %binding.contact, "ringing agent");
+    let started = tokio::time::Instant::now();
+    let (id, external, leg) = match (target, binding) {
+        (RingTarget::Agent(agent), Some(binding)) => {
+            info!(%agent, contact = %binding.contact, "ringing agent");
+            let leg = s.sip.call_agent(&binding, &caller, offer, call_info);
+            (agent, None, leg)
+        }
+        (RingTarget::Center { uri, from_queue }, _) => {
+            let leg = s.sip.call_uri(uri, &caller, offer, call_info);
+            (
+                uri,
+                Some((from_queue.to_string(), started + OVERFLOW_SILENCE_LIMIT)),
+                leg,
+            )
+        }
+        (RingTarget::Agent(_), None) => return Err("not registered"),
+    };
     Ok(AgentSide {
-        id: agent.to_string(),
-        started: tokio::time::Instant::now(),
-        external: None,
-        leg,
+        id: id.to_string(),
+        external,
+        started,
+        leg: leg.map_err(|_| "INVITE failed")?,
         rtp: Some(rtp),
         local,
         law,

@@ -221,6 +221,18 @@ pub struct LocalAudio {
     pub version: u64,
 }
 
+impl LocalAudio {
+    /// A new session on `ip:port`, version 1.
+    pub fn new(ip: IpAddr, port: u16) -> LocalAudio {
+        LocalAudio {
+            ip,
+            port,
+            session_id: u64::from(rand::random::<u32>()),
+            version: 1,
+        }
+    }
+}
+
 fn origin_and_connection(local: &LocalAudio, out: &mut String) {
     let family = if local.ip.is_ipv4() { "IP4" } else { "IP6" };
     out.push_str(&format!(

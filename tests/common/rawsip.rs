@@ -102,3 +102,49 @@ pub fn invite(
         sdp.len()
     )
 }
+
+/// The dialog a raw client set up with `invite`: enough to send ACK/BYE.
+pub struct Dialog {
+    pub server: SocketAddr,
+    pub local: SocketAddr,
+    pub call_id: String,
+    /// The To header of the 200 OK (with the server's tag).
+    pub to: String,
+}
+
+impl Dialog {
+    pub fn from_ok(server: SocketAddr, local: SocketAddr, call_id: &str, ok: &str) -> Dialog {
+        Dialog {
+            server,
+            local,
+            call_id: call_id.to_string(),
+            to: header(ok, "To").expect("To in 200 OK").to_string(),
+        }
+    }
+
+    /// An in-dialog request (ACK, BYE...) from the caller `invite` made.
+    pub fn request(&self, method: &str, cseq: u32, branch: &str, body: Option<&str>) -> String {
+        let (l, server, call_id, to) = (self.local, self.server, &self.call_id, &self.to);
+        let (ct, body) = match body {
+            Some(b) => ("Content-Type: application/sdp\r\n", b),
+            None => ("", ""),
+        };
+        format!(
+            "{method} sip:112@{server} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: <sip:0811111@{l}>;tag=ft-{call_id}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+}
+
+/// A 200 OK answering `request` (for a BYE the server sends us).
+pub fn ok_to(request: &str) -> String {
+    let mut reply = String::from("SIP/2.0 200 OK\r\n");
+    for h in ["Via", "From", "To", "Call-ID", "CSeq"] {
+        reply.push_str(&format!(
+            "{h}: {}\r\n",
+            header(request, h).expect("header in request")
+        ));
+    }
+    reply.push_str("Content-Length: 0\r\n\r\n");
+    reply
+}
