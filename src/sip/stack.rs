@@ -738,16 +738,7 @@ impl AgentLeg {
                         responder: Responder(handle),
                     };
                 }
-                DialogState::Info(_, _, h)
-                | DialogState::Options(_, _, h)
-                | DialogState::Notify(_, _, h)
-                | DialogState::Message(_, _, h) => {
-                    let _ = h.reply(StatusCode::OK).await;
-                }
-                DialogState::Refer(_, _, h) => {
-                    let _ = h.reply(StatusCode::from(603)).await;
-                }
-                _ => {}
+                other => answer_routine(other).await,
             }
         }
     }
@@ -768,6 +759,24 @@ impl AgentLeg {
 impl Drop for AgentLeg {
     fn drop(&mut self) {
         self.layer.remove_dialog(&self.dialog.id());
+    }
+}
+
+/// Answers the in-dialog requests neither leg acts on: INFO, OPTIONS,
+/// MESSAGE and NOTIFY get 200; REFER gets 603 until transfers exist (the
+/// warm-transfer issue); other states need no answer.
+async fn answer_routine(state: DialogState) {
+    match state {
+        DialogState::Info(_, _, h)
+        | DialogState::Options(_, _, h)
+        | DialogState::Message(_, _, h)
+        | DialogState::Notify(_, _, h) => {
+            let _ = h.reply(StatusCode::OK).await;
+        }
+        DialogState::Refer(_, _, h) => {
+            let _ = h.reply(StatusCode::from(603)).await;
+        }
+        _ => {}
     }
 }
 
@@ -893,17 +902,7 @@ impl ServerLeg {
                         responder: Responder(handle),
                     };
                 }
-                DialogState::Info(_, _, h)
-                | DialogState::Options(_, _, h)
-                | DialogState::Message(_, _, h)
-                | DialogState::Notify(_, _, h) => {
-                    let _ = h.reply(StatusCode::OK).await;
-                }
-                DialogState::Refer(_, _, h) => {
-                    // Transfers arrive with agents; until then, decline.
-                    let _ = h.reply(StatusCode::from(603)).await;
-                }
-                _ => {}
+                other => answer_routine(other).await,
             }
         }
     }
