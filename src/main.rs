@@ -40,9 +40,11 @@ fn init_logging() {
     // responses and caller data stay out of the logs.
     let filter = tracing_subscriber::EnvFilter::try_from_env("SIAGA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rsipstack=warn,sqlx=warn"));
+    // Logs go to stderr; stdout carries only the READY line for scripts.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
         .init();
 }
 

@@ -645,3 +645,89 @@ fn an_unreachable_overflow_target_puts_the_caller_back_in_the_queue() {
     );
     assert!(tone_ratio(&left[8000..], CALLER_TONE) > 0.8);
 }
+
+/// Registers a raw UDP "phone" as `user` with MD5 digest.
+fn register_raw(server: &Server, phone: &RawSip, user: &str, password: &str) {
+    let l = phone.local();
+    let register = |cseq: u32, auth: Option<String>| {
+        let auth = auth
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "REGISTER sip:{s} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-rr-{cseq};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{user}@{s}>;tag=rr\r\nTo: <sip:{user}@{s}>\r\nCall-ID: rr-{user}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{user}@{l}>\r\nExpires: 120\r\n{auth}Content-Length: 0\r\n\r\n",
+            s = server.sip
+        )
+    };
+    phone.send(&register(1, None));
+    let (_, challenge) = phone.final_status(Duration::from_secs(3)).unwrap();
+    let nonce = header(&challenge, "WWW-Authenticate")
+        .unwrap()
+        .split("nonce=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let uri = format!("sip:{}", server.sip);
+    let h1 = ha1(Algorithm::Md5, user, "siaga", password);
+    let h2 = Algorithm::Md5.hash(&format!("REGISTER:{uri}"));
+    let resp = Algorithm::Md5.hash(&format!("{h1}:{nonce}:00000001:ab:auth:{h2}"));
+    phone.send(&register(2, Some(format!(
+        "Digest username=\"{user}\", realm=\"siaga\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"ab\""
+    ))));
+    assert_eq!(
+        phone.final_status(Duration::from_secs(3)).map(|x| x.0),
+        Some(200)
+    );
+    wait_agent(server, user, "registered", |a| a["registered"] == true);
+}
+
+/// A phone that answers with no codec in common is hung up, its agent set
+/// not ready ("unreachable"), never left ringing; the caller carries on.
+#[test]
+fn a_phone_answering_without_g711_is_hung_up_and_its_agent_set_not_ready() {
+    let server = Server::start(agents_setup(None));
+    let phone = RawSip::new(server.sip, "127.0.0.1");
+    register_raw(&server, &phone, "ct-02", "contoh-sandi-ct-02");
+    server.set_ready("ct-02");
+
+    let target = server.sip;
+    let caller = std::thread::spawn(move || {
+        let sipp = Sipp::new(CALLER_TONE);
+        sipp.run(
+            "uac_tone.xml",
+            target,
+            &["-s", "112", "-d", "4000"],
+            Duration::from_secs(30),
+        )
+        .code
+    });
+    // The phone rings: answer with G.729 only.
+    let invite = phone
+        .wait_for("INVITE ", Duration::from_secs(5))
+        .expect("the agent's phone was rung");
+    let sdp = "v=0\r\no=p 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n";
+    let mut ok = String::from("SIP/2.0 200 OK\r\n");
+    for h in ["Via", "From", "Call-ID", "CSeq"] {
+        ok.push_str(&format!("{h}: {}\r\n", header(&invite, h).unwrap()));
+    }
+    ok.push_str(&format!(
+        "To: {};tag=phone1\r\nContact: <sip:ct-02@{}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        header(&invite, "To").unwrap(),
+        phone.local(),
+        sdp.len()
+    ));
+    phone.send(&ok);
+    // ACK, then BYE from siaga: answer the BYE.
+    let bye = phone
+        .wait_for("BYE ", Duration::from_secs(3))
+        .expect("the phone is hung up");
+    phone.send(&common::rawsip::ok_to(&bye));
+    wait_agent(&server, "ct-02", "not ready, not stuck ringing", |a| {
+        a["state"] == "not_ready" && a["reason"] == "unreachable"
+    });
+    assert_eq!(caller.join().unwrap(), Some(0), "the caller carried on");
+    let (_, calls) = server.get("/api/calls");
+    assert!(calls[0]["agent_id"].is_null());
+}

@@ -273,7 +273,7 @@ impl Acd {
         arrived: Instant,
         now: Instant,
     ) -> Result<u32, AcdError> {
-        self.remove(&call);
+        self.remove(&call, now);
         let q = self
             .queues
             .get_mut(queue)
@@ -294,18 +294,19 @@ impl Acd {
 
     /// Takes a caller out (it hung up). Returns the agent whose phone was
     /// ringing for it, now ready again, so its ringing can be stopped.
-    pub fn remove(&mut self, call: &CallId) -> Option<String> {
+    pub fn remove(&mut self, call: &CallId, now: Instant) -> Option<String> {
         for q in self.queues.values_mut() {
             if let Some(i) = q.waiting.iter().position(|w| &w.call == call) {
                 let w = q.waiting.remove(i);
                 let (agent, _) = w.offer?;
                 if let Some(a) = self.agents.get_mut(&agent) {
                     if matches!(&a.state, AgentState::Ringing { call_id } if call_id == call) {
-                        a.state = if a.reachable {
+                        let next = if a.reachable {
                             AgentState::Ready
                         } else {
                             AgentState::LoggedOut
                         };
+                        Self::set(a, next, now);
                     }
                 }
                 return Some(agent);

@@ -82,7 +82,7 @@ impl AcdHandle {
                                 let _ = reply.send(pos);
                             }
                             Cmd::Leave(call) => {
-                                acd.remove(&call);
+                                acd.remove(&call, now);
                                 listeners.remove(&call);
                             }
                             Cmd::Position(call, reply) => {

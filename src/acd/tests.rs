@@ -374,11 +374,16 @@ fn a_caller_leaving_while_ringing_frees_the_agent() {
         Err(AcdError::Busy)
     );
     assert_eq!(
-        a.remove(&id("c1")),
+        a.remove(&id("c1"), t0 + s(1)),
         Some("a1".into()),
         "its ringing must be stopped"
     );
     assert_eq!(a.agent_state("a1"), Some(&AgentState::Ready));
+    assert_eq!(
+        a.agents(t0 + s(3))[0].in_state_ms,
+        2000,
+        "ready since the caller left"
+    );
 }
 
 #[test]

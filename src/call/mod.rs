@@ -357,6 +357,7 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
                                 s.store.send(StoreCmd::AgentAnswered { id: call_id.clone(), agent: a.id.clone(), at: now_ms() });
                                 agent_answered = Some(Instant::now());
                                 a.talking = true;
+                                a.codec = Some(n);
                                 next_announcement = None;
                                 let _ = cmd_tx.send(MediaCommand::Bridge {
                                     rtp,
@@ -372,24 +373,19 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
                             Err(e) => {
                                 warn!(agent = %a.id, error = %e, "answered with no usable SDP");
                                 a.leg.end().await;
-                                a.rtp = Some(rtp);
-                                give_back(&s, &call_id, a, &route, arrived, &notice_tx).await;
+                                not_taken(&s, &call_id, a, OfferFailure::Unreachable, &route, arrived, &notice_tx).await;
                                 agent = None;
                             }
                         }
                     }
                     AgentLegEvent::Failed(f) => {
                         info!(agent = %a.id, failure = ?f, "the call was not taken");
-                        if a.external.is_some() {
-                            give_back(&s, &call_id, a, &route, arrived, &notice_tx).await;
-                        } else {
-                            let why = match f {
-                                AgentFailure::NoAnswer => OfferFailure::NoAnswer,
-                                AgentFailure::Declined => OfferFailure::Declined,
-                                AgentFailure::Unreachable => OfferFailure::Unreachable,
-                            };
-                            s.acd.offer_failed(call_id.clone(), a.id.clone(), why);
-                        }
+                        let why = match f {
+                            AgentFailure::NoAnswer => OfferFailure::NoAnswer,
+                            AgentFailure::Declined => OfferFailure::Declined,
+                            AgentFailure::Unreachable => OfferFailure::Unreachable,
+                        };
+                        not_taken(&s, &call_id, a, why, &route, arrived, &notice_tx).await;
                         agent = None;
                     }
                     AgentLegEvent::ReOffer { sdp: offer, responder } => {
@@ -404,9 +400,12 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
                         info!(agent = %a.id, hold, "agent hold changed");
                         a.version += 1;
                         let again = LocalAudio { version: a.version, ..a.local };
-                        responder
-                            .ok_with_sdp(sdp::offer_preferring(&again, a.law, sdp::answer_direction(dir)))
-                            .await;
+                        let direction = sdp::answer_direction(dir);
+                        let answer = match &a.codec {
+                            Some(n) => sdp::answer(&again, n, direction),
+                            None => sdp::offer_preferring(&again, a.law, direction),
+                        };
+                        responder.ok_with_sdp(answer).await;
                     }
                     AgentLegEvent::Ended => {
                         info!(agent = %a.id, "the other side hung up; ending the call");
@@ -569,8 +568,30 @@ struct AgentSide {
     rtp: Option<RtpSocket>,
     local: LocalAudio,
     law: Law,
+    /// What the answer negotiated, once answered.
+    codec: Option<Negotiated>,
     version: u64,
     talking: bool,
+}
+
+/// The agent or center did not take the call. An agent's failure goes to
+/// the ACD (the agent is set not ready, the call offered anew); a center's
+/// puts the caller back in the queue.
+#[allow(clippy::too_many_arguments)]
+async fn not_taken(
+    s: &Services,
+    call_id: &CallId,
+    a: &AgentSide,
+    why: OfferFailure,
+    route: &crate::config::Route,
+    arrived: Instant,
+    notices: &mpsc::UnboundedSender<AcdNotice>,
+) {
+    if a.external.is_some() {
+        give_back(s, call_id, a, route, arrived, notices).await;
+    } else {
+        s.acd.offer_failed(call_id.clone(), a.id.clone(), why);
+    }
 }
 
 /// An overflow target failed: the caller goes back to the queue it left,
@@ -668,6 +689,7 @@ fn ring(
         rtp: Some(rtp),
         local,
         law,
+        codec: None,
         version: 1,
         talking: false,
     })

@@ -160,7 +160,11 @@ sources = [{sources}]
             .arg("serve")
             .arg("--config-root")
             .arg(self.root.path())
-            .env("SIAGA_LOG", "info,rsipstack=warn,sqlx=warn")
+            .env(
+                "SIAGA_LOG",
+                std::env::var("SIAGA_TEST_LOG")
+                    .unwrap_or_else(|_| "info,rsipstack=warn,sqlx=warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

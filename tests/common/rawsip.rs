@@ -49,6 +49,26 @@ impl RawSip {
         }
     }
 
+    /// The first message starting with `prefix` within `window`.
+    pub fn wait_for(&self, prefix: &str, window: Duration) -> Option<String> {
+        let end = Instant::now() + window;
+        let mut buf = [0u8; 65535];
+        while Instant::now() < end {
+            let left = end
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            self.sock.set_read_timeout(Some(left)).unwrap();
+            let Ok((n, _)) = self.sock.recv_from(&mut buf) else {
+                return None;
+            };
+            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            if text.starts_with(prefix) {
+                return Some(text);
+            }
+        }
+        None
+    }
+
     /// The first final (non-1xx) response within `window`, as its status.
     pub fn final_status(&self, window: Duration) -> Option<(u16, String)> {
         let end = Instant::now() + window;
