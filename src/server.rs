@@ -132,7 +132,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         source,
     })?;
     let recordings_dir = config.resolve(&config.server.media.recordings_dir);
-    std::fs::create_dir_all(&recordings_dir).ok();
+    if let Err(e) = std::fs::create_dir_all(&recordings_dir) {
+        // Calls are still taken; each will report its recording failure.
+        tracing::error!(
+            folder = %recordings_dir.display(),
+            error = %e,
+            "recordings folder cannot be created: calls will go unrecorded until this is fixed"
+        );
+    }
     let app = web::app(web::AppState {
         store,
         recordings_dir,
