@@ -33,6 +33,14 @@ fn agents_setup(queues: Option<&str>) -> Setup {
     }
 }
 
+/// A baresip phone for `user`, registered and its agent made ready.
+fn ready_phone(server: &Server, user: &'static str, auto_answer: bool, tone_hz: f64) -> Baresip {
+    let p = Baresip::start(phone(user, auto_answer, tone_hz), server.sip);
+    wait_registered(server, user, &p);
+    server.set_ready(user);
+    p
+}
+
 /// A SIPp caller with the caller tone; returns the call record once done.
 fn call(server: &Server, service: &str, ms: u32) -> serde_json::Value {
     let sipp = Sipp::new(CALLER_TONE);
@@ -78,9 +86,7 @@ fn assert_tone(samples: &[i16], hz: f64, from: f64, to: f64, what: &str) {
 #[test]
 fn a_softphone_agent_answers_and_both_voices_are_in_one_recording() {
     let server = Server::start(agents_setup(None));
-    let agent = Baresip::start(phone("ct-01", true, AGENT_TONE), server.sip);
-    wait_registered(&server, "ct-01", &agent);
-    server.set_ready("ct-01");
+    let agent = ready_phone(&server, "ct-01", true, AGENT_TONE);
 
     let c = call(&server, "112", 4000);
     assert_eq!(c["agent_id"], "ct-01", "server log:\n{}", server.log());
@@ -405,9 +411,7 @@ fn feature_codes_from_the_softphone_change_the_agent_state() {
 #[test]
 fn a_caller_leaving_while_the_agent_rings_cancels_the_ringing() {
     let server = Server::start(agents_setup(None));
-    let agent = Baresip::start(phone("ct-01", false, AGENT_TONE), server.sip);
-    wait_registered(&server, "ct-01", &agent);
-    server.set_ready("ct-01");
+    let agent = ready_phone(&server, "ct-01", false, AGENT_TONE);
     let c = call(&server, "112", 2000);
     assert!(c["agent_id"].is_null());
     wait_agent(&server, "ct-01", "ready again", |a| a["state"] == "ready");
@@ -435,9 +439,7 @@ fn a_caller_leaving_while_the_agent_rings_cancels_the_ringing() {
 #[test]
 fn agent_hold_resume_and_hang_up() {
     let server = Server::start(agents_setup(None));
-    let agent = Baresip::start(phone("ct-01", true, AGENT_TONE), server.sip);
-    wait_registered(&server, "ct-01", &agent);
-    server.set_ready("ct-01");
+    let agent = ready_phone(&server, "ct-01", true, AGENT_TONE);
 
     // A raw caller, so it can take the server's BYE.
     let c = RawSip::new(server.sip, "127.0.0.1");
@@ -692,17 +694,7 @@ fn a_phone_answering_without_g711_is_hung_up_and_its_agent_set_not_ready() {
     register_raw(&server, &phone, "ct-02", "contoh-sandi-ct-02");
     server.set_ready("ct-02");
 
-    let target = server.sip;
-    let caller = std::thread::spawn(move || {
-        let sipp = Sipp::new(CALLER_TONE);
-        sipp.run(
-            "uac_tone.xml",
-            target,
-            &["-s", "112", "-d", "4000"],
-            Duration::from_secs(30),
-        )
-        .code
-    });
+    let caller = common::background_call(server.sip, "112", 4000, Duration::from_secs(30));
     // The phone rings: answer with G.729 only.
     let invite = phone
         .wait_for("INVITE ", Duration::from_secs(5))

@@ -679,16 +679,7 @@ fn a_locked_database_does_not_delay_or_drop_calls() {
 fn waiting_callers_hear_their_position() {
     let server = Server::start(Setup::default());
     let target = server.sip;
-    let first = std::thread::spawn(move || {
-        let sipp = Sipp::new(CALLER_TONE);
-        sipp.run(
-            "uac_tone.xml",
-            target,
-            &["-s", "112", "-d", "19000"],
-            Duration::from_secs(40),
-        )
-        .code
-    });
+    let first = common::background_call(target, "112", 19000, Duration::from_secs(40));
     std::thread::sleep(Duration::from_millis(700));
     let second = Sipp::new(CALLER_TONE);
     let r = second.run(

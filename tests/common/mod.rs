@@ -413,6 +413,22 @@ pub struct SippResult {
     pub errors: String,
 }
 
+/// A SIPp caller with the 1 kHz test tone to `service`, lasting `ms`, in
+/// a thread; joins to SIPp's exit code.
+pub fn background_call(
+    target: SocketAddr,
+    service: &'static str,
+    ms: u32,
+    limit: Duration,
+) -> std::thread::JoinHandle<Option<i32>> {
+    std::thread::spawn(move || {
+        let sipp = Sipp::new(1000.0);
+        let d = ms.to_string();
+        sipp.run("uac_tone.xml", target, &["-s", service, "-d", &d], limit)
+            .code
+    })
+}
+
 impl Sipp {
     /// A working folder holding the caller's tone as `caller-tone.wav`.
     pub fn new(tone_hz: f64) -> Sipp {
