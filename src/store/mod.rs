@@ -533,7 +533,44 @@ mod tests {
     async fn call_lifecycle_and_repeat_caller_counts() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/db/s.db?mode=rwc", dir.path().display());
-        let store = Store::lazy(&url).unwrap();
+        lifecycle(&url).await;
+    }
+
+    /// The same against PostgreSQL, in a database made for this run.
+    /// `scripts/test` starts a local server and sets SIAGA_TEST_POSTGRES
+    /// (a URL whose user may create databases) and SIAGA_REQUIRE_POSTGRES.
+    #[tokio::test]
+    async fn call_lifecycle_on_postgres() {
+        let Ok(admin_url) = std::env::var("SIAGA_TEST_POSTGRES") else {
+            assert!(
+                std::env::var("SIAGA_REQUIRE_POSTGRES").is_err(),
+                "SIAGA_REQUIRE_POSTGRES is set but SIAGA_TEST_POSTGRES is not"
+            );
+            eprintln!("skipped: set SIAGA_TEST_POSTGRES to run against PostgreSQL");
+            return;
+        };
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let name = format!("siaga_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::AnyConnection::connect(&admin_url)
+            .await
+            .expect("PostgreSQL reachable");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap();
+        lifecycle(&format!("{base}/{name}")).await;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    }
+
+    async fn lifecycle(url: &str) {
+        let store = Store::lazy(url).unwrap();
         store.migrate().await.unwrap();
         let day = RECENT.as_millis() as i64;
         let t = now_ms();
