@@ -8,7 +8,6 @@ use common::audio::{read_stereo, tone_ratio};
 use common::baresip::{wait_registered, Baresip, Phone};
 use common::rawsip::{header, status_of, RawSip};
 use common::{Server, Setup, Sipp};
-use siaga::sip::digest::{ha1, Algorithm};
 use std::path::Path;
 use std::time::Duration;
 
@@ -259,13 +258,7 @@ fn digest_registration_refuses_wrong_passwords_but_never_emergency_calls() {
     let c = RawSip::new(server.sip, "127.0.0.1");
     let l = c.local();
     let register = |cseq: u32, auth: Option<String>| {
-        let auth = auth
-            .map(|a| format!("Authorization: {a}\r\n"))
-            .unwrap_or_default();
-        format!(
-            "REGISTER sip:{} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-reg-{cseq};rport\r\nMax-Forwards: 70\r\nFrom: <sip:ct-01@{}>;tag=reg1\r\nTo: <sip:ct-01@{}>\r\nCall-ID: reg-ct-01\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:ct-01@{l}>\r\nExpires: 120\r\n{auth}Content-Length: 0\r\n\r\n",
-            server.sip, server.sip, server.sip
-        )
+        common::rawsip::register(l, server.sip, "ct-01", cseq, auth.as_deref())
     };
     c.send(&register(1, None));
     let (code, resp) = c.final_status(Duration::from_secs(3)).unwrap();
@@ -275,21 +268,9 @@ fn digest_registration_refuses_wrong_passwords_but_never_emergency_calls() {
         challenge.contains("algorithm=MD5") && challenge.contains("qop=\"auth\""),
         "{challenge}"
     );
-    let nonce = challenge
-        .split("nonce=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string();
-
+    let nonce = common::rawsip::nonce_of(&resp);
     let answer = |password: &str, nc: &str| {
-        let uri = format!("sip:{}", server.sip);
-        let h1 = ha1(Algorithm::Md5, "ct-01", "siaga", password);
-        let h2 = Algorithm::Md5.hash(&format!("REGISTER:{uri}"));
-        let resp = Algorithm::Md5.hash(&format!("{h1}:{nonce}:{nc}:c0ffee:auth:{h2}"));
-        format!("Digest username=\"ct-01\", realm=\"siaga\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm=MD5, qop=auth, nc={nc}, cnonce=\"c0ffee\"")
+        common::rawsip::register_digest(server.sip, "ct-01", password, &nonce, nc)
     };
     c.send(&register(2, Some(answer("salah-sandi", "00000001"))));
     assert_eq!(
@@ -650,34 +631,17 @@ fn an_unreachable_overflow_target_puts_the_caller_back_in_the_queue() {
 
 /// Registers a raw UDP "phone" as `user` with MD5 digest.
 fn register_raw(server: &Server, phone: &RawSip, user: &str, password: &str) {
-    let l = phone.local();
-    let register = |cseq: u32, auth: Option<String>| {
-        let auth = auth
-            .map(|a| format!("Authorization: {a}\r\n"))
-            .unwrap_or_default();
-        format!(
-            "REGISTER sip:{s} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-rr-{cseq};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{user}@{s}>;tag=rr\r\nTo: <sip:{user}@{s}>\r\nCall-ID: rr-{user}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{user}@{l}>\r\nExpires: 120\r\n{auth}Content-Length: 0\r\n\r\n",
-            s = server.sip
-        )
-    };
-    phone.send(&register(1, None));
+    use common::rawsip::{nonce_of, register, register_digest};
+    phone.send(&register(phone.local(), server.sip, user, 1, None));
     let (_, challenge) = phone.final_status(Duration::from_secs(3)).unwrap();
-    let nonce = header(&challenge, "WWW-Authenticate")
-        .unwrap()
-        .split("nonce=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string();
-    let uri = format!("sip:{}", server.sip);
-    let h1 = ha1(Algorithm::Md5, user, "siaga", password);
-    let h2 = Algorithm::Md5.hash(&format!("REGISTER:{uri}"));
-    let resp = Algorithm::Md5.hash(&format!("{h1}:{nonce}:00000001:ab:auth:{h2}"));
-    phone.send(&register(2, Some(format!(
-        "Digest username=\"{user}\", realm=\"siaga\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"ab\""
-    ))));
+    let auth = register_digest(
+        server.sip,
+        user,
+        password,
+        &nonce_of(&challenge),
+        "00000001",
+    );
+    phone.send(&register(phone.local(), server.sip, user, 2, Some(&auth)));
     assert_eq!(
         phone.final_status(Duration::from_secs(3)).map(|x| x.0),
         Some(200)

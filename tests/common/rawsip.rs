@@ -168,3 +168,45 @@ pub fn ok_to(request: &str) -> String {
     reply.push_str("Content-Length: 0\r\n\r\n");
     reply
 }
+
+/// A REGISTER for `user` from `local`, with an optional Authorization.
+pub fn register(
+    local: SocketAddr,
+    server: SocketAddr,
+    user: &str,
+    cseq: u32,
+    auth: Option<&str>,
+) -> String {
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "REGISTER sip:{server} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-reg-{user}-{cseq};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{user}@{server}>;tag=reg-{user}\r\nTo: <sip:{user}@{server}>\r\nCall-ID: reg-{user}-{local}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{user}@{local}>\r\nExpires: 120\r\n{auth}Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// The nonce of a 401's first WWW-Authenticate.
+pub fn nonce_of(challenge: &str) -> String {
+    header(challenge, "WWW-Authenticate")
+        .and_then(|c| c.split("nonce=\"").nth(1))
+        .and_then(|c| c.split('"').next())
+        .expect("a nonce in the challenge")
+        .to_string()
+}
+
+/// An MD5 `Authorization` value (qop=auth) for a REGISTER to `server`,
+/// computed with the library's digest functions, in realm "siaga".
+pub fn register_digest(
+    server: SocketAddr,
+    user: &str,
+    password: &str,
+    nonce: &str,
+    nc: &str,
+) -> String {
+    use siaga::sip::digest::{ha1, Algorithm};
+    let uri = format!("sip:{server}");
+    let h1 = ha1(Algorithm::Md5, user, "siaga", password);
+    let h2 = Algorithm::Md5.hash(&format!("REGISTER:{uri}"));
+    let resp = Algorithm::Md5.hash(&format!("{h1}:{nonce}:{nc}:c0ffee:auth:{h2}"));
+    format!("Digest username=\"{user}\", realm=\"siaga\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm=MD5, qop=auth, nc={nc}, cnonce=\"c0ffee\"")
+}
