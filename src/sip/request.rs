@@ -57,15 +57,20 @@ pub fn check_invite(req: &Request) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The value of the first header called `name` (case-insensitive).
-pub fn header_value(req: &Request, name: &str) -> Option<String> {
-    req.headers.iter().find_map(|h| {
+/// The values of every header called `name` (case-insensitive), in order.
+pub fn header_values<'a>(req: &'a Request, name: &'a str) -> impl Iterator<Item = String> + 'a {
+    req.headers.iter().filter_map(move |h| {
         let text = h.to_string();
         let (n, v) = text.split_once(':')?;
         n.trim()
             .eq_ignore_ascii_case(name)
             .then(|| v.trim().to_string())
     })
+}
+
+/// The value of the first header called `name` (case-insensitive).
+pub fn header_value(req: &Request, name: &str) -> Option<String> {
+    header_values(req, name).next()
 }
 
 /// What was dialed, from the Request-URI.

@@ -479,19 +479,6 @@ fn contact_uri(
     rsipstack::sip::Uri::try_from(format!("sip:{user}{host}:{port}{suffix}").as_str()).ok()
 }
 
-fn header_values(req: &rsipstack::sip::Request, name: &str) -> Vec<String> {
-    req.headers
-        .iter()
-        .filter_map(|h| {
-            let text = h.to_string();
-            let (n, v) = text.split_once(':')?;
-            n.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
-        })
-        .collect()
-}
-
 /// Answers one REGISTER (RFC 3261 §10.3), after the guard's delay.
 async fn register(
     accounts: Arc<Accounts>,
@@ -515,9 +502,8 @@ async fn register(
             Some(rest.split_once('@')?.0.to_string())
         })
         .unwrap_or_default();
-    let contacts: Vec<String> = header_values(req, "Contact")
-        .iter()
-        .flat_map(|v| accounts::split_contacts(v))
+    let contacts: Vec<String> = request::header_values(req, "Contact")
+        .flat_map(|v| accounts::split_contacts(&v))
         .collect();
     let expires = header_value(req, "Expires").and_then(|v| v.parse().ok());
     let authorization = header_value(req, "Authorization");
