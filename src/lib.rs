@@ -6,6 +6,7 @@ pub mod acd;
 pub mod call;
 pub mod config;
 pub mod ids;
+pub mod live;
 pub mod media;
 pub mod server;
 pub mod sip;

@@ -3,6 +3,7 @@
 use crate::acd::{runtime::AcdHandle, Acd};
 use crate::call::{self, Services};
 use crate::config::Config;
+use crate::live::Live;
 use crate::media::{ports::PortPool, prompts::Prompts, recorder::Recorder};
 use crate::sip::{RegistrationEvent, SipAddrs, SipStack};
 use crate::store::{Store, StoreWriter};
@@ -90,7 +91,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         Ok(Err(e)) => tracing::warn!(error = %e, "database not ready; serving calls anyway"),
         Err(_) => tracing::warn!("database slow to answer; serving calls anyway"),
     }
-    let writer = StoreWriter::spawn(store.clone());
+    let live = Live::new();
+    first_admin(&config, &store).await;
+    let writer = {
+        let live = live.clone();
+        StoreWriter::spawn(store.clone(), move || live.calls_changed())
+    };
     let acd = AcdHandle::spawn(Acd::new(
         &config.queues,
         &config.agents,
@@ -117,7 +123,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         sip: sip.handle(),
         hangup_all: CancellationToken::new(),
         tracker: TaskTracker::new(),
+        live: live.clone(),
     });
+    live.spawn_feeds(
+        acd.clone(),
+        store.clone(),
+        config.server.http.utc_offset_hours,
+    );
     tokio::spawn(call::run_intake(services.clone(), calls_rx));
 
     let http_addr = config.server.http.listen;
@@ -141,9 +153,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         );
     }
     let app = web::app(web::AppState {
+        callbacks: Some(call::Callbacks::new(services.clone(), store.clone())),
         store,
         recordings_dir,
         acd,
+        config: config.clone(),
+        live,
+        logins: Default::default(),
     });
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -159,4 +175,65 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         services,
         shutdown,
     })
+}
+
+/// On the very first start (no panel user at all), makes the user `admin`
+/// with a random password, written to `ROOT/initial-admin-password`
+/// (owner-only) for the operator to read, log in with and change.
+async fn first_admin(config: &Config, store: &Store) {
+    match store.list_users().await {
+        Ok(users) if users.is_empty() => {}
+        _ => return,
+    }
+    let password: String = {
+        use rand::Rng;
+        const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyzACDEFGHJKLMNPQRSTUVWXYZ23456789";
+        let mut rng = rand::rng();
+        (0..16)
+            .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+            .collect()
+    };
+    let user = match web::new_user(
+        config,
+        web::UserRequest {
+            username: "admin".into(),
+            display_name: Some("Administrator".into()),
+            role: "admin".into(),
+            agency: None,
+            agent_id: None,
+            password: password.clone(),
+        },
+    ) {
+        Ok(u) => u,
+        Err(e) => {
+            warn!(error = %e, "first admin not made");
+            return;
+        }
+    };
+    let path = config.root.join("initial-admin-password");
+    let written = {
+        use std::io::Write;
+        #[cfg(unix)]
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        opts.mode(0o600);
+        opts.open(&path).and_then(|mut f| writeln!(f, "{password}"))
+    };
+    if let Err(e) = written {
+        warn!(file = %path.display(), error = %e, "first admin not made: cannot write its password");
+        return;
+    }
+    match store.create_user(&user).await {
+        Ok(()) => warn!(
+            file = %path.display(),
+            "first start: panel user `admin` made; its password is in this file. Log in, \
+             add users, then change it (`siaga user passwd admin`) and delete the file"
+        ),
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            warn!(error = %e, "first admin not made");
+        }
+    }
 }

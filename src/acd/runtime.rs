@@ -7,7 +7,7 @@ use super::{
 use crate::ids::CallId;
 use std::collections::HashMap;
 use std::time::Instant;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// What the ACD tells a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,11 +54,14 @@ enum Cmd {
 #[derive(Clone)]
 pub struct AcdHandle {
     tx: mpsc::UnboundedSender<Cmd>,
+    /// Counts the changes of queues and agents, for the live panel.
+    changes: watch::Receiver<u64>,
 }
 
 impl AcdHandle {
     pub fn spawn(mut acd: Acd) -> AcdHandle {
         let (tx, mut rx) = mpsc::unbounded_channel::<Cmd>();
+        let (changed_tx, changes) = watch::channel(0u64);
         tokio::spawn(async move {
             let mut listeners: HashMap<CallId, mpsc::UnboundedSender<AcdNotice>> = HashMap::new();
             loop {
@@ -69,10 +72,13 @@ impl AcdHandle {
                         None => std::future::pending().await,
                     }
                 };
+                // Questions change nothing; everything else may.
+                let mut changed = true;
                 tokio::select! {
                     cmd = rx.recv() => {
                         let Some(cmd) = cmd else { return };
                         let now = Instant::now();
+                        changed = !matches!(cmd, Cmd::Position(..) | Cmd::Snapshot(_) | Cmd::Agents(_));
                         match cmd {
                             Cmd::Enqueue { call, queue, require, arrived, notices, reply } => {
                                 let pos = acd.enqueue(call.clone(), &queue, require, arrived, now).ok();
@@ -125,9 +131,17 @@ impl AcdHandle {
                         let _ = l.send(notice);
                     }
                 }
+                if changed {
+                    changed_tx.send_modify(|v| *v += 1);
+                }
             }
         });
-        AcdHandle { tx }
+        AcdHandle { tx, changes }
+    }
+
+    /// Changes when queues or agents may have changed.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Option<T> {

@@ -5,13 +5,17 @@
 //! and never drops the caller for load: past a queue's maximum wait it
 //! overflows to the next queue and keeps waiting, recorded.
 
+mod callback;
 mod feature;
 pub mod paths;
+
+pub use callback::Callbacks;
 
 use crate::acd::runtime::{AcdHandle, AcdNotice};
 use crate::acd::OfferFailure;
 use crate::config::Config;
 use crate::ids::{CallId, IncidentId};
+use crate::live::{BridgedCall, Live, LiveEvent};
 use crate::media::g711::Law;
 use crate::media::ports::PortPool;
 use crate::media::ports::RtpSocket;
@@ -19,6 +23,7 @@ use crate::media::prompts::{Prompts, Segment};
 use crate::media::recorder::{sha256_file, Recorder};
 use crate::media::sdp::{self, LocalAudio, Negotiated};
 use crate::media::session::{self, MediaCommand, MediaEvent, MediaParams};
+use crate::sip::request::Location;
 use crate::sip::{
     AgentFailure, AgentLeg, AgentLegEvent, CallKind, IncomingCall, LegEnd, LegEvent, SipHandle,
 };
@@ -44,6 +49,8 @@ pub struct Services {
     pub hangup_all: CancellationToken,
     /// Every call task, so a shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Tells the panel about bridged and ended calls.
+    pub live: Live,
 }
 
 /// Takes every accepted call and runs it in its own task.
@@ -104,6 +111,7 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
     info!(dialed = ?info.dialed, caller = ?info.caller_number, queue = %route.queue, "emergency call arrived");
 
     let location = info.location.clone().unwrap_or_default();
+    let location_text = location.text.clone();
     s.store.send(StoreCmd::NewCall(Box::new((
         NewCall {
             id: call_id.clone(),
@@ -129,7 +137,7 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
             id: incident_id.clone(),
             service: route.service.clone(),
             caller_number: info.caller_number.clone(),
-            location_text: location.text,
+            location_text,
             latitude: location.latitude,
             longitude: location.longitude,
             geolocation: info.geolocation.clone(),
@@ -202,7 +210,6 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
         return;
     }
     let answered_ms = now_ms();
-    let mut agent_answered: Option<Instant> = None;
 
     // Late offer: the answer comes in the ACK.
     let (remote_addr, negotiated) = match offer {
@@ -230,6 +237,113 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
                 return;
             }
         },
+    };
+    converse(
+        s,
+        Conversation {
+            call_id,
+            incident_id,
+            caller: CallerLeg::Inbound(leg),
+            caller_number: info.caller_number.clone(),
+            location,
+            greeting: format!("greeting-{}", route.service),
+            route,
+            arrived,
+            arrived_ms,
+            answered_ms,
+            negotiated,
+            remote_addr,
+            rtp,
+            local,
+        },
+    )
+    .await;
+}
+
+/// The caller's leg: the INVITE they sent us, or (a call-back) the one we
+/// sent them, once answered.
+pub(crate) enum CallerLeg {
+    Inbound(crate::sip::ServerLeg),
+    Outbound(AgentLeg),
+}
+
+impl CallerLeg {
+    async fn next_event(&mut self) -> LegEvent {
+        match self {
+            CallerLeg::Inbound(leg) => leg.next_event().await,
+            CallerLeg::Outbound(leg) => loop {
+                match leg.next_event().await {
+                    AgentLegEvent::ReOffer { sdp, responder } => {
+                        return LegEvent::ReOffer { sdp, responder }
+                    }
+                    AgentLegEvent::Ended => return LegEvent::Ended(LegEnd::RemoteBye),
+                    AgentLegEvent::Failed(_) => {
+                        return LegEvent::Ended(LegEnd::Other("dialog_closed".into()))
+                    }
+                    // Provisional answers and a repeated 200 change nothing.
+                    AgentLegEvent::Trying
+                    | AgentLegEvent::Ringing
+                    | AgentLegEvent::Answered { .. } => {}
+                }
+            },
+        }
+    }
+
+    async fn hangup(&self) {
+        match self {
+            CallerLeg::Inbound(leg) => leg.hangup().await,
+            CallerLeg::Outbound(leg) => leg.end().await,
+        }
+    }
+}
+
+/// An answered caller, ready to be queued, recorded and bridged.
+pub(crate) struct Conversation {
+    pub call_id: CallId,
+    pub incident_id: IncidentId,
+    pub caller: CallerLeg,
+    pub caller_number: Option<String>,
+    pub location: Location,
+    /// The prompt played first.
+    pub greeting: String,
+    pub route: crate::config::Route,
+    /// When the caller arrived; earlier is served first.
+    pub arrived: Instant,
+    pub arrived_ms: i64,
+    pub answered_ms: i64,
+    pub negotiated: Negotiated,
+    pub remote_addr: Option<std::net::SocketAddr>,
+    pub rtp: RtpSocket,
+    pub local: LocalAudio,
+}
+
+/// Queues, records and bridges an answered caller until the call ends,
+/// then closes the recording and the record.
+pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
+    let Conversation {
+        call_id,
+        incident_id,
+        caller: mut leg,
+        caller_number,
+        location,
+        greeting,
+        route,
+        arrived,
+        arrived_ms,
+        answered_ms,
+        negotiated,
+        remote_addr,
+        rtp,
+        local,
+    } = c;
+    let mut agent_answered: Option<Instant> = None;
+    let end = |cause: &str, wait_ms: Option<i64>| {
+        s.store.send(StoreCmd::Ended {
+            id: call_id.clone(),
+            at: now_ms(),
+            wait_ms,
+            cause: cause.to_string(),
+        });
     };
     let codec = codec_name(&negotiated);
 
@@ -268,7 +382,6 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
         cmd_rx,
         ev_tx,
     ));
-    let greeting = format!("greeting-{}", route.service);
     let greeting = s
         .prompts
         .get(&greeting)
@@ -353,6 +466,18 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
                                 info!(agent = %a.id, codec = codec_name(&n), "answered; bridging");
                                 if a.external.is_none() {
                                     s.acd.answered(call_id.clone(), a.id.clone());
+                                    s.live.send(LiveEvent::CallBridged(BridgedCall {
+                                        call_id: call_id.to_string(),
+                                        incident_id: incident_id.to_string(),
+                                        agent_id: a.id.clone(),
+                                        caller_number: caller_number.clone(),
+                                        location: location.text.clone(),
+                                        latitude: location.latitude,
+                                        longitude: location.longitude,
+                                        service: route.service.clone(),
+                                        arrived_at: arrived_ms,
+                                        bridged_at: now_ms(),
+                                    }));
                                 }
                                 s.store.send(StoreCmd::AgentAnswered { id: call_id.clone(), agent: a.id.clone(), at: now_ms() });
                                 agent_answered = Some(Instant::now());
@@ -456,7 +581,7 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
                     match ring(
                         &s,
                         RingTarget::Center { uri: &target, from_queue: &from },
-                        &info,
+                        caller_number.as_deref(),
                         &incident_id,
                         negotiated.law,
                     ) {
@@ -468,7 +593,7 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
                     }
                 }
                 Some(AcdNotice::Offer { agent: id }) => {
-                    match ring(&s, RingTarget::Agent(&id), &info, &incident_id, negotiated.law) {
+                    match ring(&s, RingTarget::Agent(&id), caller_number.as_deref(), &incident_id, negotiated.law) {
                         Ok(side) => agent = Some(side),
                         Err(why) => {
                             warn!(agent = %id, reason = why, "cannot ring the agent");
@@ -511,6 +636,15 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
     info!(cause = why.cause(), "call ended");
 
     s.acd.leave(call_id.clone());
+    s.live.send(LiveEvent::CallEnded {
+        call_id: call_id.to_string(),
+        incident_id: incident_id.to_string(),
+        agent_id: agent
+            .as_ref()
+            .filter(|a| a.talking && a.external.is_none())
+            .map(|a| a.id.clone()),
+        cause: why.cause().to_string(),
+    });
     if let Some(a) = agent.take() {
         // Stop the agent's phone ringing (CANCEL) or end its leg (BYE).
         if !matches!(why, LegEnd::Other(ref c) if c == "agent_bye") {
@@ -645,7 +779,7 @@ enum RingTarget<'a> {
 fn ring(
     s: &Services,
     target: RingTarget<'_>,
-    info: &crate::sip::request::InviteInfo,
+    caller_number: Option<&str>,
     incident: &IncidentId,
     law: Law,
 ) -> Result<AgentSide, &'static str> {
@@ -656,10 +790,7 @@ fn ring(
     let rtp = s.ports.allocate().map_err(|_| "no RTP port")?;
     let local = LocalAudio::new(s.config.server.sip.public_ip, rtp.port);
     let offer = sdp::offer_preferring(&local, law, sdp::Direction::SendRecv);
-    let caller = info
-        .caller_number
-        .clone()
-        .unwrap_or_else(|| "anonymous".into());
+    let caller = caller_number.unwrap_or("anonymous").to_string();
     let http = s.config.server.http.listen;
     let call_info = Some(format!(
         "<http://{http}/api/incidents/{incident}>;purpose=info"

@@ -9,7 +9,7 @@ pub mod dialplan;
 pub use cidr::Cidr;
 pub use dialplan::{Dialplan, DialplanMatch, Route};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -125,6 +125,30 @@ fn default_rtp_timeout() -> Duration {
 #[serde(deny_unknown_fields)]
 pub struct HttpSection {
     pub listen: SocketAddr,
+    /// How long a panel login lasts (one shift and some).
+    #[serde(default = "default_session_ttl", with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Mark the session cookie `Secure` (sent over HTTPS only; browsers
+    /// also send it to http://localhost and http://127.0.0.1). Turn off
+    /// only for a plain-HTTP panel on a closed network.
+    #[serde(default = "default_true")]
+    pub secure_cookies: bool,
+    /// The center's time zone, for "today" in the figures: WIB is 7,
+    /// WITA 8, WIT 9.
+    #[serde(default = "default_utc_offset")]
+    pub utc_offset_hours: i8,
+}
+
+fn default_session_ttl() -> Duration {
+    Duration::from_secs(14 * 3600)
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_utc_offset() -> i8 {
+    7
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -141,6 +165,26 @@ pub struct DatabaseSection {
 pub struct Trunk {
     pub name: String,
     pub sources: Vec<Cidr>,
+    /// Where calls out through this trunk go (call-backs), with `{number}`
+    /// standing for the number to call: `sip:{number}@10.1.2.3:5060`.
+    pub outbound: Option<String>,
+}
+
+/// `sip-config/agencies.toml`: the agencies incidents are handed to.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AgenciesFile {
+    #[serde(default, rename = "agency")]
+    pub agencies: Vec<AgencyConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgencyConfig {
+    /// polri, damkar, psc119... (what agents' `agency` names).
+    pub id: String,
+    /// As the panel shows it.
+    pub name: String,
 }
 
 /// `sip-config/queues.toml`.
@@ -278,6 +322,8 @@ pub struct Config {
     pub queues: BTreeMap<String, QueueConfig>,
     pub dialplan: Dialplan,
     pub agents: BTreeMap<String, AgentConfig>,
+    /// In the file's order.
+    pub agencies: Vec<AgencyConfig>,
     /// The folder the config was read from, for resolving relative paths.
     pub root: PathBuf,
 }
@@ -356,11 +402,13 @@ impl Config {
 
         let dialplan = Dialplan::load_dir(&root.join("dialplans"), &queues)?;
         let agents = load_agents(&root.join("sip-config/agents.toml"))?;
+        let agencies = load_agencies(&root.join("sip-config/agencies.toml"), &agents)?;
         Ok(Config {
             server,
             queues,
             dialplan,
             agents,
+            agencies,
             root: root.to_path_buf(),
         })
     }
@@ -381,6 +429,58 @@ impl Config {
             .iter()
             .find(|t| t.sources.iter().any(|c| c.contains(ip)))
     }
+}
+
+/// The agencies file; without one, the agencies the agents name.
+fn load_agencies(
+    path: &Path,
+    agents: &BTreeMap<String, AgentConfig>,
+) -> Result<Vec<AgencyConfig>, ConfigError> {
+    if !path.exists() {
+        let ids: std::collections::BTreeSet<_> = agents.values().map(|a| &a.agency).collect();
+        return Ok(ids
+            .into_iter()
+            .map(|id| AgencyConfig {
+                id: id.clone(),
+                name: id.clone(),
+            })
+            .collect());
+    }
+    let file: AgenciesFile = parse_file(path)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, a) in file.agencies.iter().enumerate() {
+        let ok = !a.id.is_empty()
+            && a.id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+        if !ok {
+            return Err(ConfigError::invalid(
+                path,
+                format!("agency[{i}].id"),
+                "expected letters, digits, - _ only",
+            ));
+        }
+        if !seen.insert(a.id.clone()) {
+            return Err(ConfigError::invalid(
+                path,
+                format!("agency[{i}].id"),
+                format!("agency `{}` is defined twice", a.id),
+            ));
+        }
+    }
+    for a in agents.values() {
+        if !seen.contains(&a.agency) {
+            return Err(ConfigError::invalid(
+                path,
+                "agency",
+                format!(
+                    "agent `{}` works for agency `{}`, which is not defined here",
+                    a.id, a.agency
+                ),
+            ));
+        }
+    }
+    Ok(file.agencies)
 }
 
 fn load_agents(path: &Path) -> Result<BTreeMap<String, AgentConfig>, ConfigError> {
@@ -489,6 +589,24 @@ fn check_server(file: &Path, s: &ServerFile) -> Result<(), ConfigError> {
             "sip.digest_algorithms",
             format!("expected a list of \"SHA-256\" and/or \"MD5\", each once, found {algs:?}"),
         ));
+    }
+    if !(-12..=14).contains(&s.http.utc_offset_hours) {
+        return Err(ConfigError::invalid(
+            file,
+            "http.utc_offset_hours",
+            "expected -12..=14",
+        ));
+    }
+    for (i, t) in s.trunks.iter().enumerate() {
+        if let Some(o) = &t.outbound {
+            if !o.starts_with("sip:") || !o.contains("{number}") {
+                return Err(ConfigError::invalid(
+                    file,
+                    format!("trunk[{i}].outbound"),
+                    format!("expected `sip:...` with `{{number}}` in it, found `{o}`"),
+                ));
+            }
+        }
     }
     if s.sip.udp.is_empty() && s.sip.tcp.is_empty() {
         return Err(ConfigError::invalid(

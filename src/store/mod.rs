@@ -116,6 +116,12 @@ pub struct CallRow {
     pub recording_error: Option<String>,
     pub agent_id: Option<String>,
     pub agent_answered_at: Option<i64>,
+    /// `inbound`, or `callback` for a call siaga placed to a caller.
+    pub direction: String,
+    /// For a callback: the abandoned call it answers.
+    pub callback_of: Option<String>,
+    /// For a callback: the user who asked for it.
+    pub requested_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, FromRow)]
@@ -131,6 +137,18 @@ pub struct IncidentRow {
     pub prior_incidents: i64,
     pub recent_incidents: i64,
     pub created_at: i64,
+    /// Filled in by the call-taker (see `panel::CATEGORIES`).
+    pub category: Option<String>,
+    /// 1 (most urgent) to 4.
+    pub priority: Option<i64>,
+    /// Where it happened, as the caller said it.
+    pub address: Option<String>,
+    pub notes: Option<String>,
+    /// The agency handling it.
+    pub agency: Option<String>,
+    /// For a `merged` incident: the one its calls now belong to.
+    pub merged_into: Option<String>,
+    pub updated_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, FromRow)]
@@ -158,14 +176,18 @@ pub struct Store {
 
 macro_rules! call_columns {
     () => {
-        "id, incident_id, sip_call_id, from_uri, to_uri, caller_number, dialed, service, route, queue, source, transport, trunk, status, arrived_at, answered_at, ended_at, wait_ms, end_cause, codec, recording_path, recording_sha256, recording_error, agent_id, agent_answered_at"
+        "id, incident_id, sip_call_id, from_uri, to_uri, caller_number, dialed, service, route, queue, source, transport, trunk, status, arrived_at, answered_at, ended_at, wait_ms, end_cause, codec, recording_path, recording_sha256, recording_error, agent_id, agent_answered_at, direction, callback_of, requested_by"
     };
 }
 macro_rules! incident_columns {
     () => {
-        "id, status, service, caller_number, location_text, latitude, longitude, geolocation, prior_incidents, recent_incidents, created_at"
+        "id, status, service, caller_number, location_text, latitude, longitude, geolocation, prior_incidents, recent_incidents, created_at, category, priority, address, notes, agency, merged_into, updated_at"
     };
 }
+
+// After the column lists: it uses them.
+mod panel;
+pub use panel::*;
 
 impl Store {
     /// A pool that connects on first use, so a database that is down at
@@ -307,13 +329,18 @@ impl Store {
         Ok(())
     }
 
-    /// Callers who hung up before any agent answered: the callback list.
+    /// Callers who hung up before any agent answered and whom no call-back
+    /// has reached yet: the call-back list.
     pub async fn list_abandoned(&self, limit: i64) -> Result<Vec<CallRow>, StoreError> {
         let q = concat!(
             "SELECT ",
             call_columns!(),
             " FROM calls WHERE agent_answered_at IS NULL AND ended_at IS NOT NULL",
-            " AND end_cause IN ('caller_bye', 'caller_cancel') ORDER BY arrived_at DESC LIMIT $1"
+            " AND end_cause IN ('caller_bye', 'caller_cancel') AND direction = 'inbound'",
+            // Once a call-back reached an agent, the caller is served.
+            " AND NOT EXISTS (SELECT 1 FROM calls cb WHERE cb.callback_of = calls.id",
+            " AND cb.agent_answered_at IS NOT NULL)",
+            " ORDER BY arrived_at DESC LIMIT $1"
         );
         Ok(sqlx::query_as::<_, CallRow>(q)
             .bind(limit)
@@ -638,6 +665,166 @@ mod tests {
         );
         assert_eq!(store.calls_of_incident("i1").await.unwrap().len(), 1);
         assert!(store.get_call("nope").await.unwrap().is_none());
+        panel(&store, t).await;
+    }
+
+    /// Users, sessions, the incident form with its audit trail, linking,
+    /// filters and the day's figures.
+    async fn panel(store: &Store, t: i64) {
+        let user = NewUser {
+            id: "u1".into(),
+            username: "siti".into(),
+            display_name: "Siti".into(),
+            role: "call_taker".into(),
+            agency: Some("ntpd".into()),
+            agent_id: Some("ct-01".into()),
+            password_hash: "h".into(),
+            at: t,
+        };
+        store.create_user(&user).await.unwrap();
+        assert!(store.create_user(&user).await.is_err(), "names are unique");
+        store
+            .create_session("tok", "u1", t, t + 1000)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .session_user("tok", t)
+                .await
+                .unwrap()
+                .unwrap()
+                .username,
+            "siti"
+        );
+        assert!(
+            store.session_user("tok", t + 1000).await.unwrap().is_none(),
+            "expired"
+        );
+        assert!(store.session_user("other", t).await.unwrap().is_none());
+        assert!(store.set_disabled("u1", true, t).await.unwrap());
+        assert!(
+            store.session_user("tok", t).await.unwrap().is_none(),
+            "disabling ends sessions"
+        );
+        store.set_disabled("u1", false, t).await.unwrap();
+
+        let change = IncidentUpdate {
+            category: Some("fire".into()),
+            priority: Some(1),
+            agency: Some("damkar".into()),
+            address: Some("Jl. Margonda Raya 100".into()),
+            ..Default::default()
+        };
+        let after = store
+            .update_incident("i3", &change, "siti", t + 20)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(after.category.as_deref(), Some("fire"));
+        assert_eq!(after.priority, Some(1));
+        assert_eq!(after.updated_at, Some(t + 20));
+        // The same again changes nothing and adds no audit row.
+        store
+            .update_incident("i3", &change, "siti", t + 21)
+            .await
+            .unwrap();
+        let clear = IncidentUpdate {
+            address: Some("  ".into()),
+            ..Default::default()
+        };
+        let after = store
+            .update_incident("i3", &clear, "budi", t + 22)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(after.address, None, "an empty text clears");
+        let audit = store.incident_audit("i3").await.unwrap();
+        let fields: Vec<_> = audit
+            .iter()
+            .map(|a| (a.actor.as_str(), a.field.as_deref().unwrap()))
+            .collect();
+        assert_eq!(fields.len(), 5, "{fields:?}");
+        assert!(fields.contains(&("siti", "category")));
+        assert_eq!(
+            audit.last().unwrap().old_value.as_deref(),
+            Some("Jl. Margonda Raya 100")
+        );
+        assert!(store
+            .update_incident("none", &change, "x", t)
+            .await
+            .unwrap()
+            .is_none());
+
+        let damkar = IncidentFilter {
+            agency: Some("damkar".into()),
+            ..Default::default()
+        };
+        assert_eq!(store.search_incidents(&damkar).await.unwrap().len(), 1);
+        let since = IncidentFilter {
+            from: Some(t - 5000),
+            caller_number: Some("0812".into()),
+            ..Default::default()
+        };
+        assert_eq!(store.search_incidents(&since).await.unwrap().len(), 2);
+        assert_eq!(
+            store
+                .incidents_of_number("0812", "i3", 10)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+
+        // c2 joins i3: i2 has no call left and is merged into i3.
+        let out = store.link_call("c2", "i3", "siti", t + 30).await.unwrap();
+        assert_eq!(
+            out,
+            LinkOutcome::Linked {
+                from: "i2".into(),
+                merged: true
+            }
+        );
+        let i2 = store.get_incident("i2").await.unwrap().unwrap();
+        assert_eq!(
+            (i2.status.as_str(), i2.merged_into.as_deref()),
+            ("merged", Some("i3"))
+        );
+        assert_eq!(store.calls_of_incident("i3").await.unwrap().len(), 2);
+        assert_eq!(
+            store.link_call("c2", "i3", "siti", t).await.unwrap(),
+            LinkOutcome::AlreadyThere
+        );
+        assert_eq!(
+            store.link_call("c3", "i2", "siti", t).await.unwrap(),
+            LinkOutcome::TargetNotOpen
+        );
+        assert_eq!(
+            store.link_call("nope", "i3", "siti", t).await.unwrap(),
+            LinkOutcome::NoCall
+        );
+        assert_eq!(
+            store.link_call("c3", "nope", "siti", t).await.unwrap(),
+            LinkOutcome::NoIncident
+        );
+
+        // c2 (i3 now, fire) and c3 (answered after 7 ms, i3) arrived in
+        // the last seconds; c1 two days ago is outside.
+        let day = store.day_counts(t - 5000, t + 5000).await.unwrap();
+        assert_eq!(
+            day,
+            DayCounts {
+                calls: 2,
+                answered: 1,
+                answered_10s: 1,
+                answered_20s: 1,
+                answer_ms_total: 7,
+                abandoned: 0,
+                prank: 0,
+                ghost: 0,
+            }
+        );
+        let empty = store.day_counts(0, 1).await.unwrap();
+        assert_eq!(empty, DayCounts::default());
     }
 
     #[test]

@@ -65,9 +65,11 @@ pub struct StoreWriter {
 impl StoreWriter {
     /// Starts the writer. It first runs migrations and closes the records
     /// of calls a previous process left open, then applies commands.
-    pub fn spawn(store: Store) -> StoreWriter {
+    /// `on_calls_changed` runs after each write that changes what the
+    /// day's figures count (a call arrived, was answered, ended).
+    pub fn spawn(store: Store, on_calls_changed: impl Fn() + Send + 'static) -> StoreWriter {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(store, rx));
+        tokio::spawn(run(store, rx, on_calls_changed));
         StoreWriter { tx }
     }
 
@@ -86,11 +88,23 @@ impl StoreWriter {
     }
 }
 
-async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Queued>) {
+async fn run(
+    store: Store,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
+    on_calls_changed: impl Fn() + Send + 'static,
+) {
     retry("start-up", || startup(&store)).await;
     while let Some(q) = rx.recv().await {
         match q {
-            Queued::Cmd(cmd) => retry("call record", || apply(&store, &cmd)).await,
+            Queued::Cmd(cmd) => {
+                retry("call record", || apply(&store, &cmd)).await;
+                if matches!(
+                    cmd,
+                    StoreCmd::NewCall(_) | StoreCmd::AgentAnswered { .. } | StoreCmd::Ended { .. }
+                ) {
+                    on_calls_changed();
+                }
+            }
             Queued::Flush(done) => {
                 let _ = done.send(());
             }

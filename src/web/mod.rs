@@ -1,16 +1,24 @@
-//! The HTTP side: a read-only JSON API (calls, incidents, recordings) and a
-//! health probe. Bound to loopback by default until logins arrive.
+//! The HTTP side: the panel's pages, its JSON API (described in
+//! `openapi.json`, served at /api/openapi.json), the live event socket,
+//! recordings with range requests, and the /healthz probe. Every route but
+//! /healthz, the login page and the static assets needs a session.
+
+mod api;
+pub use api::{new_user, UserRequest};
+pub mod auth;
+mod live;
+mod pages;
 
 use crate::acd::runtime::AcdHandle;
-use crate::store::{CallEventRow, CallRow, IncidentRow, Store, StoreError};
-use axum::extract::{Path, Query, Request, State};
-use axum::http::StatusCode;
+use crate::config::Config;
+use crate::live::Live;
+use crate::store::{Store, StoreError};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use axum::{middleware, Json, Router};
 use std::path::PathBuf;
-use tower::ServiceExt;
+use std::sync::Arc;
 use tracing::warn;
 
 #[derive(Clone)]
@@ -18,22 +26,82 @@ pub struct AppState {
     pub store: Store,
     pub recordings_dir: PathBuf,
     pub acd: AcdHandle,
+    pub config: Arc<Config>,
+    pub live: Live,
+    pub logins: auth::LoginGuard,
+    /// Places call-backs to abandoned callers; absent where no call
+    /// machinery runs (router tests).
+    pub callbacks: Option<crate::call::Callbacks>,
 }
 
 /// The router, apart from any socket, so tests can drive it directly.
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/api/calls", get(list_calls))
-        .route("/api/calls/{id}", get(get_call))
-        .route("/api/incidents", get(list_incidents))
-        .route("/api/incidents/{id}", get(get_incident))
-        .route("/api/recordings/{call_id}", get(get_recording))
-        .route("/api/queues", get(queues))
-        .route("/api/agents", get(agents))
-        .route("/api/agents/{id}/state", post(set_agent_state))
-        .route("/api/abandoned", get(abandoned))
+    let public = Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/login", get(pages::login))
+        .route("/assets/{file}", get(pages::asset))
+        .route("/api/login", post(auth::login))
+        .route("/api/logout", post(auth::logout));
+    let private = Router::new()
+        .route("/", get(pages::home))
+        .route("/calltaker", get(pages::calltaker))
+        .route("/supervisor", get(pages::supervisor))
+        .route("/dispatcher", get(pages::dispatcher))
+        .route("/incidents", get(pages::incidents))
+        .route("/incidents/{id}", get(pages::incident))
+        .route("/admin", get(pages::admin))
+        .route("/api/me", get(api::me))
+        .route("/api/meta", get(api::meta))
+        .route("/api/openapi.json", get(api::openapi))
+        .route("/api/live", get(live::socket))
+        .route("/api/calls", get(api::list_calls))
+        .route("/api/calls/{id}", get(api::get_call))
+        .route("/api/calls/{id}/incident", post(api::link_call))
+        .route("/api/calls/{id}/callback", post(api::callback))
+        .route("/api/incidents", get(api::list_incidents))
+        .route("/api/incidents/open", get(api::open_incidents))
+        .route(
+            "/api/incidents/{id}",
+            get(api::get_incident).patch(api::update_incident),
+        )
+        .route("/api/recordings/{call_id}", get(api::get_recording))
+        .route("/api/queues", get(api::queues))
+        .route("/api/agents", get(api::agents))
+        .route("/api/agents/{id}/state", post(api::set_agent_state))
+        .route("/api/abandoned", get(api::abandoned))
+        .route("/api/stats/today", get(api::stats_today))
+        .route("/api/users", get(api::list_users).post(api::create_user))
+        .route("/api/users/{id}", axum::routing::patch(api::update_user))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_login,
+        ));
+    public
+        .merge(private)
+        .layer(middleware::map_response(security_headers))
         .with_state(state)
+}
+
+/// Pages and API alike: no framing, no sniffing, scripts only from us.
+async fn security_headers(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             media-src 'self'; connect-src 'self'; frame-ancestors 'none'; form-action 'self'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    resp
 }
 
 /// What the client sees of an error: a plain message. The detail is logged.
@@ -44,6 +112,11 @@ pub enum ApiError {
     /// The request cannot be done now; the message says why.
     Conflict(String),
     BadRequest(String),
+    /// No valid session.
+    Unauthorized,
+    /// Logged in, but not allowed this.
+    Forbidden,
+    TooMany(String),
 }
 
 impl From<StoreError> for ApiError {
@@ -63,187 +136,39 @@ impl IntoResponse for ApiError {
             ),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "log in first (POST /api/login)".to_string(),
+            ),
+            ApiError::Forbidden => (
+                StatusCode::FORBIDDEN,
+                "your role may not do this".to_string(),
+            ),
+            ApiError::TooMany(m) => (StatusCode::TOO_MANY_REQUESTS, m),
         };
         (status, Json(serde_json::json!({ "error": message }))).into_response()
     }
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
-    limit: Option<i64>,
-}
-
-fn limit(q: &ListQuery) -> i64 {
-    q.limit.unwrap_or(100).clamp(1, 1000)
-}
-
-#[derive(Serialize)]
-struct CallView {
-    #[serde(flatten)]
-    call: CallRow,
-    recording_url: Option<String>,
-}
-
-impl From<CallRow> for CallView {
-    fn from(call: CallRow) -> Self {
-        let recording_url = call
-            .recording_path
-            .as_ref()
-            .map(|_| format!("/api/recordings/{}", call.id));
-        CallView {
-            call,
-            recording_url,
-        }
+#[cfg(test)]
+mod tests {
+    /// Every API route the router serves is in the OpenAPI document, and
+    /// the document names no route the router lacks.
+    #[test]
+    fn openapi_matches_the_router() {
+        let doc: serde_json::Value = serde_json::from_str(include_str!("openapi.json")).unwrap();
+        let documented: std::collections::BTreeSet<String> =
+            doc["paths"].as_object().unwrap().keys().cloned().collect();
+        let src = include_str!("mod.rs");
+        let routed: std::collections::BTreeSet<String> = src
+            .split(".route(\n            \"")
+            .chain(src.split(".route(\""))
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .filter(|p| p.starts_with("/api/") || *p == "/healthz")
+            .map(str::to_string)
+            .collect();
+        assert!(routed.len() > 20, "found {routed:?}");
+        assert_eq!(routed, documented);
     }
-}
-
-#[derive(Serialize)]
-struct CallDetail {
-    #[serde(flatten)]
-    call: CallView,
-    events: Vec<CallEventRow>,
-}
-
-#[derive(Serialize)]
-struct IncidentDetail {
-    #[serde(flatten)]
-    incident: IncidentRow,
-    calls: Vec<CallView>,
-}
-
-async fn healthz(State(s): State<AppState>) -> Response {
-    let db = s.store.ping().await.is_ok();
-    let body = serde_json::json!({
-        "status": "ok",
-        "database": if db { "ok" } else { "unavailable" },
-    });
-    // Calls are taken even when the database is down: still healthy.
-    (StatusCode::OK, Json(body)).into_response()
-}
-
-async fn list_calls(
-    State(s): State<AppState>,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<Vec<CallView>>, ApiError> {
-    let rows = s.store.list_calls(limit(&q)).await?;
-    Ok(Json(rows.into_iter().map(CallView::from).collect()))
-}
-
-async fn get_call(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<CallDetail>, ApiError> {
-    let call = s
-        .store
-        .get_call(&id)
-        .await?
-        .ok_or(ApiError::NotFound("call"))?;
-    let events = s.store.call_events(&id).await?;
-    Ok(Json(CallDetail {
-        call: call.into(),
-        events,
-    }))
-}
-
-async fn list_incidents(
-    State(s): State<AppState>,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<Vec<IncidentRow>>, ApiError> {
-    Ok(Json(s.store.list_incidents(limit(&q)).await?))
-}
-
-async fn get_incident(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<IncidentDetail>, ApiError> {
-    let incident = s
-        .store
-        .get_incident(&id)
-        .await?
-        .ok_or(ApiError::NotFound("incident"))?;
-    let calls = s.store.calls_of_incident(&id).await?;
-    Ok(Json(IncidentDetail {
-        incident,
-        calls: calls.into_iter().map(CallView::from).collect(),
-    }))
-}
-
-/// The recording as audio/wav, with HTTP range requests (RFC 9110 §14).
-async fn get_recording(
-    State(s): State<AppState>,
-    Path(call_id): Path<String>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    let call = s
-        .store
-        .get_call(&call_id)
-        .await?
-        .ok_or(ApiError::NotFound("call"))?;
-    let path = PathBuf::from(call.recording_path.ok_or(ApiError::NotFound("recording"))?);
-    // Serve only files under the recordings folder.
-    let inside = match (path.canonicalize(), s.recordings_dir.canonicalize()) {
-        (Ok(p), Ok(root)) => p.starts_with(root),
-        _ => false,
-    };
-    if !inside {
-        return Err(ApiError::NotFound("recording"));
-    }
-    let service = tower_http::services::ServeFile::new_with_mime(
-        &path,
-        &"audio/wav".parse().expect("static mime"),
-    );
-    match service.oneshot(req).await {
-        Ok(resp) => Ok(resp.into_response()),
-        Err(e) => {
-            warn!(error = %e, "recording could not be served");
-            Err(ApiError::NotFound("recording"))
-        }
-    }
-}
-
-async fn queues(State(s): State<AppState>) -> Json<Vec<crate::acd::QueueSnapshot>> {
-    Json(s.acd.snapshot().await)
-}
-
-async fn agents(State(s): State<AppState>) -> Json<Vec<crate::acd::AgentSnapshot>> {
-    Json(s.acd.agents().await)
-}
-
-#[derive(Deserialize)]
-struct StateChange {
-    /// `ready`, `not_ready` or `logged_out`.
-    state: String,
-    reason: Option<String>,
-}
-
-/// Login/ready/not-ready/logout for an agent.
-async fn set_agent_state(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-    Json(change): Json<StateChange>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    use crate::acd::{AcdError, Requested};
-    let req = match change.state.as_str() {
-        "ready" => Requested::Ready,
-        "not_ready" => Requested::NotReady(change.reason.unwrap_or_else(|| "break".into())),
-        "logged_out" => Requested::LoggedOut,
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "state must be ready, not_ready or logged_out, not `{other}`"
-            )))
-        }
-    };
-    match s.acd.set_state(id.clone(), req).await {
-        Ok(()) => Ok(Json(serde_json::json!({ "id": id, "state": change.state }))),
-        Err(AcdError::UnknownAgent(_)) => Err(ApiError::NotFound("agent")),
-        Err(e) => Err(ApiError::Conflict(e.to_string())),
-    }
-}
-
-async fn abandoned(
-    State(s): State<AppState>,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<Vec<CallView>>, ApiError> {
-    let rows = s.store.list_abandoned(limit(&q)).await?;
-    Ok(Json(rows.into_iter().map(CallView::from).collect()))
 }

@@ -6,6 +6,7 @@
 pub mod audio;
 pub mod baresip;
 pub mod rawsip;
+pub mod webdriver;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
@@ -38,6 +39,8 @@ pub struct Setup {
     pub shutdown_grace: &'static str,
     /// Copy the example agent accounts (passwords "contoh-sandi-<id>").
     pub agents: bool,
+    /// The trunk's `outbound` address for call-backs.
+    pub trunk_outbound: Option<String>,
 }
 
 impl Default for Setup {
@@ -49,6 +52,7 @@ impl Default for Setup {
             queues: None,
             shutdown_grace: "30s",
             agents: false,
+            trunk_outbound: None,
         }
     }
 }
@@ -59,7 +63,12 @@ pub struct Server {
     pub sip_tcp: SocketAddr,
     pub http: SocketAddr,
     child: Option<Child>,
+    /// The session cookie of the test admin, sent by `get`, `post_json`...
+    pub admin: String,
 }
+
+/// Password of every user the tests add.
+pub const TEST_PASSWORD: &str = "kata-sandi-uji-123";
 
 impl Server {
     pub fn start(setup: Setup) -> Server {
@@ -71,9 +80,83 @@ impl Server {
             sip_tcp: "0.0.0.0:0".parse().unwrap(),
             http: "0.0.0.0:0".parse().unwrap(),
             child: None,
+            admin: String::new(),
         };
+        s.add_user("test-admin", "admin", &[]);
         s.spawn();
+        s.admin = s.login("test-admin", TEST_PASSWORD);
         s
+    }
+
+    /// `siaga user add NAME --role ROLE ARGS...`, password TEST_PASSWORD.
+    pub fn add_user(&self, name: &str, role: &str, args: &[&str]) {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_siaga"))
+            .args(["user", "add", name, "--role", role])
+            .args(args)
+            .arg("--config-root")
+            .arg(self.root.path())
+            .env("SIAGA_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{TEST_PASSWORD}").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "user add {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Logs in; returns the session cookie (`siaga_session=...`).
+    pub fn login(&self, name: &str, password: &str) -> String {
+        let body = serde_json::json!({ "username": name, "password": password }).to_string();
+        let (status, headers, resp) = self.request("", "POST", "/api/login", Some(&body));
+        assert_eq!(
+            status,
+            200,
+            "login {name}: {}",
+            String::from_utf8_lossy(&resp)
+        );
+        let cookie = headers
+            .iter()
+            .find(|(k, _)| k == "set-cookie")
+            .map(|(_, v)| v.split(';').next().unwrap().to_string())
+            .expect("a session cookie");
+        cookie
+    }
+
+    /// One HTTP request with a cookie ("" for none) and an optional JSON body.
+    pub fn request(
+        &self,
+        cookie: &str,
+        method: &str,
+        path: &str,
+        json: Option<&str>,
+    ) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let mut head = String::new();
+        if !cookie.is_empty() {
+            head.push_str(&format!("Cookie: {cookie}\r\n"));
+        }
+        http_request(self.http, method, path, &head, json)
+    }
+
+    /// A JSON request as the given session; the body parsed (Null if not JSON).
+    pub fn json_as(
+        &self,
+        cookie: &str,
+        method: &str,
+        path: &str,
+        json: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let (status, _, body) = self.request(cookie, method, path, json);
+        (
+            status,
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     fn write_config(root: &Path, setup: &Setup) {
@@ -113,12 +196,17 @@ url = "sqlite://{}/db/siaga.db?mode=rwc"
 [[trunk]]
 name = "test-trunk"
 sources = [{sources}]
-"#,
+{}"#,
                 setup.shutdown_grace,
                 rtp_base + 3000,
                 repo().join("prompts").display(),
                 setup.rtp_timeout,
-                root.display()
+                root.display(),
+                setup
+                    .trunk_outbound
+                    .as_ref()
+                    .map(|o| format!("outbound = \"{o}\"\n"))
+                    .unwrap_or_default()
             ),
         )
         .unwrap();
@@ -135,6 +223,11 @@ sources = [{sources}]
         std::fs::copy(
             repo().join("dialplans/emergency.toml"),
             root.join("dialplans/emergency.toml"),
+        )
+        .unwrap();
+        std::fs::copy(
+            repo().join("sip-config/agencies.toml"),
+            root.join("sip-config/agencies.toml"),
         )
         .unwrap();
         if setup.agents {
@@ -225,25 +318,7 @@ sources = [{sources}]
     }
 
     pub fn post_json(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(self.http).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(
-            s,
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.http,
-            body.len()
-        )
-        .unwrap();
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).unwrap();
-        let text = String::from_utf8_lossy(&buf).to_string();
-        let status = text.split(' ').nth(1).unwrap().parse().unwrap();
-        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
-        (
-            status,
-            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-        )
+        self.json_as(&self.admin, "POST", path, Some(body))
     }
 
     /// An agent's entry in GET /api/agents.
@@ -270,11 +345,7 @@ sources = [{sources}]
     }
 
     pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let url = format!("http://{}{}", self.http, path);
-        let resp = ureq_get(&url);
-        let status = resp.0;
-        let body = serde_json::from_slice(&resp.1).unwrap_or(serde_json::Value::Null);
-        (status, body)
+        self.json_as(&self.admin, "GET", path, None)
     }
 
     pub fn get_bytes(
@@ -282,7 +353,11 @@ sources = [{sources}]
         path: &str,
         range: Option<&str>,
     ) -> (u16, Vec<(String, String)>, Vec<u8>) {
-        http_get(&format!("http://{}{}", self.http, path), range)
+        let mut head = format!("Cookie: {}\r\n", self.admin);
+        if let Some(r) = range {
+            head.push_str(&format!("Range: {r}\r\n"));
+        }
+        http_request(self.http, "GET", path, &head, None)
     }
 
     /// Waits until the call with this SIP Call-ID has ended (and its
@@ -333,24 +408,64 @@ impl Drop for Server {
     }
 }
 
-/// A minimal HTTP/1.1 GET over std (no extra client in the test build).
-pub fn http_get(url: &str, range: Option<&str>) -> (u16, Vec<(String, String)>, Vec<u8>) {
+/// A minimal HTTP/1.1 client over std (no extra client in the test
+/// build): `head` is extra header lines, each ending in CRLF.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    head: &str,
+    json: Option<&str>,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
     use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    let mut s = std::net::TcpStream::connect(host).unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let range = range.map(|r| format!("Range: {r}\r\n")).unwrap_or_default();
+    let body = json.unwrap_or("");
+    let content = if json.is_some() {
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        )
+    } else {
+        String::new()
+    };
     write!(
         s,
-        "GET /{path} HTTP/1.1\r\nHost: {host}\r\n{range}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{head}{content}Connection: close\r\n\r\n{body}"
     )
     .unwrap();
+    // Read the head, then the body by Content-Length when there is one
+    // (a server may keep the connection open), else to the end.
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).unwrap();
-    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let mut chunk = [0u8; 16384];
+    let split = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p;
+        }
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "connection closed before the response head");
+        buf.extend_from_slice(&chunk[..n]);
+    };
     let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    let length = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())?
+    });
     let mut body = buf[split + 4..].to_vec();
+    match length {
+        Some(len) => {
+            while body.len() < len {
+                let n = s.read(&mut chunk).unwrap();
+                assert!(n > 0, "connection closed before the body's end");
+                body.extend_from_slice(&chunk[..n]);
+            }
+        }
+        None => {
+            s.read_to_end(&mut body).unwrap();
+        }
+    }
     let mut lines = head.lines();
     let status: u16 = lines
         .next()
@@ -386,11 +501,6 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&b[..size]);
         b = &b[size + 2..];
     }
-}
-
-fn ureq_get(url: &str) -> (u16, Vec<u8>) {
-    let (s, _, b) = http_get(url, None);
-    (s, b)
 }
 
 /// Makes sure the SIPp binary exists (the test script installs it).

@@ -1,0 +1,123 @@
+// The call-taker's screen: the incident opens by itself when a call is
+// bridged to this user's agent (live socket), with a running call timer.
+"use strict";
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const agentEl = $("agent-id");
+  const me = agentEl ? agentEl.dataset.agent : null;
+  let current = null; // { call_id, incident_id, bridged_at, ended_at }
+
+  const setField = (id, v) => { $(id).value = v == null ? "" : String(v); };
+
+  async function loadIncident(id) {
+    const d = await siaga.api("GET", "/api/incidents/" + encodeURIComponent(id));
+    current.incident_id = d.id;
+    $("incident-link").textContent = d.id.slice(0, 8);
+    $("incident-link").href = "/incidents/" + d.id;
+    setField("f-category", d.category);
+    setField("f-priority", d.priority);
+    setField("f-address", d.address);
+    setField("f-notes", d.notes);
+    setField("f-agency", d.agency);
+    $("repeat").textContent = d.recent_incidents > 0
+      ? `${d.recent_incidents} insiden dari nomor ini dalam 24 jam` : "";
+    $("history").innerHTML = d.history.length
+      ? d.history.map((h) => `<li><a href="/incidents/${siaga.esc(h.id)}">${new Date(h.created_at).toLocaleString("id-ID")}</a> — ${siaga.esc(h.category || "tanpa kategori")} — ${siaga.esc(h.status)}</li>`).join("")
+      : "<li class=\"muted\">Tidak ada</li>";
+    const open = await siaga.api("GET", "/api/incidents/open");
+    $("f-link").innerHTML = open.filter((o) => o.id !== d.id).map((o) =>
+      `<option value="${siaga.esc(o.id)}">${new Date(o.created_at).toLocaleTimeString("id-ID")} — ${siaga.esc(o.category || "?")} — ${siaga.esc(o.address || o.location_text || o.caller_number || "")}</option>`).join("");
+  }
+
+  async function openCall(b) {
+    if (current && current.call_id === b.call_id) return;
+    current = { call_id: b.call_id, incident_id: b.incident_id, bridged_at: b.bridged_at, ended_at: null };
+    $("idle").hidden = true;
+    $("call-card").hidden = false;
+    $("call-card").classList.add("flash");
+    $("call-service").textContent = b.service;
+    $("call-caller").textContent = b.caller_number || "nomor tidak diketahui";
+    $("call-location").textContent = b.location
+      || (b.latitude != null ? `${b.latitude.toFixed(5)}, ${b.longitude.toFixed(5)}` : "tidak diketahui");
+    $("call-status").textContent = "";
+    $("saved-msg").textContent = "";
+    document.title = "Panggilan " + (b.caller_number || "") + " · siaga";
+    try { await loadIncident(b.incident_id); } catch (e) { $("saved-msg").textContent = "Insiden belum dapat dimuat: " + e.message; }
+  }
+
+  function tick() {
+    if (!current) return;
+    const end = current.ended_at || Date.now();
+    $("call-timer").textContent = siaga.duration(end - current.bridged_at);
+  }
+  setInterval(tick, 250);
+
+  function showAgent(agents) {
+    const a = (agents || []).find((x) => x.id === me);
+    if (a) $("agent-state").textContent = siaga.stateName(a) + (a.reason ? ` (${a.reason})` : "");
+  }
+
+  siaga.live((ev) => {
+    if (ev.type === "snapshot") {
+      showAgent(ev.agents);
+      if (ev.my_call) openCall(ev.my_call);
+    } else if (ev.type === "queues") {
+      showAgent(ev.agents);
+    } else if (ev.type === "call_bridged" && ev.agent_id === me) {
+      openCall(ev);
+    } else if (ev.type === "call_ended" && current && ev.call_id === current.call_id) {
+      current.ended_at = Date.now();
+      $("call-status").textContent = "— panggilan berakhir";
+      tick();
+    }
+  });
+
+  $("incident-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    if (!current) return;
+    const p = $("f-priority").value;
+    try {
+      await siaga.api("PATCH", "/api/incidents/" + encodeURIComponent(current.incident_id), {
+        category: $("f-category").value,
+        priority: p ? Number(p) : undefined,
+        address: $("f-address").value,
+        notes: $("f-notes").value,
+        agency: $("f-agency").value,
+      });
+      $("saved-msg").textContent = "Tersimpan " + siaga.time(Date.now());
+    } catch (err) {
+      $("saved-msg").textContent = "Gagal menyimpan: " + err.message;
+    }
+  });
+
+  $("link-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const target = $("f-link").value;
+    if (!current || !target) return;
+    try {
+      await siaga.api("POST", "/api/calls/" + encodeURIComponent(current.call_id) + "/incident", { incident_id: target });
+      await loadIncident(target);
+      $("saved-msg").textContent = "Digabungkan ke insiden " + target.slice(0, 8);
+    } catch (err) {
+      $("saved-msg").textContent = "Gagal menggabungkan: " + err.message;
+    }
+  });
+
+  $("close-card").addEventListener("click", () => {
+    current = null;
+    $("call-card").hidden = true;
+    $("idle").hidden = false;
+    document.title = "Penerima panggilan · siaga";
+  });
+
+  const setState = async (state) => {
+    if (!me) return;
+    try {
+      await siaga.api("POST", `/api/agents/${encodeURIComponent(me)}/state`, { state, reason: state === "not_ready" ? "istirahat" : undefined });
+    } catch (err) {
+      $("agent-state").textContent = err.message;
+    }
+  };
+  $("btn-ready").addEventListener("click", () => setState("ready"));
+  $("btn-notready").addEventListener("click", () => setState("not_ready"));
+})();

@@ -1,0 +1,75 @@
+// Shared by every panel page: the API, the live socket, small helpers.
+"use strict";
+
+const siaga = {
+  async api(method, path, body) {
+    const init = { method, headers: {}, credentials: "same-origin" };
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const r = await fetch(path, init);
+    if (r.status === 401) {
+      location.href = "/login?next=" + encodeURIComponent(location.pathname);
+      throw new Error("not logged in");
+    }
+    const data = await r.json().catch(() => ({}));
+    if (!r.ok) throw new Error(data.error || ("HTTP " + r.status));
+    return data;
+  },
+
+  // Opens the live socket and hands every event to `onEvent`; reconnects
+  // after a drop, and the server starts each connection with a snapshot.
+  live(onEvent) {
+    let delay = 500;
+    const connect = () => {
+      const proto = location.protocol === "https:" ? "wss:" : "ws:";
+      const ws = new WebSocket(proto + "//" + location.host + "/api/live");
+      ws.onopen = () => { delay = 500; document.body.dataset.live = "on"; };
+      ws.onmessage = (m) => {
+        const ev = JSON.parse(m.data);
+        if (ev.type === "logged_out") { location.href = "/login"; return; }
+        onEvent(ev);
+      };
+      ws.onclose = () => {
+        document.body.dataset.live = "off";
+        setTimeout(connect, delay);
+        delay = Math.min(delay * 2, 10000);
+      };
+    };
+    connect();
+  },
+
+  esc(s) {
+    return String(s ?? "").replace(/[&<>"']/g, (c) => ({
+      "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;",
+    })[c]);
+  },
+
+  // m:ss or h:mm:ss
+  duration(ms) {
+    const s = Math.max(0, Math.floor(ms / 1000));
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+    const pad = (n) => String(n).padStart(2, "0");
+    return h > 0 ? `${h}:${pad(m)}:${pad(r)}` : `${m}:${pad(r)}`;
+  },
+
+  time(ms) {
+    return new Date(ms).toLocaleTimeString("id-ID", { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  },
+
+  stateName(a) {
+    return ({
+      logged_out: "Keluar", ready: "Siap", ringing: "Berdering", on_call: "Bicara",
+      wrap_up: "Menyelesaikan", not_ready: "Istirahat",
+    })[a.state] || a.state;
+  },
+};
+
+document.addEventListener("DOMContentLoaded", () => {
+  const out = document.getElementById("logout");
+  if (out) out.addEventListener("click", async () => {
+    await siaga.api("POST", "/api/logout", {}).catch(() => {});
+    location.href = "/login";
+  });
+});

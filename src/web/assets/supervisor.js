@@ -1,0 +1,68 @@
+// The supervisor's screen: live queues, agents, today's figures and the
+// abandoned calls, each with a call-back button.
+"use strict";
+(() => {
+  const $ = (id) => document.getElementById(id);
+  let queuesAt = Date.now(), queues = [], agents = [];
+
+  const pct = (v) => v == null ? "–" : v.toFixed(1) + " %";
+  function showFigures(f) {
+    if (!f) return;
+    $("fig-calls").textContent = f.calls;
+    $("fig-answered").textContent = f.answered;
+    $("fig-10s").textContent = pct(f.answered_10s_pct);
+    $("fig-20s").textContent = pct(f.answered_20s_pct);
+    $("fig-avg").textContent = f.avg_answer_s == null ? "–" : f.avg_answer_s.toFixed(1) + " dtk";
+    $("fig-abandon").textContent = pct(f.abandoned_pct);
+    $("fig-prank").textContent = pct(f.prank_pct);
+    $("fig-ghost").textContent = pct(f.ghost_pct);
+    loadAbandoned();
+  }
+
+  function render() {
+    const since = Date.now() - queuesAt;
+    const rows = [];
+    for (const q of queues) {
+      for (const w of q.waiting) {
+        rows.push(`<tr class="waiting-row" data-call="${siaga.esc(w.call_id)}"><td>${siaga.esc(q.name)}</td><td class="position">${w.position}</td><td class="wait">${siaga.duration(w.wait_ms + since)}</td><td>${siaga.esc(w.ringing_agent || "")}</td></tr>`);
+      }
+    }
+    $("queues").tBodies[0].innerHTML = rows.join("") || `<tr><td colspan="4" class="muted">Tidak ada penelepon menunggu</td></tr>`;
+    $("agents").tBodies[0].innerHTML = agents.map((a) =>
+      `<tr class="agent-row" data-agent="${siaga.esc(a.id)}"><td>${siaga.esc(a.id)}</td><td>${siaga.esc(a.agency)}</td><td class="state">${siaga.esc(siaga.stateName(a))}${a.reason ? " (" + siaga.esc(a.reason) + ")" : ""}</td><td>${siaga.duration(a.in_state_ms + since)}</td><td>${a.registered ? "terdaftar" : "—"}</td></tr>`).join("");
+  }
+  setInterval(render, 1000);
+
+  async function loadAbandoned() {
+    const list = await siaga.api("GET", "/api/abandoned?limit=50").catch(() => []);
+    $("abandoned").tBodies[0].innerHTML = list.map((c) =>
+      `<tr class="abandoned-row" data-call="${siaga.esc(c.id)}"><td>${new Date(c.arrived_at).toLocaleTimeString("id-ID")}</td><td>${siaga.esc(c.caller_number || "tidak diketahui")}</td><td>${siaga.duration(c.wait_ms || 0)}</td><td>${c.caller_number ? `<button type="button" class="callback-btn" data-call="${siaga.esc(c.id)}">Telepon balik</button>` : ""}</td></tr>`).join("")
+      || `<tr><td colspan="4" class="muted">Tidak ada</td></tr>`;
+  }
+
+  $("abandoned").addEventListener("click", async (e) => {
+    const b = e.target.closest(".callback-btn");
+    if (!b) return;
+    b.disabled = true;
+    try {
+      await siaga.api("POST", `/api/calls/${encodeURIComponent(b.dataset.call)}/callback`, {});
+      $("callback-msg").textContent = "Panggilan balik sedang dilakukan.";
+    } catch (err) {
+      $("callback-msg").textContent = "Gagal menelepon balik: " + err.message;
+      b.disabled = false;
+    }
+  });
+
+  siaga.live((ev) => {
+    if (ev.type === "snapshot" || ev.type === "queues") {
+      queues = ev.queues; agents = ev.agents; queuesAt = Date.now();
+      render();
+      if (ev.type === "snapshot") {
+        if (ev.figures) showFigures(ev.figures);
+        else siaga.api("GET", "/api/stats/today").then(showFigures).catch(() => {});
+      }
+    } else if (ev.type === "figures") {
+      showFigures(ev);
+    }
+  });
+})();

@@ -1,0 +1,424 @@
+//! Panel logins: users with roles, Argon2id password hashes, and sessions
+//! held in an HttpOnly, SameSite=Strict cookie whose token the database
+//! keeps only as a SHA-256.
+
+use super::{ApiError, AppState};
+use crate::store::{now_ms, UserRow};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const COOKIE: &str = "siaga_session";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    CallTaker,
+    Dispatcher,
+    Supervisor,
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [
+        Role::CallTaker,
+        Role::Dispatcher,
+        Role::Supervisor,
+        Role::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::CallTaker => "call_taker",
+            Role::Dispatcher => "dispatcher",
+            Role::Supervisor => "supervisor",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// `call_taker` or `call-taker`, and so on.
+    pub fn parse(s: &str) -> Option<Role> {
+        let s = s.replace('-', "_");
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// The panel page a user of this role starts on.
+    pub fn home(self) -> &'static str {
+        match self {
+            Role::CallTaker => "/calltaker",
+            Role::Dispatcher => "/dispatcher",
+            Role::Supervisor => "/supervisor",
+            Role::Admin => "/admin",
+        }
+    }
+}
+
+/// The logged-in user of a request.
+#[derive(Debug, Clone, Serialize)]
+pub struct User {
+    pub id: String,
+    pub username: String,
+    pub display_name: String,
+    pub role: Role,
+    pub agency: Option<String>,
+    pub agent_id: Option<String>,
+}
+
+impl User {
+    fn from_row(row: UserRow) -> Option<User> {
+        Some(User {
+            role: Role::parse(&row.role)?,
+            id: row.id,
+            username: row.username,
+            display_name: row.display_name,
+            agency: row.agency,
+            agent_id: row.agent_id,
+        })
+    }
+
+    pub fn is(&self, roles: &[Role]) -> bool {
+        roles.contains(&self.role)
+    }
+
+    /// Refuses the request unless the user has one of `roles`.
+    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
+        if self.is(roles) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden)
+        }
+    }
+
+    /// Whether this user may see what belongs to `agency`: everyone but a
+    /// dispatcher sees every agency; a dispatcher only their own.
+    pub fn sees_agency(&self, agency: Option<&str>) -> bool {
+        self.role != Role::Dispatcher || (agency.is_some() && agency == self.agency.as_deref())
+    }
+}
+
+/// Argon2id with the crate's defaults (RFC 9106's second recommended
+/// setting: 19 MiB, 2 passes), as a PHC string with its own salt.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+    let salt = SaltString::generate(&mut OsRng);
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+pub fn verify_password(hash: &str, password: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(hash)
+        .map(|h| {
+            argon2::Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// A password policy an operator can live with: long enough, not the user name.
+pub fn check_password(username: &str, password: &str) -> Result<(), String> {
+    if password.chars().count() < 10 {
+        return Err("use a password of at least 10 characters".into());
+    }
+    if password.eq_ignore_ascii_case(username) {
+        return Err("the password must not be the user name".into());
+    }
+    Ok(())
+}
+
+fn token_digest(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+/// The user of a session cookie, if it is valid now.
+pub async fn session_user(state: &AppState, headers: &HeaderMap) -> Result<Option<User>, ApiError> {
+    let Some(token) = cookie_token(headers) else {
+        return Ok(None);
+    };
+    let row = state
+        .store
+        .session_user(&token_digest(&token), now_ms())
+        .await?;
+    Ok(row.and_then(User::from_row))
+}
+
+/// Lets through only requests with a valid session; puts the `User` in
+/// the request's extensions. API requests without one get 401, pages a
+/// redirect to the login page. Requests that change something must come
+/// from our own pages (Origin, when sent, names this host).
+pub async fn require_login(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let api = req.uri().path().starts_with("/api/");
+    if req.method() != Method::GET && req.method() != Method::HEAD && !same_origin(req.headers()) {
+        return ApiError::Forbidden.into_response();
+    }
+    match session_user(&state, req.headers()).await {
+        Ok(Some(user)) => {
+            req.extensions_mut().insert(user);
+            next.run(req).await
+        }
+        Ok(None) if api => ApiError::Unauthorized.into_response(),
+        Ok(None) => {
+            let next = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            Redirect::to(&format!("/login?next={}", url_encode(next))).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        // Not a browser's cross-site request (those carry Origin).
+        return true;
+    };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin_host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    origin_host.is_some() && origin_host == host
+}
+
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Failed logins per user name: after `MAX_FAILURES` in a row, that name
+/// is refused for `LOCKOUT`, whatever password comes (a guessing brake
+/// that cannot lock anyone out for long).
+#[derive(Clone, Default)]
+pub struct LoginGuard {
+    failures: Arc<Mutex<HashMap<String, (u32, Instant)>>>,
+}
+
+const MAX_FAILURES: u32 = 5;
+const LOCKOUT: Duration = Duration::from_secs(5 * 60);
+
+impl LoginGuard {
+    fn locked(&self, username: &str) -> bool {
+        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(username)
+            .is_some_and(|(n, at)| *n >= MAX_FAILURES && at.elapsed() < LOCKOUT)
+    }
+
+    fn failed(&self, username: &str) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, (_, at)| at.elapsed() < LOCKOUT);
+        let e = map
+            .entry(username.to_string())
+            .or_insert((0, Instant::now()));
+        e.0 += 1;
+        e.1 = Instant::now();
+    }
+
+    fn succeeded(&self, username: &str) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(username);
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Login {
+    username: String,
+    password: String,
+}
+
+/// `POST /api/login`: a session cookie for a right user name and password.
+pub async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(login): Json<Login>,
+) -> Result<Response, ApiError> {
+    if !same_origin(&headers) {
+        return Err(ApiError::Forbidden);
+    }
+    let name = login.username.trim().to_string();
+    if state.logins.locked(&name) {
+        return Err(ApiError::TooMany(
+            "too many failed logins for this user; wait five minutes".into(),
+        ));
+    }
+    let row = state.store.user_by_username(&name).await?;
+    // Verify against something even for an unknown name, so the time
+    // taken does not tell which names exist.
+    let hash = row
+        .as_ref()
+        .map(|r| r.password_hash.clone())
+        .unwrap_or_else(|| DUMMY_HASH.to_string());
+    let password = login.password;
+    let ok = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
+        .await
+        .unwrap_or(false);
+    let user = match row {
+        Some(r) if ok && r.disabled == 0 => User::from_row(r),
+        _ => None,
+    };
+    let Some(user) = user else {
+        state.logins.failed(&name);
+        tracing::warn!(username = %name, "panel login refused");
+        return Err(ApiError::Unauthorized);
+    };
+    state.logins.succeeded(&name);
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    let now = now_ms();
+    let ttl = state.config.server.http.session_ttl;
+    state
+        .store
+        .create_session(
+            &token_digest(&token),
+            &user.id,
+            now,
+            now + ttl.as_millis() as i64,
+        )
+        .await?;
+    tracing::info!(username = %user.username, role = user.role.as_str(), "panel login");
+    let cookie = format!(
+        "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        ttl.as_secs(),
+        if state.config.server.http.secure_cookies {
+            "; Secure"
+        } else {
+            ""
+        }
+    );
+    Ok((
+        StatusCode::OK,
+        [(header::SET_COOKIE, cookie)],
+        Json(serde_json::json!({ "user": user, "home": user.role.home() })),
+    )
+        .into_response())
+}
+
+/// `POST /api/logout`: ends the session and clears the cookie.
+pub async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Some(token) = cookie_token(&headers) {
+        state.store.delete_session(&token_digest(&token)).await?;
+    }
+    let clear = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    Ok((
+        StatusCode::OK,
+        [(header::SET_COOKIE, clear)],
+        Json(serde_json::json!({ "ok": true })),
+    )
+        .into_response())
+}
+
+/// An Argon2id hash of a password nobody has, for unknown user names.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c2lhZ2FkdW1teXNhbHQ$3sXDvtP1CgdTEZgIWVymvXDJbHCDm9vh7SgJHMF3Tmo";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_verify_and_differ() {
+        let a = hash_password("kata-sandi-panjang").unwrap();
+        let b = hash_password("kata-sandi-panjang").unwrap();
+        assert!(a.starts_with("$argon2id$"));
+        assert_ne!(a, b, "each hash has its own salt");
+        assert!(verify_password(&a, "kata-sandi-panjang"));
+        assert!(!verify_password(&a, "kata-sandi-panjanG"));
+        assert!(!verify_password("not a hash", "x"));
+    }
+
+    #[test]
+    fn dummy_hash_is_a_valid_hash() {
+        use argon2::password_hash::PasswordHash;
+        assert!(PasswordHash::new(DUMMY_HASH).is_ok());
+        assert!(!verify_password(DUMMY_HASH, ""));
+    }
+
+    #[test]
+    fn roles_parse_both_spellings() {
+        assert_eq!(Role::parse("call-taker"), Some(Role::CallTaker));
+        assert_eq!(Role::parse("call_taker"), Some(Role::CallTaker));
+        assert_eq!(Role::parse("admin"), Some(Role::Admin));
+        assert_eq!(Role::parse("root"), None);
+    }
+
+    #[test]
+    fn cookie_and_origin() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            "a=1; siaga_session=abc; b=2".parse().unwrap(),
+        );
+        assert_eq!(cookie_token(&h).as_deref(), Some("abc"));
+        h.insert(header::HOST, "127.0.0.1:8112".parse().unwrap());
+        assert!(same_origin(&h));
+        h.insert(header::ORIGIN, "http://127.0.0.1:8112".parse().unwrap());
+        assert!(same_origin(&h));
+        h.insert(header::ORIGIN, "http://evil.example".parse().unwrap());
+        assert!(!same_origin(&h));
+    }
+
+    #[test]
+    fn guard_locks_after_failures() {
+        let g = LoginGuard::default();
+        for _ in 0..MAX_FAILURES {
+            assert!(!g.locked("u"));
+            g.failed("u");
+        }
+        assert!(g.locked("u"));
+        assert!(!g.locked("v"));
+    }
+
+    #[test]
+    fn dispatcher_sees_only_own_agency() {
+        let u = User {
+            id: "1".into(),
+            username: "d".into(),
+            display_name: "D".into(),
+            role: Role::Dispatcher,
+            agency: Some("damkar".into()),
+            agent_id: None,
+        };
+        assert!(u.sees_agency(Some("damkar")));
+        assert!(!u.sees_agency(Some("polri")));
+        assert!(!u.sees_agency(None));
+        let s = User {
+            role: Role::Supervisor,
+            ..u
+        };
+        assert!(s.sees_agency(None));
+    }
+}

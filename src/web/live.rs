@@ -1,0 +1,115 @@
+//! `GET /api/live`: the panel's WebSocket. The server pushes JSON events
+//! (see `crate::live::LiveEvent`), each filtered to what the user may see,
+//! after a first `snapshot`. A connection that falls behind the broadcast
+//! gets a fresh snapshot instead of the events it missed. The session is
+//! checked again every minute: a user logged out or disabled is cut off.
+
+use super::auth::{self, Role, User};
+use super::AppState;
+use crate::live::LiveEvent;
+use crate::store::now_ms;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::Extension;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+
+pub async fn socket(
+    State(s): State<AppState>,
+    Extension(user): Extension<User>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.on_upgrade(move |socket| run(s, user, headers, socket))
+}
+
+async fn run(s: AppState, user: User, headers: HeaderMap, mut socket: WebSocket) {
+    let mut events = s.live.subscribe();
+    if send(&mut socket, &snapshot(&s, &user).await).await.is_err() {
+        return;
+    }
+    let mut recheck = tokio::time::interval(Duration::from_secs(60));
+    recheck.tick().await;
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Ok(ev) => {
+                    if visible(&user, &ev) {
+                        let text = match serde_json::to_string(&*ev) {
+                            Ok(t) => t,
+                            Err(_) => continue,
+                        };
+                        if socket.send(Message::Text(text.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::debug!(user = %user.username, missed, "panel fell behind; fresh snapshot");
+                    if send(&mut socket, &snapshot(&s, &user).await).await.is_err() {
+                        return;
+                    }
+                }
+                Err(RecvError::Closed) => return,
+            },
+            msg = socket.recv() => match msg {
+                // The panel sends nothing yet (later: WebRTC signalling).
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+            _ = recheck.tick() => {
+                if !matches!(auth::session_user(&s, &headers).await, Ok(Some(_))) {
+                    let _ = send(&mut socket, &serde_json::json!({ "type": "logged_out" })).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn send(socket: &mut WebSocket, v: &serde_json::Value) -> Result<(), axum::Error> {
+    socket.send(Message::Text(v.to_string().into())).await
+}
+
+/// Everything the user's screen needs to start from.
+async fn snapshot(s: &AppState, user: &User) -> serde_json::Value {
+    let queues = s.acd.snapshot().await;
+    let agents = s.acd.agents().await;
+    let my_call = user.agent_id.as_deref().and_then(|a| s.live.bridged_to(a));
+    let figures = if user.is(&[Role::Supervisor, Role::Admin]) {
+        s.live.figures()
+    } else {
+        None
+    };
+    serde_json::json!({
+        "type": "snapshot",
+        "at": now_ms(),
+        "user": user,
+        "queues": queues,
+        "agents": agents,
+        "my_call": my_call,
+        "figures": figures,
+    })
+}
+
+/// What of the broadcast this user may see.
+pub fn visible(user: &User, ev: &LiveEvent) -> bool {
+    let everything = user.is(&[Role::Supervisor, Role::Admin]);
+    match ev {
+        LiveEvent::Queues { .. } => true,
+        LiveEvent::CallBridged(b) => everything || user.agent_id.as_deref() == Some(&b.agent_id),
+        LiveEvent::CallEnded { agent_id, .. } => {
+            everything || (agent_id.is_some() && user.agent_id == *agent_id)
+        }
+        LiveEvent::Incident {
+            incident,
+            previous_agency,
+        } => {
+            user.sees_agency(incident.agency.as_deref())
+                || (previous_agency.is_some() && user.sees_agency(previous_agency.as_deref()))
+        }
+        LiveEvent::Figures(_) => everything,
+    }
+}

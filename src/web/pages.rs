@@ -1,0 +1,540 @@
+//! The panel's pages: server-rendered HTML; the live screens add a little
+//! JavaScript (`assets/`) that talks to the JSON API and the live socket.
+//! Text is in Bahasa Indonesia, as the room speaks it.
+
+use super::api::incident_detail;
+use super::auth::{self, Role, User};
+use super::{ApiError, AppState};
+use crate::store::{IncidentFilter, IncidentRow, CATEGORIES, PRIORITIES, STATUSES};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::Extension;
+use serde::Deserialize;
+use std::fmt::Write;
+
+/// Escapes text for HTML content and quoted attributes.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn nav(user: &User) -> String {
+    let mut links = Vec::new();
+    let mut link = |href: &str, text: &str, roles: &[Role]| {
+        if user.is(roles) {
+            links.push(format!("<a href=\"{href}\">{text}</a>"));
+        }
+    };
+    use Role::*;
+    link(
+        "/calltaker",
+        "Penerima panggilan",
+        &[CallTaker, Supervisor, Admin],
+    );
+    link(
+        "/dispatcher",
+        "Dispatcher",
+        &[Dispatcher, Supervisor, Admin],
+    );
+    link("/supervisor", "Supervisor", &[Supervisor, Admin]);
+    link("/incidents", "Insiden", &Role::ALL);
+    link("/admin", "Pengguna", &[Admin]);
+    format!(
+        "<nav><strong>siaga</strong> {} <span class=\"who\">{} ({})</span> <button id=\"logout\" type=\"button\">Keluar</button></nav>",
+        links.join(" "),
+        esc(&user.display_name),
+        user.role.as_str()
+    )
+}
+
+fn page(title: &str, user: Option<&User>, body: &str, script: Option<&str>) -> Html<String> {
+    let nav = user.map(nav).unwrap_or_default();
+    let script = script
+        .map(|s| format!("<script src=\"/assets/{s}\" defer></script>"))
+        .unwrap_or_default();
+    Html(format!(
+        "<!doctype html><html lang=\"id\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{} · siaga</title><link rel=\"stylesheet\" href=\"/assets/panel.css\">\
+         <script src=\"/assets/panel.js\" defer></script>{script}</head>\
+         <body>{nav}<main>{body}</main></body></html>",
+        esc(title)
+    ))
+}
+
+fn forbidden(user: &User) -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        page(
+            "Tidak diizinkan",
+            Some(user),
+            "<h1>Tidak diizinkan</h1><p>Peran Anda tidak boleh membuka halaman ini.</p>",
+            None,
+        ),
+    )
+        .into_response()
+}
+
+pub async fn asset(Path(file): Path<String>) -> Response {
+    let (body, mime) = match file.as_str() {
+        "panel.css" => (include_str!("assets/panel.css"), "text/css"),
+        "panel.js" => (include_str!("assets/panel.js"), "text/javascript"),
+        "login.js" => (include_str!("assets/login.js"), "text/javascript"),
+        "calltaker.js" => (include_str!("assets/calltaker.js"), "text/javascript"),
+        "supervisor.js" => (include_str!("assets/supervisor.js"), "text/javascript"),
+        "dispatcher.js" => (include_str!("assets/dispatcher.js"), "text/javascript"),
+        "admin.js" => (include_str!("assets/admin.js"), "text/javascript"),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, mime),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+pub async fn login(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    // Already logged in: straight to work.
+    if let Ok(Some(user)) = auth::session_user(&s, &headers).await {
+        return Redirect::to(user.role.home()).into_response();
+    }
+    page(
+        "Masuk",
+        None,
+        "<h1>siaga — masuk</h1>\
+         <form id=\"login-form\" class=\"card narrow\">\
+         <label>Nama pengguna <input id=\"username\" name=\"username\" autocomplete=\"username\" required autofocus></label>\
+         <label>Kata sandi <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required></label>\
+         <button id=\"login\" type=\"submit\">Masuk</button>\
+         <p id=\"login-error\" class=\"error\" role=\"alert\"></p></form>",
+        Some("login.js"),
+    )
+    .into_response()
+}
+
+pub async fn home(Extension(user): Extension<User>) -> Redirect {
+    Redirect::to(user.role.home())
+}
+
+fn options(list: &[(&str, &str)], selected: Option<&str>, blank: &str) -> String {
+    let mut out = format!("<option value=\"\">{}</option>", esc(blank));
+    for (id, name) in list {
+        let sel = if Some(*id) == selected {
+            " selected"
+        } else {
+            ""
+        };
+        let _ = write!(out, "<option value=\"{id}\"{sel}>{}</option>", esc(name));
+    }
+    out
+}
+
+pub async fn calltaker(State(s): State<AppState>, Extension(user): Extension<User>) -> Response {
+    if !user.is(&[Role::CallTaker, Role::Supervisor, Role::Admin]) {
+        return forbidden(&user);
+    }
+    let agencies: Vec<(&str, &str)> = s
+        .config
+        .agencies
+        .iter()
+        .map(|a| (a.id.as_str(), a.name.as_str()))
+        .collect();
+    let priorities: Vec<(String, &str)> = PRIORITIES
+        .iter()
+        .map(|(p, n)| (p.to_string(), *n))
+        .collect();
+    let priorities: Vec<(&str, &str)> = priorities.iter().map(|(p, n)| (p.as_str(), *n)).collect();
+    let agent = user
+        .agent_id
+        .as_deref()
+        .map(|a| {
+            format!(
+                "<span id=\"agent-id\" data-agent=\"{0}\">Agen {0}</span>",
+                esc(a)
+            )
+        })
+        .unwrap_or_else(|| {
+            "<span class=\"muted\">Akun ini tidak terhubung ke telepon agen.</span>".into()
+        });
+    let body = format!(
+        "<h1>Penerima panggilan</h1>\
+         <section class=\"card\" id=\"agent-card\">{agent} — status: <strong id=\"agent-state\">?</strong> \
+         <button id=\"btn-ready\" type=\"button\">Siap</button> \
+         <button id=\"btn-notready\" type=\"button\">Istirahat</button></section>\
+         <p id=\"idle\" class=\"muted\">Menunggu panggilan…</p>\
+         <section id=\"call-card\" class=\"card\" hidden>\
+         <h2>Panggilan <span id=\"call-service\"></span> — <span id=\"call-caller\"></span> \
+         <span id=\"call-timer\" class=\"timer\">0:00</span> <span id=\"call-status\"></span></h2>\
+         <p>Lokasi dari jaringan: <span id=\"call-location\">tidak diketahui</span></p>\
+         <p>Insiden <a id=\"incident-link\" href=\"#\"></a> · <span id=\"repeat\"></span></p>\
+         <form id=\"incident-form\">\
+         <label>Kategori <select id=\"f-category\">{}</select></label>\
+         <label>Prioritas <select id=\"f-priority\">{}</select></label>\
+         <label>Alamat / lokasi <input id=\"f-address\" maxlength=\"500\"></label>\
+         <label>Instansi penanganan <select id=\"f-agency\">{}</select></label>\
+         <label class=\"wide\">Catatan <textarea id=\"f-notes\" rows=\"4\" maxlength=\"8000\"></textarea></label>\
+         <button id=\"save\" type=\"submit\">Simpan</button> <span id=\"saved-msg\" role=\"status\"></span>\
+         </form>\
+         <form id=\"link-form\"><label>Gabungkan ke insiden terbuka <select id=\"f-link\"></select></label>\
+         <button id=\"link\" type=\"submit\">Gabungkan</button></form>\
+         <h3>Insiden sebelumnya dari nomor ini</h3><ul id=\"history\"></ul>\
+         <button id=\"close-card\" type=\"button\">Selesai</button>\
+         </section>",
+        options(CATEGORIES, None, "— pilih —"),
+        options(&priorities, None, "— pilih —"),
+        options(&agencies, None, "— pilih —"),
+    );
+    page(
+        "Penerima panggilan",
+        Some(&user),
+        &body,
+        Some("calltaker.js"),
+    )
+    .into_response()
+}
+
+pub async fn supervisor(Extension(user): Extension<User>) -> Response {
+    if !user.is(&[Role::Supervisor, Role::Admin]) {
+        return forbidden(&user);
+    }
+    let figure = |id: &str, label: &str| {
+        format!("<div class=\"figure\"><span class=\"label\">{label}</span><span id=\"{id}\" class=\"value\">–</span></div>")
+    };
+    let body = format!(
+        "<h1>Supervisor</h1>\
+         <section class=\"card\"><h2>Hari ini</h2><div id=\"figures\" class=\"figures\">{}{}{}{}{}{}{}{}</div></section>\
+         <section class=\"card\"><h2>Antrean</h2><table id=\"queues\"><thead><tr><th>Antrean</th><th>No.</th><th>Menunggu</th><th>Berdering di</th></tr></thead><tbody></tbody></table></section>\
+         <section class=\"card\"><h2>Agen</h2><table id=\"agents\"><thead><tr><th>Agen</th><th>Instansi</th><th>Status</th><th>Sejak</th><th>Telepon</th></tr></thead><tbody></tbody></table></section>\
+         <section class=\"card\"><h2>Panggilan terputus (belum dijawab)</h2><table id=\"abandoned\"><thead><tr><th>Waktu</th><th>Nomor</th><th>Menunggu</th><th></th></tr></thead><tbody></tbody></table><p id=\"callback-msg\" role=\"status\"></p></section>",
+        figure("fig-calls", "Panggilan"),
+        figure("fig-answered", "Dijawab"),
+        figure("fig-10s", "Dijawab ≤ 10 dtk"),
+        figure("fig-20s", "Dijawab ≤ 20 dtk"),
+        figure("fig-avg", "Rata-rata waktu jawab"),
+        figure("fig-abandon", "Terputus"),
+        figure("fig-prank", "Iseng (prank)"),
+        figure("fig-ghost", "Kosong (ghost)"),
+    );
+    page("Supervisor", Some(&user), &body, Some("supervisor.js")).into_response()
+}
+
+pub async fn dispatcher(State(s): State<AppState>, Extension(user): Extension<User>) -> Response {
+    if !user.is(&[Role::Dispatcher, Role::Supervisor, Role::Admin]) {
+        return forbidden(&user);
+    }
+    let agency = user.agency.clone().unwrap_or_default();
+    let name = s
+        .config
+        .agencies
+        .iter()
+        .find(|a| a.id == agency)
+        .map(|a| a.name.clone())
+        .unwrap_or_else(|| "semua instansi".into());
+    let body = format!(
+        "<h1>Dispatcher — <span id=\"agency\" data-agency=\"{}\">{}</span></h1>\
+         <section class=\"card\"><table id=\"dispatch-list\"><thead><tr><th>Waktu</th><th>Kategori</th><th>Prioritas</th><th>Alamat</th><th>Catatan</th><th>Status</th><th></th></tr></thead><tbody></tbody></table></section>",
+        esc(&agency),
+        esc(&name)
+    );
+    page("Dispatcher", Some(&user), &body, Some("dispatcher.js")).into_response()
+}
+
+pub async fn admin(Extension(user): Extension<User>) -> Response {
+    if !user.is(&[Role::Admin]) {
+        return forbidden(&user);
+    }
+    let body = "<h1>Pengguna panel</h1>\
+        <section class=\"card\"><table id=\"users\"><thead><tr><th>Nama pengguna</th><th>Nama</th><th>Peran</th><th>Instansi</th><th>Agen</th><th>Status</th><th></th></tr></thead><tbody></tbody></table></section>\
+        <section class=\"card\"><h2>Tambah pengguna</h2><form id=\"user-form\">\
+        <label>Nama pengguna <input id=\"u-username\" required></label>\
+        <label>Nama <input id=\"u-name\"></label>\
+        <label>Peran <select id=\"u-role\"><option value=\"call_taker\">call_taker</option><option value=\"dispatcher\">dispatcher</option><option value=\"supervisor\">supervisor</option><option value=\"admin\">admin</option></select></label>\
+        <label>Instansi <select id=\"u-agency\"></select></label>\
+        <label>Agen SIP <input id=\"u-agent\"></label>\
+        <label>Kata sandi <input id=\"u-password\" type=\"password\" autocomplete=\"new-password\" required></label>\
+        <button type=\"submit\">Tambah</button> <span id=\"user-msg\" role=\"status\"></span></form></section>";
+    page("Pengguna", Some(&user), body, Some("admin.js")).into_response()
+}
+
+/// The list's filters as the form sends them: dates as YYYY-MM-DD in the
+/// center's time zone.
+#[derive(Deserialize, Default)]
+pub struct ListForm {
+    status: Option<String>,
+    service: Option<String>,
+    agency: Option<String>,
+    category: Option<String>,
+    caller_number: Option<String>,
+    from_date: Option<String>,
+    to_date: Option<String>,
+}
+
+/// Days since 1970-01-01 of a YYYY-MM-DD date (proleptic Gregorian).
+fn days_from_date(s: &str) -> Option<i64> {
+    let mut it = s.trim().splitn(3, '-');
+    let y: i64 = it.next()?.parse().ok()?;
+    let m: i64 = it.next()?.parse().ok()?;
+    let d: i64 = it.next()?.parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
+}
+
+fn date_start_ms(s: &str, offset_hours: i8) -> Option<i64> {
+    days_from_date(s).map(|d| d * 86_400_000 - i64::from(offset_hours) * 3_600_000)
+}
+
+/// A time as the room reads it: YYYY-MM-DD HH:MM in the center's zone.
+pub fn local_time(ms: i64, offset_hours: i8) -> String {
+    let t = ms + i64::from(offset_hours) * 3_600_000;
+    let days = t.div_euclid(86_400_000);
+    let secs = t.rem_euclid(86_400_000) / 1000;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        secs / 3600,
+        (secs / 60) % 60
+    )
+}
+
+fn name_of<'a>(list: &'a [(&'a str, &'a str)], id: Option<&str>) -> &'a str {
+    id.and_then(|id| list.iter().find(|(k, _)| *k == id).map(|(_, v)| *v))
+        .unwrap_or("–")
+}
+
+fn incident_rows(rows: &[IncidentRow], offset: i8) -> String {
+    let mut out = String::new();
+    for i in rows {
+        let _ = write!(
+            out,
+            "<tr class=\"incident-row\" data-id=\"{id}\"><td><a href=\"/incidents/{id}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            local_time(i.created_at, offset),
+            esc(&i.service),
+            esc(i.caller_number.as_deref().unwrap_or("–")),
+            esc(name_of(CATEGORIES, i.category.as_deref())),
+            esc(i.agency.as_deref().unwrap_or("–")),
+            esc(name_of(STATUSES, Some(&i.status))),
+            esc(i.address.as_deref().or(i.location_text.as_deref()).unwrap_or("")),
+            id = esc(&i.id),
+        );
+    }
+    out
+}
+
+pub async fn incidents(
+    State(s): State<AppState>,
+    Extension(user): Extension<User>,
+    Query(form): Query<ListForm>,
+) -> Result<Response, ApiError> {
+    let offset = s.config.server.http.utc_offset_hours;
+    let mut filter = IncidentFilter {
+        status: form.status.clone(),
+        service: form.service.clone(),
+        agency: form.agency.clone(),
+        category: form.category.clone(),
+        caller_number: form.caller_number.clone(),
+        from: form
+            .from_date
+            .as_deref()
+            .and_then(|d| date_start_ms(d, offset)),
+        to: form
+            .to_date
+            .as_deref()
+            .and_then(|d| date_start_ms(d, offset))
+            .map(|t| t + 86_400_000),
+        limit: Some(500),
+    };
+    if user.role == Role::Dispatcher {
+        filter.agency = user.agency.clone().or(Some("-none-".into()));
+    }
+    let rows = s.store.search_incidents(&filter).await?;
+    let agencies: Vec<(&str, &str)> = s
+        .config
+        .agencies
+        .iter()
+        .map(|a| (a.id.as_str(), a.name.as_str()))
+        .collect();
+    let agency_filter = if user.role == Role::Dispatcher {
+        String::new()
+    } else {
+        format!(
+            "<label>Instansi <select name=\"agency\">{}</select></label>",
+            options(&agencies, form.agency.as_deref(), "semua")
+        )
+    };
+    let v = |o: &Option<String>| esc(o.as_deref().unwrap_or(""));
+    let body = format!(
+        "<h1>Insiden</h1><form id=\"filters\" class=\"card filters\" method=\"get\">\
+         <label>Status <select name=\"status\">{}</select></label>\
+         <label>Layanan <select name=\"service\">{}</select></label>{agency_filter}\
+         <label>Kategori <select name=\"category\">{}</select></label>\
+         <label>Nomor penelepon <input name=\"caller_number\" value=\"{}\"></label>\
+         <label>Dari <input type=\"date\" name=\"from_date\" value=\"{}\"></label>\
+         <label>Sampai <input type=\"date\" name=\"to_date\" value=\"{}\"></label>\
+         <button type=\"submit\">Saring</button></form>\
+         <p>{} insiden</p><table id=\"incident-list\"><thead><tr><th>Waktu</th><th>Layanan</th><th>Penelepon</th><th>Kategori</th><th>Instansi</th><th>Status</th><th>Alamat</th></tr></thead><tbody>{}</tbody></table>",
+        options(STATUSES, form.status.as_deref(), "semua"),
+        options(&[("112", "112"), ("119", "119")], form.service.as_deref(), "semua"),
+        options(CATEGORIES, form.category.as_deref(), "semua"),
+        v(&form.caller_number),
+        v(&form.from_date),
+        v(&form.to_date),
+        rows.len(),
+        incident_rows(&rows, offset),
+    );
+    Ok(page("Insiden", Some(&user), &body, None).into_response())
+}
+
+pub async fn incident(
+    State(s): State<AppState>,
+    Extension(user): Extension<User>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let offset = s.config.server.http.utc_offset_hours;
+    let d = match incident_detail(&s, &user, &id).await {
+        Ok(d) => d,
+        Err(ApiError::NotFound(_)) => {
+            return Ok((
+                StatusCode::NOT_FOUND,
+                page(
+                    "Tidak ada",
+                    Some(&user),
+                    "<h1>Insiden tidak ditemukan</h1>",
+                    None,
+                ),
+            )
+                .into_response())
+        }
+        Err(e) => return Err(e),
+    };
+    let i = &d.incident;
+    let mut calls = String::new();
+    for c in &d.calls {
+        let c = serde_json::to_value(c).unwrap_or_default();
+        let text = |k: &str| c.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let num = |k: &str| c.get(k).and_then(|v| v.as_i64());
+        let audio = match c.get("recording_url").and_then(|v| v.as_str()) {
+            Some(url) => format!(
+                "<audio controls preload=\"none\" src=\"{}\"></audio>",
+                esc(url)
+            ),
+            None => "tanpa rekaman".into(),
+        };
+        let _ = write!(
+            calls,
+            "<tr class=\"call-row\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{audio}</td></tr>",
+            num("arrived_at").map(|t| local_time(t, offset)).unwrap_or_default(),
+            esc(&text("direction")),
+            esc(&text("caller_number")),
+            esc(&text("agent_id")),
+            esc(&text("end_cause")),
+        );
+    }
+    let mut audit = String::new();
+    for a in &d.audit {
+        let _ = write!(
+            audit,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            local_time(a.at, offset),
+            esc(&a.actor),
+            esc(&a.action),
+            esc(a.field.as_deref().unwrap_or("")),
+            esc(a.old_value.as_deref().unwrap_or("")),
+            esc(a.new_value.as_deref().unwrap_or("")),
+        );
+    }
+    let merged = i
+        .merged_into
+        .as_ref()
+        .map(|m| {
+            format!(
+                "<p>Digabung ke <a href=\"/incidents/{0}\">{0}</a></p>",
+                esc(m)
+            )
+        })
+        .unwrap_or_default();
+    let body = format!(
+        "<h1>Insiden <span id=\"incident-id\">{}</span></h1>{merged}<section class=\"card\"><dl>\
+         <dt>Waktu</dt><dd>{}</dd><dt>Layanan</dt><dd>{}</dd><dt>Penelepon</dt><dd id=\"d-caller\">{}</dd>\
+         <dt>Status</dt><dd id=\"d-status\">{}</dd><dt>Kategori</dt><dd id=\"d-category\">{}</dd>\
+         <dt>Prioritas</dt><dd>{}</dd><dt>Alamat</dt><dd id=\"d-address\">{}</dd>\
+         <dt>Lokasi jaringan</dt><dd>{}</dd><dt>Instansi</dt><dd id=\"d-agency\">{}</dd>\
+         <dt>Catatan</dt><dd id=\"d-notes\" class=\"notes\">{}</dd></dl></section>\
+         <section class=\"card\"><h2>Panggilan</h2><table id=\"calls\"><thead><tr><th>Waktu</th><th>Arah</th><th>Nomor</th><th>Agen</th><th>Akhir</th><th>Rekaman</th></tr></thead><tbody>{calls}</tbody></table></section>\
+         <section class=\"card\"><h2>Riwayat perubahan</h2><table id=\"audit\"><thead><tr><th>Waktu</th><th>Oleh</th><th>Tindakan</th><th>Isian</th><th>Lama</th><th>Baru</th></tr></thead><tbody>{audit}</tbody></table></section>\
+         <section class=\"card\"><h2>Insiden lain dari nomor ini</h2><table><tbody>{}</tbody></table></section>",
+        esc(&i.id),
+        local_time(i.created_at, offset),
+        esc(&i.service),
+        esc(i.caller_number.as_deref().unwrap_or("–")),
+        esc(name_of(STATUSES, Some(&i.status))),
+        esc(name_of(CATEGORIES, i.category.as_deref())),
+        i.priority
+            .and_then(|p| PRIORITIES.iter().find(|(k, _)| *k == p))
+            .map(|(_, n)| *n)
+            .unwrap_or("–"),
+        esc(i.address.as_deref().unwrap_or("–")),
+        esc(i.location_text.as_deref().unwrap_or("–")),
+        esc(i.agency.as_deref().unwrap_or("–")),
+        esc(i.notes.as_deref().unwrap_or("")),
+        incident_rows(&d.history, offset),
+    );
+    Ok(page("Insiden", Some(&user), &body, None).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_html() {
+        assert_eq!(
+            esc("<script>\"x\" & 'y'</script>"),
+            "&lt;script&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/script&gt;"
+        );
+    }
+
+    #[test]
+    fn dates_round_trip() {
+        assert_eq!(days_from_date("1970-01-01"), Some(0));
+        assert_eq!(days_from_date("2026-11-23"), Some(20_780));
+        assert_eq!(days_from_date("2026-13-01"), None);
+        assert_eq!(days_from_date("nope"), None);
+        let t = date_start_ms("2026-11-23", 7).unwrap();
+        assert_eq!(local_time(t, 7), "2026-11-23 00:00");
+        assert_eq!(local_time(t, 0), "2026-11-22 17:00");
+        assert_eq!(local_time(0, 0), "1970-01-01 00:00");
+        assert_eq!(local_time(951_782_400_000, 0), "2000-02-29 00:00");
+    }
+}
