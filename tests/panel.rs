@@ -135,6 +135,74 @@ fn call_taker_incident_pops_up_and_reaches_the_agency() {
     assert!(b.text("#d-address").contains("Margonda"));
     b.screenshot("3-incident-detail");
     assert_eq!(caller.join().unwrap(), Some(0), "{}", server.log());
+    // Its recording plays in the browser (once the call has ended).
+    b.goto(&format!("{}/incidents/{incident_id}", base(&server)));
+    b.js(
+        "window.__rec = null; fetch(document.querySelector('#calls audio').src, {headers: {Range: 'bytes=0-43'}}) \
+         .then(r => r.arrayBuffer().then(a => window.__rec = r.status + ' ' + r.headers.get('content-type') + ' ' + a.byteLength));",
+        vec![],
+    );
+    let rec = b.wait_for("recording fetched", "return window.__rec", WAIT);
+    assert_eq!(rec, "206 audio/wav 44", "the WAV header, by range");
+
+    // The same number calls again about the same fire: the earlier
+    // incident is on screen, and the call-taker joins the call to it.
+    b.goto(&format!("{}/calltaker", base(&server)));
+    b.wait_for(
+        "agent ready again",
+        "return document.querySelector('#agent-state').textContent === 'Siap'",
+        Duration::from_secs(30),
+    );
+    let caller = background_call(server.sip, "112", 8000, Duration::from_secs(30));
+    b.wait_for(
+        "second pop-up",
+        "return !document.querySelector('#call-card').hidden",
+        WAIT,
+    );
+    b.wait_for(
+        "earlier incident listed",
+        &format!(
+            "return !!document.querySelector('#history a[href=\"/incidents/{incident_id}\"]')"
+        ),
+        WAIT,
+    );
+    let second = b
+        .wait_for(
+            "second incident",
+            &format!("const h = document.querySelector('#incident-link').getAttribute('href').replace('/incidents/', ''); return h !== '{incident_id}' && h"),
+            WAIT,
+        )
+        .as_str()
+        .unwrap()
+        .to_string();
+    b.select("#f-link", &incident_id);
+    b.click("#link");
+    b.wait_for(
+        "linked",
+        &format!("return document.querySelector('#incident-link').getAttribute('href') === '/incidents/{incident_id}'"),
+        WAIT,
+    );
+    assert_eq!(
+        b.text("#f-address"),
+        "",
+        "the form shows the joined incident"
+    );
+    assert_eq!(
+        b.js("return document.querySelector('#f-address').value", vec![]),
+        "Jl. Margonda Raya No. 100, Depok"
+    );
+    b.screenshot("3b-second-caller-linked");
+    let (_, joined) = server.get(&format!("/api/incidents/{incident_id}"));
+    assert_eq!(joined["calls"].as_array().unwrap().len(), 2);
+    let (_, merged) = server.get(&format!("/api/incidents/{second}"));
+    assert_eq!(merged["status"], "merged");
+    assert_eq!(merged["merged_into"], incident_id.as_str());
+    assert!(joined["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["action"] == "call_linked" && a["actor"] == "siti"));
+    assert_eq!(caller.join().unwrap(), Some(0), "{}", server.log());
 
     // The Damkar dispatcher sees it, newest first, and moves its status.
     let d = Browser::start("dispatcher");
