@@ -178,6 +178,10 @@ impl Live {
             while changes.changed().await.is_ok() {
                 tokio::time::sleep(QUEUES_EVERY).await;
                 changes.mark_unchanged();
+                // Nobody watching (a panel gets a snapshot when it connects).
+                if me.tx.receiver_count() == 0 {
+                    continue;
+                }
                 let queues = acd.snapshot().await;
                 let agents = acd.agents().await;
                 me.send(LiveEvent::Queues {

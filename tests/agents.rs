@@ -548,27 +548,7 @@ fn a_caller_past_max_wait_is_handed_to_another_center() {
     let uas_port = common::free_udp_port();
     let target = format!("sip:112@127.0.0.1:{uas_port}");
     let server = Server::start(agents_setup(Some(&overflow_queues(&target))));
-    let media = (common::free_udp_port() & !1).to_string();
-    let port = uas_port.to_string();
-    let other_center = std::thread::spawn(move || {
-        std::process::Command::new(common::sipp_bin())
-            .args([
-                "-sn",
-                "uas",
-                "-i",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-mi",
-                "127.0.0.1",
-                "-mp",
-                &media,
-            ])
-            .args(["-rtp_echo", "-m", "1", "-timeout", "30s", "-nostdin", "-bg"])
-            .output()
-    });
-    drop(other_center.join());
-    std::thread::sleep(Duration::from_millis(300));
+    common::sipp_echo_uas(uas_port, Duration::from_secs(30));
 
     let c = call(&server, "112", 5000);
     assert_eq!(
@@ -592,9 +572,7 @@ fn a_caller_past_max_wait_is_handed_to_another_center() {
         right.len() as f64 / 8000.0 - 0.5,
         "echo from the other center",
     );
-    let _ = std::process::Command::new("pkill")
-        .args(["-f", &format!("-p {uas_port}")])
-        .status();
+    common::stop_sipp_on(uas_port);
 }
 
 /// The other center cannot be reached: the caller goes back to the queue

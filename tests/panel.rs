@@ -20,6 +20,21 @@ fn setup() -> Setup {
     }
 }
 
+/// Siti's desk phone: baresip as ct-01, answering by itself with 600 Hz.
+fn ct01_phone(server: &Server) -> Baresip {
+    let phone = Baresip::start(
+        Phone {
+            user: "ct-01",
+            password: "contoh-sandi-ct-01",
+            auto_answer: true,
+            tone_hz: 600.0,
+        },
+        server.sip,
+    );
+    wait_registered(server, "ct-01", &phone);
+    phone
+}
+
 fn base(server: &Server) -> String {
     format!("http://{}", server.http)
 }
@@ -35,16 +50,7 @@ fn call_taker_incident_pops_up_and_reaches_the_agency() {
     server.add_user("siti", "call-taker", &["--agent", "ct-01"]);
     server.add_user("damkar1", "dispatcher", &["--agency", "damkar"]);
     server.add_user("polisi1", "dispatcher", &["--agency", "polri"]);
-    let phone = Baresip::start(
-        Phone {
-            user: "ct-01",
-            password: "contoh-sandi-ct-01",
-            auto_answer: true,
-            tone_hz: 600.0,
-        },
-        server.sip,
-    );
-    wait_registered(&server, "ct-01", &phone);
+    let phone = ct01_phone(&server);
 
     let b = Browser::start("call_taker");
     b.login(&base(&server), "siti", TEST_PASSWORD, "/calltaker");
@@ -316,35 +322,8 @@ fn supervisor_sees_queue_and_figures_live_and_calls_back() {
     b.screenshot("2-supervisor-abandoned");
 
     // The caller's phone: SIPp answering and echoing what it hears.
-    let media = (common::free_udp_port() & !1).to_string();
-    let port = uas_port.to_string();
-    std::process::Command::new(common::sipp_bin())
-        .args([
-            "-sn",
-            "uas",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-mi",
-            "127.0.0.1",
-            "-mp",
-            &media,
-        ])
-        .args(["-rtp_echo", "-m", "1", "-timeout", "40s", "-nostdin", "-bg"])
-        .output()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let phone = Baresip::start(
-        Phone {
-            user: "ct-01",
-            password: "contoh-sandi-ct-01",
-            auto_answer: true,
-            tone_hz: 600.0,
-        },
-        server.sip,
-    );
-    wait_registered(&server, "ct-01", &phone);
+    common::sipp_echo_uas(uas_port, Duration::from_secs(40));
+    let phone = ct01_phone(&server);
 
     b.click(&format!(".callback-btn[data-call=\"{call_id}\"]"));
     b.wait_for(
@@ -403,9 +382,7 @@ fn supervisor_sees_queue_and_figures_live_and_calls_back() {
         assert!(start.elapsed() < WAIT, "call-back did not end");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let _ = std::process::Command::new("pkill")
-        .args(["-f", &format!("-p {uas_port}")])
-        .status();
+    common::stop_sipp_on(uas_port);
 }
 
 /// Every route but /healthz and the login refuses a request without a
@@ -521,9 +498,20 @@ fn logins_and_roles_guard_every_route() {
     assert_eq!(server.request(&ct, "GET", "/calltaker", None).0, 200);
 
     // Cross-site requests that change something are refused.
-    let (status, _, _) = http_with_origin(&server, &sup, "http://evil.example");
+    let callback = ("POST", "/api/calls/none/callback");
+    let (status, _, _) = http_with_origin(&server, &sup, "http://evil.example", callback);
     assert_eq!(status, 403);
-    let (status, _, _) = http_with_origin(&server, &sup, &format!("http://{}", server.http));
+    // The live socket too: another port of this host is "same-site".
+    let live = ("GET", "/api/live");
+    let (status, _, _) = http_with_origin(&server, &sup, "http://127.0.0.1:9", live);
+    assert_eq!(status, 403);
+    let own = format!("http://{}", server.http);
+    let (status, _, _) = http_with_origin(&server, &sup, &own, live);
+    assert_ne!(
+        status, 403,
+        "own origin passes (to the WebSocket handshake)"
+    );
+    let (status, _, _) = http_with_origin(&server, &sup, &own, callback);
     assert_eq!(
         status, 404,
         "same origin passes to the handler (no such call)"
@@ -574,12 +562,13 @@ fn http_with_origin(
     server: &Server,
     cookie: &str,
     origin: &str,
+    (method, path): (&str, &str),
 ) -> (u16, Vec<(String, String)>, Vec<u8>) {
     common::http_request(
         server.http,
-        "POST",
-        "/api/calls/none/callback",
+        method,
+        path,
         &format!("Cookie: {cookie}\r\nOrigin: {origin}\r\n"),
-        Some("{}"),
+        (method != "GET").then_some("{}"),
     )
 }

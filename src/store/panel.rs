@@ -216,10 +216,7 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        sqlx::query("DELETE FROM sessions WHERE user_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        end_sessions(&mut tx, id).await?;
         tx.commit().await?;
         Ok(n > 0)
     }
@@ -240,10 +237,7 @@ impl Store {
             .await?
             .rows_affected();
         if disabled {
-            sqlx::query("DELETE FROM sessions WHERE user_id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            end_sessions(&mut tx, id).await?;
         }
         tx.commit().await?;
         Ok(n > 0)
@@ -650,6 +644,17 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+}
+
+async fn end_sessions(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    user_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -173,7 +173,11 @@ pub async fn require_login(
     next: Next,
 ) -> Response {
     let api = req.uri().path().starts_with("/api/");
-    if req.method() != Method::GET && req.method() != Method::HEAD && !same_origin(req.headers()) {
+    // Requests that change something, and the live socket (a WebSocket is
+    // not bound by CORS, and another port of this host is "same-site" for
+    // the cookie), must come from our own pages.
+    let changes = req.method() != Method::GET && req.method() != Method::HEAD;
+    if (changes || req.uri().path() == "/api/live") && !same_origin(req.headers()) {
         return ApiError::Forbidden.into_response();
     }
     match session_user(&state, req.headers()).await {

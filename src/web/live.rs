@@ -113,3 +113,102 @@ pub fn visible(user: &User, ev: &LiveEvent) -> bool {
         LiveEvent::Figures(_) => everything,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::live::BridgedCall;
+    use crate::store::IncidentRow;
+
+    fn user(role: Role, agent: Option<&str>, agency: Option<&str>) -> User {
+        User {
+            id: "u".into(),
+            username: "u".into(),
+            display_name: "U".into(),
+            role,
+            agency: agency.map(Into::into),
+            agent_id: agent.map(Into::into),
+        }
+    }
+
+    fn incident(agency: Option<&str>) -> IncidentRow {
+        IncidentRow {
+            id: "i".into(),
+            status: "new".into(),
+            service: "112".into(),
+            caller_number: None,
+            location_text: None,
+            latitude: None,
+            longitude: None,
+            geolocation: None,
+            prior_incidents: 0,
+            recent_incidents: 0,
+            created_at: 0,
+            category: None,
+            priority: None,
+            address: None,
+            notes: None,
+            agency: agency.map(Into::into),
+            merged_into: None,
+            updated_at: None,
+        }
+    }
+
+    #[test]
+    fn each_role_sees_its_share() {
+        let bridged = LiveEvent::CallBridged(BridgedCall {
+            call_id: "c".into(),
+            incident_id: "i".into(),
+            agent_id: "ct-01".into(),
+            caller_number: None,
+            location: None,
+            latitude: None,
+            longitude: None,
+            service: "112".into(),
+            arrived_at: 0,
+            bridged_at: 0,
+        });
+        let siti = user(Role::CallTaker, Some("ct-01"), Some("ntpd"));
+        let budi = user(Role::CallTaker, Some("ct-02"), Some("ntpd"));
+        let unbound = user(Role::CallTaker, None, None);
+        let sup = user(Role::Supervisor, None, None);
+        let damkar = user(Role::Dispatcher, Some("disp-damkar-01"), Some("damkar"));
+        assert!(visible(&siti, &bridged));
+        assert!(!visible(&budi, &bridged));
+        assert!(visible(&sup, &bridged));
+        let ended_unanswered = LiveEvent::CallEnded {
+            call_id: "c".into(),
+            incident_id: "i".into(),
+            agent_id: None,
+            cause: "caller_bye".into(),
+        };
+        assert!(
+            !visible(&unbound, &ended_unanswered),
+            "None is nobody's agent"
+        );
+
+        let fire = LiveEvent::Incident {
+            incident: incident(Some("damkar")),
+            previous_agency: None,
+        };
+        let moved_away = LiveEvent::Incident {
+            incident: incident(Some("polri")),
+            previous_agency: Some("damkar".into()),
+        };
+        let unassigned = LiveEvent::Incident {
+            incident: incident(None),
+            previous_agency: None,
+        };
+        assert!(visible(&damkar, &fire));
+        assert!(
+            visible(&damkar, &moved_away),
+            "the agency it left hears of it"
+        );
+        assert!(!visible(&damkar, &unassigned));
+        assert!(visible(&siti, &unassigned));
+        let figures = LiveEvent::Figures(Default::default());
+        assert!(visible(&sup, &figures));
+        assert!(!visible(&siti, &figures));
+        assert!(!visible(&damkar, &figures));
+    }
+}

@@ -130,6 +130,15 @@ pub async fn home(Extension(user): Extension<User>) -> Redirect {
     Redirect::to(user.role.home())
 }
 
+/// The agencies as (id, name), for a <select>.
+fn agency_choices(config: &crate::config::Config) -> Vec<(&str, &str)> {
+    config
+        .agencies
+        .iter()
+        .map(|a| (a.id.as_str(), a.name.as_str()))
+        .collect()
+}
+
 fn options(list: &[(&str, &str)], selected: Option<&str>, blank: &str) -> String {
     let mut out = format!("<option value=\"\">{}</option>", esc(blank));
     for (id, name) in list {
@@ -147,12 +156,7 @@ pub async fn calltaker(State(s): State<AppState>, Extension(user): Extension<Use
     if !user.is(&[Role::CallTaker, Role::Supervisor, Role::Admin]) {
         return forbidden(&user);
     }
-    let agencies: Vec<(&str, &str)> = s
-        .config
-        .agencies
-        .iter()
-        .map(|a| (a.id.as_str(), a.name.as_str()))
-        .collect();
+    let agencies = agency_choices(&s.config);
     let priorities: Vec<(String, &str)> = PRIORITIES
         .iter()
         .map(|(p, n)| (p.to_string(), *n))
@@ -309,18 +313,8 @@ fn date_start_ms(s: &str, offset_hours: i8) -> Option<i64> {
 /// A time as the room reads it: YYYY-MM-DD HH:MM in the center's zone.
 pub fn local_time(ms: i64, offset_hours: i8) -> String {
     let t = ms + i64::from(offset_hours) * 3_600_000;
-    let days = t.div_euclid(86_400_000);
+    let (y, m, d) = crate::call::paths::civil_date(t);
     let secs = t.rem_euclid(86_400_000) / 1000;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
     format!(
         "{y:04}-{m:02}-{d:02} {:02}:{:02}",
         secs / 3600,
@@ -379,12 +373,7 @@ pub async fn incidents(
         filter.agency = user.agency.clone().or(Some("-none-".into()));
     }
     let rows = s.store.search_incidents(&filter).await?;
-    let agencies: Vec<(&str, &str)> = s
-        .config
-        .agencies
-        .iter()
-        .map(|a| (a.id.as_str(), a.name.as_str()))
-        .collect();
+    let agencies = agency_choices(&s.config);
     let agency_filter = if user.role == Role::Dispatcher {
         String::new()
     } else {

@@ -539,6 +539,36 @@ pub fn background_call(
     })
 }
 
+/// SIPp as a phone (or another center) on `port`: answers one call and
+/// echoes the RTP it hears; runs in the background until the call ends or
+/// `limit` passes. Stop it early with `stop_sipp_on(port)`.
+pub fn sipp_echo_uas(port: u16, limit: Duration) {
+    let media = (free_udp_port() & !1).to_string();
+    let port = port.to_string();
+    let timeout = format!("{}s", limit.as_secs());
+    Command::new(sipp_bin())
+        .args(["-sn", "uas", "-i", "127.0.0.1", "-p", &port])
+        .args(["-mi", "127.0.0.1", "-mp", &media])
+        .args([
+            "-rtp_echo",
+            "-m",
+            "1",
+            "-timeout",
+            &timeout,
+            "-nostdin",
+            "-bg",
+        ])
+        .output()
+        .expect("start sipp");
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+pub fn stop_sipp_on(port: u16) {
+    let _ = Command::new("pkill")
+        .args(["-f", &format!("-p {port}")])
+        .status();
+}
+
 impl Sipp {
     /// A working folder holding the caller's tone as `caller-tone.wav`.
     pub fn new(tone_hz: f64) -> Sipp {
