@@ -95,6 +95,18 @@ pub enum LiveEvent {
         previous_agency: Option<String>,
     },
     Figures(Figures),
+    /// Where a warm transfer stands: ringing, talking, conference,
+    /// completed, or how it ended (cancelled, no_answer...).
+    Transfer {
+        call_id: String,
+        incident_id: String,
+        transfer_id: String,
+        /// The agent who had the caller (while they still do).
+        agent_id: Option<String>,
+        agency: String,
+        dispatcher: Option<String>,
+        state: String,
+    },
 }
 
 /// The hub: cheap to clone, shared by calls, the store writer and the web.

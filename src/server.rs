@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::live::Live;
 use crate::media::{ports::PortPool, prompts::Prompts, recorder::Recorder};
 use crate::sip::{RegistrationEvent, SipAddrs, SipStack};
-use crate::store::{Store, StoreWriter};
+use crate::store::{Changed, Store, StoreWriter};
 use crate::web;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -95,7 +95,21 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     first_admin(&config, &store).await;
     let writer = {
         let live = live.clone();
-        StoreWriter::spawn(store.clone(), move || live.calls_changed())
+        let store = store.clone();
+        StoreWriter::spawn(store.clone(), move |changed| match changed {
+            Changed::Calls => live.calls_changed(),
+            Changed::Incident(id) => {
+                let (live, store) = (live.clone(), store.clone());
+                tokio::spawn(async move {
+                    if let Ok(Some(incident)) = store.get_incident(&id).await {
+                        live.send(crate::live::LiveEvent::Incident {
+                            incident,
+                            previous_agency: None,
+                        });
+                    }
+                });
+            }
+        })
     };
     let acd = AcdHandle::spawn(Acd::new(
         &config.queues,
@@ -124,6 +138,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         hangup_all: CancellationToken::new(),
         tracker: TaskTracker::new(),
         live: live.clone(),
+        controls: Default::default(),
     });
     live.spawn_feeds(
         acd.clone(),
@@ -153,6 +168,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         );
     }
     let app = web::app(web::AppState {
+        controls: Some(services.controls.clone()),
         callbacks: Some(call::Callbacks::new(services.clone(), store.clone())),
         store,
         recordings_dir,

@@ -161,6 +161,7 @@ impl Callbacks {
             tokio::select! {
                 ev = leg.next_event() => match ev {
                     AgentLegEvent::Trying | AgentLegEvent::Ringing => {}
+                    AgentLegEvent::Refer { responder, .. } => responder.reject(603).await,
                     AgentLegEvent::Answered { sdp: body } => break body,
                     AgentLegEvent::Failed(f) => {
                         info!(failure = ?f, "the caller did not take the call-back");

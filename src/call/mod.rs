@@ -8,8 +8,11 @@
 mod callback;
 mod feature;
 pub mod paths;
+mod transfer;
 
 pub use callback::Callbacks;
+use transfer::Transfer;
+pub use transfer::{Control, Controls};
 
 use crate::acd::runtime::{AcdHandle, AcdNotice};
 use crate::acd::OfferFailure;
@@ -51,6 +54,8 @@ pub struct Services {
     pub tracker: TaskTracker,
     /// Tells the panel about bridged and ended calls.
     pub live: Live,
+    /// Requests from the panel to calls in progress (warm transfer).
+    pub controls: Controls,
 }
 
 /// Takes every accepted call and runs it in its own task.
@@ -280,6 +285,8 @@ impl CallerLeg {
                     AgentLegEvent::Failed(_) => {
                         return LegEvent::Ended(LegEnd::Other("dialog_closed".into()))
                     }
+                    // A called-back caller does not transfer us anywhere.
+                    AgentLegEvent::Refer { responder, .. } => responder.reject(603).await,
                     // Provisional answers and a repeated 200 change nothing.
                     AgentLegEvent::Trying
                     | AgentLegEvent::Ringing
@@ -412,6 +419,12 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
     let mut version = 1u64;
     // The agent whose phone rings for this call, or who talks with the caller.
     let mut agent: Option<AgentSide> = None;
+    // A warm transfer in progress, and how many this call has had.
+    let mut transfer: Option<Transfer> = None;
+    let mut transfers = 0u32;
+    // The transfer whose consultation the media session records now.
+    let mut consult_of: Option<String> = None;
+    let mut controls = s.controls.register(&call_id);
     let why: LegEnd = loop {
         let announce = async {
             match next_announcement {
@@ -430,7 +443,222 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                 None => std::future::pending().await,
             }
         };
+        let transfer_wake = async {
+            match transfer.as_mut() {
+                Some(Transfer {
+                    notices,
+                    dispatcher,
+                    deadline,
+                    ..
+                }) => {
+                    let talking = dispatcher.as_ref().is_some_and(|d| d.talking);
+                    let deadline = *deadline;
+                    tokio::select! {
+                        n = notices.recv() => TransferWake::Notice(n),
+                        ev = async {
+                            match dispatcher.as_mut() {
+                                Some(d) => d.leg.next_event().await,
+                                None => std::future::pending().await,
+                            }
+                        } => TransferWake::Leg(ev),
+                        _ = async {
+                            if talking {
+                                std::future::pending::<()>().await
+                            } else {
+                                tokio::time::sleep_until(deadline).await
+                            }
+                        } => TransferWake::Deadline,
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            ctl = controls.recv() => {
+                let Some(ctl) = ctl else { continue };
+                match ctl {
+                    Control::Transfer { agency, by, reply } => {
+                        let started = start_transfer(&s, &agency, agent.as_ref(), transfer.is_some(), &call_id, transfers + 1, &by).await;
+                        match started {
+                            Ok(t) => {
+                                transfers += 1;
+                                info!(%agency, by = %by, transfer = %t.id, "warm transfer: ringing the agency");
+                                s.store.send(StoreCmd::TransferStarted(Box::new(crate::store::NewTransfer {
+                                    id: t.id.clone(),
+                                    call_id: call_id.to_string(),
+                                    incident_id: incident_id.to_string(),
+                                    from_agent: agent.as_ref().map(|a| a.id.clone()),
+                                    agency: agency.clone(),
+                                    requested_by: by.clone(),
+                                    at: now_ms(),
+                                })));
+                                let _ = cmd_tx.send(MediaCommand::Hold(true));
+                                let _ = cmd_tx.send(MediaCommand::Play(s.prompts.get("transfer").into_iter().map(Segment::Audio).collect()));
+                                transfer_news(&s, &call_id, &incident_id, agent.as_ref(), &t, "ringing");
+                                transfer = Some(t);
+                                let _ = reply.send(Ok(()));
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(e));
+                            }
+                        }
+                    }
+                    Control::Conference { by, reply } => match transfer.as_mut() {
+                        Some(t) if t.talking() && agent.is_some() => {
+                            t.conference = true;
+                            let _ = cmd_tx.send(MediaCommand::Conference);
+                            info!(by = %by, "warm transfer: conference");
+                            s.store.send(StoreCmd::Event { id: call_id.clone(), at: now_ms(), kind: "conference".into(), detail: Some(format!("{} by {by}", t.agency)) });
+                            transfer_news(&s, &call_id, &incident_id, agent.as_ref(), t, "conference");
+                            let _ = reply.send(Ok(()));
+                        }
+                        _ => {
+                            let _ = reply.send(Err("no dispatcher is on the line yet".into()));
+                        }
+                    },
+                    Control::Complete { by, reply } => {
+                        if !transfer.as_ref().is_some_and(|t| t.talking()) {
+                            let _ = reply.send(Err("no dispatcher is on the line yet".into()));
+                            continue;
+                        }
+                        let t = transfer.take().expect("checked");
+                        agent = complete_transfer(&s, t, agent.take(), &call_id, &incident_id, &by, &cmd_tx).await;
+                        let _ = reply.send(Ok(()));
+                    }
+                    Control::Cancel { by, reply } => match transfer.take() {
+                        Some(t) => {
+                            give_up_transfer(&s, t, "cancelled", &by, agent.as_ref(), &call_id, &incident_id, &cmd_tx).await;
+                            if agent.is_none() {
+                                back_to_queue(&s, &call_id, &queue, &route, arrived, &notice_tx).await;
+                                next_announcement = Some(tokio::time::Instant::now());
+                            }
+                            let _ = reply.send(Ok(()));
+                        }
+                        None => {
+                            let _ = reply.send(Err("no transfer is in progress".into()));
+                        }
+                    },
+                }
+            }
+            wake = transfer_wake => {
+                let Some(t) = transfer.as_mut() else { continue };
+                match wake {
+                    TransferWake::Notice(Some(AcdNotice::Offer { agent: id })) => {
+                        match ring(&s, RingTarget::Agent(&id), caller_number.as_deref(), &incident_id, negotiated.law) {
+                            Ok(side) => {
+                                t.dispatcher = Some(AgentSide { queue: t.queue.clone(), ..side });
+                                transfer_news(&s, &call_id, &incident_id, agent.as_ref(), t, "ringing");
+                            }
+                            Err(why) => {
+                                warn!(dispatcher = %id, reason = why, "cannot ring the dispatcher");
+                                s.acd.offer_failed(t.acd_id.clone(), id, OfferFailure::Unreachable);
+                            }
+                        }
+                    }
+                    TransferWake::Notice(Some(AcdNotice::RingTimeout { agent: id })) => {
+                        if let Some(d) = t.dispatcher.take_if(|d| d.id == id && !d.talking) {
+                            info!(dispatcher = %id, "dispatcher did not answer in time; trying the next");
+                            d.leg.end().await;
+                        }
+                    }
+                    TransferWake::Notice(_) => {}
+                    TransferWake::Leg(AgentLegEvent::Answered { sdp: body }) => {
+                        let Some(d) = t.dispatcher.as_mut() else { continue };
+                        let Some(rtp) = d.rtp.take() else { continue };
+                        match sdp::parse(&body).and_then(|r| sdp::negotiate(&r).map(|n| (r.addr, n))) {
+                            Ok((remote, n)) => {
+                                info!(dispatcher = %d.id, "warm transfer: the dispatcher answered");
+                                s.acd.answered(t.acd_id.clone(), d.id.clone());
+                                d.talking = true;
+                                d.codec = Some(n);
+                                let params = MediaParams {
+                                    law: n.law,
+                                    pt: n.pt,
+                                    dtmf_pt: n.dtmf_pt,
+                                    remote,
+                                    rtp_timeout: s.config.server.media.rtp_timeout,
+                                };
+                                let (recording, error) = if agent.is_some() {
+                                    let path = s
+                                        .config
+                                        .resolve(&s.config.server.media.recordings_dir)
+                                        .join(paths::transfer_recording_path(arrived_ms, &call_id, t.seq));
+                                    match s.recorder.open(&path) {
+                                        Ok(r) => (Some(r), None),
+                                        Err(e) => {
+                                            error!(error = %e, "the consultation could not be recorded; it goes on");
+                                            (None, Some(e.to_string()))
+                                        }
+                                    }
+                                } else {
+                                    (None, None)
+                                };
+                                s.store.send(StoreCmd::TransferAnswered {
+                                    id: t.id.clone(),
+                                    agent: d.id.clone(),
+                                    at: now_ms(),
+                                    recording_path: recording.as_ref().map(|r| r.path().display().to_string()),
+                                    recording_error: error,
+                                });
+                                if agent.is_some() {
+                                    consult_of = recording.as_ref().map(|_| t.id.clone());
+                                    let _ = cmd_tx.send(MediaCommand::Consult { rtp, params, recording });
+                                    transfer_news(&s, &call_id, &incident_id, agent.as_ref(), t, "talking");
+                                } else {
+                                    // The agent left while it rang: a blind transfer.
+                                    let _ = cmd_tx.send(MediaCommand::Bridge { rtp, params });
+                                    let t = transfer.take().expect("present");
+                                    let by = t.by.clone();
+                                    agent = complete_transfer(&s, t, None, &call_id, &incident_id, &by, &cmd_tx).await;
+                                }
+                            }
+                            Err(e) => {
+                                warn!(dispatcher = %d.id, error = %e, "the dispatcher answered with no usable SDP");
+                                d.leg.end().await;
+                                s.acd.offer_failed(t.acd_id.clone(), d.id.clone(), OfferFailure::Unreachable);
+                                t.dispatcher = None;
+                            }
+                        }
+                    }
+                    TransferWake::Leg(AgentLegEvent::Failed(f)) => {
+                        if let Some(d) = t.dispatcher.take() {
+                            info!(dispatcher = %d.id, failure = ?f, "the dispatcher did not take the transfer");
+                            let why = match f {
+                                AgentFailure::NoAnswer => OfferFailure::NoAnswer,
+                                AgentFailure::Declined => OfferFailure::Declined,
+                                AgentFailure::Unreachable => OfferFailure::Unreachable,
+                            };
+                            s.acd.offer_failed(t.acd_id.clone(), d.id, why);
+                        }
+                    }
+                    TransferWake::Leg(AgentLegEvent::ReOffer { sdp: offer, responder }) => {
+                        if let Some(d) = t.dispatcher.as_mut() {
+                            responder.ok_with_sdp(reanswer(d, offer.as_deref())).await;
+                        }
+                    }
+                    TransferWake::Leg(AgentLegEvent::Ended) => {
+                        info!("the dispatcher hung up; the agent has the caller again");
+                        let t = transfer.take().expect("present");
+                        give_up_transfer(&s, t, "dispatcher_hung_up", "system", agent.as_ref(), &call_id, &incident_id, &cmd_tx).await;
+                        if agent.is_none() {
+                            back_to_queue(&s, &call_id, &queue, &route, arrived, &notice_tx).await;
+                            next_announcement = Some(tokio::time::Instant::now());
+                        }
+                    }
+                    TransferWake::Leg(AgentLegEvent::Trying | AgentLegEvent::Ringing) => {}
+                    // The dispatcher's phone does not transfer a call it consults on.
+                    TransferWake::Leg(AgentLegEvent::Refer { responder, .. }) => responder.reject(603).await,
+                    TransferWake::Deadline => {
+                        warn!(agency = %t.agency, "no dispatcher answered in time; the agent has the caller again");
+                        let t = transfer.take().expect("present");
+                        give_up_transfer(&s, t, "no_answer", "system", agent.as_ref(), &call_id, &incident_id, &cmd_tx).await;
+                        if agent.is_none() {
+                            back_to_queue(&s, &call_id, &queue, &route, arrived, &notice_tx).await;
+                            next_announcement = Some(tokio::time::Instant::now());
+                        }
+                    }
+                }
+            }
             ev = leg.next_event() => match ev {
                 LegEvent::Confirmed { .. } => {}
                 LegEvent::ReOffer { sdp: offer, responder } => {
@@ -532,6 +760,79 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                         };
                         responder.ok_with_sdp(answer).await;
                     }
+                    AgentLegEvent::Refer { target, replaces, responder } => {
+                        // A blind transfer from the phone (REFER to an
+                        // agency's id): accepted, the phone is released
+                        // at once, the caller waits on hold for the agency.
+                        let agency = refer_agency(&s.config, &target);
+                        let (Some(agency), None) = (agency, replaces.as_ref()) else {
+                            warn!(%target, attended = replaces.is_some(), "transfer request refused");
+                            // Attended transfer (Replaces) is not taken yet;
+                            // an unknown target is no agency.
+                            responder.reject(if replaces.is_some() { 501 } else { 404 }).await;
+                            continue;
+                        };
+                        let by = a.id.clone();
+                        match start_transfer(&s, &agency, Some(&*a), transfer.is_some(), &call_id, transfers + 1, &by).await {
+                            Ok(t) => {
+                                responder.accept().await;
+                                transfers += 1;
+                                info!(%agency, agent = %by, "blind transfer from the phone");
+                                s.store.send(StoreCmd::TransferStarted(Box::new(crate::store::NewTransfer {
+                                    id: t.id.clone(),
+                                    call_id: call_id.to_string(),
+                                    incident_id: incident_id.to_string(),
+                                    from_agent: Some(by.clone()),
+                                    agency: agency.clone(),
+                                    requested_by: by.clone(),
+                                    at: now_ms(),
+                                })));
+                                s.store.send(StoreCmd::AssignAgency {
+                                    incident_id: incident_id.to_string(),
+                                    agency: agency.clone(),
+                                    actor: by.clone(),
+                                    at: now_ms(),
+                                });
+                                let _ = cmd_tx.send(MediaCommand::Unbridge);
+                                let _ = cmd_tx.send(MediaCommand::Play(s.prompts.get("transfer").into_iter().map(Segment::Audio).collect()));
+                                a.leg.notify_transfer(200, "OK", true).await;
+                                let gone = agent.take().expect("present");
+                                gone.leg.end().await;
+                                s.acd.call_ended(gone.id.clone(), gone.queue.clone());
+                                s.live.send(LiveEvent::CallEnded {
+                                    call_id: call_id.to_string(),
+                                    incident_id: incident_id.to_string(),
+                                    agent_id: Some(gone.id.clone()),
+                                    cause: "transferred".into(),
+                                });
+                                transfer_news(&s, &call_id, &incident_id, None, &t, "ringing");
+                                transfer = Some(t);
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "transfer request refused");
+                                responder.reject(603).await;
+                            }
+                        }
+                    }
+                    AgentLegEvent::Ended if transfer.is_some() => {
+                        let t = transfer.take().expect("checked");
+                        let gone = agent.take().expect("present");
+                        if t.talking() {
+                            info!(agent = %gone.id, "the agent hung up during the consultation: transfer completed");
+                            agent = complete_transfer(&s, t, Some(gone), &call_id, &incident_id, "system", &cmd_tx).await;
+                        } else {
+                            info!(agent = %gone.id, "the agent left while the dispatcher rings: blind transfer");
+                            s.acd.call_ended(gone.id.clone(), gone.queue.clone());
+                            s.live.send(LiveEvent::CallEnded {
+                                call_id: call_id.to_string(),
+                                incident_id: incident_id.to_string(),
+                                agent_id: Some(gone.id.clone()),
+                                cause: "transferred".into(),
+                            });
+                            let _ = cmd_tx.send(MediaCommand::Unbridge);
+                            transfer = Some(t);
+                        }
+                    }
                     AgentLegEvent::Ended => {
                         info!(agent = %a.id, "the other side hung up; ending the call");
                         leg.hangup().await;
@@ -555,6 +856,11 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                     warn!("no RTP from the caller; ending the call");
                     leg.hangup().await;
                     break LegEnd::Other("rtp_timeout".into());
+                }
+                Some(MediaEvent::ConsultClosed(rec)) => {
+                    if let (Some(rec), Some(id)) = (rec, consult_of.take()) {
+                        close_consult(&s, id, rec);
+                    }
                 }
                 None => break LegEnd::Other("media_failed".into()),
             },
@@ -594,7 +900,7 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                 }
                 Some(AcdNotice::Offer { agent: id }) => {
                     match ring(&s, RingTarget::Agent(&id), caller_number.as_deref(), &incident_id, negotiated.law) {
-                        Ok(side) => agent = Some(side),
+                        Ok(side) => agent = Some(AgentSide { queue: queue.clone(), ..side }),
                         Err(why) => {
                             warn!(agent = %id, reason = why, "cannot ring the agent");
                             s.acd.offer_failed(call_id.clone(), id, OfferFailure::Unreachable);
@@ -635,6 +941,25 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
     };
     info!(cause = why.cause(), "call ended");
 
+    s.controls.remove(&call_id);
+    if let Some(t) = transfer.take() {
+        let outcome = match &why {
+            LegEnd::RemoteBye | LegEnd::Cancelled => "caller_hung_up",
+            other => other.cause(),
+        };
+        let outcome = outcome.to_string();
+        give_up_transfer(
+            &s,
+            t,
+            &outcome,
+            "system",
+            agent.as_ref(),
+            &call_id,
+            &incident_id,
+            &cmd_tx,
+        )
+        .await;
+    }
     s.acd.leave(call_id.clone());
     s.live.send(LiveEvent::CallEnded {
         call_id: call_id.to_string(),
@@ -651,7 +976,7 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
             a.leg.end().await;
         }
         if a.talking && a.external.is_none() {
-            s.acd.call_ended(a.id.clone(), queue.clone());
+            s.acd.call_ended(a.id.clone(), a.queue.clone());
         }
     }
     let _ = cmd_tx.send(MediaCommand::Stop);
@@ -659,13 +984,25 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
         .unwrap_or_else(Instant::now)
         .duration_since(arrived);
     end(why.cause(), Some(waited.as_millis() as i64));
-    let (_stats, recording) = match media.await {
+    let finished = match media.await {
         Ok(x) => x,
         Err(e) => {
             error!(error = %e, "media task failed");
             return;
         }
     };
+    let recording = finished.recording;
+    // A consultation still recording at the end, or whose close was not
+    // read before the end.
+    while let Ok(ev) = media_events.try_recv() {
+        if let (MediaEvent::ConsultClosed(Some(rec)), Some(id)) = (ev, consult_of.clone()) {
+            consult_of = None;
+            close_consult(&s, id, rec);
+        }
+    }
+    if let (Some(rec), Some(id)) = (finished.consult, consult_of.take()) {
+        close_consult(&s, id, rec);
+    }
     if let Some(rec) = recording {
         let (sha256, error) = match rec.close().await {
             Ok(closed) => {
@@ -690,9 +1027,11 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
 }
 
 /// The agent side of a call: the leg to their phone and its media port.
-struct AgentSide {
+pub(crate) struct AgentSide {
     /// The agent, or the SIP target of an overflow.
     id: String,
+    /// The ACD queue this agent took the call from (for their wrap-up).
+    queue: String,
     /// For an overflow to another center: the queue the caller left, to go
     /// back to if the target fails, and when to give up on it.
     external: Option<(String, tokio::time::Instant)>,
@@ -814,6 +1153,7 @@ fn ring(
     };
     Ok(AgentSide {
         id: id.to_string(),
+        queue: String::new(),
         external,
         started,
         leg: leg.map_err(|_| "INVITE failed")?,
@@ -824,6 +1164,255 @@ fn ring(
         version: 1,
         talking: false,
     })
+}
+
+/// The agency a REFER's target names: its user part is an agency's id.
+fn refer_agency(config: &Config, target: &str) -> Option<String> {
+    let user = target
+        .strip_prefix("sip:")
+        .or_else(|| target.strip_prefix("sips:"))?
+        .split(['@', ';'])
+        .next()?;
+    config
+        .agencies
+        .iter()
+        .find(|a| a.id == user && a.queue.is_some())
+        .map(|a| a.id.clone())
+}
+
+/// What woke the call about its transfer.
+enum TransferWake {
+    Notice(Option<AcdNotice>),
+    Leg(AgentLegEvent),
+    Deadline,
+}
+
+/// Checks a transfer request and puts it in the agency's queue.
+async fn start_transfer(
+    s: &Services,
+    agency: &str,
+    agent: Option<&AgentSide>,
+    busy: bool,
+    call_id: &CallId,
+    seq: u32,
+    by: &str,
+) -> Result<Transfer, String> {
+    let talking = agent.is_some_and(|a| a.talking && a.external.is_none());
+    if !talking {
+        return Err("the call is not with an agent".into());
+    }
+    if busy {
+        return Err("a transfer is in progress already".into());
+    }
+    let config = s
+        .config
+        .agencies
+        .iter()
+        .find(|a| a.id == agency)
+        .ok_or_else(|| format!("no agency `{agency}`"))?;
+    let queue = config
+        .queue
+        .clone()
+        .ok_or_else(|| format!("agency `{agency}` has no dispatcher queue"))?;
+    let acd_id = CallId(format!("{call_id}~t{seq}"));
+    let (tx, notices) = mpsc::unbounded_channel();
+    s.acd
+        .enqueue(
+            acd_id.clone(),
+            queue.clone(),
+            Default::default(),
+            Instant::now(),
+            tx,
+        )
+        .await
+        .ok_or_else(|| format!("the queue `{queue}` refused the transfer"))?;
+    Ok(Transfer {
+        id: uuid::Uuid::new_v4().to_string(),
+        seq,
+        agency: agency.to_string(),
+        queue,
+        acd_id,
+        notices,
+        deadline: tokio::time::Instant::now() + config.transfer_timeout,
+        dispatcher: None,
+        conference: false,
+        by: by.to_string(),
+    })
+}
+
+/// The dispatcher takes the caller; the agent (if still there) is freed
+/// to wrap up. Returns the new agent side: the dispatcher.
+async fn complete_transfer(
+    s: &Services,
+    mut t: Transfer,
+    agent: Option<AgentSide>,
+    call_id: &CallId,
+    incident_id: &IncidentId,
+    by: &str,
+    media: &mpsc::UnboundedSender<MediaCommand>,
+) -> Option<AgentSide> {
+    let d = t.dispatcher.take()?;
+    if let Some(a) = agent {
+        let _ = media.send(MediaCommand::Complete);
+        a.leg.end().await;
+        s.acd.call_ended(a.id.clone(), a.queue.clone());
+        s.live.send(LiveEvent::CallEnded {
+            call_id: call_id.to_string(),
+            incident_id: incident_id.to_string(),
+            agent_id: Some(a.id.clone()),
+            cause: "transferred".into(),
+        });
+    }
+    let outcome = if t.conference {
+        "conference_completed"
+    } else {
+        "completed"
+    };
+    info!(dispatcher = %d.id, outcome, "warm transfer completed");
+    s.store.send(StoreCmd::TransferEnded {
+        id: t.id.clone(),
+        at: now_ms(),
+        outcome: outcome.into(),
+        actor: by.into(),
+    });
+    t.dispatcher = Some(d);
+    transfer_news(s, call_id, incident_id, None, &t, "completed");
+    let d = t.dispatcher.take()?;
+    s.live.send(LiveEvent::CallBridged(BridgedCall {
+        call_id: call_id.to_string(),
+        incident_id: incident_id.to_string(),
+        agent_id: d.id.clone(),
+        caller_number: None,
+        location: None,
+        latitude: None,
+        longitude: None,
+        service: String::new(),
+        arrived_at: now_ms(),
+        bridged_at: now_ms(),
+    }));
+    Some(d)
+}
+
+/// Ends a transfer that did not complete: the dispatcher's leg (ringing or
+/// answered) goes, and the agent has the caller again.
+#[allow(clippy::too_many_arguments)]
+async fn give_up_transfer(
+    s: &Services,
+    mut t: Transfer,
+    outcome: &str,
+    by: &str,
+    agent: Option<&AgentSide>,
+    call_id: &CallId,
+    incident_id: &IncidentId,
+    media: &mpsc::UnboundedSender<MediaCommand>,
+) {
+    let talking = t.talking();
+    if let Some(d) = t.dispatcher.take() {
+        d.leg.end().await;
+        if d.talking {
+            s.acd.call_ended(d.id.clone(), t.queue.clone());
+        }
+    }
+    s.acd.leave(t.acd_id.clone());
+    if talking {
+        let _ = media.send(MediaCommand::EndConsult);
+    } else {
+        let _ = media.send(MediaCommand::Clear);
+        let _ = media.send(MediaCommand::Hold(false));
+    }
+    info!(outcome, "warm transfer ended without completing");
+    s.store.send(StoreCmd::TransferEnded {
+        id: t.id.clone(),
+        at: now_ms(),
+        outcome: outcome.into(),
+        actor: by.into(),
+    });
+    transfer_news(s, call_id, incident_id, agent, &t, outcome);
+}
+
+/// The caller lost their agent during a transfer that then failed: back
+/// to the queue, with their place.
+async fn back_to_queue(
+    s: &Services,
+    call_id: &CallId,
+    queue: &str,
+    route: &crate::config::Route,
+    arrived: Instant,
+    notices: &mpsc::UnboundedSender<AcdNotice>,
+) {
+    warn!("the transfer failed and the agent is gone: the caller waits in the queue again");
+    let _ = s
+        .acd
+        .enqueue(
+            call_id.clone(),
+            queue.to_string(),
+            route.require.clone(),
+            arrived,
+            notices.clone(),
+        )
+        .await;
+}
+
+/// Tells the panel where a transfer stands.
+fn transfer_news(
+    s: &Services,
+    call_id: &CallId,
+    incident_id: &IncidentId,
+    agent: Option<&AgentSide>,
+    t: &Transfer,
+    state: &str,
+) {
+    s.live.send(LiveEvent::Transfer {
+        call_id: call_id.to_string(),
+        incident_id: incident_id.to_string(),
+        transfer_id: t.id.clone(),
+        agent_id: agent.map(|a| a.id.clone()),
+        agency: t.agency.clone(),
+        dispatcher: t.dispatcher.as_ref().map(|d| d.id.clone()),
+        state: state.to_string(),
+    });
+}
+
+/// Answers a re-INVITE from an agent-side phone, keeping what was
+/// negotiated.
+fn reanswer(a: &mut AgentSide, offer: Option<&[u8]>) -> String {
+    let dir = offer
+        .and_then(|b| sdp::parse(b).ok())
+        .map(|r| r.direction)
+        .unwrap_or(sdp::Direction::SendRecv);
+    a.version += 1;
+    let again = LocalAudio {
+        version: a.version,
+        ..a.local
+    };
+    let direction = sdp::answer_direction(dir);
+    match &a.codec {
+        Some(n) => sdp::answer(&again, n, direction),
+        None => sdp::offer_preferring(&again, a.law, direction),
+    }
+}
+
+/// Closes a consultation's recording and stores its checksum, off the call.
+fn close_consult(s: &Arc<Services>, transfer: String, rec: crate::media::recorder::Recording) {
+    let store = s.store.clone();
+    tokio::spawn(async move {
+        let (sha256, error) = match rec.close().await {
+            Ok(closed) => {
+                let p = closed.path.clone();
+                match tokio::task::spawn_blocking(move || sha256_file(&p)).await {
+                    Ok(Ok(sum)) => (Some(sum), None),
+                    Ok(Err(e)) => (None, Some(e.to_string())),
+                    Err(e) => (None, Some(e.to_string())),
+                }
+            }
+            Err(e) => (None, Some(e.to_string())),
+        };
+        store.send(StoreCmd::TransferRecording {
+            id: transfer,
+            sha256,
+            error,
+        });
+    });
 }
 
 fn prompt_interval(config: &Config, queue: &str) -> Duration {

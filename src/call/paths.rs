@@ -25,6 +25,12 @@ pub fn recording_path(arrived_ms: i64, call: &CallId) -> PathBuf {
     PathBuf::from(format!("{y:04}/{m:02}/{d:02}/{call}.wav"))
 }
 
+/// A warm transfer's consultation, beside the call's own recording.
+pub fn transfer_recording_path(arrived_ms: i64, call: &CallId, seq: u32) -> PathBuf {
+    let (y, m, d) = civil_date(arrived_ms);
+    PathBuf::from(format!("{y:04}/{m:02}/{d:02}/{call}-transfer-{seq}.wav"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

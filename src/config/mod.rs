@@ -185,6 +185,19 @@ pub struct AgencyConfig {
     pub id: String,
     /// As the panel shows it.
     pub name: String,
+    /// The queue of its dispatchers: warm transfers to this agency ring
+    /// there. Without one, incidents can be assigned to the agency but
+    /// calls cannot be transferred to it.
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// How long a transfer may ring its dispatchers before the call-taker
+    /// is told and gets the caller back.
+    #[serde(default = "default_transfer_timeout", with = "humantime_serde")]
+    pub transfer_timeout: Duration,
+}
+
+fn default_transfer_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// `sip-config/queues.toml`.
@@ -402,7 +415,7 @@ impl Config {
 
         let dialplan = Dialplan::load_dir(&root.join("dialplans"), &queues)?;
         let agents = load_agents(&root.join("sip-config/agents.toml"))?;
-        let agencies = load_agencies(&root.join("sip-config/agencies.toml"), &agents)?;
+        let agencies = load_agencies(&root.join("sip-config/agencies.toml"), &agents, &queues)?;
         Ok(Config {
             server,
             queues,
@@ -435,6 +448,7 @@ impl Config {
 fn load_agencies(
     path: &Path,
     agents: &BTreeMap<String, AgentConfig>,
+    queues: &BTreeMap<String, QueueConfig>,
 ) -> Result<Vec<AgencyConfig>, ConfigError> {
     if !path.exists() {
         let ids: std::collections::BTreeSet<_> = agents.values().map(|a| &a.agency).collect();
@@ -443,6 +457,8 @@ fn load_agencies(
             .map(|id| AgencyConfig {
                 id: id.clone(),
                 name: id.clone(),
+                queue: None,
+                transfer_timeout: default_transfer_timeout(),
             })
             .collect());
     }
@@ -465,6 +481,13 @@ fn load_agencies(
                 path,
                 format!("agency[{i}].id"),
                 format!("agency `{}` is defined twice", a.id),
+            ));
+        }
+        if let Some(q) = a.queue.as_ref().filter(|q| !queues.contains_key(*q)) {
+            return Err(ConfigError::invalid(
+                path,
+                format!("agency[{i}].queue"),
+                format!("expected a queue of sip-config/queues.toml, found `{q}`"),
             ));
         }
     }

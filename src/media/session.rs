@@ -1,9 +1,21 @@
-//! One call leg's media: symmetric RTP on a pooled port, paced every 20 ms.
+//! One call's media: the caller's leg, and up to two agent legs (the agent
+//! talking with the caller, and during a warm transfer the dispatcher),
+//! each symmetric RTP on a pooled port.
 //!
-//! Each tick sends one frame of what the player (prompts, hold music) has,
-//! takes one frame of what the caller sent, and hands both to the recorder
-//! as a time-aligned stereo frame. Per packet nothing is allocated but the
-//! recorder frame, and nothing waits on the disk or the database.
+//! Every 20 ms tick takes one frame of what the caller sent and one of what
+//! the caller heard, and hands both to the recorder as a time-aligned
+//! stereo frame. What the caller hears depends on the mode:
+//!
+//! - prompts (no agent, or the agent holds): the player's frame, paced;
+//! - talk: the agent's packets, forwarded as they arrive (no transcoding
+//!   when both legs use the same law);
+//! - consult: the caller hears the player while the agent and the
+//!   dispatcher talk privately (forwarded as they arrive); their two
+//!   voices go to a second recording, the consultation's;
+//! - conference: all three mixed per tick, each hearing the other two.
+//!
+//! Per packet nothing is allocated but the recorder frames, and nothing
+//! waits on the disk or the database.
 
 use super::g711::Law;
 use super::ports::RtpSocket;
@@ -49,6 +61,19 @@ pub enum MediaCommand {
     Unbridge,
     /// The agent put the caller on hold (true) or took them off (false).
     Hold(bool),
+    /// A dispatcher answered a warm transfer: the caller hears the player
+    /// while agent and dispatcher talk; `recording` takes their voices.
+    Consult {
+        rtp: RtpSocket,
+        params: MediaParams,
+        recording: Option<Recording>,
+    },
+    /// All three hear each other.
+    Conference,
+    /// The dispatcher takes the agent's place (the agent's leg is gone).
+    Complete,
+    /// The dispatcher's leg is gone: the agent talks with the caller again.
+    EndConsult,
     Stop,
 }
 
@@ -61,6 +86,10 @@ impl std::fmt::Debug for MediaCommand {
             MediaCommand::Bridge { .. } => "Bridge",
             MediaCommand::Unbridge => "Unbridge",
             MediaCommand::Hold(_) => "Hold",
+            MediaCommand::Consult { .. } => "Consult",
+            MediaCommand::Conference => "Conference",
+            MediaCommand::Complete => "Complete",
+            MediaCommand::EndConsult => "EndConsult",
             MediaCommand::Stop => "Stop",
         };
         f.write_str(name)
@@ -73,7 +102,91 @@ struct AgentSide {
     params: MediaParams,
     remote: Option<SocketAddr>,
     header: Header,
+    /// What this leg sent, decoded, waiting for the next tick.
     heard: VecDeque<i16>,
+}
+
+impl AgentSide {
+    fn new(rtp: RtpSocket, params: MediaParams) -> AgentSide {
+        AgentSide {
+            remote: params.remote,
+            header: new_header(params.pt),
+            params,
+            rtp,
+            heard: VecDeque::with_capacity(MAX_BUFFERED + FRAME_SAMPLES),
+        }
+    }
+
+    fn keep(&mut self, samples: &[i16]) {
+        keep(&mut self.heard, samples);
+    }
+
+    fn take_frame(&mut self) -> [i16; FRAME_SAMPLES] {
+        take_frame(&mut self.heard)
+    }
+}
+
+/// Buffers decoded audio for the next tick, keeping at most MAX_BUFFERED.
+fn keep(q: &mut VecDeque<i16>, samples: &[i16]) {
+    q.extend(samples);
+    if q.len() > MAX_BUFFERED {
+        let excess = q.len() - MAX_BUFFERED;
+        q.drain(..excess);
+    }
+}
+
+/// One tick's frame from a buffer; silence where it runs short.
+fn take_frame(q: &mut VecDeque<i16>) -> [i16; FRAME_SAMPLES] {
+    let mut f = [0i16; FRAME_SAMPLES];
+    let n = q.len().min(FRAME_SAMPLES);
+    for (dst, src) in f.iter_mut().zip(q.drain(..n)) {
+        *dst = src;
+    }
+    f
+}
+
+fn mix(a: &[i16; FRAME_SAMPLES], b: &[i16; FRAME_SAMPLES]) -> [i16; FRAME_SAMPLES] {
+    let mut out = [0i16; FRAME_SAMPLES];
+    for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
+        *o = x.saturating_add(*y);
+    }
+    out
+}
+
+/// What the caller hears now, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Prompts,
+    Talk,
+    Consult,
+    Conference,
+}
+
+/// Sends one paced frame of audio on a leg, encoded in its law.
+async fn send_frame(
+    socket: &RtpSocket,
+    to: Option<SocketAddr>,
+    header: &mut Header,
+    law: Law,
+    samples: &[i16; FRAME_SAMPLES],
+    buf: &mut [u8],
+) -> bool {
+    let hl = header.marshal_size();
+    law.encode_into(samples, &mut buf[hl..hl + FRAME_SAMPLES]);
+    let mut sent = false;
+    if let Some(to) = to {
+        if header.marshal_to(&mut buf[..hl]).is_ok() {
+            sent = socket
+                .socket
+                .send_to(&buf[..hl + FRAME_SAMPLES], to)
+                .await
+                .is_ok();
+        }
+    }
+    header.marker = false;
+    header.sequence_number = header.sequence_number.wrapping_add(1);
+    header.timestamp = header.timestamp.wrapping_add(FRAME_SAMPLES as u32);
+    sent
 }
 
 /// Sends `samples` (decoded audio) or `raw` (already in `law`) as one RTP
@@ -133,7 +246,7 @@ fn parse(buf: &[u8]) -> Option<(Header, &[u8])> {
     Some((h, payload))
 }
 
-async fn recv_agent(
+async fn recv_leg(
     agent: &Option<AgentSide>,
     buf: &mut [u8],
 ) -> std::io::Result<(usize, SocketAddr)> {
@@ -143,12 +256,13 @@ async fn recv_agent(
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MediaEvent {
     /// The queued segments finished playing.
     Drained,
     /// No RTP from the caller for `rtp_timeout`.
     RtpTimeout,
+    /// A consultation ended (completed or not): its recording, to close.
+    ConsultClosed(Option<Recording>),
 }
 
 /// What a finished session reports.
@@ -159,13 +273,21 @@ pub struct MediaStats {
     pub bad_packets: u64,
 }
 
+/// What a session hands back when it stops.
+pub struct Finished {
+    pub stats: MediaStats,
+    pub recording: Option<Recording>,
+    /// A consultation's recording still open at the stop.
+    pub consult: Option<Recording>,
+}
+
 pub async fn run(
     rtp: RtpSocket,
     params: MediaParams,
     recording: Option<Recording>,
     mut commands: mpsc::UnboundedReceiver<MediaCommand>,
     events: mpsc::UnboundedSender<MediaEvent>,
-) -> (MediaStats, Option<Recording>) {
+) -> Finished {
     let mut stats = MediaStats::default();
     let mut player = Player::default();
     let mut remote = params.remote;
@@ -176,68 +298,96 @@ pub async fn run(
     let mut fwd_buf = vec![0u8; 2048];
     let mut in_buf = vec![0u8; 2048];
     let mut agent_buf = vec![0u8; 2048];
+    let mut second_buf = vec![0u8; 2048];
     let mut decoded = [0i16; 2048];
     let mut frame = [0i16; FRAME_SAMPLES];
     let mut last_rx = Instant::now();
     let mut timed_out = false;
     let mut agent: Option<AgentSide> = None;
+    // The dispatcher of a warm transfer, and the consultation's recording.
+    let mut second: Option<AgentSide> = None;
+    let mut consult_rec: Option<Recording> = None;
+    let mut conference = false;
     let mut held = false;
 
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
 
     loop {
-        let relaying = agent.is_some() && !held;
+        let mode = match (&agent, &second) {
+            (None, _) => Mode::Prompts,
+            (Some(_), None) if held => Mode::Prompts,
+            (Some(_), None) => Mode::Talk,
+            (Some(_), Some(_)) if conference => Mode::Conference,
+            (Some(_), Some(_)) => Mode::Consult,
+        };
         tokio::select! {
             _ = tick.tick() => {
+                let left = take_frame(&mut heard);
                 let mut right = [0i16; FRAME_SAMPLES];
-                if relaying {
-                    // The agent's audio went out as it came; record it.
-                    if let Some(a) = agent.as_mut() {
-                        let n = a.heard.len().min(FRAME_SAMPLES);
-                        for (dst, src) in right.iter_mut().zip(a.heard.drain(..n)) {
-                            *dst = src;
+                match mode {
+                    Mode::Talk => {
+                        // The agent's audio went out as it came; record it.
+                        if let Some(a) = agent.as_mut() {
+                            right = a.take_frame();
                         }
                     }
-                } else {
-                    let busy_before = player.busy();
-                    player.next_frame(&mut frame);
-                    {
-                        let payload = &mut out_buf[header_len..header_len + FRAME_SAMPLES];
-                        params.law.encode_into(&frame, payload);
-                        // Record exactly what went on the wire.
-                        params.law.decode_into(payload, &mut right);
-                    }
-                    if let Some(to) = remote {
-                        if header.marshal_to(&mut out_buf[..header_len]).is_ok() {
-                            match rtp.socket.send_to(&out_buf[..header_len + FRAME_SAMPLES], to).await {
-                                Ok(_) => stats.packets_out += 1,
-                                Err(e) => debug!(error = %e, "rtp send failed"),
+                    Mode::Conference => {
+                        if let (Some(a), Some(b)) = (agent.as_mut(), second.as_mut()) {
+                            let fa = a.take_frame();
+                            let fb = b.take_frame();
+                            right = mix(&fa, &fb);
+                            if send_frame(&rtp, remote, &mut header, params.law, &right, &mut fwd_buf).await {
+                                stats.packets_out += 1;
+                            }
+                            send_frame(&a.rtp, a.remote, &mut a.header, a.params.law, &mix(&left, &fb), &mut fwd_buf).await;
+                            send_frame(&b.rtp, b.remote, &mut b.header, b.params.law, &mix(&left, &fa), &mut fwd_buf).await;
+                            if let Some(rec) = &consult_rec {
+                                rec.write(Box::new((fa, fb)));
                             }
                         }
                     }
-                    header.marker = false;
-                    header.sequence_number = header.sequence_number.wrapping_add(1);
-                    header.timestamp = header.timestamp.wrapping_add(FRAME_SAMPLES as u32);
-                    // The frame that played the last queued audio just went out.
-                    if busy_before && !player.busy() {
-                        let _ = events.send(MediaEvent::Drained);
-                    }
-                    if let Some(a) = agent.as_mut() {
-                        // On hold: what the agent says is not recorded as
-                        // heard by the caller.
-                        a.heard.clear();
+                    Mode::Prompts | Mode::Consult => {
+                        let busy_before = player.busy();
+                        player.next_frame(&mut frame);
+                        {
+                            let payload = &mut out_buf[header_len..header_len + FRAME_SAMPLES];
+                            params.law.encode_into(&frame, payload);
+                            // Record exactly what went on the wire.
+                            params.law.decode_into(payload, &mut right);
+                        }
+                        if let Some(to) = remote {
+                            if header.marshal_to(&mut out_buf[..header_len]).is_ok() {
+                                match rtp.socket.send_to(&out_buf[..header_len + FRAME_SAMPLES], to).await {
+                                    Ok(_) => stats.packets_out += 1,
+                                    Err(e) => debug!(error = %e, "rtp send failed"),
+                                }
+                            }
+                        }
+                        header.marker = false;
+                        header.sequence_number = header.sequence_number.wrapping_add(1);
+                        header.timestamp = header.timestamp.wrapping_add(FRAME_SAMPLES as u32);
+                        // The frame that played the last queued audio just went out.
+                        if busy_before && !player.busy() {
+                            let _ = events.send(MediaEvent::Drained);
+                        }
+                        if mode == Mode::Consult {
+                            // Agent and dispatcher, as they were relayed.
+                            if let (Some(a), Some(b)) = (agent.as_mut(), second.as_mut()) {
+                                let pair = Box::new((a.take_frame(), b.take_frame()));
+                                if let Some(rec) = &consult_rec {
+                                    rec.write(pair);
+                                }
+                            }
+                        } else if let Some(a) = agent.as_mut() {
+                            // On hold: what the agent says is not recorded as
+                            // heard by the caller.
+                            a.heard.clear();
+                        }
                     }
                 }
-                let n = heard.len().min(FRAME_SAMPLES);
                 if let Some(rec) = &recording {
-                    let mut f = Box::new(([0i16; FRAME_SAMPLES], right));
-                    for (dst, src) in f.0.iter_mut().zip(heard.drain(..n)) {
-                        *dst = src;
-                    }
-                    rec.write(f);
-                } else {
-                    heard.drain(..n);
+                    rec.write(Box::new((left, right)));
                 }
 
                 if !timed_out && last_rx.elapsed() >= params.rtp_timeout {
@@ -264,12 +414,8 @@ pub async fn run(
                     }
                     let n = payload.len().min(decoded.len());
                     params.law.decode_into(&payload[..n], &mut decoded[..n]);
-                    heard.extend(&decoded[..n]);
-                    if heard.len() > MAX_BUFFERED {
-                        let excess = heard.len() - MAX_BUFFERED;
-                        heard.drain(..excess);
-                    }
-                    if relaying {
+                    keep(&mut heard, &decoded[..n]);
+                    if mode == Mode::Talk {
                         if let Some(a) = agent.as_mut() {
                             forward(&a.rtp, a.remote, &mut a.header, a.params.law, params.law, &payload[..n], &decoded[..n], &mut fwd_buf).await;
                         }
@@ -281,7 +427,7 @@ pub async fn run(
                     stats.bad_packets += 1;
                 }
             }
-            r = recv_agent(&agent, &mut agent_buf) => {
+            r = recv_leg(&agent, &mut agent_buf) => {
                 let Some(a) = agent.as_mut() else { continue };
                 let Ok((len, from)) = r else { continue };
                 let Some((h, payload)) = parse(&agent_buf[..len]) else {
@@ -294,14 +440,44 @@ pub async fn run(
                 a.remote = Some(from);
                 let n = payload.len().min(decoded.len());
                 a.params.law.decode_into(&payload[..n], &mut decoded[..n]);
-                if relaying {
-                    a.heard.extend(&decoded[..n]);
-                    if a.heard.len() > MAX_BUFFERED {
-                        let excess = a.heard.len() - MAX_BUFFERED;
-                        a.heard.drain(..excess);
+                match mode {
+                    Mode::Talk => {
+                        a.keep(&decoded[..n]);
+                        forward(&rtp, remote, &mut header, params.law, a.params.law, &payload[..n], &decoded[..n], &mut fwd_buf).await;
+                        stats.packets_out += 1;
                     }
-                    forward(&rtp, remote, &mut header, params.law, a.params.law, &payload[..n], &decoded[..n], &mut fwd_buf).await;
-                    stats.packets_out += 1;
+                    Mode::Consult => {
+                        a.keep(&decoded[..n]);
+                        if let Some(b) = second.as_mut() {
+                            forward(&b.rtp, b.remote, &mut b.header, b.params.law, a.params.law, &payload[..n], &decoded[..n], &mut fwd_buf).await;
+                        }
+                    }
+                    Mode::Conference => a.keep(&decoded[..n]),
+                    Mode::Prompts => {}
+                }
+            }
+            r = recv_leg(&second, &mut second_buf) => {
+                let Some(b) = second.as_mut() else { continue };
+                let Ok((len, from)) = r else { continue };
+                let Some((h, payload)) = parse(&second_buf[..len]) else {
+                    stats.bad_packets += 1;
+                    continue;
+                };
+                if h.payload_type != b.params.pt {
+                    continue;
+                }
+                b.remote = Some(from);
+                let n = payload.len().min(decoded.len());
+                b.params.law.decode_into(&payload[..n], &mut decoded[..n]);
+                match mode {
+                    Mode::Consult => {
+                        b.keep(&decoded[..n]);
+                        if let Some(a) = agent.as_mut() {
+                            forward(&a.rtp, a.remote, &mut a.header, a.params.law, b.params.law, &payload[..n], &decoded[..n], &mut fwd_buf).await;
+                        }
+                    }
+                    Mode::Conference => b.keep(&decoded[..n]),
+                    Mode::Prompts | Mode::Talk => {}
                 }
             }
             cmd = commands.recv() => match cmd {
@@ -312,13 +488,7 @@ pub async fn run(
                     player.clear();
                     held = false;
                     header.marker = true;
-                    agent = Some(AgentSide {
-                        remote: agent_params.remote,
-                        header: new_header(agent_params.pt),
-                        params: agent_params,
-                        rtp: agent_rtp,
-                        heard: VecDeque::with_capacity(MAX_BUFFERED + FRAME_SAMPLES),
-                    });
+                    agent = Some(AgentSide::new(agent_rtp, agent_params));
                 }
                 Some(MediaCommand::Unbridge) => {
                     agent = None;
@@ -327,6 +497,45 @@ pub async fn run(
                 Some(MediaCommand::Hold(on)) => {
                     held = on;
                     header.marker = true;
+                }
+                Some(MediaCommand::Consult { rtp: b_rtp, params: b_params, recording: rec }) => {
+                    if let Some(a) = agent.as_mut() {
+                        a.heard.clear();
+                        a.header.marker = true;
+                    }
+                    second = Some(AgentSide::new(b_rtp, b_params));
+                    consult_rec = rec;
+                    conference = false;
+                }
+                Some(MediaCommand::Conference) => {
+                    if second.is_some() {
+                        conference = true;
+                        player.clear();
+                        header.marker = true;
+                    }
+                }
+                Some(MediaCommand::Complete) => {
+                    if let Some(b) = second.take() {
+                        player.clear();
+                        agent = Some(b);
+                        held = false;
+                        conference = false;
+                        header.marker = true;
+                        let _ = events.send(MediaEvent::ConsultClosed(consult_rec.take()));
+                    }
+                }
+                Some(MediaCommand::EndConsult) => {
+                    if second.take().is_some() {
+                        player.clear();
+                        held = false;
+                        conference = false;
+                        header.marker = true;
+                        if let Some(a) = agent.as_mut() {
+                            a.heard.clear();
+                            a.header.marker = true;
+                        }
+                        let _ = events.send(MediaEvent::ConsultClosed(consult_rec.take()));
+                    }
                 }
                 Some(MediaCommand::Stop) | None => break,
             }
@@ -338,5 +547,9 @@ pub async fn run(
             "ignored malformed or unexpected RTP packets"
         );
     }
-    (stats, recording)
+    Finished {
+        stats,
+        recording,
+        consult: consult_rec,
+    }
 }

@@ -73,6 +73,31 @@ pub fn header_value(req: &Request, name: &str) -> Option<String> {
     header_values(req, name).next()
 }
 
+/// A Refer-To value's URI (without the angle brackets and the embedded
+/// headers) and its `Replaces` header, if any (attended transfer).
+pub fn refer_target(refer_to: &str) -> (String, Option<String>) {
+    let v = refer_to.trim();
+    let inner = v
+        .strip_prefix('<')
+        .and_then(|r| r.split_once('>').map(|(u, _)| u))
+        .unwrap_or(v);
+    match inner.split_once('?') {
+        Some((uri, headers)) => {
+            let replaces = headers
+                .split('&')
+                .filter_map(|h| h.split_once('='))
+                .find(|(k, _)| k.eq_ignore_ascii_case("Replaces"))
+                .map(|(_, v)| {
+                    v.replace("%40", "@")
+                        .replace("%3B", ";")
+                        .replace("%3D", "=")
+                });
+            (uri.to_string(), replaces)
+        }
+        None => (inner.to_string(), None),
+    }
+}
+
 /// What was dialed, from the Request-URI.
 pub fn dialed_target(uri: &Uri) -> Option<DialedTarget> {
     match &uri.scheme {
@@ -263,6 +288,27 @@ pub fn source_from_via(via_value: &str) -> Option<SocketAddr> {
     }
     let ip: IpAddr = host.parse().ok()?;
     Some(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod refer_tests {
+    use super::refer_target;
+
+    #[test]
+    fn refer_to_values() {
+        assert_eq!(
+            refer_target("<sip:damkar@10.0.0.1:5060>"),
+            ("sip:damkar@10.0.0.1:5060".to_string(), None)
+        );
+        assert_eq!(
+            refer_target("sip:damkar@10.0.0.1"),
+            ("sip:damkar@10.0.0.1".to_string(), None)
+        );
+        let (uri, replaces) =
+            refer_target("<sip:disp@10.0.0.1?Replaces=abc%40host%3Bto-tag%3D1%3Bfrom-tag%3D2>;x=y");
+        assert_eq!(uri, "sip:disp@10.0.0.1");
+        assert_eq!(replaces.as_deref(), Some("abc@host;to-tag=1;from-tag=2"));
+    }
 }
 
 #[cfg(test)]

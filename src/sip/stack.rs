@@ -667,6 +667,14 @@ pub enum AgentLegEvent {
     },
     /// The agent hung up (or the leg died) after answering.
     Ended,
+    /// The agent's phone asks to transfer the call (REFER, RFC 3515):
+    /// `target` is the Refer-To URI; `replaces` is set for an attended
+    /// transfer (RFC 3891). Answer with `responder`.
+    Refer {
+        target: String,
+        replaces: Option<String>,
+        responder: Responder,
+    },
 }
 
 /// Our INVITE to an agent's phone (we are the UAC).
@@ -724,8 +732,41 @@ impl AgentLeg {
                         responder: Responder(handle),
                     };
                 }
+                DialogState::Refer(_, req, handle) if self.answered => {
+                    let Some(refer_to) =
+                        header_value(&req, "Refer-To").or_else(|| header_value(&req, "r"))
+                    else {
+                        let _ = handle.reply(StatusCode::BadRequest).await;
+                        continue;
+                    };
+                    let (target, replaces) = request::refer_target(&refer_to);
+                    return AgentLegEvent::Refer {
+                        target,
+                        replaces,
+                        responder: Responder(handle),
+                    };
+                }
                 other => answer_routine(other).await,
             }
+        }
+    }
+
+    /// Tells the phone how the transfer it asked for went (RFC 3515 §2.4.5:
+    /// NOTIFY with a message/sipfrag status line).
+    pub async fn notify_transfer(&self, code: u16, reason: &str, done: bool) {
+        let state = if done {
+            "terminated;reason=noresource"
+        } else {
+            "active;expires=60"
+        };
+        let headers = vec![
+            Header::Event("refer".into()),
+            Header::SubscriptionState(state.into()),
+            Header::ContentType("message/sipfrag;version=2.0".into()),
+        ];
+        let body = format!("SIP/2.0 {code} {reason}\r\n").into_bytes();
+        if let Err(e) = self.dialog.notify(Some(headers), Some(body)).await {
+            debug!(error = %e, "NOTIFY of the transfer failed");
         }
     }
 
@@ -820,6 +861,11 @@ impl Responder {
 
     pub async fn reject(self, code: u16) {
         let _ = self.0.reply(StatusCode::from(code)).await;
+    }
+
+    /// 202 Accepted (a REFER taken on).
+    pub async fn accept(self) {
+        let _ = self.0.reply(StatusCode::from(202)).await;
     }
 }
 

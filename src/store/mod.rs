@@ -7,7 +7,7 @@
 
 mod writer;
 
-pub use writer::{StoreCmd, StoreWriter};
+pub use writer::{Changed, StoreCmd, StoreWriter};
 
 use crate::ids::{CallId, IncidentId};
 use serde::Serialize;
@@ -172,6 +172,7 @@ pub const RECENT: Duration = Duration::from_secs(24 * 3600);
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    sqlite: bool,
 }
 
 macro_rules! call_columns {
@@ -220,7 +221,22 @@ impl Store {
                 })
             })
             .connect_lazy(url)?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            sqlite: is_sqlite,
+        })
+    }
+
+    /// A transaction that writes. On SQLite it takes the write lock at
+    /// BEGIN (IMMEDIATE): a transaction that reads first and upgrades later
+    /// fails at once with "database is locked" when another connection
+    /// wrote meanwhile (WAL), and busy_timeout does not help there.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(if self.sqlite {
+            self.pool.begin_with("BEGIN IMMEDIATE").await?
+        } else {
+            self.pool.begin().await?
+        })
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
@@ -231,7 +247,7 @@ impl Store {
     /// Opens the incident (with the caller's history counted) and the call
     /// record, in one transaction.
     pub async fn insert_call(&self, call: &NewCall, inc: &NewIncident) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let (prior, recent) = match &inc.caller_number {
             Some(number) => {
                 let prior: i64 =

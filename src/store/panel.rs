@@ -208,7 +208,7 @@ impl Store {
 
     /// Sets a new password hash; the user's sessions end. False if no such user.
     pub async fn set_password(&self, id: &str, hash: &str, at: i64) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let n = sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
             .bind(hash)
             .bind(at)
@@ -228,7 +228,7 @@ impl Store {
         disabled: bool,
         at: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let n = sqlx::query("UPDATE users SET disabled = $1, updated_at = $2 WHERE id = $3")
             .bind(i64::from(disabled))
             .bind(at)
@@ -301,7 +301,7 @@ impl Store {
         actor: &str,
         at: i64,
     ) -> Result<Option<IncidentRow>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let q = concat!(
             "SELECT ",
             incident_columns!(),
@@ -376,7 +376,7 @@ impl Store {
         action: &str,
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         audit(
             &mut tx,
             id,
@@ -412,7 +412,7 @@ impl Store {
         actor: &str,
         at: i64,
     ) -> Result<LinkOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let Some(from): Option<String> =
             sqlx::query_scalar("SELECT incident_id FROM calls WHERE id = $1")
                 .bind(call_id)
@@ -606,7 +606,7 @@ impl Store {
         requested_by: &str,
         at: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO calls (id, incident_id, sip_call_id, from_uri, to_uri, caller_number, dialed, service, route, queue, source, transport, trunk, status, arrived_at, direction, callback_of, requested_by) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 'callback', $16, $17)",
@@ -681,4 +681,174 @@ async fn audit(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// A warm transfer of a call to an agency.
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct TransferRow {
+    pub id: String,
+    pub call_id: String,
+    pub incident_id: String,
+    pub from_agent: Option<String>,
+    pub agency: String,
+    pub to_agent: Option<String>,
+    pub requested_by: String,
+    pub started_at: i64,
+    pub answered_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub outcome: Option<String>,
+    pub recording_path: Option<String>,
+    pub recording_sha256: Option<String>,
+    pub recording_error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewTransfer {
+    pub id: String,
+    pub call_id: String,
+    pub incident_id: String,
+    pub from_agent: Option<String>,
+    pub agency: String,
+    pub requested_by: String,
+    pub at: i64,
+}
+
+impl Store {
+    /// A transfer begins: its row, and a line in the incident's timeline.
+    pub async fn transfer_started(&self, t: &NewTransfer) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO transfers (id, call_id, incident_id, from_agent, agency, requested_by, started_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&t.id)
+        .bind(&t.call_id)
+        .bind(&t.incident_id)
+        .bind(&t.from_agent)
+        .bind(&t.agency)
+        .bind(&t.requested_by)
+        .bind(t.at)
+        .execute(&mut *tx)
+        .await?;
+        let detail = format!(
+            "{} -> {} (call {})",
+            t.from_agent.as_deref().unwrap_or("-"),
+            t.agency,
+            t.call_id
+        );
+        audit(
+            &mut tx,
+            &t.incident_id,
+            t.at,
+            &t.requested_by,
+            "transfer_started",
+            None,
+            None,
+            Some(detail),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn transfer_answered(
+        &self,
+        id: &str,
+        agent: &str,
+        at: i64,
+        recording_path: Option<&str>,
+        recording_error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE transfers SET to_agent = $1, answered_at = $2, recording_path = $3, recording_error = $4 WHERE id = $5",
+        )
+        .bind(agent)
+        .bind(at)
+        .bind(recording_path)
+        .bind(recording_error)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A transfer ends: its outcome, and a line in the incident's timeline.
+    pub async fn transfer_ended(
+        &self,
+        id: &str,
+        at: i64,
+        outcome: &str,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "UPDATE transfers SET ended_at = $1, outcome = $2 WHERE id = $3 AND ended_at IS NULL",
+        )
+        .bind(at)
+        .bind(outcome)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let row: Option<(String, String, Option<String>)> =
+            sqlx::query_as("SELECT incident_id, agency, to_agent FROM transfers WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some((incident, agency, to_agent)) = row {
+            let detail = format!(
+                "{outcome}: {agency} {}",
+                to_agent.as_deref().unwrap_or("(no dispatcher)")
+            );
+            audit(
+                &mut tx,
+                &incident,
+                at,
+                actor,
+                "transfer_ended",
+                None,
+                None,
+                Some(detail),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn transfer_recording(
+        &self,
+        id: &str,
+        sha256: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE transfers SET recording_sha256 = $1, recording_error = COALESCE($2, recording_error) WHERE id = $3",
+        )
+        .bind(sha256)
+        .bind(error)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn transfers_of_call(&self, call_id: &str) -> Result<Vec<TransferRow>, StoreError> {
+        Ok(sqlx::query_as::<_, TransferRow>(
+            "SELECT id, call_id, incident_id, from_agent, agency, to_agent, requested_by, started_at, answered_at, ended_at, outcome, recording_path, recording_sha256, recording_error \
+             FROM transfers WHERE call_id = $1 ORDER BY started_at",
+        )
+        .bind(call_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn get_transfer(&self, id: &str) -> Result<Option<TransferRow>, StoreError> {
+        Ok(sqlx::query_as::<_, TransferRow>(
+            "SELECT id, call_id, incident_id, from_agent, agency, to_agent, requested_by, started_at, answered_at, ended_at, outcome, recording_path, recording_sha256, recording_error \
+             FROM transfers WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
 }

@@ -48,6 +48,40 @@ pub enum StoreCmd {
         sha256: Option<String>,
         error: Option<String>,
     },
+    TransferStarted(Box<super::NewTransfer>),
+    TransferAnswered {
+        id: String,
+        agent: String,
+        at: i64,
+        recording_path: Option<String>,
+        recording_error: Option<String>,
+    },
+    TransferEnded {
+        id: String,
+        at: i64,
+        outcome: String,
+        actor: String,
+    },
+    TransferRecording {
+        id: String,
+        sha256: Option<String>,
+        error: Option<String>,
+    },
+    /// The incident goes to an agency (a transfer from the phone).
+    AssignAgency {
+        incident_id: String,
+        agency: String,
+        actor: String,
+        at: i64,
+    },
+}
+
+/// What a write changed, for those who show it live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    /// Call records (the day's figures count them).
+    Calls,
+    Incident(String),
 }
 
 enum Queued {
@@ -65,11 +99,11 @@ pub struct StoreWriter {
 impl StoreWriter {
     /// Starts the writer. It first runs migrations and closes the records
     /// of calls a previous process left open, then applies commands.
-    /// `on_calls_changed` runs after each write that changes what the
-    /// day's figures count (a call arrived, was answered, ended).
-    pub fn spawn(store: Store, on_calls_changed: impl Fn() + Send + 'static) -> StoreWriter {
+    /// `on_change` runs after each write that changes what the day's
+    /// figures count (a call arrived, was answered, ended) or an incident.
+    pub fn spawn(store: Store, on_change: impl Fn(Changed) + Send + 'static) -> StoreWriter {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(store, rx, on_calls_changed));
+        tokio::spawn(run(store, rx, on_change));
         StoreWriter { tx }
     }
 
@@ -91,18 +125,21 @@ impl StoreWriter {
 async fn run(
     store: Store,
     mut rx: mpsc::UnboundedReceiver<Queued>,
-    on_calls_changed: impl Fn() + Send + 'static,
+    on_change: impl Fn(Changed) + Send + 'static,
 ) {
     retry("start-up", || startup(&store)).await;
     while let Some(q) = rx.recv().await {
         match q {
             Queued::Cmd(cmd) => {
                 retry("call record", || apply(&store, &cmd)).await;
-                if matches!(
-                    cmd,
-                    StoreCmd::NewCall(_) | StoreCmd::AgentAnswered { .. } | StoreCmd::Ended { .. }
-                ) {
-                    on_calls_changed();
+                match &cmd {
+                    StoreCmd::NewCall(_)
+                    | StoreCmd::AgentAnswered { .. }
+                    | StoreCmd::Ended { .. } => on_change(Changed::Calls),
+                    StoreCmd::AssignAgency { incident_id, .. } => {
+                        on_change(Changed::Incident(incident_id.clone()))
+                    }
+                    _ => {}
                 }
             }
             Queued::Flush(done) => {
@@ -207,6 +244,50 @@ async fn apply(store: &Store, cmd: &StoreCmd) -> Result<(), StoreError> {
         StoreCmd::RecordingClosed { id, sha256, error } => {
             store
                 .recording_closed(id, sha256.as_deref(), error.as_deref())
+                .await
+        }
+        StoreCmd::TransferStarted(t) => store.transfer_started(t).await,
+        StoreCmd::TransferAnswered {
+            id,
+            agent,
+            at,
+            recording_path,
+            recording_error,
+        } => {
+            store
+                .transfer_answered(
+                    id,
+                    agent,
+                    *at,
+                    recording_path.as_deref(),
+                    recording_error.as_deref(),
+                )
+                .await
+        }
+        StoreCmd::TransferEnded {
+            id,
+            at,
+            outcome,
+            actor,
+        } => store.transfer_ended(id, *at, outcome, actor).await,
+        StoreCmd::AssignAgency {
+            incident_id,
+            agency,
+            actor,
+            at,
+        } => {
+            let change = super::IncidentUpdate {
+                agency: Some(agency.clone()),
+                ..Default::default()
+            };
+            store
+                .update_incident(incident_id, &change, actor, *at)
+                .await
+                .map(|_| ())
+        }
+        StoreCmd::TransferRecording { id, sha256, error } => {
+            store
+                .transfer_recording(id, sha256.as_deref(), error.as_deref())
                 .await
         }
     }

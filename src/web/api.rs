@@ -56,6 +56,8 @@ pub struct CallDetail {
     #[serde(flatten)]
     call: CallView,
     events: Vec<CallEventRow>,
+    /// Warm transfers, oldest first.
+    transfers: Vec<crate::store::TransferRow>,
 }
 
 #[derive(Serialize)]
@@ -140,9 +142,11 @@ pub async fn get_call(
 ) -> Result<Json<CallDetail>, ApiError> {
     let call = visible_call(&s, &user, &id).await?;
     let events = s.store.call_events(&id).await?;
+    let transfers = s.store.transfers_of_call(&id).await?;
     Ok(Json(CallDetail {
         call: call.into(),
         events,
+        transfers,
     }))
 }
 
@@ -599,5 +603,122 @@ pub async fn update_user(
             .user_by_id(&id)
             .await?
             .ok_or(ApiError::NotFound("user"))?,
+    ))
+}
+
+/// Who may steer a call's transfer: the agent talking on it, or a
+/// supervisor.
+fn may_steer(s: &AppState, user: &User, call_id: &str) -> Result<(), ApiError> {
+    user.require(FLOOR)?;
+    if user.is(SUPERVISE) {
+        return Ok(());
+    }
+    let mine = user
+        .agent_id
+        .as_deref()
+        .and_then(|a| s.live.bridged_to(a))
+        .is_some_and(|b| b.call_id == call_id);
+    if mine {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden)
+    }
+}
+
+#[derive(Deserialize)]
+pub struct TransferRequest {
+    agency: String,
+}
+
+/// Starts a warm transfer: the incident goes to the agency at once (its
+/// dispatchers see it while their phones ring), the caller hears the
+/// hold prompt, the agency's queue rings.
+pub async fn transfer(
+    State(s): State<AppState>,
+    Extension(user): Extension<User>,
+    Path(call_id): Path<String>,
+    Json(req): Json<TransferRequest>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    may_steer(&s, &user, &call_id)?;
+    let controls = s
+        .controls
+        .clone()
+        .ok_or_else(|| ApiError::Conflict("calls are not running".into()))?;
+    if !s.config.agencies.iter().any(|a| a.id == req.agency) {
+        return Err(ApiError::BadRequest(format!(
+            "unknown agency `{}`",
+            req.agency
+        )));
+    }
+    let by = user.username.clone();
+    let agency = req.agency.clone();
+    controls
+        .send(&call_id, |reply| crate::call::Control::Transfer {
+            agency,
+            by,
+            reply,
+        })
+        .await
+        .map_err(ApiError::Conflict)?;
+    // The incident is the agency's from now on.
+    if let Some(call) = s.store.get_call(&call_id).await? {
+        let change = IncidentUpdate {
+            agency: Some(req.agency.clone()),
+            ..Default::default()
+        };
+        let before = s.store.get_incident(&call.incident_id).await?;
+        if let Some(after) = s
+            .store
+            .update_incident(&call.incident_id, &change, &user.username, now_ms())
+            .await?
+        {
+            s.live.send(LiveEvent::Incident {
+                previous_agency: before
+                    .and_then(|b| b.agency)
+                    .filter(|a| Some(a) != after.agency.as_ref()),
+                incident: after,
+            });
+        }
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "call_id": call_id, "agency": req.agency, "state": "ringing" })),
+    ))
+}
+
+/// `complete`, `conference` or `cancel` a warm transfer in progress.
+pub async fn transfer_action(
+    State(s): State<AppState>,
+    Extension(user): Extension<User>,
+    Path((call_id, action)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use crate::call::Control;
+    may_steer(&s, &user, &call_id)?;
+    let controls = s
+        .controls
+        .clone()
+        .ok_or_else(|| ApiError::Conflict("calls are not running".into()))?;
+    let by = user.username.clone();
+    let result = match action.as_str() {
+        "complete" => {
+            controls
+                .send(&call_id, |reply| Control::Complete { by, reply })
+                .await
+        }
+        "conference" => {
+            controls
+                .send(&call_id, |reply| Control::Conference { by, reply })
+                .await
+        }
+        "cancel" => {
+            controls
+                .send(&call_id, |reply| Control::Cancel { by, reply })
+                .await
+        }
+        _ => return Err(ApiError::NotFound("transfer action")),
+    };
+    result.map_err(ApiError::Conflict)?;
+    Ok(Json(
+        serde_json::json!({ "call_id": call_id, "done": action }),
     ))
 }

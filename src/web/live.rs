@@ -111,6 +111,17 @@ pub fn visible(user: &User, ev: &LiveEvent) -> bool {
                 || (previous_agency.is_some() && user.sees_agency(previous_agency.as_deref()))
         }
         LiveEvent::Figures(_) => everything,
+        LiveEvent::Transfer {
+            agent_id,
+            agency,
+            dispatcher,
+            ..
+        } => {
+            everything
+                || (user.agent_id.is_some()
+                    && (user.agent_id == *agent_id || user.agent_id == *dispatcher))
+                || (user.role == Role::Dispatcher && user.agency.as_deref() == Some(agency))
+        }
     }
 }
 

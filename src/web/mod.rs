@@ -32,6 +32,8 @@ pub struct AppState {
     /// Places call-backs to abandoned callers; absent where no call
     /// machinery runs (router tests).
     pub callbacks: Option<crate::call::Callbacks>,
+    /// Reaches calls in progress (warm transfer); absent likewise.
+    pub controls: Option<crate::call::Controls>,
 }
 
 /// The router, apart from any socket, so tests can drive it directly.
@@ -58,6 +60,11 @@ pub fn app(state: AppState) -> Router {
         .route("/api/calls/{id}", get(api::get_call))
         .route("/api/calls/{id}/incident", post(api::link_call))
         .route("/api/calls/{id}/callback", post(api::callback))
+        .route("/api/calls/{id}/transfer", post(api::transfer))
+        .route(
+            "/api/calls/{id}/transfer/{action}",
+            post(api::transfer_action),
+        )
         .route("/api/incidents", get(api::list_incidents))
         .route("/api/incidents/open", get(api::open_incidents))
         .route(

@@ -157,6 +157,14 @@ pub async fn calltaker(State(s): State<AppState>, Extension(user): Extension<Use
         return forbidden(&user);
     }
     let agencies = agency_choices(&s.config);
+    // Only agencies with a dispatcher queue take transfers.
+    let transferable: Vec<(&str, &str)> = s
+        .config
+        .agencies
+        .iter()
+        .filter(|a| a.queue.is_some())
+        .map(|a| (a.id.as_str(), a.name.as_str()))
+        .collect();
     let priorities: Vec<(String, &str)> = PRIORITIES
         .iter()
         .map(|(p, n)| (p.to_string(), *n))
@@ -196,11 +204,18 @@ pub async fn calltaker(State(s): State<AppState>, Extension(user): Extension<Use
          <form id=\"link-form\"><label>Gabungkan ke insiden terbuka <select id=\"f-link\"></select></label>\
          <button id=\"link\" type=\"submit\">Gabungkan</button></form>\
          <h3>Insiden sebelumnya dari nomor ini</h3><ul id=\"history\"></ul>\
+         <section id=\"transfer-box\"><h3>Alihkan (transfer)</h3>\
+         <label>Ke instansi <select id=\"t-agency\">{}</select></label> \
+         <button id=\"t-start\" type=\"button\">Alihkan</button> <span id=\"t-state\" role=\"status\"></span> \
+         <button id=\"t-complete\" type=\"button\" hidden>Serahkan</button> \
+         <button id=\"t-conference\" type=\"button\" hidden>Konferensi</button> \
+         <button id=\"t-cancel\" type=\"button\" hidden>Batalkan</button></section>\
          <button id=\"close-card\" type=\"button\">Selesai</button>\
          </section>",
         options(CATEGORIES, None, "— pilih —"),
         options(&priorities, None, "— pilih —"),
         options(&agencies, None, "— pilih —"),
+        options(&transferable, None, "— pilih —"),
     );
     page(
         "Penerima panggilan",

@@ -41,6 +41,8 @@ pub struct Setup {
     pub agents: bool,
     /// The trunk's `outbound` address for call-backs.
     pub trunk_outbound: Option<String>,
+    /// Replaces sip-config/agencies.toml.
+    pub agencies: Option<String>,
 }
 
 impl Default for Setup {
@@ -53,6 +55,7 @@ impl Default for Setup {
             shutdown_grace: "30s",
             agents: false,
             trunk_outbound: None,
+            agencies: None,
         }
     }
 }
@@ -225,11 +228,17 @@ sources = [{sources}]
             root.join("dialplans/emergency.toml"),
         )
         .unwrap();
-        std::fs::copy(
-            repo().join("sip-config/agencies.toml"),
-            root.join("sip-config/agencies.toml"),
-        )
-        .unwrap();
+        // The example agencies name the example queues; a test with its own
+        // queues gets the agencies its agents name.
+        if let Some(a) = &setup.agencies {
+            std::fs::write(root.join("sip-config/agencies.toml"), a).unwrap();
+        } else if setup.queues.is_none() {
+            std::fs::copy(
+                repo().join("sip-config/agencies.toml"),
+                root.join("sip-config/agencies.toml"),
+            )
+            .unwrap();
+        }
         if setup.agents {
             std::fs::copy(
                 repo().join("sip-config/agents.toml"),

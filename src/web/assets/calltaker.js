@@ -41,6 +41,7 @@
       || (b.latitude != null ? `${b.latitude.toFixed(5)}, ${b.longitude.toFixed(5)}` : "tidak diketahui");
     $("call-status").textContent = "";
     $("saved-msg").textContent = "";
+    showTransfer(null);
     document.title = "Panggilan " + (b.caller_number || "") + " · siaga";
     try { await loadIncident(b.incident_id); } catch (e) { $("saved-msg").textContent = "Insiden belum dapat dimuat: " + e.message; }
   }
@@ -67,10 +68,48 @@
       openCall(ev);
     } else if (ev.type === "call_ended" && current && ev.call_id === current.call_id) {
       current.ended_at = Date.now();
-      $("call-status").textContent = "— panggilan berakhir";
+      $("call-status").textContent = ev.cause === "transferred" ? "— dialihkan" : "— panggilan berakhir";
+      showTransfer(null);
       tick();
+    } else if (ev.type === "transfer" && current && ev.call_id === current.call_id) {
+      showTransfer(ev);
     }
   });
+
+  // Where the transfer stands, and which buttons make sense now.
+  const transferText = {
+    ringing: "Menghubungi", talking: "Berbicara dengan", conference: "Konferensi dengan",
+    completed: "Diserahkan ke", cancelled: "Dibatalkan —", no_answer: "Tidak dijawab —",
+    dispatcher_hung_up: "Petugas menutup telepon —", caller_hung_up: "Penelepon menutup telepon —",
+  };
+  function showTransfer(ev) {
+    const state = ev ? ev.state : null;
+    $("t-state").dataset.state = state || "";
+    $("t-state").textContent = ev
+      ? `${transferText[state] || state} ${ev.agency}${ev.dispatcher ? " (" + ev.dispatcher + ")" : ""}`
+      : "";
+    const active = state === "ringing" || state === "talking" || state === "conference";
+    $("t-start").hidden = active || state === "completed";
+    $("t-cancel").hidden = !active;
+    $("t-complete").hidden = !(state === "talking" || state === "conference");
+    $("t-conference").hidden = state !== "talking";
+  }
+
+  async function transferAction(path, body) {
+    if (!current) return;
+    try {
+      await siaga.api("POST", "/api/calls/" + encodeURIComponent(current.call_id) + "/transfer" + path, body);
+    } catch (err) {
+      $("t-state").textContent = "Gagal: " + err.message;
+    }
+  }
+  $("t-start").addEventListener("click", () => {
+    const agency = $("t-agency").value;
+    if (agency) transferAction("", { agency });
+  });
+  $("t-complete").addEventListener("click", () => transferAction("/complete"));
+  $("t-conference").addEventListener("click", () => transferAction("/conference"));
+  $("t-cancel").addEventListener("click", () => transferAction("/cancel"));
 
   $("incident-form").addEventListener("submit", async (e) => {
     e.preventDefault();
