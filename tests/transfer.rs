@@ -163,6 +163,14 @@ fn consult_then_conference_then_complete() {
         server.sip,
     );
     wait_registered(&server, "disp-damkar-01", &dispatcher_phone);
+    // Siti steers the transfer from her screen.
+    let ct = Browser::start("transfer_call_taker");
+    ct.login(
+        &format!("http://{}", server.http),
+        "siti",
+        TEST_PASSWORD,
+        "/calltaker",
+    );
     let b = Browser::start("transfer");
     b.login(
         &format!("http://{}", server.http),
@@ -179,7 +187,18 @@ fn consult_then_conference_then_complete() {
 
     // Nobody of Damkar is ready yet: the phone cannot ring, but the
     // incident is theirs at once.
-    steer(&server, &siti, &id, "", r#"{"agency":"damkar"}"#);
+    ct.wait_for(
+        "the call on Siti's screen",
+        "return !document.querySelector('#call-card').hidden",
+        WAIT,
+    );
+    ct.select("#t-agency", "damkar");
+    ct.click("#t-start");
+    ct.wait_for(
+        "transfer ringing",
+        "return document.querySelector('#t-state').dataset.state === 'ringing'",
+        WAIT,
+    );
     b.wait_for(
         "incident on the Damkar panel while it rings",
         &format!("return !!document.querySelector('tr.incident-row[data-id=\"{incident}\"]')"),
@@ -191,10 +210,32 @@ fn consult_then_conference_then_complete() {
     wait_until("the dispatcher answers", &server, || {
         server.agent("disp-damkar-01")["state"] == "on_call"
     });
+    ct.wait_for(
+        "dispatcher on the line",
+        "return document.querySelector('#t-state').dataset.state === 'talking' && !document.querySelector('#t-conference').hidden",
+        WAIT,
+    );
+    assert_eq!(
+        ct.js("return document.querySelector('#f-agency').value", vec![]),
+        "damkar",
+        "the form shows the agency the transfer assigned"
+    );
+    ct.screenshot("consultation");
     std::thread::sleep(Duration::from_secs(3));
-    steer(&server, &siti, &id, "/conference", "{}");
+    ct.click("#t-conference");
+    ct.wait_for(
+        "conference",
+        "return document.querySelector('#t-state').dataset.state === 'conference'",
+        WAIT,
+    );
     std::thread::sleep(Duration::from_secs(3));
-    steer(&server, &siti, &id, "/complete", "{}");
+    ct.click("#t-complete");
+    ct.wait_for(
+        "completed",
+        "return document.querySelector('#t-state').dataset.state === 'completed' || document.querySelector('#call-status').textContent.includes('dialihkan')",
+        WAIT,
+    );
+    ct.screenshot("completed");
     wait_until("the call-taker is freed", &server, || {
         server.agent("ct-01")["state"] != "on_call"
     });

@@ -73,6 +73,10 @@
       tick();
     } else if (ev.type === "transfer" && current && ev.call_id === current.call_id) {
       showTransfer(ev);
+    } else if (ev.type === "incident" && current && ev.incident.id === current.incident_id) {
+      // Changed elsewhere (a transfer assigns the agency): show it, unless
+      // the call-taker is choosing one right now.
+      if (document.activeElement !== $("f-agency")) setField("f-agency", ev.incident.agency);
     }
   });
 
