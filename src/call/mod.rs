@@ -1004,17 +1004,7 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
         close_consult(&s, id, rec);
     }
     if let Some(rec) = recording {
-        let (sha256, error) = match rec.close().await {
-            Ok(closed) => {
-                let p = closed.path.clone();
-                match tokio::task::spawn_blocking(move || sha256_file(&p)).await {
-                    Ok(Ok(sum)) => (Some(sum), None),
-                    Ok(Err(e)) => (None, Some(e.to_string())),
-                    Err(e) => (None, Some(e.to_string())),
-                }
-            }
-            Err(e) => (None, Some(e.to_string())),
-        };
+        let (sha256, error) = finish_recording(rec).await;
         if let Some(e) = &error {
             error!(error = %e, "recording was not closed cleanly");
         }
@@ -1392,21 +1382,28 @@ fn reanswer(a: &mut AgentSide, offer: Option<&[u8]>) -> String {
     }
 }
 
+/// Closes a recording and sums it: (SHA-256, error).
+async fn finish_recording(
+    rec: crate::media::recorder::Recording,
+) -> (Option<String>, Option<String>) {
+    match rec.close().await {
+        Ok(closed) => {
+            let p = closed.path.clone();
+            match tokio::task::spawn_blocking(move || sha256_file(&p)).await {
+                Ok(Ok(sum)) => (Some(sum), None),
+                Ok(Err(e)) => (None, Some(e.to_string())),
+                Err(e) => (None, Some(e.to_string())),
+            }
+        }
+        Err(e) => (None, Some(e.to_string())),
+    }
+}
+
 /// Closes a consultation's recording and stores its checksum, off the call.
 fn close_consult(s: &Arc<Services>, transfer: String, rec: crate::media::recorder::Recording) {
     let store = s.store.clone();
     tokio::spawn(async move {
-        let (sha256, error) = match rec.close().await {
-            Ok(closed) => {
-                let p = closed.path.clone();
-                match tokio::task::spawn_blocking(move || sha256_file(&p)).await {
-                    Ok(Ok(sum)) => (Some(sum), None),
-                    Ok(Err(e)) => (None, Some(e.to_string())),
-                    Err(e) => (None, Some(e.to_string())),
-                }
-            }
-            Err(e) => (None, Some(e.to_string())),
-        };
+        let (sha256, error) = finish_recording(rec).await;
         store.send(StoreCmd::TransferRecording {
             id: transfer,
             sha256,
