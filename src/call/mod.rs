@@ -425,6 +425,19 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
     // The transfer whose consultation the media session records now.
     let mut consult_of: Option<String> = None;
     let mut controls = s.controls.register(&call_id);
+    // What the panel of the agent who takes the call opens with.
+    let bridge_info = |agent: &str| BridgedCall {
+        call_id: call_id.to_string(),
+        incident_id: incident_id.to_string(),
+        agent_id: agent.to_string(),
+        caller_number: caller_number.clone(),
+        location: location.text.clone(),
+        latitude: location.latitude,
+        longitude: location.longitude,
+        service: route.service.clone(),
+        arrived_at: arrived_ms,
+        bridged_at: now_ms(),
+    };
     let why: LegEnd = loop {
         let announce = async {
             match next_announcement {
@@ -522,7 +535,7 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                             continue;
                         }
                         let t = transfer.take().expect("checked");
-                        agent = complete_transfer(&s, t, agent.take(), &call_id, &incident_id, &by, &cmd_tx).await;
+                        agent = complete_transfer(&s, t, agent.take(), &call_id, &incident_id, &by, &cmd_tx, bridge_info("")).await;
                         let _ = reply.send(Ok(()));
                     }
                     Control::Cancel { by, reply } => match transfer.take() {
@@ -609,7 +622,7 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                                     let _ = cmd_tx.send(MediaCommand::Bridge { rtp, params });
                                     let t = transfer.take().expect("present");
                                     let by = t.by.clone();
-                                    agent = complete_transfer(&s, t, None, &call_id, &incident_id, &by, &cmd_tx).await;
+                                    agent = complete_transfer(&s, t, None, &call_id, &incident_id, &by, &cmd_tx, bridge_info("")).await;
                                 }
                             }
                             Err(e) => {
@@ -694,18 +707,7 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                                 info!(agent = %a.id, codec = codec_name(&n), "answered; bridging");
                                 if a.external.is_none() {
                                     s.acd.answered(call_id.clone(), a.id.clone());
-                                    s.live.send(LiveEvent::CallBridged(BridgedCall {
-                                        call_id: call_id.to_string(),
-                                        incident_id: incident_id.to_string(),
-                                        agent_id: a.id.clone(),
-                                        caller_number: caller_number.clone(),
-                                        location: location.text.clone(),
-                                        latitude: location.latitude,
-                                        longitude: location.longitude,
-                                        service: route.service.clone(),
-                                        arrived_at: arrived_ms,
-                                        bridged_at: now_ms(),
-                                    }));
+                                    s.live.send(LiveEvent::CallBridged(bridge_info(&a.id)));
                                 }
                                 s.store.send(StoreCmd::AgentAnswered { id: call_id.clone(), agent: a.id.clone(), at: now_ms() });
                                 agent_answered = Some(Instant::now());
@@ -819,7 +821,7 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                         let gone = agent.take().expect("present");
                         if t.talking() {
                             info!(agent = %gone.id, "the agent hung up during the consultation: transfer completed");
-                            agent = complete_transfer(&s, t, Some(gone), &call_id, &incident_id, "system", &cmd_tx).await;
+                            agent = complete_transfer(&s, t, Some(gone), &call_id, &incident_id, "system", &cmd_tx, bridge_info("")).await;
                         } else {
                             info!(agent = %gone.id, "the agent left while the dispatcher rings: blind transfer");
                             s.acd.call_ended(gone.id.clone(), gone.queue.clone());
@@ -1232,6 +1234,7 @@ async fn start_transfer(
 
 /// The dispatcher takes the caller; the agent (if still there) is freed
 /// to wrap up. Returns the new agent side: the dispatcher.
+#[allow(clippy::too_many_arguments)]
 async fn complete_transfer(
     s: &Services,
     mut t: Transfer,
@@ -1240,6 +1243,7 @@ async fn complete_transfer(
     incident_id: &IncidentId,
     by: &str,
     media: &mpsc::UnboundedSender<MediaCommand>,
+    announce: BridgedCall,
 ) -> Option<AgentSide> {
     let d = t.dispatcher.take()?;
     if let Some(a) = agent {
@@ -1268,17 +1272,10 @@ async fn complete_transfer(
     t.dispatcher = Some(d);
     transfer_news(s, call_id, incident_id, None, &t, "completed");
     let d = t.dispatcher.take()?;
+    // The dispatcher's screen opens the call as the call-taker's did.
     s.live.send(LiveEvent::CallBridged(BridgedCall {
-        call_id: call_id.to_string(),
-        incident_id: incident_id.to_string(),
         agent_id: d.id.clone(),
-        caller_number: None,
-        location: None,
-        latitude: None,
-        longitude: None,
-        service: String::new(),
-        arrived_at: now_ms(),
-        bridged_at: now_ms(),
+        ..announce
     }));
     Some(d)
 }

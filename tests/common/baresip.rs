@@ -18,6 +18,21 @@ pub struct Phone<'a> {
     pub tone_hz: f64,
 }
 
+/// A loopback port free for SIP over UDP and TCP, and TCP on the next
+/// port (baresip binds all three).
+fn free_sip_port() -> u16 {
+    loop {
+        let port = super::free_udp_port();
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let next = port
+            .checked_add(1)
+            .map(|p| std::net::TcpListener::bind(("127.0.0.1", p)));
+        if tcp.is_ok() && matches!(next, Some(Ok(_))) {
+            return port;
+        }
+    }
+}
+
 impl Baresip {
     /// Starts baresip registering `phone.user` at `registrar`.
     pub fn start(phone: Phone<'_>, registrar: std::net::SocketAddr) -> Baresip {
@@ -40,41 +55,55 @@ impl Baresip {
             w.write_sample(v as i16).unwrap();
         }
         w.finalize().unwrap();
-        let port = super::free_udp_port();
-        let ctrl = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        std::fs::write(
-            dir.path().join("config"),
-            format!(
-                "poll_method\tepoll\nsip_listen\t127.0.0.1:{port}\naudio_source\taufile,{}\naudio_player\taufile,/dev/null\naudio_alert\taufile,/dev/null\nmodule_path\t/usr/lib/baresip/modules\nmodule\tg711.so\nmodule\taufile.so\nmodule\tsndfile.so\nsnd_path\t{}\nmodule_app\taccount.so\nmodule_app\tmenu.so\nmodule_app\tctrl_tcp.so\nctrl_tcp_listen\t127.0.0.1:{ctrl}\n",
-                tone.display(),
-                dir.path().display()
-            ),
-        )
-        .unwrap();
-        let mode = if phone.auto_answer { "auto" } else { "manual" };
-        std::fs::write(
-            dir.path().join("accounts"),
-            format!(
-                "<sip:{}@{registrar};transport=udp>;auth_pass={};answermode={mode};regint=60;audio_codecs=PCMA,PCMU\n",
-                phone.user, phone.password
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.path().join("baresip.log")).unwrap();
-        let child = Command::new("baresip")
-            .arg("-f")
-            .arg(dir.path())
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start baresip");
-        Baresip { dir, child, ctrl }
+        // Ports are chosen free but may be taken before baresip binds them
+        // (tests run in parallel): a phone that fails to start gets new ones.
+        for attempt in 1.. {
+            let port = free_sip_port();
+            let ctrl = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            std::fs::write(
+                dir.path().join("config"),
+                format!(
+                    "poll_method\tepoll\nsip_listen\t127.0.0.1:{port}\naudio_source\taufile,{}\naudio_player\taufile,/dev/null\naudio_alert\taufile,/dev/null\nmodule_path\t/usr/lib/baresip/modules\nmodule\tg711.so\nmodule\taufile.so\nmodule\tsndfile.so\nsnd_path\t{}\nmodule_app\taccount.so\nmodule_app\tmenu.so\nmodule_app\tctrl_tcp.so\nctrl_tcp_listen\t127.0.0.1:{ctrl}\n",
+                    tone.display(),
+                    dir.path().display()
+                ),
+            )
+            .unwrap();
+            let mode = if phone.auto_answer { "auto" } else { "manual" };
+            std::fs::write(
+                dir.path().join("accounts"),
+                format!(
+                    "<sip:{}@{registrar};transport=udp>;auth_pass={};answermode={mode};regint=60;audio_codecs=PCMA,PCMU\n",
+                    phone.user, phone.password
+                ),
+            )
+            .unwrap();
+            let log = std::fs::File::create(dir.path().join("baresip.log")).unwrap();
+            let child = Command::new("baresip")
+                .arg("-f")
+                .arg(dir.path())
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start baresip");
+            std::thread::sleep(Duration::from_millis(300));
+            let mut child = child;
+            match child.try_wait() {
+                Ok(Some(_)) if attempt < 5 => continue,
+                Ok(Some(status)) => panic!(
+                    "baresip exited ({status}):\n{}",
+                    std::fs::read_to_string(dir.path().join("baresip.log")).unwrap_or_default()
+                ),
+                _ => return Baresip { dir, child, ctrl },
+            }
+        }
+        unreachable!()
     }
 
     /// Runs a baresip command (ctrl_tcp, netstring JSON): `dial`, `hangup`,
