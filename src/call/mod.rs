@@ -496,17 +496,8 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                             Ok(t) => {
                                 transfers += 1;
                                 info!(%agency, by = %by, transfer = %t.id, "warm transfer: ringing the agency");
-                                s.store.send(StoreCmd::TransferStarted(Box::new(crate::store::NewTransfer {
-                                    id: t.id.clone(),
-                                    call_id: call_id.to_string(),
-                                    incident_id: incident_id.to_string(),
-                                    from_agent: agent.as_ref().map(|a| a.id.clone()),
-                                    agency: agency.clone(),
-                                    requested_by: by.clone(),
-                                    at: now_ms(),
-                                })));
                                 let _ = cmd_tx.send(MediaCommand::Hold(true));
-                                let _ = cmd_tx.send(MediaCommand::Play(s.prompts.get("transfer").into_iter().map(Segment::Audio).collect()));
+                                transfer_begun(&s, &t, &call_id, &incident_id, agent.as_ref(), &by, &cmd_tx);
                                 transfer_news(&s, &call_id, &incident_id, agent.as_ref(), &t, "ringing");
                                 transfer = Some(t);
                                 let _ = reply.send(Ok(()));
@@ -646,7 +637,7 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                     }
                     TransferWake::Leg(AgentLegEvent::ReOffer { sdp: offer, responder }) => {
                         if let Some(d) = t.dispatcher.as_mut() {
-                            responder.ok_with_sdp(reanswer(d, offer.as_deref())).await;
+                            responder.ok_with_sdp(reanswer(d, offer.as_deref()).0).await;
                         }
                     }
                     TransferWake::Leg(AgentLegEvent::Ended) => {
@@ -745,21 +736,10 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                     }
                     AgentLegEvent::ReOffer { sdp: offer, responder } => {
                         // The agent's phone holds (sendonly/inactive) or resumes.
-                        let dir = offer
-                            .as_deref()
-                            .and_then(|b| sdp::parse(b).ok())
-                            .map(|r| r.direction)
-                            .unwrap_or(sdp::Direction::SendRecv);
+                        let (answer, dir) = reanswer(a, offer.as_deref());
                         let hold = matches!(dir, sdp::Direction::SendOnly | sdp::Direction::Inactive);
                         let _ = cmd_tx.send(MediaCommand::Hold(hold));
                         info!(agent = %a.id, hold, "agent hold changed");
-                        a.version += 1;
-                        let again = LocalAudio { version: a.version, ..a.local };
-                        let direction = sdp::answer_direction(dir);
-                        let answer = match &a.codec {
-                            Some(n) => sdp::answer(&again, n, direction),
-                            None => sdp::offer_preferring(&again, a.law, direction),
-                        };
                         responder.ok_with_sdp(answer).await;
                     }
                     AgentLegEvent::Refer { target, replaces, responder } => {
@@ -780,23 +760,14 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                                 responder.accept().await;
                                 transfers += 1;
                                 info!(%agency, agent = %by, "blind transfer from the phone");
-                                s.store.send(StoreCmd::TransferStarted(Box::new(crate::store::NewTransfer {
-                                    id: t.id.clone(),
-                                    call_id: call_id.to_string(),
-                                    incident_id: incident_id.to_string(),
-                                    from_agent: Some(by.clone()),
-                                    agency: agency.clone(),
-                                    requested_by: by.clone(),
-                                    at: now_ms(),
-                                })));
+                                let _ = cmd_tx.send(MediaCommand::Unbridge);
+                                transfer_begun(&s, &t, &call_id, &incident_id, Some(&*a), &by, &cmd_tx);
                                 s.store.send(StoreCmd::AssignAgency {
                                     incident_id: incident_id.to_string(),
                                     agency: agency.clone(),
                                     actor: by.clone(),
                                     at: now_ms(),
                                 });
-                                let _ = cmd_tx.send(MediaCommand::Unbridge);
-                                let _ = cmd_tx.send(MediaCommand::Play(s.prompts.get("transfer").into_iter().map(Segment::Audio).collect()));
                                 a.leg.notify_transfer(200, "OK", true).await;
                                 let gone = agent.take().expect("present");
                                 gone.leg.end().await;
@@ -1340,6 +1311,31 @@ async fn back_to_queue(
         .await;
 }
 
+/// A transfer has begun: on record, and the caller hears the hold prompt.
+fn transfer_begun(
+    s: &Services,
+    t: &Transfer,
+    call_id: &CallId,
+    incident_id: &IncidentId,
+    from: Option<&AgentSide>,
+    by: &str,
+    media: &mpsc::UnboundedSender<MediaCommand>,
+) {
+    s.store.send(StoreCmd::TransferStarted(Box::new(
+        crate::store::NewTransfer {
+            id: t.id.clone(),
+            call_id: call_id.to_string(),
+            incident_id: incident_id.to_string(),
+            from_agent: from.map(|a| a.id.clone()),
+            agency: t.agency.clone(),
+            requested_by: by.to_string(),
+            at: now_ms(),
+        },
+    )));
+    let prompt = s.prompts.get("transfer").into_iter().map(Segment::Audio);
+    let _ = media.send(MediaCommand::Play(prompt.collect()));
+}
+
 /// Tells the panel where a transfer stands.
 fn transfer_news(
     s: &Services,
@@ -1361,8 +1357,8 @@ fn transfer_news(
 }
 
 /// Answers a re-INVITE from an agent-side phone, keeping what was
-/// negotiated.
-fn reanswer(a: &mut AgentSide, offer: Option<&[u8]>) -> String {
+/// negotiated; also says which direction the phone offered (hold or not).
+fn reanswer(a: &mut AgentSide, offer: Option<&[u8]>) -> (String, sdp::Direction) {
     let dir = offer
         .and_then(|b| sdp::parse(b).ok())
         .map(|r| r.direction)
@@ -1373,10 +1369,11 @@ fn reanswer(a: &mut AgentSide, offer: Option<&[u8]>) -> String {
         ..a.local
     };
     let direction = sdp::answer_direction(dir);
-    match &a.codec {
+    let answer = match &a.codec {
         Some(n) => sdp::answer(&again, n, direction),
         None => sdp::offer_preferring(&again, a.law, direction),
-    }
+    };
+    (answer, dir)
 }
 
 /// Closes a recording and sums it: (SHA-256, error).
