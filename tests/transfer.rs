@@ -391,7 +391,8 @@ fn consult_then_conference_then_complete() {
     );
 }
 
-/// Cancel: the dispatcher's leg ends and caller and call-taker talk again.
+/// Cancel (of a transfer to a named dispatcher): the dispatcher's leg
+/// ends and caller and call-taker talk again.
 #[test]
 fn cancel_gives_the_caller_back_to_the_call_taker() {
     let server = Server::start(Setup {
@@ -404,7 +405,14 @@ fn cancel_gives_the_caller_back_to_the_call_taker() {
     let call = bridged_call(&server);
     let id = call["id"].as_str().unwrap().to_string();
     std::thread::sleep(Duration::from_secs(1));
-    steer(&server, &server.admin, &id, "", r#"{"agency":"damkar"}"#);
+    // A named dispatcher this time.
+    steer(
+        &server,
+        &server.admin,
+        &id,
+        "",
+        r#"{"agent":"disp-damkar-01"}"#,
+    );
     wait_until("the dispatcher answers", &server, || {
         server.agent("disp-damkar-01")["state"] == "on_call"
     });

@@ -17,6 +17,8 @@
 //!
 //! A call's requirements are its queue's `require` plus its route's; after
 //! an escalation step's `after`, they are that step's `require` instead.
+//! A call queued for a named agent (`enqueue_for`: a transfer to one
+//! dispatcher) is offered to that agent alone, who must still meet them.
 
 pub mod runtime;
 
@@ -68,6 +70,8 @@ struct Waiting {
     /// When the caller entered this queue: starts max-wait and escalation.
     entered: Instant,
     route_require: Skills,
+    /// Offered to this agent alone (a transfer to a named dispatcher).
+    only: Option<String>,
     offer: Option<(String, Instant)>,
 }
 
@@ -286,10 +290,35 @@ impl Acd {
                 arrived,
                 entered: now,
                 route_require,
+                only: None,
                 offer: None,
             },
         );
         Ok(idx as u32 + 1)
+    }
+
+    /// Puts a call in a queue for one agent alone (who must still meet
+    /// the queue's requirements): a transfer to a named dispatcher.
+    pub fn enqueue_for(
+        &mut self,
+        call: CallId,
+        queue: &str,
+        agent: &str,
+        arrived: Instant,
+        now: Instant,
+    ) -> Result<u32, AcdError> {
+        if !self.agents.contains_key(agent) {
+            return Err(AcdError::UnknownAgent(agent.to_string()));
+        }
+        let pos = self.enqueue(call.clone(), queue, Skills::new(), arrived, now)?;
+        if let Some(w) = self
+            .queues
+            .get_mut(queue)
+            .and_then(|q| q.waiting.iter_mut().find(|w| w.call == call))
+        {
+            w.only = Some(agent.to_string());
+        }
+        Ok(pos)
     }
 
     /// Takes a caller out (it hung up). Returns the agent whose phone was
@@ -536,8 +565,11 @@ impl Acd {
             let mut eligible: Vec<(&String, &Agent)> = self
                 .agents
                 .iter()
-                .filter(|(_, a)| {
-                    a.state == AgentState::Ready && a.reachable && meets(&a.skills, &req)
+                .filter(|(id, a)| {
+                    a.state == AgentState::Ready
+                        && a.reachable
+                        && meets(&a.skills, &req)
+                        && w.only.as_ref().is_none_or(|o| o == *id)
                 })
                 .collect();
             if eligible.is_empty() {

@@ -36,6 +36,8 @@ enum Cmd {
         call: CallId,
         queue: String,
         require: Skills,
+        /// Offer to this agent alone.
+        only: Option<String>,
         arrived: Instant,
         notices: mpsc::UnboundedSender<AcdNotice>,
         reply: oneshot::Sender<Option<u32>>,
@@ -80,8 +82,12 @@ impl AcdHandle {
                         let now = Instant::now();
                         changed = !matches!(cmd, Cmd::Position(..) | Cmd::Snapshot(_) | Cmd::Agents(_));
                         match cmd {
-                            Cmd::Enqueue { call, queue, require, arrived, notices, reply } => {
-                                let pos = acd.enqueue(call.clone(), &queue, require, arrived, now).ok();
+                            Cmd::Enqueue { call, queue, require, only, arrived, notices, reply } => {
+                                let pos = match only {
+                                    Some(agent) => acd.enqueue_for(call.clone(), &queue, &agent, arrived, now),
+                                    None => acd.enqueue(call.clone(), &queue, require, arrived, now),
+                                }
+                                .ok();
                                 if pos.is_some() {
                                     listeners.insert(call, notices);
                                 }
@@ -162,6 +168,29 @@ impl AcdHandle {
             call,
             queue,
             require,
+            only: None,
+            arrived,
+            notices,
+            reply,
+        })
+        .await
+        .flatten()
+    }
+
+    /// Queues a call for one agent alone (a transfer to a named dispatcher).
+    pub async fn enqueue_for(
+        &self,
+        call: CallId,
+        queue: String,
+        agent: String,
+        arrived: Instant,
+        notices: mpsc::UnboundedSender<AcdNotice>,
+    ) -> Option<u32> {
+        self.ask(|reply| Cmd::Enqueue {
+            call,
+            queue,
+            require: Skills::new(),
+            only: Some(agent),
             arrived,
             notices,
             reply,

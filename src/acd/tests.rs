@@ -177,6 +177,35 @@ fn route_requirements_add_a_language() {
 }
 
 #[test]
+fn a_call_for_a_named_agent_waits_for_that_agent() {
+    let t0 = Instant::now();
+    let mut a = acd(
+        vec![queue("dispatch", |q| q.require = skills(&[("damkar", 1)]))],
+        vec![
+            agent("first", &[("damkar", 3)]),
+            agent("named", &[("damkar", 1)]),
+        ],
+        t0,
+        &[0, 5],
+    );
+    a.enqueue_for(id("t1"), "dispatch", "named", t0 + s(10), t0 + s(10))
+        .unwrap();
+    // Longest idle would choose "first"; only "named" may take it.
+    assert_eq!(
+        offers(&a.poll(t0 + s(10))),
+        vec![("t1".into(), "named".into())]
+    );
+    assert_eq!(
+        a.enqueue_for(id("t2"), "dispatch", "nobody", t0, t0),
+        Err(AcdError::UnknownAgent("nobody".into()))
+    );
+    // While "named" is busy, the call waits; "first" is not offered it.
+    a.enqueue_for(id("t3"), "dispatch", "named", t0 + s(11), t0 + s(11))
+        .unwrap();
+    assert!(offers(&a.poll(t0 + s(11))).is_empty());
+}
+
+#[test]
 fn escalation_relaxes_requirements_after_a_wait() {
     let t0 = Instant::now();
     let mut a = acd(

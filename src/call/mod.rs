@@ -490,8 +490,8 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
             ctl = controls.recv() => {
                 let Some(ctl) = ctl else { continue };
                 match ctl {
-                    Control::Transfer { agency, by, reply } => {
-                        let started = start_transfer(&s, &agency, agent.as_ref(), transfer.is_some(), &call_id, transfers + 1, &by).await;
+                    Control::Transfer { agency, agent: named, by, reply } => {
+                        let started = start_transfer(&s, &agency, named.as_deref(), agent.as_ref(), transfer.is_some(), &call_id, transfers + 1, &by).await;
                         match started {
                             Ok(t) => {
                                 transfers += 1;
@@ -755,7 +755,7 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                             continue;
                         };
                         let by = a.id.clone();
-                        match start_transfer(&s, &agency, Some(&*a), transfer.is_some(), &call_id, transfers + 1, &by).await {
+                        match start_transfer(&s, &agency, None, Some(&*a), transfer.is_some(), &call_id, transfers + 1, &by).await {
                             Ok(t) => {
                                 responder.accept().await;
                                 transfers += 1;
@@ -1150,10 +1150,13 @@ enum TransferWake {
     Deadline,
 }
 
-/// Checks a transfer request and puts it in the agency's queue.
+/// Checks a transfer request and puts it in the agency's queue, for any
+/// of its dispatchers or the one named.
+#[allow(clippy::too_many_arguments)]
 async fn start_transfer(
     s: &Services,
     agency: &str,
+    named: Option<&str>,
     agent: Option<&AgentSide>,
     busy: bool,
     call_id: &CallId,
@@ -1179,16 +1182,31 @@ async fn start_transfer(
         .ok_or_else(|| format!("agency `{agency}` has no dispatcher queue"))?;
     let acd_id = CallId(format!("{call_id}~t{seq}"));
     let (tx, notices) = mpsc::unbounded_channel();
-    s.acd
-        .enqueue(
-            acd_id.clone(),
-            queue.clone(),
-            Default::default(),
-            Instant::now(),
-            tx,
-        )
-        .await
-        .ok_or_else(|| format!("the queue `{queue}` refused the transfer"))?;
+    let queued = match named {
+        Some(d) => {
+            s.acd
+                .enqueue_for(
+                    acd_id.clone(),
+                    queue.clone(),
+                    d.to_string(),
+                    Instant::now(),
+                    tx,
+                )
+                .await
+        }
+        None => {
+            s.acd
+                .enqueue(
+                    acd_id.clone(),
+                    queue.clone(),
+                    Default::default(),
+                    Instant::now(),
+                    tx,
+                )
+                .await
+        }
+    };
+    queued.ok_or_else(|| format!("the queue `{queue}` refused the transfer"))?;
     Ok(Transfer {
         id: uuid::Uuid::new_v4().to_string(),
         seq,

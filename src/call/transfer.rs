@@ -17,6 +17,8 @@ pub enum Control {
     /// Put the caller on hold and ring the agency's dispatchers.
     Transfer {
         agency: String,
+        /// A named dispatcher of that agency, or any of them.
+        agent: Option<String>,
         by: String,
         reply: Reply,
     },

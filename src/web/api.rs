@@ -627,7 +627,10 @@ fn may_steer(s: &AppState, user: &User, call_id: &str) -> Result<(), ApiError> {
 
 #[derive(Deserialize)]
 pub struct TransferRequest {
-    agency: String,
+    /// The agency; may be left out when `agent` is given.
+    agency: Option<String>,
+    /// A named dispatcher (an agent id) instead of any of the agency's.
+    agent: Option<String>,
 }
 
 /// Starts a warm transfer: the incident goes to the agency at once (its
@@ -644,17 +647,34 @@ pub async fn transfer(
         .controls
         .clone()
         .ok_or_else(|| ApiError::Conflict("calls are not running".into()))?;
-    if !s.config.agencies.iter().any(|a| a.id == req.agency) {
-        return Err(ApiError::BadRequest(format!(
-            "unknown agency `{}`",
-            req.agency
-        )));
+    let named = req.agent.as_ref().filter(|a| !a.is_empty());
+    let agency = match (named, &req.agency) {
+        (Some(a), given) => {
+            let of = &s
+                .config
+                .agents
+                .get(a)
+                .ok_or_else(|| ApiError::BadRequest(format!("unknown agent `{a}`")))?
+                .agency;
+            if given.as_ref().is_some_and(|g| g != of) {
+                return Err(ApiError::BadRequest(format!(
+                    "agent `{a}` works for `{of}`"
+                )));
+            }
+            of.clone()
+        }
+        (None, Some(agency)) => agency.clone(),
+        (None, None) => return Err(ApiError::BadRequest("name an agency or an agent".into())),
+    };
+    if !s.config.agencies.iter().any(|a| a.id == agency) {
+        return Err(ApiError::BadRequest(format!("unknown agency `{agency}`")));
     }
     let by = user.username.clone();
-    let agency = req.agency.clone();
+    let (to, agent) = (agency.clone(), named.cloned());
     controls
         .send(&call_id, |reply| crate::call::Control::Transfer {
-            agency,
+            agency: to,
+            agent,
             by,
             reply,
         })
@@ -663,7 +683,7 @@ pub async fn transfer(
     // The incident is the agency's from now on.
     if let Some(call) = s.store.get_call(&call_id).await? {
         let change = IncidentUpdate {
-            agency: Some(req.agency.clone()),
+            agency: Some(agency.clone()),
             ..Default::default()
         };
         let before = s.store.get_incident(&call.incident_id).await?;
@@ -682,7 +702,9 @@ pub async fn transfer(
     }
     Ok((
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "call_id": call_id, "agency": req.agency, "state": "ringing" })),
+        Json(
+            serde_json::json!({ "call_id": call_id, "agency": agency, "agent": named, "state": "ringing" }),
+        ),
     ))
 }
 

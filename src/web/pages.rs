@@ -206,6 +206,7 @@ pub async fn calltaker(State(s): State<AppState>, Extension(user): Extension<Use
          <h3>Insiden sebelumnya dari nomor ini</h3><ul id=\"history\"></ul>\
          <section id=\"transfer-box\"><h3>Alihkan (transfer)</h3>\
          <label>Ke instansi <select id=\"t-agency\">{}</select></label> \
+         <label>Petugas <select id=\"t-agent\"><option value=\"\">siapa saja</option></select></label> \
          <button id=\"t-start\" type=\"button\">Alihkan</button> <span id=\"t-state\" role=\"status\"></span> \
          <button id=\"t-complete\" type=\"button\" hidden>Serahkan</button> \
          <button id=\"t-conference\" type=\"button\" hidden>Konferensi</button> \

@@ -53,7 +53,20 @@
   }
   setInterval(tick, 250);
 
+  // The dispatchers of the agency chosen for a transfer, to name one.
+  let lastAgents = [];
+  function fillDispatchers() {
+    const agency = $("t-agency").value;
+    const chosen = $("t-agent").value;
+    $("t-agent").innerHTML = `<option value="">siapa saja</option>` + lastAgents
+      .filter((a) => agency && a.agency === agency)
+      .map((a) => `<option value="${siaga.esc(a.id)}"${a.id === chosen ? " selected" : ""}>${siaga.esc(a.id)} — ${siaga.esc(siaga.stateName(a))}</option>`)
+      .join("");
+  }
+
   function showAgent(agents) {
+    lastAgents = agents || [];
+    if (document.activeElement !== $("t-agent")) fillDispatchers();
     const a = (agents || []).find((x) => x.id === me);
     if (a) $("agent-state").textContent = siaga.stateName(a) + (a.reason ? ` (${a.reason})` : "");
   }
@@ -107,9 +120,11 @@
       $("t-state").textContent = "Gagal: " + err.message;
     }
   }
+  $("t-agency").addEventListener("change", fillDispatchers);
   $("t-start").addEventListener("click", () => {
     const agency = $("t-agency").value;
-    if (agency) transferAction("", { agency });
+    const agent = $("t-agent").value || undefined;
+    if (agency) transferAction("", { agency, agent });
   });
   $("t-complete").addEventListener("click", () => transferAction("/complete"));
   $("t-conference").addEventListener("click", () => transferAction("/conference"));
