@@ -164,17 +164,8 @@ impl AcdHandle {
         arrived: Instant,
         notices: mpsc::UnboundedSender<AcdNotice>,
     ) -> Option<u32> {
-        self.ask(|reply| Cmd::Enqueue {
-            call,
-            queue,
-            require,
-            only: None,
-            arrived,
-            notices,
-            reply,
-        })
-        .await
-        .flatten()
+        self.queue_call(call, queue, require, None, arrived, notices)
+            .await
     }
 
     /// Queues a call for one agent alone (a transfer to a named dispatcher).
@@ -186,11 +177,24 @@ impl AcdHandle {
         arrived: Instant,
         notices: mpsc::UnboundedSender<AcdNotice>,
     ) -> Option<u32> {
+        self.queue_call(call, queue, Skills::new(), Some(agent), arrived, notices)
+            .await
+    }
+
+    async fn queue_call(
+        &self,
+        call: CallId,
+        queue: String,
+        require: Skills,
+        only: Option<String>,
+        arrived: Instant,
+        notices: mpsc::UnboundedSender<AcdNotice>,
+    ) -> Option<u32> {
         self.ask(|reply| Cmd::Enqueue {
             call,
             queue,
-            require: Skills::new(),
-            only: Some(agent),
+            require,
+            only,
             arrived,
             notices,
             reply,
