@@ -103,8 +103,8 @@ impl User {
     }
 }
 
-/// Argon2id with the crate's defaults (RFC 9106's second recommended
-/// setting: 19 MiB, 2 passes), as a PHC string with its own salt.
+/// Argon2id with the crate's defaults (19 MiB, 2 passes, 1 lane: OWASP's
+/// recommended minimum), as a PHC string with its own salt.
 pub fn hash_password(password: &str) -> Result<String, String> {
     use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
     let salt = SaltString::generate(&mut OsRng);
