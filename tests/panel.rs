@@ -421,7 +421,7 @@ fn logins_and_roles_guard_every_route() {
             }
         }
     }
-    assert!(checked >= 21, "only {checked} routes checked");
+    assert!(checked >= 23, "only {checked} routes checked");
     for page in [
         "/",
         "/calltaker",
