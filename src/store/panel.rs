@@ -367,31 +367,6 @@ impl Store {
         Ok(Some(after))
     }
 
-    /// One audit row that is not a field change (a transfer, a callback...).
-    pub async fn incident_note(
-        &self,
-        id: &str,
-        at: i64,
-        actor: &str,
-        action: &str,
-        detail: Option<&str>,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
-        audit(
-            &mut tx,
-            id,
-            at,
-            actor,
-            action,
-            None,
-            None,
-            detail.map(str::to_string),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
     pub async fn incident_audit(&self, id: &str) -> Result<Vec<AuditRow>, StoreError> {
         Ok(sqlx::query_as::<_, AuditRow>(
             "SELECT incident_id, at, actor, action, field, old_value, new_value FROM incident_audit \
@@ -839,16 +814,6 @@ impl Store {
         )
         .bind(call_id)
         .fetch_all(&self.pool)
-        .await?)
-    }
-
-    pub async fn get_transfer(&self, id: &str) -> Result<Option<TransferRow>, StoreError> {
-        Ok(sqlx::query_as::<_, TransferRow>(
-            "SELECT id, call_id, incident_id, from_agent, agency, to_agent, requested_by, started_at, answered_at, ended_at, outcome, recording_path, recording_sha256, recording_error \
-             FROM transfers WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
         .await?)
     }
 }
