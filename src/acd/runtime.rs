@@ -46,6 +46,7 @@ enum Cmd {
     Position(CallId, oneshot::Sender<Option<(String, u32)>>),
     Snapshot(oneshot::Sender<Vec<QueueSnapshot>>),
     Agents(oneshot::Sender<Vec<AgentSnapshot>>),
+    CallOf(String, oneshot::Sender<Option<CallId>>),
     SetState(String, Requested, oneshot::Sender<Result<(), AcdError>>),
     Reachable(String, bool),
     Answered(CallId, String),
@@ -80,7 +81,7 @@ impl AcdHandle {
                     cmd = rx.recv() => {
                         let Some(cmd) = cmd else { return };
                         let now = Instant::now();
-                        changed = !matches!(cmd, Cmd::Position(..) | Cmd::Snapshot(_) | Cmd::Agents(_));
+                        changed = !matches!(cmd, Cmd::Position(..) | Cmd::Snapshot(_) | Cmd::Agents(_) | Cmd::CallOf(..));
                         match cmd {
                             Cmd::Enqueue { call, queue, require, only, arrived, notices, reply } => {
                                 let pos = match only {
@@ -105,6 +106,13 @@ impl AcdHandle {
                             }
                             Cmd::Agents(reply) => {
                                 let _ = reply.send(acd.agents(now));
+                            }
+                            Cmd::CallOf(agent, reply) => {
+                                let call = match acd.agent_state(&agent) {
+                                    Some(super::AgentState::OnCall { call_id }) => Some(call_id.clone()),
+                                    _ => None,
+                                };
+                                let _ = reply.send(call);
                             }
                             Cmd::SetState(agent, req, reply) => {
                                 let _ = reply.send(acd.set_state(&agent, req, now));
@@ -217,6 +225,11 @@ impl AcdHandle {
 
     pub async fn agents(&self) -> Vec<AgentSnapshot> {
         self.ask(Cmd::Agents).await.unwrap_or_default()
+    }
+
+    /// The queue place (a call, or a transfer's place) the agent talks on.
+    pub async fn call_of(&self, agent: String) -> Option<CallId> {
+        self.ask(|r| Cmd::CallOf(agent, r)).await.flatten()
     }
 
     pub async fn set_state(&self, agent: String, req: Requested) -> Result<(), AcdError> {

@@ -11,7 +11,7 @@ pub mod paths;
 mod transfer;
 
 pub use callback::Callbacks;
-use transfer::Transfer;
+use transfer::{Consultation, Transfer};
 pub use transfer::{Control, Controls};
 
 use crate::acd::runtime::{AcdHandle, AcdNotice};
@@ -26,7 +26,7 @@ use crate::media::prompts::{Prompts, Segment};
 use crate::media::recorder::{sha256_file, Recorder};
 use crate::media::sdp::{self, LocalAudio, Negotiated};
 use crate::media::session::{self, MediaCommand, MediaEvent, MediaParams};
-use crate::sip::request::Location;
+use crate::sip::request::{Location, Replaces};
 use crate::sip::{
     AgentFailure, AgentLeg, AgentLegEvent, CallKind, IncomingCall, LegEnd, LegEvent, SipHandle,
 };
@@ -87,6 +87,13 @@ pub async fn run_intake(services: Arc<Services>, mut calls: mpsc::UnboundedRecei
                 services
                     .tracker
                     .spawn(feature::run(services.clone(), leg, info, agent, code).instrument(span));
+            }
+            CallKind::Consult { agent, agency } => {
+                let span = info_span!("consult", %agent, %agency);
+                services.tracker.spawn(
+                    transfer::hand_consultation(services.clone(), leg, info.sdp, agent, agency)
+                        .instrument(span),
+                );
             }
         }
     }
@@ -462,12 +469,19 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                     notices,
                     dispatcher,
                     deadline,
+                    consult,
                     ..
                 }) => {
                     let talking = dispatcher.as_ref().is_some_and(|d| d.talking);
                     let deadline = *deadline;
                     tokio::select! {
                         n = notices.recv() => TransferWake::Notice(n),
+                        ev = async {
+                            match consult.as_mut() {
+                                Some(c) => c.leg.next_event().await,
+                                None => std::future::pending().await,
+                            }
+                        } => TransferWake::Consult(ev),
                         ev = async {
                             match dispatcher.as_mut() {
                                 Some(d) => d.leg.next_event().await,
@@ -542,6 +556,45 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                             let _ = reply.send(Err("no transfer is in progress".into()));
                         }
                     },
+                    Control::Consult { agent: who, agency, leg: c_leg, offer } => {
+                        // The phone of this call's agent dialed an agency:
+                        // the first half of an attended transfer.
+                        if agent.as_ref().is_none_or(|a| a.id != who) {
+                            c_leg.reject(403, "No call to transfer");
+                            continue;
+                        }
+                        let consult = match Consultation::new(&s, c_leg, offer.as_deref()) {
+                            Ok(c) => c,
+                            Err((c_leg, code, reason)) => {
+                                warn!(code, "the phone's consultation cannot be taken");
+                                c_leg.reject(code, reason);
+                                continue;
+                            }
+                        };
+                        let busy = transfer.is_some();
+                        match start_transfer(&s, &agency, None, agent.as_ref(), busy, &call_id, transfers + 1, &who).await {
+                            Ok(mut t) => {
+                                transfers += 1;
+                                info!(%agency, agent = %who, transfer = %t.id, "attended transfer: the phone consults the agency");
+                                consult.leg.ringing();
+                                t.consult = Some(consult);
+                                let _ = cmd_tx.send(MediaCommand::Hold(true));
+                                transfer_begun(&s, &t, &call_id, &incident_id, agent.as_ref(), &who, &cmd_tx);
+                                s.store.send(StoreCmd::AssignAgency {
+                                    incident_id: incident_id.to_string(),
+                                    agency: agency.clone(),
+                                    actor: who.clone(),
+                                    at: now_ms(),
+                                });
+                                transfer_news(&s, &call_id, &incident_id, agent.as_ref(), &t, "ringing");
+                                transfer = Some(t);
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "the phone's consultation refused");
+                                consult.leg.reject(if busy { 486 } else { 403 }, "Transfer Not Possible");
+                            }
+                        }
+                    }
                 }
             }
             wake = transfer_wake => {
@@ -606,7 +659,15 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                                 });
                                 if agent.is_some() {
                                     consult_of = recording.as_ref().map(|_| t.id.clone());
-                                    let _ = cmd_tx.send(MediaCommand::Consult { rtp, params, recording });
+                                    // From the phone: its consultation is
+                                    // answered now and speaks for the agent.
+                                    // (Should the phone have gone meanwhile,
+                                    // its end arrives next and cancels.)
+                                    let agent_leg = t
+                                        .consult
+                                        .as_mut()
+                                        .and_then(|c| c.answer(s.config.server.media.rtp_timeout));
+                                    let _ = cmd_tx.send(MediaCommand::Consult { rtp, params, recording, agent_leg });
                                     transfer_news(&s, &call_id, &incident_id, agent.as_ref(), t, "talking");
                                 } else {
                                     // The agent left while it rang: a blind transfer.
@@ -650,6 +711,23 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                         }
                     }
                     TransferWake::Leg(AgentLegEvent::Trying | AgentLegEvent::Ringing) => {}
+                    TransferWake::Consult(LegEvent::Confirmed { .. }) => {}
+                    TransferWake::Consult(LegEvent::ReOffer { sdp: offer, responder }) => {
+                        if let Some(c) = t.consult.as_mut() {
+                            responder.ok_with_sdp(c.reanswer(offer.as_deref())).await;
+                        }
+                    }
+                    TransferWake::Consult(LegEvent::Ended(why)) => {
+                        info!(cause = why.cause(), "the phone ended its consultation: the transfer is cancelled");
+                        let mut t = transfer.take().expect("present");
+                        t.consult = None;
+                        let by = agent.as_ref().map(|a| a.id.clone()).unwrap_or_else(|| "system".into());
+                        give_up_transfer(&s, t, "cancelled", &by, agent.as_ref(), &call_id, &incident_id, &cmd_tx).await;
+                        if agent.is_none() {
+                            back_to_queue(&s, &call_id, &queue, &route, arrived, &notice_tx).await;
+                            next_announcement = Some(tokio::time::Instant::now());
+                        }
+                    }
                     // The dispatcher's phone does not transfer a call it consults on.
                     TransferWake::Leg(AgentLegEvent::Refer { responder, .. }) => responder.reject(603).await,
                     TransferWake::Deadline => {
@@ -738,29 +816,56 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                         // The agent's phone holds (sendonly/inactive) or resumes.
                         let (answer, dir) = reanswer(a, offer.as_deref());
                         let hold = matches!(dir, sdp::Direction::SendOnly | sdp::Direction::Inactive);
-                        let _ = cmd_tx.send(MediaCommand::Hold(hold));
+                        a.phone_holds = hold;
+                        // During a transfer the caller is on hold already,
+                        // and stays so until it ends.
+                        if transfer.is_none() {
+                            let _ = cmd_tx.send(MediaCommand::Hold(hold));
+                        }
                         info!(agent = %a.id, hold, "agent hold changed");
                         responder.ok_with_sdp(answer).await;
                     }
-                    AgentLegEvent::Refer { target, replaces, responder } => {
+                    AgentLegEvent::Refer { target, replaces: Some(raw), responder } => {
+                        // Attended transfer (RFC 5589 §7): Replaces must
+                        // name the consultation this phone placed for
+                        // this call.
+                        let names_ours = Replaces::parse(&raw)
+                            .is_some_and(|r| transfer.as_ref().is_some_and(|t| t.replaced_by(&r)));
+                        if !names_ours {
+                            warn!(%target, "attended transfer refused: Replaces names no consultation of this call");
+                            responder.reject(603).await;
+                            continue;
+                        }
+                        responder.accept().await;
+                        a.leg.notify_transfer(200, "OK", true).await;
+                        let by = a.id.clone();
+                        let mut t = transfer.take().expect("checked");
+                        let gone = agent.take().expect("present");
+                        if t.talking() {
+                            info!(agent = %by, "attended transfer: caller and dispatcher joined");
+                            agent = complete_transfer(&s, t, Some(gone), &call_id, &incident_id, &by, &cmd_tx, bridge_info("")).await;
+                        } else {
+                            info!(agent = %by, "attended transfer while the dispatcher rings: the caller waits for them");
+                            gone.leg.end().await;
+                            agent_left_ringing(&s, &mut t, &gone, &call_id, &incident_id, &cmd_tx).await;
+                            transfer = Some(t);
+                        }
+                    }
+                    AgentLegEvent::Refer { target, replaces: None, responder } => {
                         // A blind transfer from the phone (REFER to an
                         // agency's id): accepted, the phone is released
                         // at once, the caller waits on hold for the agency.
-                        let agency = refer_agency(&s.config, &target);
-                        let (Some(agency), None) = (agency, replaces.as_ref()) else {
-                            warn!(%target, attended = replaces.is_some(), "transfer request refused");
-                            // Attended transfer (Replaces) is not taken yet;
-                            // an unknown target is no agency.
-                            responder.reject(if replaces.is_some() { 501 } else { 404 }).await;
+                        let Some(agency) = refer_agency(&s.config, &target) else {
+                            warn!(%target, "transfer request refused: no agency with a dispatcher queue");
+                            responder.reject(404).await;
                             continue;
                         };
                         let by = a.id.clone();
                         match start_transfer(&s, &agency, None, Some(&*a), transfer.is_some(), &call_id, transfers + 1, &by).await {
-                            Ok(t) => {
+                            Ok(mut t) => {
                                 responder.accept().await;
                                 transfers += 1;
                                 info!(%agency, agent = %by, "blind transfer from the phone");
-                                let _ = cmd_tx.send(MediaCommand::Unbridge);
                                 transfer_begun(&s, &t, &call_id, &incident_id, Some(&*a), &by, &cmd_tx);
                                 s.store.send(StoreCmd::AssignAgency {
                                     incident_id: incident_id.to_string(),
@@ -771,13 +876,7 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                                 a.leg.notify_transfer(200, "OK", true).await;
                                 let gone = agent.take().expect("present");
                                 gone.leg.end().await;
-                                s.acd.call_ended(gone.id.clone(), gone.queue.clone());
-                                s.live.send(LiveEvent::CallEnded {
-                                    call_id: call_id.to_string(),
-                                    incident_id: incident_id.to_string(),
-                                    agent_id: Some(gone.id.clone()),
-                                    cause: "transferred".into(),
-                                });
+                                agent_left_ringing(&s, &mut t, &gone, &call_id, &incident_id, &cmd_tx).await;
                                 transfer_news(&s, &call_id, &incident_id, None, &t, "ringing");
                                 transfer = Some(t);
                             }
@@ -795,14 +894,8 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                             agent = complete_transfer(&s, t, Some(gone), &call_id, &incident_id, "system", &cmd_tx, bridge_info("")).await;
                         } else {
                             info!(agent = %gone.id, "the agent left while the dispatcher rings: blind transfer");
-                            s.acd.call_ended(gone.id.clone(), gone.queue.clone());
-                            s.live.send(LiveEvent::CallEnded {
-                                call_id: call_id.to_string(),
-                                incident_id: incident_id.to_string(),
-                                agent_id: Some(gone.id.clone()),
-                                cause: "transferred".into(),
-                            });
-                            let _ = cmd_tx.send(MediaCommand::Unbridge);
+                            let mut t = t;
+                            agent_left_ringing(&s, &mut t, &gone, &call_id, &incident_id, &cmd_tx).await;
                             transfer = Some(t);
                         }
                     }
@@ -1008,6 +1101,8 @@ pub(crate) struct AgentSide {
     codec: Option<Negotiated>,
     version: u64,
     talking: bool,
+    /// The phone holds this leg (its last offer was sendonly/inactive).
+    phone_holds: bool,
 }
 
 /// The agent or center did not take the call. An agent's failure goes to
@@ -1126,6 +1221,7 @@ fn ring(
         codec: None,
         version: 1,
         talking: false,
+        phone_holds: false,
     })
 }
 
@@ -1136,18 +1232,39 @@ fn refer_agency(config: &Config, target: &str) -> Option<String> {
         .or_else(|| target.strip_prefix("sips:"))?
         .split(['@', ';'])
         .next()?;
-    config
-        .agencies
-        .iter()
-        .find(|a| a.id == user && a.queue.is_some())
-        .map(|a| a.id.clone())
+    crate::sip::routing::transfer_agency(user, &config.agencies)
 }
 
 /// What woke the call about its transfer.
 enum TransferWake {
     Notice(Option<AcdNotice>),
+    /// The dispatcher's leg.
     Leg(AgentLegEvent),
+    /// The phone's consultation leg (attended transfer).
+    Consult(LegEvent),
     Deadline,
+}
+
+/// The agent left (hung up, or transferred) while the dispatcher still
+/// rings: the transfer goes on blind, and the caller waits on hold for
+/// whoever answers. The agent's leg is already ended.
+async fn agent_left_ringing(
+    s: &Services,
+    t: &mut Transfer,
+    gone: &AgentSide,
+    call_id: &CallId,
+    incident_id: &IncidentId,
+    media: &mpsc::UnboundedSender<MediaCommand>,
+) {
+    t.end_consult((487, "Request Terminated")).await;
+    s.acd.call_ended(gone.id.clone(), gone.queue.clone());
+    s.live.send(LiveEvent::CallEnded {
+        call_id: call_id.to_string(),
+        incident_id: incident_id.to_string(),
+        agent_id: Some(gone.id.clone()),
+        cause: "transferred".into(),
+    });
+    let _ = media.send(MediaCommand::Unbridge);
 }
 
 /// Checks a transfer request and puts it in the agency's queue, for any
@@ -1180,7 +1297,7 @@ async fn start_transfer(
         .queue
         .clone()
         .ok_or_else(|| format!("agency `{agency}` has no dispatcher queue"))?;
-    let acd_id = CallId(format!("{call_id}~t{seq}"));
+    let acd_id = transfer::transfer_place(call_id, seq);
     let (tx, notices) = mpsc::unbounded_channel();
     let queued = match named {
         Some(d) => {
@@ -1218,6 +1335,7 @@ async fn start_transfer(
         dispatcher: None,
         conference: false,
         by: by.to_string(),
+        consult: None,
     })
 }
 
@@ -1238,6 +1356,7 @@ async fn complete_transfer(
     if let Some(a) = agent {
         let _ = media.send(MediaCommand::Complete);
         a.leg.end().await;
+        t.end_consult((487, "Request Terminated")).await;
         s.acd.call_ended(a.id.clone(), a.queue.clone());
         s.live.send(LiveEvent::CallEnded {
             call_id: call_id.to_string(),
@@ -1295,6 +1414,19 @@ async fn give_up_transfer(
     } else {
         let _ = media.send(MediaCommand::Clear);
         let _ = media.send(MediaCommand::Hold(false));
+    }
+    // The phone's consultation, when it came from one: nobody answered
+    // (480), or it ends with the transfer.
+    let unanswered = if outcome == "no_answer" {
+        (480, "Temporarily Unavailable")
+    } else {
+        (487, "Request Terminated")
+    };
+    t.end_consult(unanswered).await;
+    // A phone that holds its leg (it consulted from the phone) resumes
+    // it itself; until then the caller hears hold music.
+    if agent.is_some_and(|a| a.phone_holds) {
+        let _ = media.send(MediaCommand::Hold(true));
     }
     info!(outcome, "warm transfer ended without completing");
     s.store.send(StoreCmd::TransferEnded {

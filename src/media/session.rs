@@ -11,7 +11,9 @@
 //!   when both legs use the same law);
 //! - consult: the caller hears the player while the agent and the
 //!   dispatcher talk privately (forwarded as they arrive); their two
-//!   voices go to a second recording, the consultation's;
+//!   voices go to a second recording, the consultation's. In an attended
+//!   transfer from the phone the agent speaks on the phone's
+//!   consultation leg, which takes the agent's place until it ends;
 //! - conference: all three mixed per tick, each hearing the other two.
 //!
 //! Per packet nothing is allocated but the recorder frames, and nothing
@@ -63,10 +65,14 @@ pub enum MediaCommand {
     Hold(bool),
     /// A dispatcher answered a warm transfer: the caller hears the player
     /// while agent and dispatcher talk; `recording` takes their voices.
+    /// `agent_leg` is the phone's consultation leg of an attended
+    /// transfer: it speaks for the agent until the consultation ends (the
+    /// agent's first leg, on hold, is kept aside and comes back then).
     Consult {
         rtp: RtpSocket,
         params: MediaParams,
         recording: Option<Recording>,
+        agent_leg: Option<(RtpSocket, MediaParams)>,
     },
     /// All three hear each other.
     Conference,
@@ -307,6 +313,8 @@ pub async fn run(
     // The dispatcher of a warm transfer, and the consultation's recording.
     let mut second: Option<AgentSide> = None;
     let mut consult_rec: Option<Recording> = None;
+    // The agent's first leg while a consultation leg speaks for them.
+    let mut set_aside: Option<AgentSide> = None;
     let mut conference = false;
     let mut held = false;
 
@@ -498,7 +506,10 @@ pub async fn run(
                     held = on;
                     header.marker = true;
                 }
-                Some(MediaCommand::Consult { rtp: b_rtp, params: b_params, recording: rec }) => {
+                Some(MediaCommand::Consult { rtp: b_rtp, params: b_params, recording: rec, agent_leg }) => {
+                    if let Some((c_rtp, c_params)) = agent_leg {
+                        set_aside = agent.replace(AgentSide::new(c_rtp, c_params));
+                    }
                     if let Some(a) = agent.as_mut() {
                         a.heard.clear();
                         a.header.marker = true;
@@ -517,6 +528,7 @@ pub async fn run(
                 Some(MediaCommand::Complete) => {
                     if let Some(b) = second.take() {
                         player.clear();
+                        set_aside = None;
                         agent = Some(b);
                         held = false;
                         conference = false;
@@ -526,6 +538,9 @@ pub async fn run(
                 }
                 Some(MediaCommand::EndConsult) => {
                     if second.take().is_some() {
+                        if let Some(first) = set_aside.take() {
+                            agent = Some(first);
+                        }
                         player.clear();
                         held = false;
                         conference = false;

@@ -74,7 +74,9 @@ pub fn header_value(req: &Request, name: &str) -> Option<String> {
 }
 
 /// A Refer-To value's URI (without the angle brackets and the embedded
-/// headers) and its `Replaces` header, if any (attended transfer).
+/// headers) and its `Replaces` header, if any (attended transfer),
+/// percent-decoded (RFC 3261 §19.1.1: headers embedded in a URI are
+/// escaped).
 pub fn refer_target(refer_to: &str) -> (String, Option<String>) {
     let v = refer_to.trim();
     let inner = v
@@ -87,14 +89,77 @@ pub fn refer_target(refer_to: &str) -> (String, Option<String>) {
                 .split('&')
                 .filter_map(|h| h.split_once('='))
                 .find(|(k, _)| k.eq_ignore_ascii_case("Replaces"))
-                .map(|(_, v)| {
-                    v.replace("%40", "@")
-                        .replace("%3B", ";")
-                        .replace("%3D", "=")
-                });
+                .map(|(_, v)| percent_decode(v));
             (uri.to_string(), replaces)
         }
         None => (inner.to_string(), None),
+    }
+}
+
+/// `%XX` escapes decoded (either case); a broken escape stays as it is.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The dialog a Replaces header names (RFC 3891 §6.1): its Call-ID and
+/// the two tags, as the sender of the REFER sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replaces {
+    pub call_id: String,
+    pub to_tag: String,
+    pub from_tag: String,
+}
+
+impl Replaces {
+    /// `callid;to-tag=a;from-tag=b[;early-only]`; `None` without both tags.
+    pub fn parse(value: &str) -> Option<Replaces> {
+        let mut parts = value.split(';').map(str::trim);
+        let call_id = parts.next().filter(|c| !c.is_empty())?.to_string();
+        let (mut to_tag, mut from_tag) = (None, None);
+        for p in parts {
+            match p.split_once('=') {
+                Some((k, v)) if k.trim().eq_ignore_ascii_case("to-tag") => {
+                    to_tag = Some(v.trim().to_string())
+                }
+                Some((k, v)) if k.trim().eq_ignore_ascii_case("from-tag") => {
+                    from_tag = Some(v.trim().to_string())
+                }
+                _ => {}
+            }
+        }
+        Some(Replaces {
+            call_id,
+            to_tag: to_tag?,
+            from_tag: from_tag?,
+        })
+    }
+
+    /// Whether this names the dialog with these ids. The tags are taken
+    /// in either order: which is "to" depends on who sent the REFER.
+    pub fn names(&self, call_id: &str, local_tag: &str, remote_tag: &str) -> bool {
+        self.call_id == call_id
+            && ((self.to_tag == local_tag && self.from_tag == remote_tag)
+                || (self.to_tag == remote_tag && self.from_tag == local_tag))
     }
 }
 
@@ -292,7 +357,7 @@ pub fn source_from_via(via_value: &str) -> Option<SocketAddr> {
 
 #[cfg(test)]
 mod refer_tests {
-    use super::refer_target;
+    use super::{refer_target, Replaces};
 
     #[test]
     fn refer_to_values() {
@@ -308,6 +373,29 @@ mod refer_tests {
             refer_target("<sip:disp@10.0.0.1?Replaces=abc%40host%3Bto-tag%3D1%3Bfrom-tag%3D2>;x=y");
         assert_eq!(uri, "sip:disp@10.0.0.1");
         assert_eq!(replaces.as_deref(), Some("abc@host;to-tag=1;from-tag=2"));
+        // Lower-case escapes, and characters beyond the three above.
+        let (_, replaces) =
+            refer_target("<sip:damkar@h?Replaces=a%2bb%40h%3bto-tag%3d7%3Bfrom-tag%3D8>");
+        assert_eq!(replaces.as_deref(), Some("a+b@h;to-tag=7;from-tag=8"));
+        // A broken escape is kept, not dropped.
+        let (_, replaces) = refer_target("<sip:x@h?Replaces=a%4%zz>");
+        assert_eq!(replaces.as_deref(), Some("a%4%zz"));
+    }
+
+    #[test]
+    fn replaces_names_one_dialog() {
+        let r = Replaces::parse("abc@h;to-tag=t1;from-tag=f1;early-only").unwrap();
+        assert_eq!(r.call_id, "abc@h");
+        assert!(r.names("abc@h", "t1", "f1"));
+        assert!(r.names("abc@h", "f1", "t1"), "tags in either order");
+        assert!(!r.names("abc@h", "t1", "other"));
+        assert!(!r.names("xyz@h", "t1", "f1"));
+        assert_eq!(
+            Replaces::parse("abc@h;to-tag=t1"),
+            None,
+            "both tags are required"
+        );
+        assert_eq!(Replaces::parse(";to-tag=1;from-tag=2"), None);
     }
 }
 

@@ -1,7 +1,7 @@
 //! Decisions about requests that arrive outside a dialog. Pure: the request
 //! is summarized into plain data first, so this is tested without sockets.
 
-use crate::config::{dialplan::DialedTarget, Dialplan, Route};
+use crate::config::{dialplan::DialedTarget, AgencyConfig, Dialplan, Route};
 
 /// What to do with a new INVITE.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +59,43 @@ pub fn feature_code(dialed: Option<&DialedTarget>) -> Option<FeatureCode> {
         },
         DialedTarget::Urn(_) => None,
     }
+}
+
+/// What an authenticated agent's INVITE asks for, when it is not a call
+/// into a dialplan route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentRequest {
+    /// A state change (`*11`, `*12`, `*13`).
+    Feature(FeatureCode),
+    /// A consultation with an agency's dispatchers (`sip:damkar@siaga`),
+    /// the first half of an attended transfer (RFC 5589 §7): the phone
+    /// holds its call, dials the agency, then REFERs the held call with
+    /// Replaces naming this consultation.
+    Consult { agency: String },
+}
+
+pub fn agent_request(
+    dialed: Option<&DialedTarget>,
+    agencies: &[AgencyConfig],
+) -> Option<AgentRequest> {
+    if let Some(code) = feature_code(dialed) {
+        return Some(AgentRequest::Feature(code));
+    }
+    match dialed? {
+        DialedTarget::Number(user) => {
+            transfer_agency(user, agencies).map(|agency| AgentRequest::Consult { agency })
+        }
+        DialedTarget::Urn(_) => None,
+    }
+}
+
+/// The agency whose id is `user`, when it has a dispatcher queue to take
+/// transfers: the user part of a REFER target or of a consultation INVITE.
+pub fn transfer_agency(user: &str, agencies: &[AgencyConfig]) -> Option<String> {
+    agencies
+        .iter()
+        .find(|a| a.id == user && a.queue.is_some())
+        .map(|a| a.id.clone())
 }
 
 /// What to do with a request outside a dialog, by method.
@@ -192,6 +229,29 @@ mod tests {
         );
         assert_eq!(feature_code(Some(&DialedTarget::number("112"))), None);
         assert_eq!(feature_code(None), None);
+    }
+
+    #[test]
+    fn agents_consult_agencies_with_a_dispatcher_queue() {
+        let config = Config::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let a = &config.agencies;
+        let ask = |n: &str| agent_request(Some(&DialedTarget::number(n)), a);
+        assert_eq!(
+            ask("damkar"),
+            Some(AgentRequest::Consult {
+                agency: "damkar".into()
+            })
+        );
+        assert_eq!(ask("*11"), Some(AgentRequest::Feature(FeatureCode::Ready)));
+        // An agency without a dispatcher queue takes no transfers.
+        assert_eq!(ask("polri"), None);
+        assert_eq!(ask("nobody"), None);
+        assert_eq!(ask("112"), None);
+        assert_eq!(agent_request(None, a), None);
+        assert_eq!(
+            agent_request(Some(&DialedTarget::urn("urn:service:sos")), a),
+            None
+        );
     }
 
     #[test]

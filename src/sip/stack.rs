@@ -11,7 +11,7 @@ use super::accounts::{self, Accounts, RegisterReply, RegistrationEvent};
 use super::guard::Verdict;
 use super::registrar::Binding;
 use super::request::{self, header_value, InviteInfo};
-use super::routing::{self, FeatureCode, InviteDecision, MethodDecision};
+use super::routing::{self, AgentRequest, FeatureCode, InviteDecision, MethodDecision};
 use super::salvage;
 use crate::config::{Config, Route};
 use rsipstack::dialog::dialog::{
@@ -61,6 +61,9 @@ pub enum CallKind {
     Emergency { route: Route, trunk: Option<String> },
     /// An authenticated agent dialing a feature code.
     Feature { agent: String, code: FeatureCode },
+    /// An authenticated agent dialing an agency from the phone while on a
+    /// call: the consultation of an attended transfer.
+    Consult { agent: String, agency: String },
 }
 
 /// Where the SIP stack listens, once bound.
@@ -360,7 +363,8 @@ impl Dispatcher {
         let req = &tx.original;
         let trunk = self.config.trunk_for(source.ip()).map(|t| t.name.clone());
         let dialed = request::dialed_target(&req.uri);
-        let kind = if let Some(code) = routing::feature_code(dialed.as_ref()) {
+        let kind = if let Some(ask) = routing::agent_request(dialed.as_ref(), &self.config.agencies)
+        {
             let now = std::time::Instant::now();
             if self.accounts.guard(source.ip(), now) == Verdict::Blocked {
                 let _ = tx.reply(StatusCode::Forbidden).await;
@@ -371,7 +375,10 @@ impl Dispatcher {
                 .accounts
                 .authenticate(auth.as_deref(), "INVITE", source, now)
             {
-                Authenticated::Agent(agent) => CallKind::Feature { agent, code },
+                Authenticated::Agent(agent) => match ask {
+                    AgentRequest::Feature(code) => CallKind::Feature { agent, code },
+                    AgentRequest::Consult { agency } => CallKind::Consult { agent, agency },
+                },
                 Authenticated::Challenge(values) => {
                     let headers = values
                         .into_iter()
@@ -576,13 +583,17 @@ impl SipHandle {
             r#type: Some(transport),
             addr: binding.source.into(),
         };
+        // Phones offer attended transfer only to a peer that takes
+        // Replaces (RFC 3891 §6); we take it in a REFER's Refer-To.
+        let mut headers = vec![Header::Supported("replaces".into())];
+        headers.extend(call_info.map(|ci| Header::Other("Call-Info".into(), ci)));
         self.invite(
             &binding.contact,
             Some(destination),
             binding.transport,
             caller,
             sdp,
-            call_info,
+            headers,
         )
     }
 
@@ -600,7 +611,10 @@ impl SipHandle {
         } else {
             "udp"
         };
-        self.invite(target, None, transport, caller, sdp, call_info)
+        let headers = call_info
+            .map(|ci| vec![Header::Other("Call-Info".into(), ci)])
+            .unwrap_or_default();
+        self.invite(target, None, transport, caller, sdp, headers)
     }
 
     fn invite(
@@ -610,7 +624,7 @@ impl SipHandle {
         transport: &str,
         caller: &str,
         sdp: String,
-        call_info: Option<String>,
+        headers: Vec<Header>,
     ) -> Result<AgentLeg, SipError> {
         let callee = rsipstack::sip::Uri::try_from(target)
             .map_err(|e| SipError::Stack(format!("target `{target}`: {e}")))?;
@@ -618,9 +632,6 @@ impl SipHandle {
             .ok_or_else(|| SipError::Stack("no UDP listener".into()))?;
         let contact = contact_uri(&self.config, &self.addrs, None, transport)
             .ok_or_else(|| SipError::Stack("no listener for the target's transport".into()))?;
-        let headers = call_info
-            .map(|ci| vec![Header::Other("Call-Info".into(), ci)])
-            .unwrap_or_default();
         let opt = rsipstack::dialog::invitation::InviteOption {
             caller_display_name: Some(caller.to_string()),
             caller: caller_uri,
@@ -790,8 +801,9 @@ impl Drop for AgentLeg {
 }
 
 /// Answers the in-dialog requests neither leg acts on: INFO, OPTIONS,
-/// MESSAGE and NOTIFY get 200; REFER gets 603 until transfers exist (the
-/// warm-transfer issue); other states need no answer.
+/// MESSAGE and NOTIFY get 200; REFER gets 603 (only an agent's leg, where
+/// we are the caller, may transfer: `AgentLeg` surfaces it); other states
+/// need no answer.
 async fn answer_routine(state: DialogState) {
     match state {
         DialogState::Info(_, _, h)
@@ -899,6 +911,12 @@ impl ServerLeg {
         if let Err(e) = self.dialog.hangup().await {
             debug!(error = %e, "BYE to the caller failed");
         }
+    }
+
+    /// Whether a Replaces header (RFC 3891) names this dialog.
+    pub fn is_named_by(&self, r: &request::Replaces) -> bool {
+        let id = self.dialog.id();
+        r.names(&id.call_id, &id.local_tag, &id.remote_tag)
     }
 
     /// The next thing that matters to the call. In-dialog INFO, OPTIONS,

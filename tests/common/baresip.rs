@@ -20,7 +20,7 @@ pub struct Phone<'a> {
 
 /// A loopback port free for SIP over UDP and TCP, and TCP on the next
 /// port (baresip binds all three).
-fn free_sip_port() -> u16 {
+pub fn free_sip_port() -> u16 {
     loop {
         let port = super::free_udp_port();
         let tcp = std::net::TcpListener::bind(("127.0.0.1", port));

@@ -5,6 +5,7 @@
 
 pub mod audio;
 pub mod baresip;
+pub mod pyphone;
 pub mod rawsip;
 pub mod webdriver;
 
