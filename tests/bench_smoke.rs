@@ -1,0 +1,58 @@
+//! A quick run of every benchmark scenario (`scripts/bench/bench.py
+//! smoke`: five calls each, a few seconds) against the binary under test,
+//! so the benchmarks keep working. Numbers are not judged here (that is
+//! what the benchmarks are for); what must hold at any speed is: every
+//! call answered, reached an agent where there are agents, recorded and
+//! verified, RTP relayed both ways without loss, prompts without gaps.
+
+use serde_json::Value;
+use std::process::Command;
+
+#[test]
+fn every_benchmark_scenario_runs_and_loses_nothing() {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new("python3")
+        .arg(format!("{repo}/scripts/bench/bench.py"))
+        .arg("smoke")
+        .env("SIAGA_BIN", env!("CARGO_BIN_EXE_siaga"))
+        .output()
+        .expect("run scripts/bench/bench.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench.py smoke failed:\n{stdout}\n{stderr}"
+    );
+    let results: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(results.len(), 3, "{stdout}");
+
+    let rate = &results[0]["rates"][0];
+    assert_eq!(rate["calls"], 10, "{rate}");
+    assert_eq!(rate["sipp_ok"], 10, "{rate}");
+    assert_eq!(rate["reached_agent"], 10, "{rate}");
+    assert_eq!(rate["recordings_verified"], 10, "{rate}");
+    assert_eq!(rate["failed_pct"], 0.0, "{rate}");
+    assert!(rate["trying_ms_p99"].as_f64().unwrap() >= 0.0, "{rate}");
+
+    let conc = &results[1];
+    assert_eq!(conc["reached_agent"], 5, "{conc}");
+    assert_eq!(conc["recordings_verified"], 5, "{conc}");
+    assert_eq!(conc["rtp"]["calls_measured"], 5, "{conc}");
+    assert!(
+        conc["rtp"]["packets_returned"].as_u64().unwrap() > 5 * 50,
+        "{conc}"
+    );
+    assert_eq!(conc["rtp"]["packets_lost"], 0, "{conc}");
+
+    let surge = &results[2];
+    assert_eq!(surge["waiting_at_end"], 5, "{surge}");
+    assert_eq!(surge["recordings_verified"], 5, "{surge}");
+    assert!(
+        surge["prompts"]["packets"].as_u64().unwrap() > 5 * 100,
+        "{surge}"
+    );
+    assert_eq!(surge["prompts"]["gaps_over_60ms"], 0, "{surge}");
+}
