@@ -39,8 +39,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "scripts" / "bench"
-SIP, CALLERS, AGENTS, HTTP = 5460, 5461, 5463, 8460
-AGENT_RTP, PROBE_BASE = 6000, 40000
+SIP, CALLERS, HTTP = 5460, 5461, 8460
+# The agents' phones: several SIPp processes (one echo socket each could
+# not keep up with all calls: its receive queue overflowed), agent i on
+# process i % len(AGENT_SIP), at AGENT_SIP[k] with media at AGENT_RTP[k].
+AGENT_SIP = (5463, 5465, 5467, 5469)
+AGENT_RTP = (6000, 6010, 6020, 6030)
+PROBE_BASE = 40000
 PASSWORD = "bench-sandi"
 HZ = os.sysconf("SC_CLK_TCK")
 # Every process started here, ended at exit whatever happened, so a failed
@@ -54,11 +59,42 @@ def spawn(args, **kw):
     return p
 
 
+# Where runs live: as root, a fresh ext4 filesystem (a sparse file, loop
+# mounted) made for this bench and dropped at its end. ext4 skips inodes
+# freed in the last minutes when it allocates new ones, so a run made
+# right after another deleted its thousands of recordings paid for that in
+# file creation (seen as `recently_deleted` in perf); a center keeps its
+# recordings. Not root: a folder in /tmp, and that caveat.
+WORK = None
+FINISHED = []
+
+
+def workdir():
+    global WORK
+    if WORK is None:
+        base = Path(tempfile.mkdtemp(prefix="siaga-bench-fs."))
+        image, mnt = base / "fs.img", base / "mnt"
+        mnt.mkdir()
+        made = os.geteuid() == 0 and shutil.which("mkfs.ext4") and subprocess.run(
+            f"truncate -s 40G {image} && mkfs.ext4 -q -F {image} && mount -o loop {image} {mnt}",
+            shell=True, capture_output=True,
+        ).returncode == 0
+        WORK = (base, mnt if made else base, made)
+    return WORK[1]
+
+
 @atexit.register
 def _end_children():
     for p in CHILDREN:
         if p.poll() is None:
             p.kill()
+    for root in FINISHED:
+        shutil.rmtree(root, ignore_errors=True)
+    if WORK:
+        base, _, mounted = WORK
+        if mounted:
+            subprocess.run(["umount", "-l", str(base / "mnt")], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def log(*a):
@@ -93,7 +129,7 @@ class Siaga:
 
     def __init__(self, binary, agents, ring_timeout="15s"):
         self.binary = binary
-        self.root = Path(tempfile.mkdtemp(prefix="siaga-bench."))
+        self.root = Path(tempfile.mkdtemp(prefix="run.", dir=workdir()))
         self.agents = [f"bench-{i:04d}" for i in range(1, agents + 1)]
         cfg = self.root / "sip-config"
         cfg.mkdir()
@@ -192,17 +228,21 @@ max_wait = "3600s"
         REGISTER came from); then each is made ready. SIPp 3.6 cannot take
         a per-call user in its digest keyword, so the registrations are
         made here; the load itself is SIPp's."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("127.0.0.1", AGENTS))
-        sock.settimeout(5)
+        socks = []
+        for port in AGENT_SIP:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind(("127.0.0.1", port))
+            sock.settimeout(5)
+            socks.append((sock, port))
 
         def register(agent, cseq, auth=""):
+            sock, port = socks[int(agent.split("-")[1]) % len(socks)]
             msg = (
                 f"REGISTER sip:127.0.0.1:{SIP} SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP 127.0.0.1:{AGENTS};branch=z9hG4bK{agent}{cseq}\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{agent}{cseq}\r\n"
                 f"From: <sip:{agent}@127.0.0.1>;tag=r{agent}\r\n"
                 f"To: <sip:{agent}@127.0.0.1>\r\nCall-ID: reg-{agent}\r\nCSeq: {cseq} REGISTER\r\n"
-                f"Contact: <sip:{agent}@127.0.0.1:{AGENTS}>\r\nExpires: 3600\r\n{auth}"
+                f"Contact: <sip:{agent}@127.0.0.1:{port}>\r\nExpires: 3600\r\n{auth}"
                 "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
             )
             sock.sendto(msg.encode(), ("127.0.0.1", SIP))
@@ -226,7 +266,8 @@ max_wait = "3600s"
             reply = register(agent, 2, auth)
             if not reply.startswith("SIP/2.0 200"):
                 raise SystemExit(f"{agent} did not register: {reply.splitlines()[0]}")
-        sock.close()
+        for sock, _ in socks:
+            sock.close()
         conn = http.client.HTTPConnection("127.0.0.1", HTTP, timeout=30)
         for a in self.agents:
             status, body = self.api("POST", f"/api/agents/{a}/state", {"state": "ready"}, conn)
@@ -248,9 +289,11 @@ max_wait = "3600s"
         return 0
 
     def sample(self, others=()):
-        """Starts sampling CPU (% of one core) and RSS every second."""
+        """Starts sampling CPU (% of one core) and RSS every second, and
+        the kernel's per-socket UDP drop counters (who lost packets)."""
         self._sampling = True
         self.samples = []
+        self.drops = {}
 
         def run():
             prev = self.cpu_ticks()
@@ -263,6 +306,7 @@ max_wait = "3600s"
                 other = sum(cur_o[p] - prev_o[p] for p in others) * 100 / HZ
                 self.samples.append((time.monotonic() - t0, (cur - prev) * 100 / HZ, self.rss(), other))
                 prev, prev_o = cur, cur_o
+                udp_drops(self.drops)
 
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
@@ -323,17 +367,28 @@ max_wait = "3600s"
         if os.environ.get("BENCH_KEEP"):
             log(f"kept {self.root}")
         else:
-            shutil.rmtree(self.root, ignore_errors=True)
+            FINISHED.append(self.root)
 
 
-def agents_uas(root, limit_s):
-    """One SIPp UAS answering for every agent, echoing RTP."""
-    return spawn(
-        ["sipp", "-timeout", f"{int(limit_s)}s", "-sf", str(BENCH / "sipp" / "agent.xml"), "-i", "127.0.0.1",
-         "-p", str(AGENTS), "-mi", "127.0.0.1", "-mp", str(AGENT_RTP), "-rtp_echo", "-nostdin",
-         "-bind_local", "-max_socket", "10000"],
-        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+class AgentsUas:
+    """The agents' phones: SIPp UAS processes answering for every agent,
+    echoing RTP (AGENT_SIP, AGENT_RTP)."""
+
+    def __init__(self, root, limit_s):
+        self.procs = [
+            spawn(
+                ["sipp", "-timeout", f"{int(limit_s)}s", "-sf", str(BENCH / "sipp" / "agent.xml"),
+                 "-i", "127.0.0.1", "-p", str(sip), "-mi", "127.0.0.1", "-mp", str(rtp), "-rtp_echo",
+                 "-nostdin", "-bind_local", "-max_socket", "10000"],
+                cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            for sip, rtp in zip(AGENT_SIP, AGENT_RTP)
+        ]
+        self.pids = [p.pid for p in self.procs]
+
+    def kill(self):
+        for p in self.procs:
+            p.kill()
 
 
 def callers(root, count, rate, hold_ms, rtp_ports, limit_s, tag):
@@ -415,6 +470,34 @@ class SipCapture:
         return {1: d(trying), 2: d(ok)}
 
 
+def udp_drops(seen):
+    """Largest drop count seen per UDP socket (inode), with its port."""
+    with open("/proc/net/udp") as f:
+        next(f)
+        for line in f:
+            w = line.split()
+            port, inode, drops = int(w[1].split(":")[1], 16), w[9], int(w[12])
+            if drops:
+                seen[inode] = (port, max(drops, seen.get(inode, (0, 0))[1]))
+
+
+def drop_summary(seen):
+    """Packets the kernel dropped for lack of room, by whose sockets."""
+    out = {"siaga_rtp": 0, "siaga_sip": 0, "agents_echo": 0, "probe": 0, "other": 0}
+    for port, n in seen.values():
+        if 20000 <= port <= 39999:
+            out["siaga_rtp"] += n
+        elif port == SIP:
+            out["siaga_sip"] += n
+        elif port in AGENT_RTP or port - 2 in AGENT_RTP:
+            out["agents_echo"] += n
+        elif port >= PROBE_BASE:
+            out["probe"] += n
+        else:
+            out["other"] += n
+    return out
+
+
 def cpu_summary(samples, skip_first=1):
     cpu = [s[1] for s in samples[skip_first:]] or [0]
     return {
@@ -435,11 +518,12 @@ def probe(binary, count, seconds, target=None, root=None):
         args += ["--remotes", str(Path(root) / "answers.log")]
     p = spawn(args, stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "READY"
+    p.seconds = seconds
     return p
 
 
 def probe_result(p):
-    out, _ = p.communicate(timeout=60)
+    out, _ = p.communicate(timeout=p.seconds + 60)
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -458,12 +542,12 @@ def setup_rate(binary, probe_bin, rates, seconds, hold_ms):
         try:
             s.start()
             s.register_agents()
-            uas = agents_uas(s.root, seconds + hold_ms / 1000 + 120)
+            uas = AgentsUas(s.root, seconds + hold_ms / 1000 + 120)
             time.sleep(0.5)
             cap = SipCapture(s.root)
             # The callers talk (the probe); the agents echo.
             p = probe(probe_bin, count, seconds + hold_ms / 1000 + 3, root=s.root)
-            s.sample(others=[uas.pid, p.pid])
+            s.sample(others=[*uas.pids, p.pid])
             c = callers(s.root, count, rate, hold_ms, [PROBE_BASE + 2 * i for i in range(count)],
                         seconds + hold_ms / 1000 + 60, "rate")
             ok, failed, rtt, _ = sipp_outcome(c, s.root)
@@ -482,6 +566,7 @@ def setup_rate(binary, probe_bin, rates, seconds, hold_ms):
                 "reached_agent": rec["with_agent"], "recordings_verified": rec["recordings_verified"],
                 "failed_pct": round(100 * bad / count, 3),
                 "rtp_lost": media["packets_lost"], "rtp_returned": media["packets_returned"],
+                "udp_drops": drop_summary(s.drops),
                 "trying_ms_p50": round(quantile(rtt[1], 0.5), 3), "trying_ms_p99": round(quantile(rtt[1], 0.99), 3),
                 "ok_ms_p50": round(quantile(rtt[2], 0.5), 3), "ok_ms_p99": round(quantile(rtt[2], 0.99), 3),
                 **cpu_summary(samples),
@@ -508,12 +593,13 @@ def concurrency(binary, probe_bin, calls, rate, hold):
     try:
         s.start()
         s.register_agents()
-        uas = agents_uas(s.root, 30 + ramp + hold + 120)
+        uas = AgentsUas(s.root, 30 + ramp + hold + 120)
         time.sleep(0.5)
         # Baseline first: the probe straight to the agents' echo, no siaga.
-        base = probe_result(probe(probe_bin, calls, 5, target=f"127.0.0.1:{AGENT_RTP}"))
+        echoes = ",".join(f"127.0.0.1:{port}" for port in AGENT_RTP)
+        base = probe_result(probe(probe_bin, calls, 5, target=echoes))
         p = probe(probe_bin, calls, ramp + 2 + hold, root=s.root)
-        s.sample(others=[uas.pid, p.pid])
+        s.sample(others=[*uas.pids, p.pid])
         c = callers(s.root, calls, rate, int((ramp + hold + 6) * 1000), [PROBE_BASE + 2 * i for i in range(calls)],
                     ramp + hold + 120, "conc")
         via = probe_result(p)
@@ -528,7 +614,7 @@ def concurrency(binary, probe_bin, calls, rate, hold):
             "scenario": "concurrency", "calls": calls, "rate": rate, "hold_s": hold,
             "sipp_ok": ok, "sipp_failed": failed, "reached_agent": rec["with_agent"],
             "recordings_verified": rec["recordings_verified"],
-            "rtp": via, "baseline_rtt_us": base["rtt_us"],
+            "rtp": via, "baseline_rtt_us": base["rtt_us"], "udp_drops": drop_summary(s.drops),
             "added_latency_ms_p50": added("p50"), "added_latency_ms_p99": added("p99"),
             "loss_pct": round(100 * via["packets_lost"] / max(1, via["packets_expected"]), 4),
             "mib_per_call": round((plateau_rss - s.idle_rss) / 2**20 / calls, 3),
@@ -568,6 +654,7 @@ def surge(binary, probe_bin, calls, rate, hold):
             "scenario": "surge", "calls": calls, "rate": rate, "hold_s": hold,
             "waiting_at_end": waiting, "sipp_ok": ok, "sipp_failed": failed,
             "recordings_verified": rec["recordings_verified"], "prompts": got["prompts"],
+            "udp_drops": drop_summary(s.drops),
             "mib_per_call": round((plateau_rss - s.idle_rss) / 2**20 / calls, 3),
             "recording_s_p1": rec["recording_s_p1"], "recording_s_p50": rec["recording_s_p50"],
             "trying_ms_p99": round(quantile(rtt[1], 0.99), 2),

@@ -365,7 +365,7 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
         .config
         .resolve(&s.config.server.media.recordings_dir)
         .join(paths::recording_path(arrived_ms, &call_id));
-    let (recording, recording_error) = match s.recorder.open(&path) {
+    let (recording, recording_error) = match s.recorder.open(&path).await {
         Ok(r) => (Some(r), None),
         Err(e) => {
             // Loud, stored on the call, and the call goes on.
@@ -640,7 +640,7 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                                         .config
                                         .resolve(&s.config.server.media.recordings_dir)
                                         .join(paths::transfer_recording_path(arrived_ms, &call_id, t.seq));
-                                    match s.recorder.open(&path) {
+                                    match s.recorder.open(&path).await {
                                         Ok(r) => (Some(r), None),
                                         Err(e) => {
                                             error!(error = %e, "the consultation could not be recorded; it goes on");

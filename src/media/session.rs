@@ -16,8 +16,8 @@
 //!   consultation leg, which takes the agent's place until it ends;
 //! - conference: all three mixed per tick, each hearing the other two.
 //!
-//! Per packet nothing is allocated but the recorder frames, and nothing
-//! waits on the disk or the database.
+//! Per packet nothing is allocated, and nothing waits on the disk or the
+//! database.
 
 use super::g711::Law;
 use super::ports::RtpSocket;
@@ -351,7 +351,7 @@ pub async fn run(
                             send_frame(&a.rtp, a.remote, &mut a.header, a.params.law, &mix(&left, &fb), &mut fwd_buf).await;
                             send_frame(&b.rtp, b.remote, &mut b.header, b.params.law, &mix(&left, &fa), &mut fwd_buf).await;
                             if let Some(rec) = &consult_rec {
-                                rec.write(Box::new((fa, fb)));
+                                rec.write(fa, fb);
                             }
                         }
                     }
@@ -382,9 +382,9 @@ pub async fn run(
                         if mode == Mode::Consult {
                             // Agent and dispatcher, as they were relayed.
                             if let (Some(a), Some(b)) = (agent.as_mut(), second.as_mut()) {
-                                let pair = Box::new((a.take_frame(), b.take_frame()));
+                                let (fa, fb) = (a.take_frame(), b.take_frame());
                                 if let Some(rec) = &consult_rec {
-                                    rec.write(pair);
+                                    rec.write(fa, fb);
                                 }
                             }
                         } else if let Some(a) = agent.as_mut() {
@@ -395,7 +395,7 @@ pub async fn run(
                     }
                 }
                 if let Some(rec) = &recording {
-                    rec.write(Box::new((left, right)));
+                    rec.write(left, right);
                 }
 
                 if !timed_out && last_rx.elapsed() >= params.rtp_timeout {

@@ -9,8 +9,10 @@
 //! the send time in the payload. siaga relays them to the agent (SIPp,
 //! `-rtp_echo`), which sends them back, and siaga relays them back here:
 //! each packet that returns gives one round trip through the relay, twice.
-//! With `--target`, every port sends there from the start instead (the
-//! baseline: straight to the echo, no siaga).
+//! With `--target A,B,..`, port i sends to target i % n from the start
+//! instead (the baseline: straight to the echoes, no siaga). Ports send in
+//! turn across each 20 ms (port i at i % 20 ms), as independent phones
+//! would, not all in one burst.
 //!
 //! Counted per port from its first returned packet to `tail` before the
 //! end: sent, returned, round-trip times. The other packets (siaga's
@@ -67,7 +69,9 @@ async fn main() {
         .expect("--seconds S")
         .parse()
         .unwrap();
-    let target: Option<SocketAddr> = arg(&args, "--target").map(|t| t.parse().unwrap());
+    let targets: Vec<SocketAddr> = arg(&args, "--target")
+        .map(|t| t.split(',').map(|a| a.parse().unwrap()).collect())
+        .unwrap_or_default();
     let remotes = arg(&args, "--remotes");
     let start = Instant::now();
     let mut ports = Vec::new();
@@ -77,7 +81,7 @@ async fn main() {
             .unwrap_or_else(|e| panic!("bind {}: {e}", base + 2 * i));
         ports.push(Arc::new(Port {
             socket,
-            remote: Mutex::new(target),
+            remote: Mutex::new(targets.get(usize::from(i) % targets.len().max(1)).copied()),
             next_seq: AtomicU32::new(0),
             ended: AtomicBool::new(false),
             stats: Mutex::new(PortStats::default()),
@@ -93,12 +97,14 @@ async fn main() {
         tokio::spawn(async move { receive(p, i as u32, start).await });
     }
     let end = start + Duration::from_secs_f64(seconds);
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
     let mut buf = [0u8; 12 + PAYLOAD];
+    let mut slot = 0usize;
     while Instant::now() < end {
         tick.tick().await;
         let counting = Instant::now() + TAIL < end;
-        for (i, p) in ports.iter().enumerate() {
+        slot = (slot + 1) % 20;
+        for (i, p) in ports.iter().enumerate().skip(slot).step_by(20) {
             let Some(to) = *p.remote.lock().unwrap() else {
                 continue;
             };
