@@ -131,7 +131,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         config: config.clone(),
         prompts,
         ports: PortPool::new(media.rtp_ip, media.rtp_port_min, media.rtp_port_max),
-        recorder: Recorder::start(),
+        recorder: Recorder::start(&config.resolve(&media.recordings_dir)),
         store: writer,
         acd: acd.clone(),
         sip: sip.handle(),
