@@ -24,18 +24,9 @@ const TAKER: f64 = 600.0;
 const DISPATCHER: f64 = 1400.0;
 const WAIT: Duration = Duration::from_secs(15);
 
+/// A registered, ready phone answering by itself.
 fn phone(server: &Server, user: &'static str, tone_hz: f64) -> Baresip {
-    let password: &'static str = Box::leak(format!("contoh-sandi-{user}").into_boxed_str());
-    let p = Baresip::start(
-        Phone {
-            user,
-            password,
-            auto_answer: true,
-            tone_hz,
-        },
-        server.sip,
-    );
-    wait_registered(server, user, &p);
+    let p = registered_phone(server, user, tone_hz);
     server.set_ready(user);
     p
 }
@@ -50,6 +41,34 @@ fn wait_until(what: &str, server: &Server, mut ok: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A registered phone answering by itself, its agent not ready yet.
+fn registered_phone(server: &Server, user: &'static str, tone_hz: f64) -> Baresip {
+    let password: &'static str = Box::leak(format!("contoh-sandi-{user}").into_boxed_str());
+    let p = Baresip::start(
+        Phone {
+            user,
+            password,
+            auto_answer: true,
+            tone_hz,
+        },
+        server.sip,
+    );
+    wait_registered(server, user, &p);
+    p
+}
+
+/// The Damkar dispatcher's panel, logged in as `damkar1`.
+fn damkar_panel(server: &Server, name: &str) -> Browser {
+    let b = Browser::start(name);
+    b.login(
+        &format!("http://{}", server.http),
+        "damkar1",
+        TEST_PASSWORD,
+        "/dispatcher",
+    );
+    b
 }
 
 /// The call in progress, once it is bridged to ct-01.
@@ -158,16 +177,7 @@ fn consult_then_conference_then_complete() {
     );
     let siti = server.login("siti", TEST_PASSWORD);
     let taker = phone(&server, "ct-01", TAKER);
-    let dispatcher_phone = Baresip::start(
-        Phone {
-            user: "disp-damkar-01",
-            password: "contoh-sandi-disp-damkar-01",
-            auto_answer: true,
-            tone_hz: DISPATCHER,
-        },
-        server.sip,
-    );
-    wait_registered(&server, "disp-damkar-01", &dispatcher_phone);
+    let dispatcher_phone = registered_phone(&server, "disp-damkar-01", DISPATCHER);
     // Siti steers the transfer from her screen.
     let ct = Browser::start("transfer_call_taker");
     ct.login(
@@ -176,13 +186,7 @@ fn consult_then_conference_then_complete() {
         TEST_PASSWORD,
         "/calltaker",
     );
-    let b = Browser::start("transfer");
-    b.login(
-        &format!("http://{}", server.http),
-        "damkar1",
-        TEST_PASSWORD,
-        "/dispatcher",
-    );
+    let b = damkar_panel(&server, "transfer");
 
     let caller = background_call(server.sip, "112", 22000, Duration::from_secs(40));
     let call = bridged_call(&server);
@@ -538,16 +542,7 @@ fn blind_transfer_from_the_softphone() {
         ..Setup::default()
     });
     let taker = phone(&server, "ct-01", TAKER);
-    let dispatcher = Baresip::start(
-        Phone {
-            user: "disp-damkar-01",
-            password: "contoh-sandi-disp-damkar-01",
-            auto_answer: true,
-            tone_hz: DISPATCHER,
-        },
-        server.sip,
-    );
-    wait_registered(&server, "disp-damkar-01", &dispatcher);
+    let _dispatcher = registered_phone(&server, "disp-damkar-01", DISPATCHER);
     let caller = background_call(server.sip, "112", 14000, Duration::from_secs(30));
     let call = bridged_call(&server);
     let id = call["id"].as_str().unwrap().to_string();
@@ -631,23 +626,8 @@ fn attended_transfer_from_the_softphone() {
     );
     let mut taker = PyPhone::start("ct-01", TAKER, server.sip);
     server.set_ready("ct-01");
-    let dispatcher = Baresip::start(
-        Phone {
-            user: "disp-damkar-01",
-            password: "contoh-sandi-disp-damkar-01",
-            auto_answer: true,
-            tone_hz: DISPATCHER,
-        },
-        server.sip,
-    );
-    wait_registered(&server, "disp-damkar-01", &dispatcher);
-    let b = Browser::start("attended_transfer");
-    b.login(
-        &format!("http://{}", server.http),
-        "damkar1",
-        TEST_PASSWORD,
-        "/dispatcher",
-    );
+    let dispatcher = registered_phone(&server, "disp-damkar-01", DISPATCHER);
+    let b = damkar_panel(&server, "attended_transfer");
 
     let caller = background_call(server.sip, "112", 24000, Duration::from_secs(40));
     let call = bridged_call(&server);

@@ -363,6 +363,15 @@ max_wait = "3600s"
             "end_causes": {c: sum(1 for r in rows if r[5] == c) for c in {r[5] for r in rows}},
         }
 
+    def teardown(self, uas=None):
+        """Whatever happened: the agents' phones and siaga end, the run's
+        folder is left for deletion."""
+        if uas:
+            uas.kill()
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+        self.cleanup()
+
     def cleanup(self):
         if os.environ.get("BENCH_KEEP"):
             log(f"kept {self.root}")
@@ -574,11 +583,7 @@ def setup_rate(binary, probe_bin, rates, seconds, hold_ms):
             results.append(r)
             log(json.dumps(r))
         finally:
-            if uas:
-                uas.kill()
-            if s.proc and s.proc.poll() is None:
-                s.proc.kill()
-            s.cleanup()
+            s.teardown(uas)
     best = max((r["rate"] for r in results if r["failed_pct"] < 0.1), default=0)
     return {"scenario": "setup-rate", "hold_ms": hold_ms, "seconds_per_rate": seconds,
             "highest_rate_under_0.1pct_failed": best, "rates": results}
@@ -623,11 +628,7 @@ def concurrency(binary, probe_bin, calls, rate, hold):
             "rss_mib_idle": round(s.idle_rss / 2**20, 1),
         }
     finally:
-        if uas:
-            uas.kill()
-        if s.proc and s.proc.poll() is None:
-            s.proc.kill()
-        s.cleanup()
+        s.teardown(uas)
 
 
 def surge(binary, probe_bin, calls, rate, hold):
@@ -661,9 +662,7 @@ def surge(binary, probe_bin, calls, rate, hold):
             **cpu_summary(plateau or samples, 0),
         }
     finally:
-        if s.proc and s.proc.poll() is None:
-            s.proc.kill()
-        s.cleanup()
+        s.teardown()
 
 
 def main():

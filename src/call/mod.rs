@@ -1256,6 +1256,19 @@ async fn agent_left_ringing(
     incident_id: &IncidentId,
     media: &mpsc::UnboundedSender<MediaCommand>,
 ) {
+    transferred_away(s, t, gone, call_id, incident_id).await;
+    let _ = media.send(MediaCommand::Unbridge);
+}
+
+/// The agent is done with a call they transferred: the phone's
+/// consultation (if any) ends, the agent goes to wrap-up, the panel hears.
+async fn transferred_away(
+    s: &Services,
+    t: &mut Transfer,
+    gone: &AgentSide,
+    call_id: &CallId,
+    incident_id: &IncidentId,
+) {
     t.end_consult((487, "Request Terminated")).await;
     s.acd.call_ended(gone.id.clone(), gone.queue.clone());
     s.live.send(LiveEvent::CallEnded {
@@ -1264,7 +1277,6 @@ async fn agent_left_ringing(
         agent_id: Some(gone.id.clone()),
         cause: "transferred".into(),
     });
-    let _ = media.send(MediaCommand::Unbridge);
 }
 
 /// Checks a transfer request and puts it in the agency's queue, for any
@@ -1356,14 +1368,7 @@ async fn complete_transfer(
     if let Some(a) = agent {
         let _ = media.send(MediaCommand::Complete);
         a.leg.end().await;
-        t.end_consult((487, "Request Terminated")).await;
-        s.acd.call_ended(a.id.clone(), a.queue.clone());
-        s.live.send(LiveEvent::CallEnded {
-            call_id: call_id.to_string(),
-            incident_id: incident_id.to_string(),
-            agent_id: Some(a.id.clone()),
-            cause: "transferred".into(),
-        });
+        transferred_away(s, &mut t, &a, call_id, incident_id).await;
     }
     let outcome = if t.conference {
         "conference_completed"
