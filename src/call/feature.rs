@@ -72,7 +72,7 @@ pub(super) async fn run(
     };
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, mut events) = mpsc::unbounded_channel();
-    let media = tokio::spawn(session::run(
+    let media = crate::media::runtime::spawn(session::run(
         rtp,
         MediaParams {
             law: n.law,

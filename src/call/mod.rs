@@ -383,7 +383,7 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
 
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, mut media_events) = mpsc::unbounded_channel();
-    let media = tokio::spawn(session::run(
+    let media = crate::media::runtime::spawn(session::run(
         rtp,
         MediaParams {
             law: negotiated.law,

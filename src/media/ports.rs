@@ -98,9 +98,11 @@ impl PortPool {
     }
 }
 
+/// Binds on the media runtime: its sessions read and write these sockets.
 fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let std = std::net::UdpSocket::bind(addr)?;
     std.set_nonblocking(true)?;
+    let _media = super::runtime::handle().enter();
     UdpSocket::from_std(std)
 }
 
