@@ -90,7 +90,9 @@ def _end_children():
             p.kill()
     for root in FINISHED:
         shutil.rmtree(root, ignore_errors=True)
-    if WORK:
+    if WORK and os.environ.get("BENCH_KEEP"):
+        log(f"kept {WORK[1]} (mounted: {WORK[2]})")
+    elif WORK:
         base, _, mounted = WORK
         if mounted:
             subprocess.run(["umount", "-l", str(base / "mnt")], capture_output=True)
