@@ -71,12 +71,18 @@ fn damkar_panel(server: &Server, name: &str) -> Browser {
     b
 }
 
-/// The call in progress, once it is bridged to ct-01.
+/// The call in progress, once it is bridged to ct-01 and on record (the
+/// ACD can say "on call" before the store writer has written the call).
 fn bridged_call(server: &Server) -> Value {
     wait_until("the call reaches the call-taker", server, || {
         server.agent("ct-01")["state"] == "on_call"
     });
-    server.get("/api/calls?limit=1").1[0].clone()
+    let mut call = Value::Null;
+    wait_until("the call is on record", server, || {
+        call = server.get("/api/calls?limit=1").1[0].clone();
+        call["id"].is_string()
+    });
+    call
 }
 
 fn steer(server: &Server, who: &str, call: &str, path: &str, body: &str) {
@@ -151,6 +157,25 @@ fn first_mix(s: &[i16], tones: &[f64]) -> Option<f64> {
                 .all(|hz| tone_ratio(&s[*i..*i + 4000], *hz) > 0.25)
         })
         .map(|i| i as f64 / 8000.0)
+}
+
+/// After a cancelled transfer, once the caller is done: the call's record
+/// and its only transfer (cancelled, asked by `by`), and what the caller
+/// heard (the recording's right channel).
+fn cancelled_transfer(
+    server: &Server,
+    call: &Value,
+    caller: std::thread::JoinHandle<Option<i32>>,
+    by: &str,
+) -> (Value, Value, Vec<i16>) {
+    assert_eq!(caller.join().unwrap(), Some(0), "{}", server.log());
+    let done = server.wait_call_done(call["sip_call_id"].as_str().unwrap(), WAIT);
+    let (_, detail) = server.get(&format!("/api/calls/{}", call["id"].as_str().unwrap()));
+    let t = detail["transfers"][0].clone();
+    assert_eq!(t["outcome"], "cancelled");
+    assert_eq!(t["requested_by"], by);
+    let (_, right) = read_stereo(Path::new(done["recording_path"].as_str().unwrap()));
+    (done, t, right)
 }
 
 /// Seconds since the call was answered (the recording's start).
@@ -431,13 +456,7 @@ fn cancel_gives_the_caller_back_to_the_call_taker() {
         server.agent("disp-damkar-01")["state"] != "on_call"
     });
     assert_eq!(server.agent("ct-01")["state"], "on_call");
-    assert_eq!(caller.join().unwrap(), Some(0), "{}", server.log());
-    let done = server.wait_call_done(call["sip_call_id"].as_str().unwrap(), WAIT);
-    let (_, detail) = server.get(&format!("/api/calls/{id}"));
-    let t = &detail["transfers"][0];
-    assert_eq!(t["outcome"], "cancelled");
-    assert_eq!(t["requested_by"], "test-admin");
-    let (_, right) = read_stereo(Path::new(done["recording_path"].as_str().unwrap()));
+    let (done, t, right) = cancelled_transfer(&server, &call, caller, "test-admin");
     let answered = at(&done, &t["answered_at"]);
     let cancelled = at(&done, &t["ended_at"]);
     let end = right.len() as f64 / 8000.0;
@@ -788,7 +807,6 @@ fn attended_consultation_hung_up_gives_the_caller_back() {
     let _dispatcher = phone(&server, "disp-damkar-01", DISPATCHER);
     let caller = background_call(server.sip, "112", 16000, Duration::from_secs(30));
     let call = bridged_call(&server);
-    let id = call["id"].as_str().unwrap().to_string();
     taker.wait_for("ESTABLISHED 1", WAIT);
     std::thread::sleep(Duration::from_secs(1));
     taker.send("hold 1");
@@ -803,13 +821,7 @@ fn attended_consultation_hung_up_gives_the_caller_back() {
     });
     taker.send("resume 1");
     assert_eq!(server.agent("ct-01")["state"], "on_call");
-    assert_eq!(caller.join().unwrap(), Some(0), "{}", server.log());
-    let done = server.wait_call_done(call["sip_call_id"].as_str().unwrap(), WAIT);
-    let (_, detail) = server.get(&format!("/api/calls/{id}"));
-    let t = &detail["transfers"][0];
-    assert_eq!(t["outcome"], "cancelled");
-    assert_eq!(t["requested_by"], "ct-01");
-    let (_, right) = read_stereo(Path::new(done["recording_path"].as_str().unwrap()));
+    let (done, t, right) = cancelled_transfer(&server, &call, caller, "ct-01");
     let started = at(&done, &t["started_at"]);
     let cancelled = at(&done, &t["ended_at"]);
     let end = right.len() as f64 / 8000.0;
