@@ -74,13 +74,7 @@ pub(super) async fn run(
     let (ev_tx, mut events) = mpsc::unbounded_channel();
     let media = crate::media::runtime::spawn(session::run(
         rtp,
-        MediaParams {
-            law: n.law,
-            pt: n.pt,
-            dtmf_pt: n.dtmf_pt,
-            remote: offer.addr,
-            rtp_timeout: Duration::from_secs(10),
-        },
+        MediaParams::new(&n, offer.addr, Duration::from_secs(10)),
         None,
         cmd_rx,
         ev_tx,

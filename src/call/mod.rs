@@ -385,13 +385,7 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
     let (ev_tx, mut media_events) = mpsc::unbounded_channel();
     let media = crate::media::runtime::spawn(session::run(
         rtp,
-        MediaParams {
-            law: negotiated.law,
-            pt: negotiated.pt,
-            dtmf_pt: negotiated.dtmf_pt,
-            remote: remote_addr,
-            rtp_timeout: s.config.server.media.rtp_timeout,
-        },
+        MediaParams::new(&negotiated, remote_addr, s.config.server.media.rtp_timeout),
         recording,
         cmd_rx,
         ev_tx,
@@ -628,13 +622,7 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                                 s.acd.answered(t.acd_id.clone(), d.id.clone());
                                 d.talking = true;
                                 d.codec = Some(n);
-                                let params = MediaParams {
-                                    law: n.law,
-                                    pt: n.pt,
-                                    dtmf_pt: n.dtmf_pt,
-                                    remote,
-                                    rtp_timeout: s.config.server.media.rtp_timeout,
-                                };
+                                let params = MediaParams::new(&n, remote, s.config.server.media.rtp_timeout);
                                 let (recording, error) = if agent.is_some() {
                                     let path = s
                                         .config
@@ -785,13 +773,7 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                                 next_announcement = None;
                                 let _ = cmd_tx.send(MediaCommand::Bridge {
                                     rtp,
-                                    params: MediaParams {
-                                        law: n.law,
-                                        pt: n.pt,
-                                        dtmf_pt: n.dtmf_pt,
-                                        remote,
-                                        rtp_timeout: s.config.server.media.rtp_timeout,
-                                    },
+                                    params: MediaParams::new(&n, remote, s.config.server.media.rtp_timeout),
                                 });
                             }
                             Err(e) => {
@@ -1514,10 +1496,7 @@ fn transfer_news(
 /// Answers a re-INVITE from an agent-side phone, keeping what was
 /// negotiated; also says which direction the phone offered (hold or not).
 fn reanswer(a: &mut AgentSide, offer: Option<&[u8]>) -> (String, sdp::Direction) {
-    let dir = offer
-        .and_then(|b| sdp::parse(b).ok())
-        .map(|r| r.direction)
-        .unwrap_or(sdp::Direction::SendRecv);
+    let dir = sdp::offered_direction(offer);
     a.version += 1;
     let again = LocalAudio {
         version: a.version,

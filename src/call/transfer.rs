@@ -239,23 +239,14 @@ impl Consultation {
         );
         self.leg.answer(answer).ok()?;
         self.answered = true;
-        let params = MediaParams {
-            law: self.negotiated.law,
-            pt: self.negotiated.pt,
-            dtmf_pt: self.negotiated.dtmf_pt,
-            remote: self.remote,
-            rtp_timeout,
-        };
+        let params = MediaParams::new(&self.negotiated, self.remote, rtp_timeout);
         Some((self.rtp.take()?, params))
     }
 
     /// Answers a re-INVITE on the consultation (phones hold it before
     /// they REFER), keeping what was negotiated.
     pub fn reanswer(&mut self, offer: Option<&[u8]>) -> String {
-        let dir = offer
-            .and_then(|b| sdp::parse(b).ok())
-            .map(|r| r.direction)
-            .unwrap_or(sdp::Direction::SendRecv);
+        let dir = sdp::offered_direction(offer);
         self.local.version += 1;
         sdp::answer(&self.local, &self.negotiated, sdp::answer_direction(dir))
     }

@@ -296,6 +296,15 @@ fn direction_line(d: Direction) -> &'static str {
 }
 
 /// The direction we answer with, mirroring the offer (RFC 3264 §6.1).
+/// The direction a re-offer asks for; none (or an unreadable one) is
+/// sendrecv.
+pub fn offered_direction(offer: Option<&[u8]>) -> Direction {
+    offer
+        .and_then(|b| parse(b).ok())
+        .map(|r| r.direction)
+        .unwrap_or(Direction::SendRecv)
+}
+
 pub fn answer_direction(offered: Direction) -> Direction {
     match offered {
         Direction::SendRecv => Direction::SendRecv,

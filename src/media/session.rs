@@ -48,6 +48,23 @@ pub struct MediaParams {
     pub rtp_timeout: Duration,
 }
 
+impl MediaParams {
+    /// A leg as its offer/answer negotiated it, sending to `remote`.
+    pub fn new(
+        n: &super::sdp::Negotiated,
+        remote: Option<SocketAddr>,
+        rtp_timeout: Duration,
+    ) -> MediaParams {
+        MediaParams {
+            law: n.law,
+            pt: n.pt,
+            dtmf_pt: n.dtmf_pt,
+            remote,
+            rtp_timeout,
+        }
+    }
+}
+
 pub enum MediaCommand {
     /// Queue segments after what is already queued.
     Play(Vec<Segment>),
