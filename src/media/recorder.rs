@@ -6,8 +6,8 @@
 //! header, so a crash (even `kill -9`) leaves a playable file that is at
 //! most a second short; and every 250 ms a second thread makes what was
 //! written durable, all files at once (`syncfs`), so a power cut loses at
-//! most the last second and a quarter. A recording that cannot be written is reported loudly, never
-//! silently lost.
+//! most the last second and a quarter. A recording that cannot be written
+//! is reported loudly, never silently lost.
 //!
 //! One `syncfs` for all files, not an `fdatasync` per file: at 1,500 open
 //! recordings, 1,500 syncs a second on the one thread that also takes
@@ -108,7 +108,8 @@ pub struct Recorder {
 
 impl Recorder {
     /// Starts the recorder thread, and the thread that syncs the
-    /// filesystem holding `dir` (the recordings folder) every second.
+    /// filesystem holding `dir` (the recordings folder) every
+    /// `DURABLE_EVERY`.
     pub fn start(dir: &Path) -> Recorder {
         let (tx, rx) = mpsc::channel();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -116,21 +117,21 @@ impl Recorder {
             dir: dir.to_path_buf(),
         };
         let stopped = stop.clone();
-        let each_second = syncer.clone();
+        let periodic = syncer.clone();
         std::thread::Builder::new()
             .name("siaga-rec-sync".into())
             .spawn(move || {
                 let mut failing = false;
                 while !stopped.load(Ordering::Relaxed) {
                     std::thread::sleep(DURABLE_EVERY);
-                    match each_second.sync() {
+                    match periodic.sync() {
                         Err(e) if !failing => {
                             failing = true;
-                            error!(folder = %each_second.dir.display(), error = %e, "recordings cannot be synced to disk");
+                            error!(folder = %periodic.dir.display(), error = %e, "recordings cannot be synced to disk");
                         }
                         Ok(()) if failing => {
                             failing = false;
-                            warn!(folder = %each_second.dir.display(), "recordings are synced to disk again");
+                            warn!(folder = %periodic.dir.display(), "recordings are synced to disk again");
                         }
                         _ => {}
                     }
@@ -387,7 +388,7 @@ fn finish(w: Open) -> Result<Closed, RecordError> {
     if let Some(message) = failed {
         return Err(RecordError::Write { path, message });
     }
-    // Durable within a second (`Syncer`), as the open files are.
+    // Durable at the next sync (`Syncer`), as the open files are.
     wav.finalize().map_err(|e| RecordError::Write {
         path: path.clone(),
         message: e.to_string(),
