@@ -417,7 +417,7 @@ def callers(root, count, rate, hold_ms, rtp_ports, limit_s, tag):
 
 
 def sipp_outcome(proc, root):
-    out, _ = proc.communicate()
+    proc.communicate()
     stats = sorted(glob.glob(f"{root}/caller_*_.csv"))
     ok = failed = 0
     if stats:
@@ -436,7 +436,7 @@ def sipp_outcome(proc, root):
                     pass
     for path in glob.glob(f"{root}/caller_*"):
         os.rename(path, path + ".done")
-    return ok, failed, rtt, out
+    return ok, failed, rtt
 
 
 class SipCapture:
@@ -561,7 +561,7 @@ def setup_rate(binary, probe_bin, rates, seconds, hold_ms):
             s.sample(others=[*uas.pids, p.pid])
             c = callers(s.root, count, rate, hold_ms, [PROBE_BASE + 2 * i for i in range(count)],
                         seconds + hold_ms / 1000 + 60, "rate")
-            ok, failed, rtt, _ = sipp_outcome(c, s.root)
+            ok, failed, rtt = sipp_outcome(c, s.root)
             media = probe_result(p)
             wire = cap.times()
             rtt = wire or rtt
@@ -611,7 +611,7 @@ def concurrency(binary, probe_bin, calls, rate, hold):
                     ramp + hold + 120, "conc")
         via = probe_result(p)
         plateau_rss = s.rss()
-        ok, failed, rtt, _ = sipp_outcome(c, s.root)
+        ok, failed, rtt = sipp_outcome(c, s.root)
         samples = s.stop_sampling()
         s.stop()
         rows, rec = s.verify()
@@ -648,7 +648,7 @@ def surge(binary, probe_bin, calls, rate, hold):
         plateau_rss = s.rss()
         _, queues = s.api("GET", "/api/queues")
         waiting = sum(len(q["waiting"]) for q in queues)
-        ok, failed, rtt, _ = sipp_outcome(c, s.root)
+        ok, failed, rtt = sipp_outcome(c, s.root)
         samples = s.stop_sampling()
         s.stop()
         rows, rec = s.verify()

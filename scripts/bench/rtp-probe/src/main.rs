@@ -92,9 +92,9 @@ async fn main() {
         let ports = ports.clone();
         tokio::spawn(async move { follow_answers(path, base, ports).await });
     }
-    for (i, p) in ports.iter().enumerate() {
+    for p in &ports {
         let p = p.clone();
-        tokio::spawn(async move { receive(p, i as u32, start).await });
+        tokio::spawn(async move { receive(p, start).await });
     }
     let end = start + Duration::from_secs_f64(seconds);
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -176,7 +176,7 @@ fn packet(buf: &mut [u8; 12 + PAYLOAD], ssrc: u32, seq: u32, sent_ns: u64) {
     p[12..20].copy_from_slice(&sent_ns.to_be_bytes());
 }
 
-async fn receive(p: Arc<Port>, _index: u32, start: Instant) {
+async fn receive(p: Arc<Port>, start: Instant) {
     let mut buf = [0u8; 2048];
     loop {
         let Ok((n, from)) = p.socket.recv_from(&mut buf).await else {
