@@ -154,10 +154,8 @@ async fn user_command(config: &siaga::config::Config, cmd: UserCommand) -> anyho
 }
 
 fn init_logging() {
-    // rsipstack logs whole messages at info; keep it at warn so digest
-    // responses and caller data stay out of the logs.
     let filter = tracing_subscriber::EnvFilter::try_from_env("SIAGA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rsipstack=warn,sqlx=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(siaga::DEFAULT_LOG));
     // Logs go to stderr; stdout carries only the READY line for scripts.
     tracing_subscriber::fmt()
         .with_env_filter(filter)

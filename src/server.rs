@@ -123,10 +123,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     tokio::spawn(async move {
         while let Some(ev) = reg_rx.recv().await {
             info!(agent = %ev.agent, registered = ev.reachable, "agent phone registration changed");
-            to_acd.reachable(ev.agent, ev.reachable);
+            to_acd.reachable(ev.agent, crate::acd::Reach::Phone, ev.reachable);
         }
     });
     let media = &config.server.media;
+    let phones = crate::webphone::Phones::new(
+        acd.clone(),
+        crate::webphone::Settings {
+            ice_ip: config.server.webphone.ice_ip.unwrap_or(media.rtp_ip),
+            ice_servers: config.server.webphone.ice_servers.clone(),
+            connect_timeout: config.server.webphone.connect_timeout,
+        },
+    );
     let services = Arc::new(Services {
         config: config.clone(),
         prompts,
@@ -139,6 +147,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tracker: TaskTracker::new(),
         live: live.clone(),
         controls: Default::default(),
+        phones: phones.clone(),
     });
     live.spawn_feeds(
         acd.clone(),
@@ -176,6 +185,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         config: config.clone(),
         live,
         logins: Default::default(),
+        phones: Some(phones),
     });
     let stop = shutdown.clone();
     tokio::spawn(async move {

@@ -49,6 +49,15 @@ pub enum Requested {
     LoggedOut,
 }
 
+/// How an agent can be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// A SIP phone with an unexpired registration.
+    Phone,
+    /// The panel's browser softphone, while its tab is connected.
+    Browser,
+}
+
 #[derive(Debug, Clone)]
 struct Agent {
     agency: String,
@@ -58,8 +67,11 @@ struct Agent {
     /// Since when the agent has been free: orders longest-idle-first.
     idle_since: Instant,
     wrap_until: Option<Instant>,
-    /// Has an unexpired registration.
+    /// Has an unexpired registration or a browser phone: either is
+    /// enough (`reachable`).
     reachable: bool,
+    by_phone: bool,
+    by_browser: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -155,7 +167,10 @@ pub struct AgentSnapshot {
     #[serde(flatten)]
     pub state: AgentState,
     pub in_state_ms: u64,
+    /// Reachable at all: a registered phone or a browser phone.
     pub registered: bool,
+    /// Takes calls in the panel (the browser softphone).
+    pub browser: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -164,7 +179,7 @@ pub enum AcdError {
     UnknownQueue(String),
     #[error("no agent named `{0}`")]
     UnknownAgent(String),
-    #[error("the agent's phone is not registered")]
+    #[error("the agent has no phone: none registered, and no browser phone on")]
     NotRegistered,
     #[error("the agent is on a call; change state after it")]
     Busy,
@@ -253,6 +268,8 @@ impl Acd {
                         idle_since: now,
                         wrap_until: None,
                         reachable: false,
+                        by_phone: false,
+                        by_browser: false,
                     },
                 )
             })
@@ -416,12 +433,17 @@ impl Acd {
 
     // ----- agents -----
 
-    /// Registration gained or lost. An agent without a registration is
-    /// never left ready.
-    pub fn set_reachable(&mut self, agent: &str, reachable: bool, now: Instant) {
+    /// A phone of the agent's came or went: `Reach::Phone` a SIP
+    /// registration, `Reach::Browser` the panel's softphone. The agent is
+    /// reachable while either is, and is never left ready without one.
+    pub fn set_reachable(&mut self, agent: &str, by: Reach, reachable: bool, now: Instant) {
         if let Some(a) = self.agents.get_mut(agent) {
-            a.reachable = reachable;
-            if !reachable
+            match by {
+                Reach::Phone => a.by_phone = reachable,
+                Reach::Browser => a.by_browser = reachable,
+            }
+            a.reachable = a.by_phone || a.by_browser;
+            if !a.reachable
                 && matches!(
                     a.state,
                     AgentState::Ready | AgentState::WrapUp | AgentState::NotReady { .. }
@@ -683,6 +705,7 @@ impl Acd {
                 state: a.state.clone(),
                 in_state_ms: now.saturating_duration_since(a.since).as_millis() as u64,
                 registered: a.reachable,
+                browser: a.by_browser,
             })
             .collect()
     }

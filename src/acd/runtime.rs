@@ -48,7 +48,7 @@ enum Cmd {
     Agents(oneshot::Sender<Vec<AgentSnapshot>>),
     CallOf(String, oneshot::Sender<Option<CallId>>),
     SetState(String, Requested, oneshot::Sender<Result<(), AcdError>>),
-    Reachable(String, bool),
+    Reachable(String, super::Reach, bool),
     Answered(CallId, String),
     OfferFailed(CallId, String, OfferFailure),
     CallEnded(String, String),
@@ -117,7 +117,7 @@ impl AcdHandle {
                             Cmd::SetState(agent, req, reply) => {
                                 let _ = reply.send(acd.set_state(&agent, req, now));
                             }
-                            Cmd::Reachable(agent, yes) => acd.set_reachable(&agent, yes, now),
+                            Cmd::Reachable(agent, by, yes) => acd.set_reachable(&agent, by, yes, now),
                             Cmd::Answered(call, agent) => {
                                 acd.answered(&call, &agent, now);
                                 listeners.remove(&call);
@@ -238,8 +238,8 @@ impl AcdHandle {
             .unwrap_or(Err(AcdError::UnknownAgent(agent)))
     }
 
-    pub fn reachable(&self, agent: String, yes: bool) {
-        let _ = self.tx.send(Cmd::Reachable(agent, yes));
+    pub fn reachable(&self, agent: String, by: super::Reach, yes: bool) {
+        let _ = self.tx.send(Cmd::Reachable(agent, by, yes));
     }
 
     pub fn answered(&self, call: CallId, agent: String) {

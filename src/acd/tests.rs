@@ -47,7 +47,7 @@ fn acd(
         t0,
     );
     for (i, n) in names.iter().enumerate() {
-        a.set_reachable(n, true, t0);
+        a.set_reachable(n, Reach::Phone, true, t0);
         let at = t0 + s(*ready_at.get(i).unwrap_or(&0));
         a.set_state(n, Requested::Ready, at).unwrap();
     }
@@ -380,16 +380,40 @@ fn an_unregistered_agent_gets_no_calls_and_cannot_be_ready() {
     );
     a.enqueue(id("c1"), "q", Skills::new(), t0, t0).unwrap();
     assert!(offers(&a.poll(t0)).is_empty());
-    a.set_reachable("a1", true, t0);
+    a.set_reachable("a1", Reach::Phone, true, t0);
     a.set_state("a1", Requested::Ready, t0).unwrap();
     // Registration lost: never left ready.
-    a.set_reachable("a1", false, t0 + s(1));
+    a.set_reachable("a1", Reach::Phone, false, t0 + s(1));
     assert_eq!(a.agent_state("a1"), Some(&AgentState::LoggedOut));
     assert!(offers(&a.poll(t0 + s(1))).is_empty());
     assert_eq!(
         a.set_state("nobody", Requested::Ready, t0),
         Err(AcdError::UnknownAgent("nobody".into()))
     );
+}
+
+/// A SIP phone and the browser softphone each make the agent reachable;
+/// losing one keeps the agent as they were, losing both logs them out.
+#[test]
+fn either_phone_keeps_an_agent_reachable() {
+    let t0 = Instant::now();
+    let queues: BTreeMap<_, _> = [queue("q", |_| {})].into();
+    let agents: BTreeMap<_, _> = [agent("a1", &[])].into();
+    let mut a = Acd::new(&queues, &agents, t0);
+    a.set_reachable("a1", Reach::Browser, true, t0);
+    a.set_state("a1", Requested::Ready, t0).unwrap();
+    assert!(a.agents(t0)[0].browser);
+    a.set_reachable("a1", Reach::Phone, true, t0);
+    a.set_reachable("a1", Reach::Browser, false, t0 + s(1));
+    assert_eq!(
+        a.agent_state("a1"),
+        Some(&AgentState::Ready),
+        "the desk phone still rings"
+    );
+    assert!(!a.agents(t0)[0].browser);
+    a.set_reachable("a1", Reach::Phone, false, t0 + s(2));
+    assert_eq!(a.agent_state("a1"), Some(&AgentState::LoggedOut));
+    assert!(!a.agents(t0)[0].registered);
 }
 
 #[test]

@@ -173,7 +173,7 @@ impl Callbacks {
                         return;
                     }
                     AgentLegEvent::ReOffer { responder, .. } => responder.reject(491).await,
-                    AgentLegEvent::Ended => {
+                    AgentLegEvent::Ended | AgentLegEvent::Lost => {
                         end("callback_failed");
                         return;
                     }

@@ -7,10 +7,12 @@
 
 mod callback;
 mod feature;
+mod leg;
 pub mod paths;
 mod transfer;
 
 pub use callback::Callbacks;
+use leg::Leg;
 use transfer::{Consultation, Transfer};
 pub use transfer::{Control, Controls};
 
@@ -56,6 +58,8 @@ pub struct Services {
     pub live: Live,
     /// Requests from the panel to calls in progress (warm transfer).
     pub controls: Controls,
+    /// Agents answering in the panel: their calls ring there.
+    pub phones: crate::webphone::Phones,
 }
 
 /// Takes every accepted call and runs it in its own task.
@@ -288,7 +292,9 @@ impl CallerLeg {
                     AgentLegEvent::ReOffer { sdp, responder } => {
                         return LegEvent::ReOffer { sdp, responder }
                     }
-                    AgentLegEvent::Ended => return LegEvent::Ended(LegEnd::RemoteBye),
+                    AgentLegEvent::Ended | AgentLegEvent::Lost => {
+                        return LegEvent::Ended(LegEnd::RemoteBye)
+                    }
                     AgentLegEvent::Failed(_) => {
                         return LegEvent::Ended(LegEnd::Other("dialog_closed".into()))
                     }
@@ -689,7 +695,7 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                             responder.ok_with_sdp(reanswer(d, offer.as_deref()).0).await;
                         }
                     }
-                    TransferWake::Leg(AgentLegEvent::Ended) => {
+                    TransferWake::Leg(AgentLegEvent::Ended | AgentLegEvent::Lost) => {
                         info!("the dispatcher hung up; the agent has the caller again");
                         let t = transfer.take().expect("present");
                         give_up_transfer(&s, t, "dispatcher_hung_up", "system", agent.as_ref(), &call_id, &incident_id, &cmd_tx).await;
@@ -868,7 +874,7 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                             }
                         }
                     }
-                    AgentLegEvent::Ended if transfer.is_some() => {
+                    AgentLegEvent::Ended | AgentLegEvent::Lost if transfer.is_some() => {
                         let t = transfer.take().expect("checked");
                         let gone = agent.take().expect("present");
                         if t.talking() {
@@ -880,6 +886,24 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                             agent_left_ringing(&s, &mut t, &gone, &call_id, &incident_id, &cmd_tx).await;
                             transfer = Some(t);
                         }
+                    }
+                    AgentLegEvent::Lost => {
+                        // Nobody hung up: the agent's browser went away.
+                        // The caller is not dropped for it; they wait at
+                        // the front of the queue (their arrival time).
+                        let gone = agent.take().expect("present");
+                        warn!(agent = %gone.id, "the agent's browser is gone mid-call: the caller waits in the queue again");
+                        let _ = cmd_tx.send(MediaCommand::Unbridge);
+                        s.acd.call_ended(gone.id.clone(), gone.queue.clone());
+                        s.store.send(StoreCmd::Event { id: call_id.clone(), at: now_ms(), kind: "agent_lost".into(), detail: Some(gone.id.clone()) });
+                        s.live.send(LiveEvent::CallEnded {
+                            call_id: call_id.to_string(),
+                            incident_id: incident_id.to_string(),
+                            agent_id: Some(gone.id.clone()),
+                            cause: "agent_lost".into(),
+                        });
+                        back_to_queue(&s, &call_id, &queue, &route, arrived, &notice_tx).await;
+                        next_announcement = Some(tokio::time::Instant::now());
                     }
                     AgentLegEvent::Ended => {
                         info!(agent = %a.id, "the other side hung up; ending the call");
@@ -1074,7 +1098,7 @@ pub(crate) struct AgentSide {
     /// back to if the target fails, and when to give up on it.
     external: Option<(String, tokio::time::Instant)>,
     started: tokio::time::Instant,
-    leg: AgentLeg,
+    leg: Leg,
     /// Taken by the media bridge when the agent answers.
     rtp: Option<RtpSocket>,
     local: LocalAudio,
@@ -1162,12 +1186,23 @@ fn ring(
     incident: &IncidentId,
     law: Law,
 ) -> Result<AgentSide, &'static str> {
+    // An agent with the panel's phone on takes calls there.
+    let browser = matches!(target, RingTarget::Agent(a) if s.phones.has(a));
     let binding = match target {
-        RingTarget::Agent(agent) => Some(s.sip.agent_binding(agent).ok_or("not registered")?),
-        RingTarget::Center { .. } => None,
+        RingTarget::Agent(agent) if !browser => {
+            Some(s.sip.agent_binding(agent).ok_or("not registered")?)
+        }
+        _ => None,
     };
     let rtp = s.ports.allocate().map_err(|_| "no RTP port")?;
-    let local = LocalAudio::new(s.config.server.sip.public_ip, rtp.port);
+    // The browser's gateway is ours: it reaches the session where its
+    // socket is bound, not at the address peers outside see.
+    let ip = if browser {
+        s.ports.ip()
+    } else {
+        s.config.server.sip.public_ip
+    };
+    let local = LocalAudio::new(ip, rtp.port);
     let offer = sdp::offer_preferring(&local, law, sdp::Direction::SendRecv);
     let caller = caller_number.unwrap_or("anonymous").to_string();
     let http = s.config.server.http.listen;
@@ -1176,17 +1211,31 @@ fn ring(
     ));
     let started = tokio::time::Instant::now();
     let (id, external, leg) = match (target, binding) {
+        (RingTarget::Agent(agent), _) if browser => {
+            let socket = s.ports.allocate().map_err(|_| "no RTP port")?;
+            let leg = s.phones.ring(
+                agent,
+                crate::webphone::Ring {
+                    offer,
+                    call_side: std::net::SocketAddr::new(s.ports.ip(), rtp.port),
+                    socket,
+                    caller_number: caller,
+                    incident_id: incident.to_string(),
+                },
+            )?;
+            (agent, None, Leg::Browser(leg))
+        }
         (RingTarget::Agent(agent), Some(binding)) => {
             info!(%agent, contact = %binding.contact, "ringing agent");
             let leg = s.sip.call_agent(&binding, &caller, offer, call_info);
-            (agent, None, leg)
+            (agent, None, Leg::Phone(leg.map_err(|_| "INVITE failed")?))
         }
         (RingTarget::Center { uri, from_queue }, _) => {
             let leg = s.sip.call_uri(uri, &caller, offer, call_info);
             (
                 uri,
                 Some((from_queue.to_string(), started + OVERFLOW_SILENCE_LIMIT)),
-                leg,
+                Leg::Phone(leg.map_err(|_| "INVITE failed")?),
             )
         }
         (RingTarget::Agent(_), None) => return Err("not registered"),
@@ -1196,7 +1245,7 @@ fn ring(
         queue: String::new(),
         external,
         started,
-        leg: leg.map_err(|_| "INVITE failed")?,
+        leg,
         rtp: Some(rtp),
         local,
         law,

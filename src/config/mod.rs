@@ -53,6 +53,9 @@ impl ConfigError {
 pub struct ServerFile {
     pub sip: SipSection,
     pub media: MediaSection,
+    /// The panel's browser softphone (WebRTC); defaults work on a LAN.
+    #[serde(default)]
+    pub webphone: WebphoneSection,
     pub http: HttpSection,
     pub database: DatabaseSection,
     #[serde(default, rename = "trunk")]
@@ -115,6 +118,38 @@ pub struct MediaSection {
     /// (a dead trunk leg must not hold a queue place forever).
     #[serde(default = "default_rtp_timeout", with = "humantime_serde")]
     pub rtp_timeout: Duration,
+}
+
+/// `[webphone]`: how browsers reach our media (ICE over UDP, DTLS-SRTP).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebphoneSection {
+    /// The address our ICE candidates carry: one the agents' browsers can
+    /// reach. Default: `media.rtp_ip`.
+    #[serde(default)]
+    pub ice_ip: Option<IpAddr>,
+    /// STUN/TURN servers (`stun:host:port`, `turn:host:port`) for browsers
+    /// outside the command room's network; none by default.
+    #[serde(default)]
+    pub ice_servers: Vec<String>,
+    /// After the agent answers, how long ICE and DTLS may take before the
+    /// call is given to the next agent.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for WebphoneSection {
+    fn default() -> Self {
+        WebphoneSection {
+            ice_ip: None,
+            ice_servers: Vec::new(),
+            connect_timeout: default_connect_timeout(),
+        }
+    }
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_rtp_timeout() -> Duration {
@@ -655,6 +690,18 @@ fn check_server(file: &Path, s: &ServerFile) -> Result<(), ConfigError> {
             "media.rtp_port_max",
             "expected a range of at least 2 ports",
         ));
+    }
+    for (i, url) in s.webphone.ice_servers.iter().enumerate() {
+        if !["stun:", "stuns:", "turn:", "turns:"]
+            .iter()
+            .any(|p| url.starts_with(p))
+        {
+            return Err(ConfigError::invalid(
+                file,
+                format!("webphone.ice_servers[{i}]"),
+                format!("expected a `stun:` or `turn:` URL, found `{url}`"),
+            ));
+        }
     }
     if !(s.database.url.starts_with("sqlite:")
         || s.database.url.starts_with("postgres:")

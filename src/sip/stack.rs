@@ -678,6 +678,9 @@ pub enum AgentLegEvent {
     },
     /// The agent hung up (or the leg died) after answering.
     Ended,
+    /// The leg is gone after answering without anyone hanging up (the
+    /// browser softphone's tab closed): the caller must not be dropped.
+    Lost,
     /// The agent's phone asks to transfer the call (REFER, RFC 3515):
     /// `target` is the Refer-To URI; `replaces` is set for an attended
     /// transfer (RFC 3891). Answer with `responder`.
@@ -740,7 +743,7 @@ impl AgentLeg {
                     let sdp = Some(req.body).filter(|b| !b.is_empty());
                     return AgentLegEvent::ReOffer {
                         sdp,
-                        responder: Responder(handle),
+                        responder: Responder(Some(handle)),
                     };
                 }
                 DialogState::Refer(_, req, handle) if self.answered => {
@@ -754,7 +757,7 @@ impl AgentLeg {
                     return AgentLegEvent::Refer {
                         target,
                         replaces,
-                        responder: Responder(handle),
+                        responder: Responder(Some(handle)),
                     };
                 }
                 other => answer_routine(other).await,
@@ -859,25 +862,33 @@ pub enum LegEvent {
     Ended(LegEnd),
 }
 
-/// Answers a re-INVITE or UPDATE.
-pub struct Responder(TransactionHandle);
+/// Answers a re-INVITE or UPDATE (or a REFER). A request that came from
+/// inside siaga (the browser softphone's hold button) has nobody to answer
+/// on the wire: [`Responder::internal`].
+pub struct Responder(Option<TransactionHandle>);
 
 impl Responder {
+    pub fn internal() -> Responder {
+        Responder(None)
+    }
+
     pub async fn ok_with_sdp(self, sdp: String) {
+        let Some(tx) = self.0 else { return };
         let headers = vec![Header::ContentType("application/sdp".into())];
-        let _ = self
-            .0
+        let _ = tx
             .respond(StatusCode::OK, Some(headers), Some(sdp.into_bytes()))
             .await;
     }
 
     pub async fn reject(self, code: u16) {
-        let _ = self.0.reply(StatusCode::from(code)).await;
+        let Some(tx) = self.0 else { return };
+        let _ = tx.reply(StatusCode::from(code)).await;
     }
 
     /// 202 Accepted (a REFER taken on).
     pub async fn accept(self) {
-        let _ = self.0.reply(StatusCode::from(202)).await;
+        let Some(tx) = self.0 else { return };
+        let _ = tx.reply(StatusCode::from(202)).await;
     }
 }
 
@@ -949,7 +960,7 @@ impl ServerLeg {
                     let sdp = Some(req.body).filter(|b| !b.is_empty());
                     return LegEvent::ReOffer {
                         sdp,
-                        responder: Responder(handle),
+                        responder: Responder(Some(handle)),
                     };
                 }
                 other => answer_routine(other).await,

@@ -15,6 +15,7 @@ use axum::response::Response;
 use axum::Extension;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
 
 pub async fn socket(
     State(s): State<AppState>,
@@ -32,7 +33,15 @@ async fn run(s: AppState, user: User, headers: HeaderMap, mut socket: WebSocket)
     }
     let mut recheck = tokio::time::interval(Duration::from_secs(60));
     recheck.tick().await;
+    // This tab's browser phone, while it is on: (tab id, what to tell it).
+    let mut phone: Option<(u64, mpsc::UnboundedReceiver<serde_json::Value>)> = None;
     loop {
+        let to_phone = async {
+            match phone.as_mut() {
+                Some((_, rx)) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             ev = events.recv() => match ev {
                 Ok(ev) => {
@@ -42,30 +51,92 @@ async fn run(s: AppState, user: User, headers: HeaderMap, mut socket: WebSocket)
                             Err(_) => continue,
                         };
                         if socket.send(Message::Text(text.into())).await.is_err() {
-                            return;
+                            break;
                         }
                     }
                 }
                 Err(RecvError::Lagged(missed)) => {
                     tracing::debug!(user = %user.username, missed, "panel fell behind; fresh snapshot");
                     if send(&mut socket, &snapshot(&s, &user).await).await.is_err() {
-                        return;
+                        break;
                     }
                 }
-                Err(RecvError::Closed) => return,
+                Err(RecvError::Closed) => break,
+            },
+            msg = to_phone => match msg {
+                Some(v) => {
+                    if send(&mut socket, &v).await.is_err() {
+                        break;
+                    }
+                }
+                // Another tab took the phone (it was told why).
+                None => phone = None,
             },
             msg = socket.recv() => match msg {
-                // The panel sends nothing yet (later: WebRTC signalling).
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(Message::Text(text))) => {
+                    if let Some(reply) = phone_message(&s, &user, &mut phone, &text) {
+                        if send(&mut socket, &reply).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => {}
             },
             _ = recheck.tick() => {
                 if !matches!(auth::session_user(&s, &headers).await, Ok(Some(_))) {
                     let _ = send(&mut socket, &serde_json::json!({ "type": "logged_out" })).await;
-                    return;
+                    break;
                 }
             }
         }
+    }
+    // A closed or reloaded tab takes its phone with it.
+    if let (Some((tab, _)), Some(agent), Some(phones)) =
+        (phone, user.agent_id.as_deref(), s.phones.as_ref())
+    {
+        phones.detach(agent, tab);
+    }
+}
+
+/// What the panel sends: the browser phone's signalling. The answer, if
+/// any, is for this tab alone.
+fn phone_message(
+    s: &AppState,
+    user: &User,
+    phone: &mut Option<(u64, mpsc::UnboundedReceiver<serde_json::Value>)>,
+    text: &str,
+) -> Option<serde_json::Value> {
+    let error =
+        |message: &str| Some(serde_json::json!({ "type": "phone_error", "message": message }));
+    let Ok(msg) = serde_json::from_str::<serde_json::Value>(text) else {
+        return error("not JSON");
+    };
+    let (Some(agent), Some(phones)) = (user.agent_id.as_deref(), s.phones.as_ref()) else {
+        return error("Akun ini tidak terhubung ke agen: telepon browser tidak tersedia");
+    };
+    match msg["type"].as_str().unwrap_or_default() {
+        "phone_on" => {
+            if phone.is_some() {
+                // Already this tab's: nothing changes (no flap to not ready).
+                return Some(serde_json::json!({ "type": "phone", "on": true }));
+            }
+            *phone = Some(phones.attach(agent));
+            None
+        }
+        "phone_off" => {
+            if let Some((tab, _)) = phone.take() {
+                phones.detach(agent, tab);
+            }
+            Some(serde_json::json!({ "type": "phone", "on": false, "reason": "off" }))
+        }
+        _ => match phone.as_ref() {
+            Some((tab, _)) => phones
+                .from_tab(agent, *tab, &msg)
+                .err()
+                .and_then(|e| error(&e)),
+            None => error("the browser phone is off"),
+        },
     }
 }
 

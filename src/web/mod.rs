@@ -34,6 +34,8 @@ pub struct AppState {
     pub callbacks: Option<crate::call::Callbacks>,
     /// Reaches calls in progress (warm transfer); absent likewise.
     pub controls: Option<crate::call::Controls>,
+    /// The browser softphones; absent likewise.
+    pub phones: Option<crate::webphone::Phones>,
 }
 
 /// The router, apart from any socket, so tests can drive it directly.

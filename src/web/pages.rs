@@ -92,6 +92,7 @@ pub async fn asset(Path(file): Path<String>) -> Response {
         "panel.js" => (include_str!("assets/panel.js"), "text/javascript"),
         "login.js" => (include_str!("assets/login.js"), "text/javascript"),
         "calltaker.js" => (include_str!("assets/calltaker.js"), "text/javascript"),
+        "phone.js" => (include_str!("assets/phone.js"), "text/javascript"),
         "supervisor.js" => (include_str!("assets/supervisor.js"), "text/javascript"),
         "dispatcher.js" => (include_str!("assets/dispatcher.js"), "text/javascript"),
         "admin.js" => (include_str!("assets/admin.js"), "text/javascript"),
@@ -170,23 +171,9 @@ pub async fn calltaker(State(s): State<AppState>, Extension(user): Extension<Use
         .map(|(p, n)| (p.to_string(), *n))
         .collect();
     let priorities: Vec<(&str, &str)> = priorities.iter().map(|(p, n)| (p.as_str(), *n)).collect();
-    let agent = user
-        .agent_id
-        .as_deref()
-        .map(|a| {
-            format!(
-                "<span id=\"agent-id\" data-agent=\"{0}\">Agen {0}</span>",
-                esc(a)
-            )
-        })
-        .unwrap_or_else(|| {
-            "<span class=\"muted\">Akun ini tidak terhubung ke telepon agen.</span>".into()
-        });
+    let agent = agent_card(&user);
     let body = format!(
-        "<h1>Penerima panggilan</h1>\
-         <section class=\"card\" id=\"agent-card\">{agent} — status: <strong id=\"agent-state\">?</strong> \
-         <button id=\"btn-ready\" type=\"button\">Siap</button> \
-         <button id=\"btn-notready\" type=\"button\">Istirahat</button></section>\
+        "<h1>Penerima panggilan</h1>{agent}\
          <p id=\"idle\" class=\"muted\">Menunggu panggilan…</p>\
          <section id=\"call-card\" class=\"card\" hidden>\
          <h2>Panggilan <span id=\"call-service\"></span> — <span id=\"call-caller\"></span> \
@@ -227,6 +214,34 @@ pub async fn calltaker(State(s): State<AppState>, Extension(user): Extension<Use
     .into_response()
 }
 
+/// The agent's own card, for a user bound to an agent: their state, ready
+/// and not ready, and the browser softphone (`phone.js`).
+fn agent_card(user: &User) -> String {
+    let Some(agent) = user.agent_id.as_deref() else {
+        return "<section class=\"card\" id=\"agent-card\"><span class=\"muted\">\
+                Akun ini tidak terhubung ke agen: tidak menerima panggilan.</span></section>"
+            .into();
+    };
+    format!(
+        "<section class=\"card\" id=\"agent-card\">\
+         <span id=\"agent-id\" data-agent=\"{0}\">Agen {0}</span> — status: <strong id=\"agent-state\">?</strong> \
+         <button id=\"btn-ready\" type=\"button\">Siap</button> \
+         <button id=\"btn-notready\" type=\"button\">Istirahat</button>\
+         <div id=\"phone-card\" data-on=\"off\">Telepon browser: <span id=\"phone-state\" role=\"status\">mati</span> \
+         <button id=\"phone-on\" type=\"button\">Nyalakan</button>\
+         <button id=\"phone-off\" type=\"button\" hidden>Matikan</button> \
+         <span id=\"phone-ringing\" hidden>Panggilan masuk dari <strong id=\"phone-caller\"></strong> \
+         <button id=\"phone-answer\" type=\"button\">Jawab</button> \
+         <button id=\"phone-decline\" type=\"button\">Tolak</button></span>\
+         <span id=\"phone-call\" hidden><button id=\"phone-hold\" type=\"button\">Tahan</button> \
+         <button id=\"phone-hangup\" type=\"button\">Tutup telepon</button></span>\
+         <p id=\"phone-error\" class=\"error\" role=\"alert\"></p>\
+         <audio id=\"phone-audio\" autoplay></audio></div></section>\
+         <script src=\"/assets/phone.js\" defer></script>",
+        esc(agent)
+    )
+}
+
 pub async fn supervisor(Extension(user): Extension<User>) -> Response {
     if !user.is(&[Role::Supervisor, Role::Admin]) {
         return forbidden(&user);
@@ -265,10 +280,11 @@ pub async fn dispatcher(State(s): State<AppState>, Extension(user): Extension<Us
         .map(|a| a.name.clone())
         .unwrap_or_else(|| "semua instansi".into());
     let body = format!(
-        "<h1>Dispatcher — <span id=\"agency\" data-agency=\"{}\">{}</span></h1>\
+        "<h1>Dispatcher — <span id=\"agency\" data-agency=\"{}\">{}</span></h1>{}\
          <section class=\"card\"><table id=\"dispatch-list\"><thead><tr><th>Waktu</th><th>Kategori</th><th>Prioritas</th><th>Alamat</th><th>Catatan</th><th>Status</th><th></th></tr></thead><tbody></tbody></table></section>",
         esc(&agency),
-        esc(&name)
+        esc(&name),
+        agent_card(&user),
     );
     page("Dispatcher", Some(&user), &body, Some("dispatcher.js")).into_response()
 }

@@ -265,8 +265,7 @@ sources = [{sources}]
             .arg(self.root.path())
             .env(
                 "SIAGA_LOG",
-                std::env::var("SIAGA_TEST_LOG")
-                    .unwrap_or_else(|_| "info,rsipstack=warn,sqlx=warn".into()),
+                std::env::var("SIAGA_TEST_LOG").unwrap_or_else(|_| siaga::DEFAULT_LOG.into()),
             )
             .stdout(Stdio::piped())
             .stderr(log)

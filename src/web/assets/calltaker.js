@@ -67,8 +67,6 @@
   function showAgent(agents) {
     lastAgents = agents || [];
     if (document.activeElement !== $("t-agent")) fillDispatchers();
-    const a = (agents || []).find((x) => x.id === me);
-    if (a) $("agent-state").textContent = siaga.stateName(a) + (a.reason ? ` (${a.reason})` : "");
   }
 
   siaga.live((ev) => {
@@ -168,14 +166,4 @@
     document.title = "Penerima panggilan · siaga";
   });
 
-  const setState = async (state) => {
-    if (!me) return;
-    try {
-      await siaga.api("POST", `/api/agents/${encodeURIComponent(me)}/state`, { state, reason: state === "not_ready" ? "istirahat" : undefined });
-    } catch (err) {
-      $("agent-state").textContent = err.message;
-    }
-  };
-  $("btn-ready").addEventListener("click", () => setState("ready"));
-  $("btn-notready").addEventListener("click", () => setState("not_ready"));
 })();

@@ -18,26 +18,48 @@ const siaga = {
     return data;
   },
 
-  // Opens the live socket and hands every event to `onEvent`; reconnects
-  // after a drop, and the server starts each connection with a snapshot.
+  // Opens the live socket and hands every event to `onEvent` (and to
+  // whoever called `siaga.listen`); reconnects after a drop, and the
+  // server starts each connection with a snapshot.
   live(onEvent) {
     let delay = 500;
     const connect = () => {
       const proto = location.protocol === "https:" ? "wss:" : "ws:";
       const ws = new WebSocket(proto + "//" + location.host + "/api/live");
-      ws.onopen = () => { delay = 500; document.body.dataset.live = "on"; };
+      ws.onopen = () => {
+        delay = 500;
+        siaga.socket = ws;
+        document.body.dataset.live = "on";
+        siaga.openHooks.forEach((f) => f());
+      };
       ws.onmessage = (m) => {
         const ev = JSON.parse(m.data);
         if (ev.type === "logged_out") { location.href = "/login"; return; }
         onEvent(ev);
+        siaga.listeners.forEach((f) => f(ev));
       };
       ws.onclose = () => {
+        if (siaga.socket === ws) siaga.socket = null;
         document.body.dataset.live = "off";
+        siaga.closeHooks.forEach((f) => f());
         setTimeout(connect, delay);
         delay = Math.min(delay * 2, 10000);
       };
     };
     connect();
+  },
+
+  socket: null,
+  listeners: [],
+  openHooks: [],
+  closeHooks: [],
+  // Another part of the page hears the live events too.
+  listen(f) { siaga.listeners.push(f); },
+  // Sends on the live socket; false when it is down.
+  send(msg) {
+    if (!siaga.socket || siaga.socket.readyState !== WebSocket.OPEN) return false;
+    siaga.socket.send(JSON.stringify(msg));
+    return true;
   },
 
   esc(s) {

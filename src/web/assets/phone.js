@@ -1,0 +1,223 @@
+// The browser softphone: this tab takes the agent's calls (WebRTC). The
+// server offers each call over the live socket; we answer with the
+// microphone. Closing or reloading the tab turns the phone off (the server
+// sets the agent not ready); after a reload it has to be turned on again.
+"use strict";
+(() => {
+  const $ = (id) => document.getElementById(id);
+  if (!$("phone-card")) return;
+  const me = $("agent-id").dataset.agent;
+
+  // The agent's state, and ready / not ready, whatever their phone.
+  function showAgent(agents) {
+    const a = (agents || []).find((x) => x.id === me);
+    if (!a) return;
+    $("agent-state").textContent = siaga.stateName(a) + (a.reason ? ` (${a.reason})` : "");
+    $("agent-card").dataset.state = a.state;
+  }
+  const setState = async (state) => {
+    try {
+      await siaga.api("POST", `/api/agents/${encodeURIComponent(me)}/state`,
+        { state, reason: state === "not_ready" ? "istirahat" : undefined });
+    } catch (err) {
+      $("agent-state").textContent = /no phone/.test(err.message)
+        ? "belum ada telepon: nyalakan telepon browser atau daftarkan telepon meja"
+        : err.message;
+    }
+  };
+  $("btn-ready").addEventListener("click", () => setState("ready"));
+  $("btn-notready").addEventListener("click", () => setState("not_ready"));
+
+  let wanted = false; // the agent turned the phone on
+  let mic = null; // the microphone's stream, kept while the phone is on
+  let call = null; // { leg, offer, pc, held }
+
+  const show = (id, yes) => { $(id).hidden = !yes; };
+  function status(text) { $("phone-state").textContent = text; }
+  function problem(text) { $("phone-error").textContent = text || ""; }
+
+  function micProblem(e) {
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      return "Browser tidak mengizinkan mikrofon di halaman ini (butuh HTTPS atau localhost).";
+    }
+    const name = e && e.name;
+    if (name === "NotAllowedError" || name === "SecurityError" || name === "PermissionDeniedError") {
+      return "Akses mikrofon ditolak. Izinkan mikrofon untuk situs ini di pengaturan browser, lalu nyalakan telepon lagi.";
+    }
+    if (name === "NotFoundError") return "Tidak ada mikrofon yang terpasang.";
+    if (name === "NotReadableError") return "Mikrofon sedang dipakai aplikasi lain.";
+    return "Mikrofon tidak dapat dipakai: " + ((e && e.message) || e);
+  }
+
+  async function microphone() {
+    if (mic && mic.getAudioTracks().some((t) => t.readyState === "live")) return mic;
+    mic = await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
+    return mic;
+  }
+
+  function releaseMic() {
+    if (mic) mic.getTracks().forEach((t) => t.stop());
+    mic = null;
+  }
+
+  function idle(text) {
+    if (call && call.pc) call.pc.close();
+    call = null;
+    $("phone-audio").srcObject = null;
+    show("phone-ringing", false);
+    show("phone-call", false);
+    $("phone-card").dataset.call = "";
+    if (text !== undefined) status(text);
+  }
+
+  function showOn(on) {
+    $("phone-card").dataset.on = on ? "on" : "off";
+    show("phone-on", !on);
+    show("phone-off", on);
+    if (!call) status(on ? "menyala — menunggu panggilan" : "mati");
+  }
+
+  $("phone-on").addEventListener("click", async () => {
+    problem("");
+    try {
+      await microphone();
+    } catch (e) {
+      problem(micProblem(e));
+      $("phone-card").dataset.mic = "refused";
+      return;
+    }
+    $("phone-card").dataset.mic = "ok";
+    wanted = true;
+    if (!siaga.send({ type: "phone_on" })) status("menunggu sambungan ke server…");
+  });
+
+  $("phone-off").addEventListener("click", () => {
+    wanted = false;
+    siaga.send({ type: "phone_off" });
+    idle();
+    releaseMic();
+    showOn(false);
+  });
+
+  // The socket came back after a drop: the server turned the phone off
+  // with the old socket, so ask again.
+  siaga.openHooks.push(() => { if (wanted) siaga.send({ type: "phone_on" }); });
+  siaga.closeHooks.push(() => {
+    if (call) idle("sambungan ke server terputus");
+    if (wanted) status("sambungan ke server terputus — menyambung lagi…");
+  });
+
+  function incoming(ev) {
+    if (call) {
+      siaga.send({ type: "decline", leg: ev.leg, reason: "busy" });
+      return;
+    }
+    call = { leg: ev.leg, offer: ev.sdp, pc: null, held: false };
+    $("phone-caller").textContent = ev.caller_number || "nomor tidak diketahui";
+    $("phone-card").dataset.call = "ringing";
+    show("phone-ringing", true);
+    status("panggilan masuk");
+  }
+
+  // Waits until our candidates are in the description (no trickle).
+  function gathered(pc, ms) {
+    if (pc.iceGatheringState === "complete") return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => { if (pc.iceGatheringState === "complete") resolve(); };
+      pc.addEventListener("icegatheringstatechange", done);
+      setTimeout(resolve, ms);
+    });
+  }
+
+  async function answer() {
+    const c = call;
+    if (!c || c.pc) return;
+    show("phone-ringing", false);
+    let stream;
+    try {
+      stream = await microphone();
+    } catch (e) {
+      problem(micProblem(e));
+      $("phone-card").dataset.mic = "refused";
+      siaga.send({ type: "decline", leg: c.leg, reason: "microphone refused" });
+      idle("mikrofon ditolak — panggilan dialihkan ke agen lain");
+      return;
+    }
+    try {
+      const pc = new RTCPeerConnection({ iceServers: [] });
+      c.pc = pc;
+      pc.ontrack = (e) => { $("phone-audio").srcObject = new MediaStream([e.track]); };
+      pc.onconnectionstatechange = () => {
+        if (call !== c) return;
+        if (pc.connectionState === "connected") {
+          status("tersambung");
+          $("phone-card").dataset.call = "talking";
+        } else if (pc.connectionState === "failed") {
+          status("sambungan audio gagal");
+        }
+      };
+      await pc.setRemoteDescription({ type: "offer", sdp: c.offer });
+      const t = pc.getTransceivers().find((x) => x.receiver.track.kind === "audio");
+      t.direction = "sendrecv";
+      await t.sender.replaceTrack(stream.getAudioTracks()[0]);
+      await pc.setLocalDescription(await pc.createAnswer());
+      await gathered(pc, 3000);
+      if (call !== c) return;
+      siaga.send({ type: "answer", leg: c.leg, sdp: pc.localDescription.sdp });
+      $("phone-card").dataset.call = "connecting";
+      status("menyambung…");
+      show("phone-call", true);
+    } catch (e) {
+      problem("Panggilan tidak dapat dijawab: " + e.message);
+      siaga.send({ type: "decline", leg: c.leg, reason: "webrtc error" });
+      idle();
+    }
+  }
+
+  $("phone-answer").addEventListener("click", answer);
+  $("phone-decline").addEventListener("click", () => {
+    if (!call) return;
+    siaga.send({ type: "decline", leg: call.leg, reason: "declined" });
+    idle("menyala — menunggu panggilan");
+  });
+  $("phone-hangup").addEventListener("click", () => {
+    if (!call) return;
+    siaga.send({ type: "hangup", leg: call.leg });
+    idle("menyala — menunggu panggilan");
+  });
+  $("phone-hold").addEventListener("click", () => {
+    if (!call) return;
+    call.held = !call.held;
+    siaga.send({ type: "hold", leg: call.leg, on: call.held });
+    $("phone-hold").textContent = call.held ? "Lanjutkan" : "Tahan";
+    status(call.held ? "penelepon ditahan" : "tersambung");
+  });
+
+  const endedText = {
+    not_answered: "tidak dijawab — panggilan dialihkan",
+    hangup: "panggilan berakhir",
+    media_failed: "sambungan audio gagal",
+    bad_answer: "jawaban browser ditolak server",
+    error: "telepon browser gagal",
+  };
+
+  siaga.listen((ev) => {
+    if (ev.type === "snapshot" || ev.type === "queues") {
+      showAgent(ev.agents);
+    } else if (ev.type === "phone") {
+      if (!ev.on && ev.reason && ev.reason !== "off") {
+        wanted = false;
+        problem(ev.reason);
+      }
+      showOn(ev.on);
+    } else if (ev.type === "phone_error") {
+      problem(ev.message);
+    } else if (ev.type === "incoming") {
+      incoming(ev);
+    } else if (ev.type === "ended" && call && ev.leg === call.leg) {
+      idle(endedText[ev.reason] || "panggilan berakhir");
+      $("phone-hold").textContent = "Tahan";
+    }
+  });
+  showOn(false);
+})();

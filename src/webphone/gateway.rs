@@ -1,0 +1,520 @@
+//! One browser call leg: WebRTC to the browser, plain RTP to the call.
+//!
+//! We make the offer (the caller's G.711 law alone, and telephone-event),
+//! gather our ICE candidates into it, and send it to the tab. When the
+//! browser's answer has come and ICE and DTLS are up, the call is told
+//! `Answered` with a plain SDP answer that points its media session at the
+//! gateway's own pooled RTP socket. From then on two tasks relay: what the
+//! session sends goes to the browser's track, what the browser's track
+//! brings goes to the session, each packet as it arrives, payload as it
+//! is, payload type mapped between the two negotiations.
+
+use super::{FromTab, Phones, Ring, Settings};
+use crate::media::ports::RtpSocket;
+use crate::media::sdp::{self, Direction, LocalAudio, Negotiated};
+use crate::sip::{AgentFailure, AgentLegEvent, Responder};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use rtc::shared::marshal::{Marshal, Unmarshal};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceGatheringState, RTCIceServer,
+    RTCPeerConnectionState, RTCSessionDescription, Registry,
+};
+
+/// The payload type of telephone-event we offer when the call offered none.
+const DTMF_PT: u8 = 101;
+/// How long gathering our own candidates may take before we offer what we
+/// have (host candidates come at once; STUN may be slow or unreachable).
+const GATHER_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+pub(super) struct Gateway {
+    pub phones: Phones,
+    pub agent: String,
+    pub leg: u64,
+    pub settings: Settings,
+    pub to_tab: mpsc::UnboundedSender<Value>,
+    pub from_tab: mpsc::UnboundedReceiver<FromTab>,
+    /// What the call's offer negotiates: the law, its payload types.
+    pub offer: Negotiated,
+    pub ring: Ring,
+}
+
+/// The call's view of a browser leg: the same events as a SIP leg.
+pub struct BrowserLeg {
+    events: mpsc::UnboundedReceiver<AgentLegEvent>,
+    end: mpsc::UnboundedSender<()>,
+    answered: bool,
+    phones: Phones,
+    agent: String,
+    leg: u64,
+}
+
+impl BrowserLeg {
+    pub async fn next_event(&mut self) -> AgentLegEvent {
+        match self.events.recv().await {
+            Some(ev) => {
+                if matches!(ev, AgentLegEvent::Answered { .. }) {
+                    self.answered = true;
+                }
+                ev
+            }
+            // The gateway stopped without a word: treat it as lost.
+            None if self.answered => AgentLegEvent::Lost,
+            None => AgentLegEvent::Failed(AgentFailure::Unreachable),
+        }
+    }
+
+    /// Stops ringing or hangs up: the tab is told, the connection closed.
+    pub fn end(&self) {
+        let _ = self.end.send(());
+    }
+}
+
+impl Drop for BrowserLeg {
+    fn drop(&mut self) {
+        let _ = self.end.send(());
+        self.phones.forget(&self.agent, self.leg);
+    }
+}
+
+pub(super) fn start(g: Gateway) -> BrowserLeg {
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let (end_tx, end_rx) = mpsc::unbounded_channel();
+    let leg = BrowserLeg {
+        events,
+        end: end_tx,
+        answered: false,
+        phones: g.phones.clone(),
+        agent: g.agent.clone(),
+        leg: g.leg,
+    };
+    // The connection's driver and the relay run where all media runs.
+    crate::media::runtime::spawn(run(g, events_tx, end_rx));
+    leg
+}
+
+struct Handler {
+    gathered: mpsc::UnboundedSender<()>,
+    states: mpsc::UnboundedSender<RTCPeerConnectionState>,
+    tracks: mpsc::UnboundedSender<Arc<dyn TrackRemote>>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.gathered.send(());
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.states.send(state);
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let _ = self.tracks.send(track);
+    }
+}
+
+fn mime(law: crate::media::g711::Law) -> &'static str {
+    match law {
+        crate::media::g711::Law::Alaw => "audio/PCMA",
+        crate::media::g711::Law::Ulaw => "audio/PCMU",
+    }
+}
+
+fn codec(mime: &str, fmtp: &str) -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: mime.to_string(),
+        clock_rate: 8000,
+        channels: 1,
+        sdp_fmtp_line: fmtp.to_string(),
+        rtcp_feedback: vec![],
+    }
+}
+
+/// The peer connection with our offer set, and the track we send on.
+struct Built {
+    pc: Arc<dyn PeerConnection>,
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    states: mpsc::UnboundedReceiver<RTCPeerConnectionState>,
+    /// Taken by the relay once connected.
+    tracks: Option<mpsc::UnboundedReceiver<Arc<dyn TrackRemote>>>,
+    offer: String,
+}
+
+async fn build(settings: &Settings, offer: &Negotiated) -> webrtc::error::Result<Built> {
+    let mut engine = MediaEngine::default();
+    engine.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: codec(mime(offer.law), ""),
+            payload_type: offer.pt,
+        },
+        RtpCodecKind::Audio,
+    )?;
+    engine.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: codec("audio/telephone-event", "0-16"),
+            payload_type: offer.dtmf_pt.unwrap_or(DTMF_PT),
+        },
+        RtpCodecKind::Audio,
+    )?;
+    let registry = register_default_interceptors(Registry::new(), &mut engine)?;
+    let mut config = RTCConfigurationBuilder::new();
+    if !settings.ice_servers.is_empty() {
+        config = config.with_ice_servers(vec![RTCIceServer {
+            urls: settings.ice_servers.clone(),
+            ..Default::default()
+        }]);
+    }
+    let (gathered_tx, mut gathered) = mpsc::unbounded_channel();
+    let (states_tx, states) = mpsc::unbounded_channel();
+    let (tracks_tx, tracks) = mpsc::unbounded_channel();
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(config.build())
+        .with_media_engine(engine)
+        .with_interceptor_registry(registry)
+        .with_handler(Arc::new(Handler {
+            gathered: gathered_tx,
+            states: states_tx,
+            tracks: tracks_tx,
+        }))
+        .with_udp_addrs(vec![SocketAddr::new(settings.ice_ip, 0)])
+        .build()
+        .await?;
+    let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+    let ssrc: u32 = rand::random();
+    let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        "siaga".to_string(),
+        "siaga-caller".to_string(),
+        "caller".to_string(),
+        RtpCodecKind::Audio,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: codec(mime(offer.law), ""),
+            ..Default::default()
+        }],
+    )));
+    pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
+        .await?;
+    let desc = pc.create_offer(None).await?;
+    pc.set_local_description(desc).await?;
+    let _ = tokio::time::timeout(GATHER_LIMIT, gathered.recv()).await;
+    let offer = pc
+        .local_description()
+        .await
+        .map(|d| d.sdp)
+        .unwrap_or_default();
+    Ok(Built {
+        pc,
+        track,
+        ssrc,
+        states,
+        tracks: Some(tracks),
+        offer,
+    })
+}
+
+/// Payload types of one side mapped onto the other's.
+#[derive(Debug, Clone, Copy)]
+struct PtMap {
+    from_audio: u8,
+    to_audio: u8,
+    from_dtmf: Option<u8>,
+    to_dtmf: Option<u8>,
+}
+
+impl PtMap {
+    fn map(&self, pt: u8) -> Option<u8> {
+        if pt == self.from_audio {
+            Some(self.to_audio)
+        } else if Some(pt) == self.from_dtmf {
+            self.to_dtmf
+        } else {
+            None
+        }
+    }
+}
+
+async fn run(
+    g: Gateway,
+    events: mpsc::UnboundedSender<AgentLegEvent>,
+    mut end: mpsc::UnboundedReceiver<()>,
+) {
+    let Gateway {
+        leg,
+        settings,
+        to_tab,
+        mut from_tab,
+        offer,
+        ring,
+        agent,
+        ..
+    } = g;
+    let ended = |reason: &str| {
+        let _ = to_tab.send(json!({ "type": "ended", "leg": leg, "reason": reason }));
+    };
+    let mut built = match build(&settings, &offer).await {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(%agent, error = %e, "browser phone: the WebRTC connection could not be set up");
+            ended("error");
+            let _ = events.send(AgentLegEvent::Failed(AgentFailure::Unreachable));
+            return;
+        }
+    };
+    let _ = to_tab.send(json!({
+        "type": "incoming",
+        "leg": leg,
+        "sdp": built.offer,
+        "caller_number": ring.caller_number,
+        "incident_id": ring.incident_id,
+    }));
+    let _ = events.send(AgentLegEvent::Ringing);
+
+    let socket = Arc::new(ring.socket);
+    let local = socket.socket.local_addr().ok();
+    // Set once the browser's answer is in: what it negotiated, and by when
+    // ICE and DTLS must be up.
+    let mut browser: Option<(Negotiated, Instant)> = None;
+    let mut relays: Vec<JoinHandle<()>> = Vec::new();
+    let mut plain: Option<Negotiated> = None;
+    let outcome: AgentLegEvent = loop {
+        let connect_by = async {
+            match browser.as_ref() {
+                Some((_, by)) if plain.is_none() => tokio::time::sleep_until(*by).await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = end.recv() => {
+                ended(if plain.is_some() { "hangup" } else { "not_answered" });
+                break AgentLegEvent::Ended;
+            }
+            msg = from_tab.recv() => match msg.unwrap_or(FromTab::Gone) {
+                FromTab::Answer(answer) if browser.is_none() => {
+                    let n = sdp::parse(answer.as_bytes()).and_then(|r| sdp::negotiate(&r));
+                    let n = match n {
+                        Ok(n) if n.law == offer.law => n,
+                        _ => {
+                            warn!(%agent, "browser phone: the answer has not the law we offered");
+                            ended("bad_answer");
+                            break AgentLegEvent::Failed(AgentFailure::Unreachable);
+                        }
+                    };
+                    let desc = match RTCSessionDescription::answer(answer) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            warn!(%agent, error = %e, "browser phone: unreadable answer");
+                            ended("bad_answer");
+                            break AgentLegEvent::Failed(AgentFailure::Unreachable);
+                        }
+                    };
+                    if let Err(e) = built.pc.set_remote_description(desc).await {
+                        warn!(%agent, error = %e, "browser phone: answer refused");
+                        ended("bad_answer");
+                        break AgentLegEvent::Failed(AgentFailure::Unreachable);
+                    }
+                    debug!(%agent, leg, "browser answered; connecting");
+                    browser = Some((n, Instant::now() + settings.connect_timeout));
+                }
+                FromTab::Answer(_) => {}
+                FromTab::Decline(why) => {
+                    info!(%agent, reason = %why, "browser phone: call not taken");
+                    break if plain.is_some() { AgentLegEvent::Ended } else { AgentLegEvent::Failed(AgentFailure::Declined) };
+                }
+                FromTab::Hangup => {
+                    break if plain.is_some() { AgentLegEvent::Ended } else { AgentLegEvent::Failed(AgentFailure::Declined) };
+                }
+                FromTab::Hold(on) => {
+                    if let (Some(p), Some(addr)) = (plain.as_ref(), local) {
+                        // The hold button works like a phone's re-INVITE.
+                        let dir = if on { Direction::SendOnly } else { Direction::SendRecv };
+                        let reoffer = sdp::answer(&LocalAudio::new(addr.ip(), addr.port()), p, dir);
+                        let _ = events.send(AgentLegEvent::ReOffer {
+                            sdp: Some(reoffer.into_bytes()),
+                            responder: Responder::internal(),
+                        });
+                    }
+                }
+                FromTab::Gone => {
+                    info!(%agent, leg, "browser phone: the tab is gone");
+                    break if plain.is_some() { AgentLegEvent::Lost } else { AgentLegEvent::Failed(AgentFailure::Unreachable) };
+                }
+            },
+            state = built.states.recv() => match state {
+                Some(RTCPeerConnectionState::Connected) if plain.is_none() => {
+                    let Some((n, _)) = browser.as_ref() else { continue };
+                    let Some(addr) = local else {
+                        ended("error");
+                        break AgentLegEvent::Failed(AgentFailure::Unreachable);
+                    };
+                    // The call hears from us the law both sides share,
+                    // with the call's own payload types.
+                    let p = Negotiated {
+                        law: offer.law,
+                        pt: offer.pt,
+                        dtmf_pt: n.dtmf_pt.and(offer.dtmf_pt),
+                    };
+                    relays = relay(&mut built, &socket, ring.call_side, &p, n);
+                    let answer = sdp::answer(&LocalAudio::new(addr.ip(), addr.port()), &p, Direction::SendRecv);
+                    info!(%agent, leg, "browser phone connected (ICE, DTLS-SRTP)");
+                    plain = Some(p);
+                    let _ = events.send(AgentLegEvent::Answered { sdp: answer.into_bytes() });
+                }
+                Some(RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed) | None => {
+                    warn!(%agent, leg, "browser phone: the connection failed");
+                    ended("media_failed");
+                    break if plain.is_some() { AgentLegEvent::Lost } else { AgentLegEvent::Failed(AgentFailure::Unreachable) };
+                }
+                Some(_) => {}
+            },
+            _ = connect_by => {
+                warn!(%agent, leg, "browser phone: ICE/DTLS did not come up in time");
+                ended("media_failed");
+                break AgentLegEvent::Failed(AgentFailure::Unreachable);
+            }
+        }
+    };
+    for r in &relays {
+        r.abort();
+    }
+    let _ = events.send(outcome);
+    if let Err(e) = built.pc.close().await {
+        debug!(error = %e, "closing the browser connection");
+    }
+}
+
+/// Starts both directions of the relay.
+fn relay(
+    built: &mut Built,
+    socket: &Arc<RtpSocket>,
+    call_side: SocketAddr,
+    plain: &Negotiated,
+    browser: &Negotiated,
+) -> Vec<JoinHandle<()>> {
+    let down = PtMap {
+        from_audio: plain.pt,
+        to_audio: browser.pt,
+        from_dtmf: plain.dtmf_pt,
+        to_dtmf: browser.dtmf_pt,
+    };
+    let up = PtMap {
+        from_audio: browser.pt,
+        to_audio: plain.pt,
+        from_dtmf: browser.dtmf_pt,
+        to_dtmf: plain.dtmf_pt,
+    };
+    let mut tasks = Vec::with_capacity(2);
+    // The call's session → the browser.
+    {
+        let socket = Arc::clone(socket);
+        let track = Arc::clone(&built.track);
+        let ssrc = built.ssrc;
+        tasks.push(tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            loop {
+                let Ok((n, from)) = socket.socket.recv_from(&mut buf).await else {
+                    return;
+                };
+                if from != call_side {
+                    continue;
+                }
+                let Ok(mut pkt) = rtp::Packet::unmarshal(&mut &buf[..n]) else {
+                    continue;
+                };
+                let Some(pt) = down.map(pkt.header.payload_type) else {
+                    continue;
+                };
+                pkt.header.payload_type = pt;
+                pkt.header.ssrc = ssrc;
+                if track.write_rtp(pkt).await.is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    // The browser → the call's session: its track, whether it came
+    // before the connection did or comes later.
+    if let Some(mut tracks) = built.tracks.take() {
+        let socket = Arc::clone(socket);
+        tasks.push(tokio::spawn(async move {
+            while let Some(track) = tracks.recv().await {
+                if track.kind().await == RtpCodecKind::Audio {
+                    uplink(track, socket, call_side, up).await;
+                    return;
+                }
+            }
+        }));
+    }
+    tasks
+}
+
+/// Sends the browser's packets to the call, payload types mapped.
+async fn uplink(
+    track: Arc<dyn TrackRemote>,
+    socket: Arc<RtpSocket>,
+    call_side: SocketAddr,
+    up: PtMap,
+) {
+    while let Some(ev) = track.poll().await {
+        let TrackRemoteEvent::OnRtpPacket(mut pkt) = ev else {
+            if matches!(ev, TrackRemoteEvent::OnEnded) {
+                return;
+            }
+            continue;
+        };
+        // Browsers probe bandwidth with padding-only packets: nothing
+        // for a telephone.
+        if pkt.payload.is_empty() {
+            continue;
+        }
+        let Some(pt) = up.map(pkt.header.payload_type) else {
+            continue;
+        };
+        pkt.header.payload_type = pt;
+        pkt.header.padding = false;
+        let Ok(bytes) = pkt.marshal() else { continue };
+        let _ = socket.socket.send_to(&bytes, call_side).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_types_map_audio_and_dtmf_and_drop_the_rest() {
+        let m = PtMap {
+            from_audio: 8,
+            to_audio: 8,
+            from_dtmf: Some(101),
+            to_dtmf: Some(126),
+        };
+        assert_eq!(m.map(8), Some(8));
+        assert_eq!(m.map(101), Some(126));
+        assert_eq!(m.map(0), None, "a law nobody negotiated");
+        assert_eq!(m.map(13), None, "comfort noise");
+        let no_dtmf = PtMap { to_dtmf: None, ..m };
+        assert_eq!(no_dtmf.map(101), None, "DTMF the other side cannot take");
+    }
+}

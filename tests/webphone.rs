@@ -1,0 +1,414 @@
+//! The browser softphone: headless Chromium with a fake microphone (a WAV
+//! with a known tone) answers a SIPp caller in the panel over WebRTC; the
+//! caller's tone and the browser's cross both ways and are both in the
+//! recording. A tab that reloads never leaves a call ringing nor drops the
+//! caller; a refused microphone is said plainly.
+
+mod common;
+
+use common::audio::{read_stereo, tone_ratio};
+use common::webdriver::Browser;
+use common::{free_udp_port, Server, Setup, Sipp, TEST_PASSWORD};
+use siaga::media::g711::Law;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(20);
+/// The caller's tone, sent by the test as the caller's RTP.
+const CALLER_HZ: f64 = 1000.0;
+/// The browser's microphone: Chromium plays this WAV as its capture.
+const BROWSER_HZ: f64 = 700.0;
+
+fn setup() -> Setup {
+    Setup {
+        agents: true,
+        ..Setup::default()
+    }
+}
+
+fn base(server: &Server) -> String {
+    format!("http://{}", server.http)
+}
+
+/// 48 kHz mono 16-bit: a sine at `freq`, as Chromium's fake capture.
+fn microphone_wav(dir: &Path, freq: f64) -> PathBuf {
+    let path = dir.join(format!("mic-{freq}.wav"));
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 48000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&path, spec).unwrap();
+    for i in 0..48000 * 4 {
+        let v = (2.0 * std::f64::consts::PI * freq * i as f64 / 48000.0).sin() * 12000.0;
+        w.write_sample(v as i16).unwrap();
+    }
+    w.finalize().unwrap();
+    path
+}
+
+/// Chromium whose microphone is `mic` and whose permission prompts are
+/// granted, reaching us on loopback with plain host candidates.
+fn browser_with_mic(test: &str, mic: &Path) -> Browser {
+    Browser::start_with(
+        test,
+        &[
+            "--use-fake-ui-for-media-stream".into(),
+            "--use-fake-device-for-media-stream".into(),
+            format!("--use-file-for-fake-audio-capture={}", mic.display()),
+            "--allow-loopback-in-peer-connection".into(),
+            "--disable-features=WebRtcHideLocalIpsWithMdns".into(),
+            "--autoplay-policy=no-user-gesture-required".into(),
+        ],
+    )
+}
+
+/// Logs in as Siti (ct-01), turns the browser phone on and goes ready.
+fn ready_in_browser(server: &Server, b: &Browser) {
+    b.login(&base(server), "siti", TEST_PASSWORD, "/calltaker");
+    phone_on_and_ready(server, b);
+}
+
+fn phone_on_and_ready(server: &Server, b: &Browser) {
+    b.click("#phone-on");
+    b.wait_for(
+        "phone on",
+        "return document.querySelector('#phone-card').dataset.on === 'on'",
+        WAIT,
+    );
+    wait_agent(server, "ct-01", "reachable by browser", |a| {
+        a["browser"] == true && a["registered"] == true
+    });
+    b.click("#btn-ready");
+    // A caller already waiting rings at once.
+    wait_agent(server, "ct-01", "ready", |a| {
+        a["state"] == "ready" || a["state"] == "ringing"
+    });
+}
+
+fn wait_agent(server: &Server, id: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < WAIT {
+        if check(&server.agent(id)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "{id}: {what}; now {}\nserver:\n{}",
+        server.agent(id),
+        server.log()
+    );
+}
+
+/// The caller's audio, played by the test: waits for siaga's first packet
+/// (the greeting), then sends an A-law tone every 20 ms to where it came
+/// from, keeping what comes back (decoded), until `stop` or 60 s.
+struct CallerMedia {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<i16>>,
+}
+
+impl CallerMedia {
+    fn start(tone_hz: f64) -> CallerMedia {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(5)))
+            .unwrap();
+        let port = sock.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let halt = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut heard = Vec::new();
+            let mut peer: Option<SocketAddr> = None;
+            let (mut seq, mut ts, mut phase) = (0u16, 0u32, 0usize);
+            let mut next = Instant::now();
+            let limit = Instant::now() + Duration::from_secs(60);
+            let mut buf = [0u8; 1500];
+            let mut empty = false;
+            while !halt.load(Ordering::Relaxed) && Instant::now() < limit {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    empty |= n <= 12;
+                    if n > 12 && buf[1] & 0x7f == 8 {
+                        peer.get_or_insert(from);
+                        heard.extend(buf[12..n].iter().map(|&b| Law::Alaw.decode(b)));
+                    }
+                }
+                let Some(to) = peer else { continue };
+                if Instant::now() >= next {
+                    let mut pkt = vec![0x80, 8];
+                    pkt.extend_from_slice(&seq.to_be_bytes());
+                    pkt.extend_from_slice(&ts.to_be_bytes());
+                    pkt.extend_from_slice(&0x5151_0001u32.to_be_bytes());
+                    for _ in 0..160 {
+                        let v = (2.0 * std::f64::consts::PI * tone_hz * phase as f64 / 8000.0)
+                            .sin()
+                            * 12000.0;
+                        pkt.push(Law::Alaw.encode(v as i16));
+                        phase += 1;
+                    }
+                    let _ = sock.send_to(&pkt, to);
+                    seq = seq.wrapping_add(1);
+                    ts = ts.wrapping_add(160);
+                    next += Duration::from_millis(20);
+                }
+            }
+            assert!(!empty, "an RTP packet without payload reached the caller");
+            heard
+        });
+        CallerMedia { port, stop, thread }
+    }
+
+    /// What the caller heard, decoded.
+    fn finish(self) -> Vec<i16> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// A SIPp caller to 112 whose media is `media`'s, talking for `ms`; in a
+/// thread, joining to SIPp's exit code.
+fn sipp_caller(
+    server: &Server,
+    media: &CallerMedia,
+    call_id: &str,
+    ms: u32,
+) -> std::thread::JoinHandle<Option<i32>> {
+    let target = server.sip;
+    let port = media.port.to_string();
+    let call_id = call_id.to_string();
+    std::thread::spawn(move || {
+        let sipp = Sipp::new(CALLER_HZ);
+        let d = ms.to_string();
+        let r = sipp.run(
+            "uac_media.xml",
+            target,
+            &[
+                "-s",
+                "112",
+                "-d",
+                &d,
+                "-key",
+                "caller_rtp",
+                &port,
+                "-cid_str",
+                &call_id,
+            ],
+            Duration::from_secs(90),
+        );
+        if r.code != Some(0) {
+            eprintln!("sipp: {}\n{}", r.output, r.errors);
+        }
+        r.code
+    })
+}
+
+/// How many 100 ms windows of `samples` hold mostly `freq`.
+fn tone_windows(samples: &[i16], freq: f64) -> usize {
+    samples
+        .chunks_exact(800)
+        .filter(|w| tone_ratio(w, freq) > 0.7)
+        .count()
+}
+
+fn answer_in_browser(b: &Browser) {
+    b.wait_for(
+        "the call rings in the browser",
+        "return !document.querySelector('#phone-ringing').hidden",
+        WAIT,
+    );
+    assert_eq!(b.text("#phone-caller"), "081234567");
+    b.click("#phone-answer");
+    b.wait_for(
+        "the browser call is connected",
+        "return document.querySelector('#phone-card').dataset.call === 'talking'",
+        WAIT,
+    );
+}
+
+/// The whole path: logged in, phone on, ready; a SIPp caller dials 112;
+/// the browser answers. The caller hears the browser's tone, the
+/// recording has the caller's tone left and the browser's right, and the
+/// call is on record as answered by the browser agent.
+#[test]
+fn the_browser_answers_a_112_call_and_both_tones_cross() {
+    let server = Server::start(setup());
+    server.add_user("siti", "call-taker", &["--agent", "ct-01"]);
+    let mic_dir = tempfile::tempdir().unwrap();
+    let b = browser_with_mic(
+        "webphone_answer",
+        &microphone_wav(mic_dir.path(), BROWSER_HZ),
+    );
+    ready_in_browser(&server, &b);
+    b.screenshot("1-phone-on-ready");
+
+    let media = CallerMedia::start(CALLER_HZ);
+    let call_id = format!("webphone-{}", free_udp_port());
+    let caller = sipp_caller(&server, &media, &call_id, 14000);
+    answer_in_browser(&b);
+    wait_agent(&server, "ct-01", "on the call", |a| a["state"] == "on_call");
+    b.screenshot("2-talking");
+    // The hold button holds the caller (hold music), and resumes.
+    b.click("#phone-hold");
+    b.wait_for(
+        "held",
+        "return document.querySelector('#phone-hold').textContent === 'Lanjutkan'",
+        WAIT,
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    b.click("#phone-hold");
+
+    assert_eq!(caller.join().unwrap(), Some(0), "SIPp's call went through");
+    let heard = media.finish();
+    let done = server.wait_call_done(&call_id, WAIT);
+    assert_eq!(done["agent_id"], "ct-01");
+    assert_eq!(done["end_cause"], "caller_bye");
+    assert!(
+        !done["recording_sha256"].is_null(),
+        "recorded and summed: {done}"
+    );
+    b.wait_for(
+        "the phone is idle again",
+        "return document.querySelector('#phone-card').dataset.call === ''",
+        WAIT,
+    );
+
+    // What the caller received: the browser's microphone (≥ 3 s of it).
+    let browser_in_caller = tone_windows(&heard, BROWSER_HZ);
+    assert!(
+        browser_in_caller >= 30,
+        "the caller heard the browser's tone in {browser_in_caller} windows of {}",
+        heard.len() / 800
+    );
+    // The recording: the caller left, the browser right.
+    let (left, right) = read_stereo(Path::new(done["recording_path"].as_str().unwrap()));
+    let caller_left = tone_windows(&left, CALLER_HZ);
+    let browser_right = tone_windows(&right, BROWSER_HZ);
+    assert!(caller_left >= 50, "caller tone on the left: {caller_left}");
+    assert!(
+        browser_right >= 30,
+        "browser tone on the right: {browser_right} of {}",
+        right.len() / 800
+    );
+    assert_eq!(
+        tone_windows(&left, BROWSER_HZ),
+        0,
+        "the browser's voice is not in the caller's channel"
+    );
+    // While held, the caller heard hold music, not the browser: some
+    // stretch of the right channel is neither silence nor the tone.
+    assert!(
+        server.log().contains("agent hold changed"),
+        "hold reached the call"
+    );
+}
+
+/// A reloaded tab: while the call rings there, the agent is set not
+/// ready at once (never left ringing) and the caller waits on; once the
+/// phone is on again the call rings and is answered. A reload in the
+/// middle of the call puts the caller back in the queue, not off the line.
+#[test]
+fn a_reloaded_tab_never_leaves_a_call_ringing_nor_drops_the_caller() {
+    let server = Server::start(setup());
+    server.add_user("siti", "call-taker", &["--agent", "ct-01"]);
+    let mic_dir = tempfile::tempdir().unwrap();
+    let b = browser_with_mic(
+        "webphone_reload",
+        &microphone_wav(mic_dir.path(), BROWSER_HZ),
+    );
+    ready_in_browser(&server, &b);
+
+    let media = CallerMedia::start(CALLER_HZ);
+    let call_id = format!("webphone-reload-{}", free_udp_port());
+    let caller = sipp_caller(&server, &media, &call_id, 30000);
+    b.wait_for(
+        "the call rings in the browser",
+        "return !document.querySelector('#phone-ringing').hidden",
+        WAIT,
+    );
+    assert_eq!(server.agent("ct-01")["state"], "ringing");
+    b.goto(&format!("{}/calltaker", base(&server)));
+    wait_agent(&server, "ct-01", "not ringing once the tab is gone", |a| {
+        a["state"] != "ringing" && a["registered"] == false
+    });
+    assert!(
+        server.calls_with(&call_id)[0]["ended_at"].is_null(),
+        "the caller still waits"
+    );
+
+    // Back on: the waiting call rings again and is answered.
+    phone_on_and_ready(&server, &b);
+    answer_in_browser(&b);
+    wait_agent(&server, "ct-01", "on the call", |a| a["state"] == "on_call");
+
+    // Reloaded mid-call: the caller waits in the queue again.
+    b.goto(&format!("{}/calltaker", base(&server)));
+    wait_agent(&server, "ct-01", "logged out once the tab is gone", |a| {
+        a["state"] == "logged_out"
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        server.calls_with(&call_id)[0]["ended_at"].is_null(),
+        "the caller was not dropped"
+    );
+    assert!(
+        server.log().contains("the caller waits in the queue again"),
+        "{}",
+        server.log()
+    );
+    // And is answered again by the same agent once back.
+    phone_on_and_ready(&server, &b);
+    answer_in_browser(&b);
+
+    assert_eq!(caller.join().unwrap(), Some(0));
+    drop(media.finish());
+    let done = server.wait_call_done(&call_id, WAIT);
+    assert_eq!(done["end_cause"], "caller_bye");
+    assert_eq!(done["agent_id"], "ct-01");
+}
+
+/// A browser that refuses the microphone says so in plain words, and the
+/// agent does not become reachable by it.
+#[test]
+fn a_refused_microphone_is_reported_and_takes_no_calls() {
+    let server = Server::start(setup());
+    server.add_user("siti", "call-taker", &["--agent", "ct-01"]);
+    let b = Browser::start_with(
+        "webphone_mic_refused",
+        &["--deny-permission-prompts".into()],
+    );
+    b.login(&base(&server), "siti", TEST_PASSWORD, "/calltaker");
+    b.click("#phone-on");
+    let said = b.wait_for(
+        "the refusal is reported",
+        "return document.querySelector('#phone-error').textContent",
+        WAIT,
+    );
+    b.screenshot("mic-refused");
+    let said = said.as_str().unwrap().to_string();
+    assert!(
+        said.contains("mikrofon") || said.contains("Mikrofon"),
+        "{said}"
+    );
+    assert_eq!(
+        b.js(
+            "return document.querySelector('#phone-card').dataset.on",
+            vec![]
+        ),
+        "off"
+    );
+    let a = server.agent("ct-01");
+    assert_eq!(a["browser"], false, "{a}");
+    assert_eq!(a["registered"], false, "{a}");
+    // Ready is refused with a reason the agent can act on.
+    b.click("#btn-ready");
+    b.wait_for(
+        "ready refused",
+        "return document.querySelector('#agent-state').textContent.includes('belum ada telepon')",
+        WAIT,
+    );
+}
