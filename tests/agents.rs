@@ -336,21 +336,6 @@ fn digest_registration_refuses_wrong_passwords_but_never_emergency_calls() {
     assert!(status_of(&ok).is_some());
 }
 
-/// Waits until `check` holds for the agent's entry, or fails with it.
-fn wait_agent(server: &Server, id: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
-    for _ in 0..100 {
-        if check(&server.agent(id)) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!(
-        "{id}: {what}; now {}\nserver:\n{}",
-        server.agent(id),
-        server.log()
-    );
-}
-
 /// *11 ready, *12 not ready, *13 log out, dialed from the softphone: the
 /// INVITE is digest-authenticated as the agent, the phone hears two beeps.
 #[test]
@@ -361,17 +346,15 @@ fn feature_codes_from_the_softphone_change_the_agent_state() {
     assert_eq!(server.agent("ct-01")["state"], "logged_out");
 
     agent.command("dial", Some(&format!("sip:*11@{}", server.sip)));
-    wait_agent(&server, "ct-01", "ready after *11", |a| {
-        a["state"] == "ready"
-    });
+    server.wait_agent("ct-01", "ready after *11", |a| a["state"] == "ready");
     std::thread::sleep(Duration::from_millis(2500));
     agent.command("dial", Some(&format!("sip:*12@{}", server.sip)));
-    wait_agent(&server, "ct-01", "not ready after *12", |a| {
+    server.wait_agent("ct-01", "not ready after *12", |a| {
         a["state"] == "not_ready" && a["reason"] == "break"
     });
     std::thread::sleep(Duration::from_millis(2500));
     agent.command("dial", Some(&format!("sip:*13@{}", server.sip)));
-    wait_agent(&server, "ct-01", "logged out after *13", |a| {
+    server.wait_agent("ct-01", "logged out after *13", |a| {
         a["state"] == "logged_out"
     });
     std::thread::sleep(Duration::from_millis(2500));
@@ -395,7 +378,7 @@ fn a_caller_leaving_while_the_agent_rings_cancels_the_ringing() {
     let agent = ready_phone(&server, "ct-01", false, AGENT_TONE);
     let c = call(&server, "112", 2000);
     assert!(c["agent_id"].is_null());
-    wait_agent(&server, "ct-01", "ready again", |a| a["state"] == "ready");
+    server.wait_agent("ct-01", "ready again", |a| a["state"] == "ready");
     std::thread::sleep(Duration::from_millis(300));
     let log = agent.log();
     assert!(
@@ -409,7 +392,7 @@ fn a_caller_leaving_while_the_agent_rings_cancels_the_ringing() {
 
     // The phone goes away (it unregisters as it quits): never left ready.
     agent.command("quit", None);
-    wait_agent(&server, "ct-01", "logged out once unregistered", |a| {
+    server.wait_agent("ct-01", "logged out once unregistered", |a| {
         a["registered"] == false && a["state"] == "logged_out"
     });
 }
@@ -478,7 +461,7 @@ fn agent_hold_resume_and_hang_up() {
             }
         })
     };
-    wait_agent(&server, "ct-01", "on the call", |a| a["state"] == "on_call");
+    server.wait_agent("ct-01", "on the call", |a| a["state"] == "on_call");
     std::thread::sleep(Duration::from_millis(2000));
     agent.command("hold", None);
     std::thread::sleep(Duration::from_millis(2500));
@@ -624,7 +607,7 @@ fn register_raw(server: &Server, phone: &RawSip, user: &str, password: &str) {
         phone.final_status(Duration::from_secs(3)).map(|x| x.0),
         Some(200)
     );
-    wait_agent(server, user, "registered", |a| a["registered"] == true);
+    server.wait_agent(user, "registered", |a| a["registered"] == true);
 }
 
 /// A phone that answers with no codec in common is hung up, its agent set
@@ -658,7 +641,7 @@ fn a_phone_answering_without_g711_is_hung_up_and_its_agent_set_not_ready() {
         .wait_for("BYE ", Duration::from_secs(3))
         .expect("the phone is hung up");
     phone.send(&common::rawsip::ok_to(&bye));
-    wait_agent(&server, "ct-02", "not ready, not stuck ringing", |a| {
+    server.wait_agent("ct-02", "not ready, not stuck ringing", |a| {
         a["state"] == "not_ready" && a["reason"] == "unreachable"
     });
     assert_eq!(caller.join().unwrap(), Some(0), "the caller carried on");

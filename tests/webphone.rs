@@ -67,10 +67,15 @@ fn browser_with_mic(test: &str, mic: &Path) -> Browser {
     )
 }
 
-/// Logs in as Siti (ct-01), turns the browser phone on and goes ready.
-fn ready_in_browser(server: &Server, b: &Browser) {
+/// Siti (ct-01) logged in where the microphone plays BROWSER_HZ, phone
+/// on, ready. The folder holds the microphone's WAV.
+fn siti_ready_in_browser(server: &Server, test: &str) -> (Browser, tempfile::TempDir) {
+    server.add_user("siti", "call-taker", &["--agent", "ct-01"]);
+    let mic_dir = tempfile::tempdir().unwrap();
+    let b = browser_with_mic(test, &microphone_wav(mic_dir.path(), BROWSER_HZ));
     b.login(&base(server), "siti", TEST_PASSWORD, "/calltaker");
-    phone_on_and_ready(server, b);
+    phone_on_and_ready(server, &b);
+    (b, mic_dir)
 }
 
 fn phone_on_and_ready(server: &Server, b: &Browser) {
@@ -80,29 +85,14 @@ fn phone_on_and_ready(server: &Server, b: &Browser) {
         "return document.querySelector('#phone-card').dataset.on === 'on'",
         WAIT,
     );
-    wait_agent(server, "ct-01", "reachable by browser", |a| {
+    server.wait_agent("ct-01", "reachable by browser", |a| {
         a["browser"] == true && a["registered"] == true
     });
     b.click("#btn-ready");
     // A caller already waiting rings at once.
-    wait_agent(server, "ct-01", "ready", |a| {
+    server.wait_agent("ct-01", "ready", |a| {
         a["state"] == "ready" || a["state"] == "ringing"
     });
-}
-
-fn wait_agent(server: &Server, id: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < WAIT {
-        if check(&server.agent(id)) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!(
-        "{id}: {what}; now {}\nserver:\n{}",
-        server.agent(id),
-        server.log()
-    );
 }
 
 /// The caller's audio, played by the test: waits for siaga's first packet
@@ -215,12 +205,16 @@ fn tone_windows(samples: &[i16], freq: f64) -> usize {
         .count()
 }
 
-fn answer_in_browser(b: &Browser) {
+fn wait_ringing(b: &Browser) {
     b.wait_for(
         "the call rings in the browser",
         "return !document.querySelector('#phone-ringing').hidden",
         WAIT,
     );
+}
+
+fn answer_in_browser(b: &Browser) {
+    wait_ringing(b);
     assert_eq!(b.text("#phone-caller"), "081234567");
     b.click("#phone-answer");
     b.wait_for(
@@ -237,20 +231,14 @@ fn answer_in_browser(b: &Browser) {
 #[test]
 fn the_browser_answers_a_112_call_and_both_tones_cross() {
     let server = Server::start(setup());
-    server.add_user("siti", "call-taker", &["--agent", "ct-01"]);
-    let mic_dir = tempfile::tempdir().unwrap();
-    let b = browser_with_mic(
-        "webphone_answer",
-        &microphone_wav(mic_dir.path(), BROWSER_HZ),
-    );
-    ready_in_browser(&server, &b);
+    let (b, _mic) = siti_ready_in_browser(&server, "webphone_answer");
     b.screenshot("1-phone-on-ready");
 
     let media = CallerMedia::start(CALLER_HZ);
     let call_id = format!("webphone-{}", free_udp_port());
     let caller = sipp_caller(&server, &media, &call_id, 14000);
     answer_in_browser(&b);
-    wait_agent(&server, "ct-01", "on the call", |a| a["state"] == "on_call");
+    server.wait_agent("ct-01", "on the call", |a| a["state"] == "on_call");
     b.screenshot("2-talking");
     // The hold button holds the caller (hold music), and resumes.
     b.click("#phone-hold");
@@ -314,25 +302,15 @@ fn the_browser_answers_a_112_call_and_both_tones_cross() {
 #[test]
 fn a_reloaded_tab_never_leaves_a_call_ringing_nor_drops_the_caller() {
     let server = Server::start(setup());
-    server.add_user("siti", "call-taker", &["--agent", "ct-01"]);
-    let mic_dir = tempfile::tempdir().unwrap();
-    let b = browser_with_mic(
-        "webphone_reload",
-        &microphone_wav(mic_dir.path(), BROWSER_HZ),
-    );
-    ready_in_browser(&server, &b);
+    let (b, _mic) = siti_ready_in_browser(&server, "webphone_reload");
 
     let media = CallerMedia::start(CALLER_HZ);
     let call_id = format!("webphone-reload-{}", free_udp_port());
     let caller = sipp_caller(&server, &media, &call_id, 30000);
-    b.wait_for(
-        "the call rings in the browser",
-        "return !document.querySelector('#phone-ringing').hidden",
-        WAIT,
-    );
+    wait_ringing(&b);
     assert_eq!(server.agent("ct-01")["state"], "ringing");
     b.goto(&format!("{}/calltaker", base(&server)));
-    wait_agent(&server, "ct-01", "not ringing once the tab is gone", |a| {
+    server.wait_agent("ct-01", "not ringing once the tab is gone", |a| {
         a["state"] != "ringing" && a["registered"] == false
     });
     assert!(
@@ -343,11 +321,11 @@ fn a_reloaded_tab_never_leaves_a_call_ringing_nor_drops_the_caller() {
     // Back on: the waiting call rings again and is answered.
     phone_on_and_ready(&server, &b);
     answer_in_browser(&b);
-    wait_agent(&server, "ct-01", "on the call", |a| a["state"] == "on_call");
+    server.wait_agent("ct-01", "on the call", |a| a["state"] == "on_call");
 
     // Reloaded mid-call: the caller waits in the queue again.
     b.goto(&format!("{}/calltaker", base(&server)));
-    wait_agent(&server, "ct-01", "logged out once the tab is gone", |a| {
+    server.wait_agent("ct-01", "logged out once the tab is gone", |a| {
         a["state"] == "logged_out"
     });
     std::thread::sleep(Duration::from_secs(1));

@@ -339,6 +339,23 @@ sources = [{sources}]
             .unwrap_or(serde_json::Value::Null)
     }
 
+    /// Waits (up to 20 s) until `check` holds for the agent's entry, or
+    /// fails saying `what`, with the entry and the server's log.
+    pub fn wait_agent(&self, id: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if check(&self.agent(id)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "{id}: {what}; now {}\nserver:\n{}",
+            self.agent(id),
+            self.log()
+        );
+    }
+
     pub fn set_ready(&self, id: &str) {
         let (status, body) =
             self.post_json(&format!("/api/agents/{id}/state"), r#"{"state":"ready"}"#);
