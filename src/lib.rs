@@ -15,7 +15,10 @@ pub mod web;
 pub mod webphone;
 
 /// The log filter unless `SIAGA_LOG` says otherwise. rsipstack logs whole
-/// messages at info (digest responses, caller data), the WebRTC crates
-/// every state change of every connection: both stay at warn.
+/// messages at info (digest responses, caller data): it stays at warn. The
+/// WebRTC crates log every state change of every connection at info and
+/// harmless races (a browser's check before its answer is in) at warn:
+/// the sans-I/O core (`rtc*`) only says errors; `webphone` logs what a
+/// call's leg did.
 pub const DEFAULT_LOG: &str =
-    "info,rsipstack=warn,sqlx=warn,webrtc=warn,rtc=warn,rtc_ice=warn,rtc_dtls=warn,rtc_srtp=warn,rtc_sctp=warn,rtc_interceptor=warn,rtc_mdns=warn";
+    "info,rsipstack=warn,sqlx=warn,webrtc=warn,rtc=error,rtc_ice=error,rtc_dtls=error,rtc_srtp=error,rtc_sctp=error,rtc_interceptor=error,rtc_mdns=error";

@@ -7,6 +7,7 @@
 mod common;
 
 use common::audio::{read_stereo, tone_ratio};
+use common::baresip::{wait_registered, Baresip, Phone};
 use common::webdriver::Browser;
 use common::{free_udp_port, Server, Setup, Sipp, TEST_PASSWORD};
 use siaga::media::g711::Law;
@@ -205,6 +206,21 @@ fn tone_windows(samples: &[i16], freq: f64) -> usize {
         .count()
 }
 
+/// Waits for the phone as `wait_for` does; on failure shows the tab's
+/// last signalling and the server's log.
+fn wait_phone(server: &Server, b: &Browser, what: &str, script: &str) {
+    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        b.wait_for(what, script, WAIT);
+    }));
+    if waited.is_err() {
+        panic!(
+            "{what}: the tab's signalling:\n{}\nserver:\n{}",
+            b.js("return window.siagaPhoneLog.join('\\n')", vec![]),
+            server.log()
+        );
+    }
+}
+
 fn wait_ringing(b: &Browser) {
     b.wait_for(
         "the call rings in the browser",
@@ -259,29 +275,28 @@ fn the_browser_answers_a_112_call_and_both_tones_cross() {
         !done["recording_sha256"].is_null(),
         "recorded and summed: {done}"
     );
-    b.wait_for(
+    wait_phone(
+        &server,
+        &b,
         "the phone is idle again",
         "return document.querySelector('#phone-card').dataset.call === ''",
-        WAIT,
     );
 
-    // What the caller received: the browser's microphone (≥ 3 s of it).
-    let browser_in_caller = tone_windows(&heard, BROWSER_HZ);
-    assert!(
-        browser_in_caller >= 30,
-        "the caller heard the browser's tone in {browser_in_caller} windows of {}",
-        heard.len() / 800
-    );
-    // The recording: the caller left, the browser right.
+    // What the caller received: the browser's microphone (≥ 3 s of it);
+    // the recording: the caller left, the browser right.
     let (left, right) = read_stereo(Path::new(done["recording_path"].as_str().unwrap()));
+    let browser_in_caller = tone_windows(&heard, BROWSER_HZ);
     let caller_left = tone_windows(&left, CALLER_HZ);
     let browser_right = tone_windows(&right, BROWSER_HZ);
-    assert!(caller_left >= 50, "caller tone on the left: {caller_left}");
-    assert!(
-        browser_right >= 30,
-        "browser tone on the right: {browser_right} of {}",
+    let seen = format!(
+        "100 ms windows with the tone: the caller heard the browser in {browser_in_caller} of {}; \
+         recording: caller left {caller_left}, browser right {browser_right} of {}",
+        heard.len() / 800,
         right.len() / 800
     );
+    assert!(browser_in_caller >= 30, "{seen}");
+    assert!(caller_left >= 50, "{seen}");
+    assert!(browser_right >= 30, "{seen}");
     assert_eq!(
         tone_windows(&left, BROWSER_HZ),
         0,
@@ -389,4 +404,73 @@ fn a_refused_microphone_is_reported_and_takes_no_calls() {
         "return document.querySelector('#agent-state').textContent.includes('belum ada telepon')",
         WAIT,
     );
+}
+
+/// The panel's warm transfer from a call-taker answering in the browser:
+/// the Damkar dispatcher's desk phone (baresip, 1400 Hz) rings and
+/// answers, the consultation is recorded (the browser left, the
+/// dispatcher right), *Serahkan* hands the caller over and the browser's
+/// call ends; the caller then hears the dispatcher.
+#[test]
+fn a_browser_call_taker_hands_the_caller_to_a_dispatcher() {
+    const DISPATCHER_HZ: f64 = 1400.0;
+    let server = Server::start(setup());
+    let dispatcher = Baresip::start(
+        Phone {
+            user: "disp-damkar-01",
+            password: "contoh-sandi-disp-damkar-01",
+            auto_answer: true,
+            tone_hz: DISPATCHER_HZ,
+        },
+        server.sip,
+    );
+    wait_registered(&server, "disp-damkar-01", &dispatcher);
+    server.set_ready("disp-damkar-01");
+    let (b, _mic) = siti_ready_in_browser(&server, "webphone_transfer");
+
+    let media = CallerMedia::start(CALLER_HZ);
+    let call_id = format!("webphone-transfer-{}", free_udp_port());
+    let caller = sipp_caller(&server, &media, &call_id, 16000);
+    answer_in_browser(&b);
+    std::thread::sleep(Duration::from_secs(2));
+    b.select("#t-agency", "damkar");
+    b.click("#t-start");
+    b.wait_for(
+        "the dispatcher talks with the call-taker",
+        "return document.querySelector('#t-state').dataset.state === 'talking'",
+        WAIT,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    b.screenshot("consulting");
+    b.click("#t-complete");
+    wait_phone(
+        &server,
+        &b,
+        "the browser's call ends with the hand-over",
+        "return document.querySelector('#phone-card').dataset.call === ''",
+    );
+    server.wait_agent("ct-01", "free after the hand-over", |a| {
+        a["state"] != "on_call"
+    });
+
+    assert_eq!(caller.join().unwrap(), Some(0));
+    let heard = media.finish();
+    let done = server.wait_call_done(&call_id, WAIT);
+    let (_, detail) = server.get(&format!("/api/calls/{}", done["id"].as_str().unwrap()));
+    let t = &detail["transfers"][0];
+    assert_eq!(t["from_agent"], "ct-01", "{t}");
+    assert_eq!(t["to_agent"], "disp-damkar-01", "{t}");
+    assert_eq!(t["outcome"], "completed", "{t}");
+    assert!(t["recording_sha256"].is_string(), "{t}");
+    let (ct, disp) = read_stereo(Path::new(t["recording_path"].as_str().unwrap()));
+    let browser_left = tone_windows(&ct, BROWSER_HZ);
+    let dispatcher_right = tone_windows(&disp, DISPATCHER_HZ);
+    assert!(
+        browser_left >= 15 && dispatcher_right >= 15,
+        "consultation: browser {browser_left}, dispatcher {dispatcher_right} of {}",
+        ct.len() / 800
+    );
+    // The caller heard the browser first, then the dispatcher.
+    assert!(tone_windows(&heard, BROWSER_HZ) >= 10);
+    assert!(tone_windows(&heard, DISPATCHER_HZ) >= 20);
 }

@@ -298,7 +298,8 @@ async fn run(
     let mut browser: Option<(Negotiated, Instant)> = None;
     let mut relays: Vec<JoinHandle<()>> = Vec::new();
     let mut plain: Option<Negotiated> = None;
-    let outcome: AgentLegEvent = loop {
+    // How the leg ended, and what the tab is told (if it did not end it).
+    let (outcome, tell): (AgentLegEvent, Option<&str>) = loop {
         let connect_by = async {
             match browser.as_ref() {
                 Some((_, by)) if plain.is_none() => tokio::time::sleep_until(*by).await,
@@ -306,33 +307,35 @@ async fn run(
             }
         };
         tokio::select! {
+            // The call's word first: it may have ended the leg and let go
+            // of it (which also closes `from_tab`) in one go.
+            biased;
             _ = end.recv() => {
-                ended(if plain.is_some() { "hangup" } else { "not_answered" });
-                break AgentLegEvent::Ended;
+                break (AgentLegEvent::Ended, Some(if plain.is_some() { "hangup" } else { "not_answered" }));
             }
-            msg = from_tab.recv() => match msg.unwrap_or(FromTab::Gone) {
+            msg = from_tab.recv() => match msg {
+                // The call let go of the leg: as if it had ended it.
+                None => break (AgentLegEvent::Ended, Some(if plain.is_some() { "hangup" } else { "not_answered" })),
+                Some(msg) => match msg {
                 FromTab::Answer(answer) if browser.is_none() => {
                     let n = sdp::parse(answer.as_bytes()).and_then(|r| sdp::negotiate(&r));
                     let n = match n {
                         Ok(n) if n.law == offer.law => n,
                         _ => {
                             warn!(%agent, "browser phone: the answer has not the law we offered");
-                            ended("bad_answer");
-                            break AgentLegEvent::Failed(AgentFailure::Unreachable);
+                            break (AgentLegEvent::Failed(AgentFailure::Unreachable), Some("bad_answer"));
                         }
                     };
                     let desc = match RTCSessionDescription::answer(answer) {
                         Ok(d) => d,
                         Err(e) => {
                             warn!(%agent, error = %e, "browser phone: unreadable answer");
-                            ended("bad_answer");
-                            break AgentLegEvent::Failed(AgentFailure::Unreachable);
+                            break (AgentLegEvent::Failed(AgentFailure::Unreachable), Some("bad_answer"));
                         }
                     };
                     if let Err(e) = built.pc.set_remote_description(desc).await {
                         warn!(%agent, error = %e, "browser phone: answer refused");
-                        ended("bad_answer");
-                        break AgentLegEvent::Failed(AgentFailure::Unreachable);
+                        break (AgentLegEvent::Failed(AgentFailure::Unreachable), Some("bad_answer"));
                     }
                     debug!(%agent, leg, "browser answered; connecting");
                     browser = Some((n, Instant::now() + settings.connect_timeout));
@@ -340,10 +343,10 @@ async fn run(
                 FromTab::Answer(_) => {}
                 FromTab::Decline(why) => {
                     info!(%agent, reason = %why, "browser phone: call not taken");
-                    break if plain.is_some() { AgentLegEvent::Ended } else { AgentLegEvent::Failed(AgentFailure::Declined) };
+                    break (if plain.is_some() { AgentLegEvent::Ended } else { AgentLegEvent::Failed(AgentFailure::Declined) }, None);
                 }
                 FromTab::Hangup => {
-                    break if plain.is_some() { AgentLegEvent::Ended } else { AgentLegEvent::Failed(AgentFailure::Declined) };
+                    break (if plain.is_some() { AgentLegEvent::Ended } else { AgentLegEvent::Failed(AgentFailure::Declined) }, None);
                 }
                 FromTab::Hold(on) => {
                     if let (Some(p), Some(addr)) = (plain.as_ref(), local) {
@@ -357,16 +360,18 @@ async fn run(
                     }
                 }
                 FromTab::Gone => {
+                    // Closed, reloaded, or its phone taken by another tab
+                    // (which the old tab hears of, if it is still there).
                     info!(%agent, leg, "browser phone: the tab is gone");
-                    break if plain.is_some() { AgentLegEvent::Lost } else { AgentLegEvent::Failed(AgentFailure::Unreachable) };
+                    break (if plain.is_some() { AgentLegEvent::Lost } else { AgentLegEvent::Failed(AgentFailure::Unreachable) }, Some("gone"));
                 }
+                },
             },
             state = built.states.recv() => match state {
                 Some(RTCPeerConnectionState::Connected) if plain.is_none() => {
                     let Some((n, _)) = browser.as_ref() else { continue };
                     let Some(addr) = local else {
-                        ended("error");
-                        break AgentLegEvent::Failed(AgentFailure::Unreachable);
+                        break (AgentLegEvent::Failed(AgentFailure::Unreachable), Some("error"));
                     };
                     // The call hears from us the law both sides share,
                     // with the call's own payload types.
@@ -383,18 +388,19 @@ async fn run(
                 }
                 Some(RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed) | None => {
                     warn!(%agent, leg, "browser phone: the connection failed");
-                    ended("media_failed");
-                    break if plain.is_some() { AgentLegEvent::Lost } else { AgentLegEvent::Failed(AgentFailure::Unreachable) };
+                    break (if plain.is_some() { AgentLegEvent::Lost } else { AgentLegEvent::Failed(AgentFailure::Unreachable) }, Some("media_failed"));
                 }
                 Some(_) => {}
             },
             _ = connect_by => {
                 warn!(%agent, leg, "browser phone: ICE/DTLS did not come up in time");
-                ended("media_failed");
-                break AgentLegEvent::Failed(AgentFailure::Unreachable);
+                break (AgentLegEvent::Failed(AgentFailure::Unreachable), Some("media_failed"));
             }
         }
     };
+    if let Some(reason) = tell {
+        let _ = to_tab.send(json!({ "type": "ended", "leg": leg, "reason": reason }));
+    }
     for r in &relays {
         r.abort();
     }

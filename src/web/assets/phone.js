@@ -31,6 +31,7 @@
   let wanted = false; // the agent turned the phone on
   let mic = null; // the microphone's stream, kept while the phone is on
   let call = null; // { leg, offer, pc, held }
+  const phoneLog = (window.siagaPhoneLog = []);
 
   const show = (id, yes) => { $(id).hidden = !yes; };
   function status(text) { $("phone-state").textContent = text; }
@@ -199,9 +200,15 @@
     media_failed: "sambungan audio gagal",
     bad_answer: "jawaban browser ditolak server",
     error: "telepon browser gagal",
+    gone: "telepon pindah ke tab lain",
   };
 
   siaga.listen((ev) => {
+    if (["phone", "phone_error", "incoming", "ended"].includes(ev.type)) {
+      // The last signalling, for whoever troubleshoots this tab.
+      phoneLog.push(`${new Date().toISOString()} ${ev.type} ${ev.leg ?? ""} ${ev.reason ?? ev.message ?? ""} (call ${call ? call.leg : "-"})`);
+      if (phoneLog.length > 50) phoneLog.shift();
+    }
     if (ev.type === "snapshot" || ev.type === "queues") {
       showAgent(ev.agents);
     } else if (ev.type === "phone") {
