@@ -7,7 +7,6 @@
 mod common;
 
 use common::audio::{read_stereo, tone_ratio};
-use common::baresip::{wait_registered, Baresip, Phone};
 use common::webdriver::Browser;
 use common::{free_udp_port, Server, Setup, Sipp, TEST_PASSWORD};
 use siaga::media::g711::Law;
@@ -75,23 +74,23 @@ fn siti_ready_in_browser(server: &Server, test: &str) -> (Browser, tempfile::Tem
     let mic_dir = tempfile::tempdir().unwrap();
     let b = browser_with_mic(test, &microphone_wav(mic_dir.path(), BROWSER_HZ));
     b.login(&base(server), "siti", TEST_PASSWORD, "/calltaker");
-    phone_on_and_ready(server, &b);
+    phone_on_and_ready(server, &b, "ct-01");
     (b, mic_dir)
 }
 
-fn phone_on_and_ready(server: &Server, b: &Browser) {
+fn phone_on_and_ready(server: &Server, b: &Browser, agent: &str) {
     b.click("#phone-on");
     b.wait_for(
         "phone on",
         "return document.querySelector('#phone-card').dataset.on === 'on'",
         WAIT,
     );
-    server.wait_agent("ct-01", "reachable by browser", |a| {
+    server.wait_agent(agent, "reachable by browser", |a| {
         a["browser"] == true && a["registered"] == true
     });
     b.click("#btn-ready");
     // A caller already waiting rings at once.
-    server.wait_agent("ct-01", "ready", |a| {
+    server.wait_agent(agent, "ready", |a| {
         a["state"] == "ready" || a["state"] == "ringing"
     });
 }
@@ -334,7 +333,7 @@ fn a_reloaded_tab_never_leaves_a_call_ringing_nor_drops_the_caller() {
     );
 
     // Back on: the waiting call rings again and is answered.
-    phone_on_and_ready(&server, &b);
+    phone_on_and_ready(&server, &b, "ct-01");
     answer_in_browser(&b);
     server.wait_agent("ct-01", "on the call", |a| a["state"] == "on_call");
 
@@ -354,7 +353,7 @@ fn a_reloaded_tab_never_leaves_a_call_ringing_nor_drops_the_caller() {
         server.log()
     );
     // And is answered again by the same agent once back.
-    phone_on_and_ready(&server, &b);
+    phone_on_and_ready(&server, &b, "ct-01");
     answer_in_browser(&b);
 
     assert_eq!(caller.join().unwrap(), Some(0));
@@ -406,26 +405,27 @@ fn a_refused_microphone_is_reported_and_takes_no_calls() {
     );
 }
 
-/// The panel's warm transfer from a call-taker answering in the browser:
-/// the Damkar dispatcher's desk phone (baresip, 1400 Hz) rings and
-/// answers, the consultation is recorded (the browser left, the
-/// dispatcher right), *Serahkan* hands the caller over and the browser's
-/// call ends; the caller then hears the dispatcher.
+/// The panel's warm transfer, both ends in the browser: the call-taker
+/// transfers to Damkar, whose dispatcher answers in the dispatcher panel
+/// (its microphone at 1400 Hz); the consultation is recorded (call-taker
+/// left, dispatcher right), *Serahkan* hands the caller over and the
+/// call-taker's browser call ends; the caller then hears the dispatcher.
 #[test]
-fn a_browser_call_taker_hands_the_caller_to_a_dispatcher() {
+fn a_browser_call_taker_hands_the_caller_to_a_browser_dispatcher() {
     const DISPATCHER_HZ: f64 = 1400.0;
     let server = Server::start(setup());
-    let dispatcher = Baresip::start(
-        Phone {
-            user: "disp-damkar-01",
-            password: "contoh-sandi-disp-damkar-01",
-            auto_answer: true,
-            tone_hz: DISPATCHER_HZ,
-        },
-        server.sip,
+    server.add_user(
+        "damkar1",
+        "dispatcher",
+        &["--agency", "damkar", "--agent", "disp-damkar-01"],
     );
-    wait_registered(&server, "disp-damkar-01", &dispatcher);
-    server.set_ready("disp-damkar-01");
+    let mics = tempfile::tempdir().unwrap();
+    let d = browser_with_mic(
+        "webphone_transfer_dispatcher",
+        &microphone_wav(mics.path(), DISPATCHER_HZ),
+    );
+    d.login(&base(&server), "damkar1", TEST_PASSWORD, "/dispatcher");
+    phone_on_and_ready(&server, &d, "disp-damkar-01");
     let (b, _mic) = siti_ready_in_browser(&server, "webphone_transfer");
 
     let media = CallerMedia::start(CALLER_HZ);
@@ -435,6 +435,7 @@ fn a_browser_call_taker_hands_the_caller_to_a_dispatcher() {
     std::thread::sleep(Duration::from_secs(2));
     b.select("#t-agency", "damkar");
     b.click("#t-start");
+    answer_in_browser(&d);
     b.wait_for(
         "the dispatcher talks with the call-taker",
         "return document.querySelector('#t-state').dataset.state === 'talking'",
@@ -452,10 +453,17 @@ fn a_browser_call_taker_hands_the_caller_to_a_dispatcher() {
     server.wait_agent("ct-01", "free after the hand-over", |a| {
         a["state"] != "on_call"
     });
+    d.screenshot("dispatcher-has-the-caller");
 
     assert_eq!(caller.join().unwrap(), Some(0));
     let heard = media.finish();
     let done = server.wait_call_done(&call_id, WAIT);
+    wait_phone(
+        &server,
+        &d,
+        "the dispatcher's phone is idle after the caller left",
+        "return document.querySelector('#phone-card').dataset.call === ''",
+    );
     let (_, detail) = server.get(&format!("/api/calls/{}", done["id"].as_str().unwrap()));
     let t = &detail["transfers"][0];
     assert_eq!(t["from_agent"], "ct-01", "{t}");
