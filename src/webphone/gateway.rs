@@ -288,6 +288,8 @@ async fn run(
         "sdp": built.offer,
         "caller_number": ring.caller_number,
         "incident_id": ring.incident_id,
+        // The browser needs the same STUN/TURN servers to reach us.
+        "ice_servers": settings.ice_servers,
     }));
     let _ = events.send(AgentLegEvent::Ringing);
 

@@ -113,7 +113,7 @@
       siaga.send({ type: "decline", leg: ev.leg, reason: "busy" });
       return;
     }
-    call = { leg: ev.leg, offer: ev.sdp, pc: null, held: false };
+    call = { leg: ev.leg, offer: ev.sdp, iceServers: ev.ice_servers || [], pc: null, held: false };
     $("phone-caller").textContent = ev.caller_number || "nomor tidak diketahui";
     $("phone-card").dataset.call = "ringing";
     show("phone-ringing", true);
@@ -145,7 +145,9 @@
       return;
     }
     try {
-      const pc = new RTCPeerConnection({ iceServers: [] });
+      const pc = new RTCPeerConnection({
+        iceServers: c.iceServers.length ? [{ urls: c.iceServers }] : [],
+      });
       c.pc = pc;
       pc.ontrack = (e) => { $("phone-audio").srcObject = new MediaStream([e.track]); };
       pc.onconnectionstatechange = () => {
