@@ -203,7 +203,10 @@ max_wait = "3600s"
         self.idle_rss = self.rss()
 
     def log(self):
-        return (self.root / "siaga.log").read_text(errors="replace")[-4000:]
+        return self.log_text()[-4000:]
+
+    def log_text(self):
+        return (self.root / "siaga.log").read_text(errors="replace")
 
     def _login(self):
         c = http.client.HTTPConnection("127.0.0.1", HTTP, timeout=10)
@@ -328,26 +331,37 @@ max_wait = "3600s"
 
     def stop(self):
         """SIGTERM: siaga drains, closes recordings and flushes records."""
+        began = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise SystemExit("siaga did not stop within 60 s of SIGTERM")
+        self.stop_s = round(time.monotonic() - began, 2)
 
     def verify(self):
         """Every call's record and recording: (rows, summary dict)."""
         db = sqlite3.connect(self.root / "db" / "siaga.db")
         rows = db.execute(
             "SELECT recording_path, recording_sha256, answered_at, agent_answered_at, ended_at,"
-            " end_cause, arrived_at FROM calls WHERE direction = 'inbound'"
+            " end_cause, arrived_at, recording_error FROM calls WHERE direction = 'inbound'"
         ).fetchall()
         ok, durations, total_bytes = 0, [], 0
-        for path, sha, *_ in rows:
+        # Why a recording did not verify: no checksum stored (its record
+        # never came), a file missing, or a checksum that differs.
+        unsummed = missing = differs = errors = 0
+        for path, sha, *rest in rows:
+            errors += rest[-1] is not None
             if not path or not os.path.exists(path):
+                missing += bool(path)
                 continue
             data = open(path, "rb").read()
             total_bytes += len(data)
+            if sha is None:
+                unsummed += 1
+            elif sha != hashlib.sha256(data).hexdigest():
+                differs += 1
             if sha == hashlib.sha256(data).hexdigest():
                 try:
                     with wave.open(path) as w:
@@ -358,6 +372,10 @@ max_wait = "3600s"
         return rows, {
             "calls": len(rows),
             "recordings_verified": ok,
+            "not_verified": {"no_checksum": unsummed, "file_missing": missing, "checksum_differs": differs,
+                             "with_error_on_record": errors},
+            "stop_s": getattr(self, "stop_s", None),
+            "records_lost_at_stop": "did not take every record" in self.log_text(),
             "with_agent": sum(1 for r in rows if r[3]),
             "recording_s_p1": round(quantile(durations, 0.01), 2),
             "recording_s_p50": round(quantile(durations, 0.5), 2),
@@ -575,6 +593,8 @@ def setup_rate(binary, probe_bin, rates, seconds, hold_ms):
                 "rate": rate, "calls": count, "sipp_ok": ok, "sipp_failed": failed,
                 "timed_by": "wire (dumpcap)" if wire else "SIPp (ms steps)", "timed_calls": len(rtt[2]),
                 "reached_agent": rec["with_agent"], "recordings_verified": rec["recordings_verified"],
+                "not_verified": rec["not_verified"], "stop_s": rec["stop_s"],
+                "records_lost_at_stop": rec["records_lost_at_stop"],
                 "failed_pct": round(100 * bad / count, 3),
                 "rtp_lost": media["packets_lost"], "rtp_returned": media["packets_returned"],
                 "udp_drops": drop_summary(s.drops),

@@ -189,6 +189,7 @@ macro_rules! incident_columns {
 // After the column lists: it uses them.
 mod panel;
 pub use panel::*;
+mod records;
 
 impl Store {
     /// A pool that connects on first use, so a database that is down at
@@ -244,107 +245,6 @@ impl Store {
         Ok(())
     }
 
-    /// Opens the incident (with the caller's history counted) and the call
-    /// record, in one transaction.
-    pub async fn insert_call(&self, call: &NewCall, inc: &NewIncident) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
-        let (prior, recent) = match &inc.caller_number {
-            Some(number) => {
-                let prior: i64 =
-                    sqlx::query_scalar("SELECT COUNT(*) FROM incidents WHERE caller_number = $1")
-                        .bind(number)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                let recent: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM incidents WHERE caller_number = $1 AND created_at >= $2",
-                )
-                .bind(number)
-                .bind(inc.created_at - RECENT.as_millis() as i64)
-                .fetch_one(&mut *tx)
-                .await?;
-                (prior, recent)
-            }
-            None => (0, 0),
-        };
-        sqlx::query(
-            "INSERT INTO incidents (id, status, service, caller_number, location_text, latitude, longitude, geolocation, prior_incidents, recent_incidents, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(inc.id.as_str())
-        .bind("new")
-        .bind(&inc.service)
-        .bind(&inc.caller_number)
-        .bind(&inc.location_text)
-        .bind(inc.latitude)
-        .bind(inc.longitude)
-        .bind(&inc.geolocation)
-        .bind(prior)
-        .bind(recent)
-        .bind(inc.created_at)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO calls (id, incident_id, sip_call_id, from_uri, to_uri, caller_number, dialed, service, route, queue, source, transport, trunk, status, arrived_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-        )
-        .bind(call.id.as_str())
-        .bind(call.incident_id.as_str())
-        .bind(&call.sip_call_id)
-        .bind(&call.from_uri)
-        .bind(&call.to_uri)
-        .bind(&call.caller_number)
-        .bind(&call.dialed)
-        .bind(&call.service)
-        .bind(&call.route)
-        .bind(&call.queue)
-        .bind(&call.source)
-        .bind(&call.transport)
-        .bind(&call.trunk)
-        .bind("arriving")
-        .bind(call.arrived_at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub async fn call_answered(
-        &self,
-        id: &CallId,
-        at: i64,
-        codec: &str,
-        recording_path: Option<&str>,
-        recording_error: Option<&str>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE calls SET status = $1, answered_at = $2, codec = $3, recording_path = $4, recording_error = $5 WHERE id = $6",
-        )
-        .bind("queued")
-        .bind(at)
-        .bind(codec)
-        .bind(recording_path)
-        .bind(recording_error)
-        .bind(id.as_str())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    pub async fn agent_answered(
-        &self,
-        id: &CallId,
-        agent: &str,
-        at: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE calls SET agent_id = $1, agent_answered_at = $2 WHERE id = $3")
-            .bind(agent)
-            .bind(at)
-            .bind(id.as_str())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     /// Callers who hung up before any agent answered and whom no call-back
     /// has reached yet: the call-back list.
     pub async fn list_abandoned(&self, limit: i64) -> Result<Vec<CallRow>, StoreError> {
@@ -362,69 +262,6 @@ impl Store {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?)
-    }
-
-    pub async fn call_queue(&self, id: &CallId, queue: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE calls SET queue = $1 WHERE id = $2")
-            .bind(queue)
-            .bind(id.as_str())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    pub async fn call_event(
-        &self,
-        id: &CallId,
-        at: i64,
-        kind: &str,
-        detail: Option<&str>,
-    ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO call_events (call_id, at, kind, detail) VALUES ($1, $2, $3, $4)")
-            .bind(id.as_str())
-            .bind(at)
-            .bind(kind)
-            .bind(detail)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    pub async fn call_ended(
-        &self,
-        id: &CallId,
-        at: i64,
-        wait_ms: Option<i64>,
-        cause: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE calls SET status = $1, ended_at = $2, wait_ms = $3, end_cause = $4 WHERE id = $5",
-        )
-        .bind("ended")
-        .bind(at)
-        .bind(wait_ms)
-        .bind(cause)
-        .bind(id.as_str())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    pub async fn recording_closed(
-        &self,
-        id: &CallId,
-        sha256: Option<&str>,
-        error: Option<&str>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE calls SET recording_sha256 = $1, recording_error = COALESCE($2, recording_error) WHERE id = $3",
-        )
-        .bind(sha256)
-        .bind(error)
-        .bind(id.as_str())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
     /// Calls a previous process left open (it was killed or crashed).
@@ -617,30 +454,48 @@ mod tests {
         store.migrate().await.unwrap();
         let day = RECENT.as_millis() as i64;
         let t = now_ms();
+        let new_call = |c: NewCall, i: NewIncident| StoreCmd::NewCall(Box::new((c, i)));
         let (c1, i1) = call("c1", "i1", "0812", t - 2 * day);
-        store.insert_call(&c1, &i1).await.unwrap();
+        store.apply(&[new_call(c1, i1)]).await.unwrap();
+        // Two in one transaction: the second counts the first.
         let (c2, i2) = call("c2", "i2", "0812", t - 1000);
-        store.insert_call(&c2, &i2).await.unwrap();
         let (c3, i3) = call("c3", "i3", "0812", t);
-        store.insert_call(&c3, &i3).await.unwrap();
+        let c3_id = c3.id.clone();
+        store
+            .apply(&[new_call(c2, i2), new_call(c3, i3)])
+            .await
+            .unwrap();
         let inc = store.get_incident("i3").await.unwrap().unwrap();
         assert_eq!((inc.prior_incidents, inc.recent_incidents), (2, 1));
         assert_eq!(inc.latitude, Some(-6.4));
 
         store
-            .call_answered(&c3.id, t + 5, "PCMA", Some("/r/c3.wav"), None)
-            .await
-            .unwrap();
-        store
-            .call_event(&c3.id, t + 6, "overflow", Some("a -> b"))
-            .await
-            .unwrap();
-        store
-            .call_ended(&c3.id, t + 10, Some(5), "caller_bye")
-            .await
-            .unwrap();
-        store
-            .recording_closed(&c3.id, Some("ab"), None)
+            .apply(&[
+                StoreCmd::Answered {
+                    id: c3_id.clone(),
+                    at: t + 5,
+                    codec: "PCMA".into(),
+                    recording_path: Some("/r/c3.wav".into()),
+                    recording_error: None,
+                },
+                StoreCmd::Event {
+                    id: c3_id.clone(),
+                    at: t + 6,
+                    kind: "overflow".into(),
+                    detail: Some("a -> b".into()),
+                },
+                StoreCmd::Ended {
+                    id: c3_id.clone(),
+                    at: t + 10,
+                    wait_ms: Some(5),
+                    cause: "caller_bye".into(),
+                },
+                StoreCmd::RecordingClosed {
+                    id: c3_id.clone(),
+                    sha256: Some("ab".into()),
+                    error: None,
+                },
+            ])
             .await
             .unwrap();
         let row = store.get_call("c3").await.unwrap().unwrap();
@@ -667,7 +522,14 @@ mod tests {
             "c3",
             "no agent answered c3"
         );
-        store.agent_answered(&c3.id, "ct-01", t + 7).await.unwrap();
+        store
+            .apply(&[StoreCmd::AgentAnswered {
+                id: c3_id.clone(),
+                agent: "ct-01".into(),
+                at: t + 7,
+            }])
+            .await
+            .unwrap();
         assert!(store.list_abandoned(10).await.unwrap().is_empty());
         assert_eq!(
             store
@@ -682,6 +544,36 @@ mod tests {
         assert_eq!(store.calls_of_incident("i1").await.unwrap().len(), 1);
         assert!(store.get_call("nope").await.unwrap().is_none());
         panel(&store, t).await;
+        batch_with_a_refused_record(&store, t).await;
+    }
+
+    /// The writer puts what queued up into one transaction; a record the
+    /// database refuses for good (here a second call with the same id) is
+    /// skipped alone, and what came before and after it is written.
+    async fn batch_with_a_refused_record(store: &Store, t: i64) {
+        let writer = StoreWriter::spawn(store.clone(), |_| {});
+        let (c9, i9) = call("c9", "i9", "0899", t);
+        let (dup, dup_inc) = call("c9", "i9b", "0899", t);
+        writer.send(StoreCmd::NewCall(Box::new((c9, i9))));
+        writer.send(StoreCmd::NewCall(Box::new((dup, dup_inc))));
+        writer.send(StoreCmd::Event {
+            id: CallId("c9".into()),
+            at: t + 1,
+            kind: "after".into(),
+            detail: None,
+        });
+        writer.flush().await;
+        assert!(store.get_call("c9").await.unwrap().is_some());
+        assert!(
+            store.get_incident("i9b").await.unwrap().is_none(),
+            "the refused record is not half written"
+        );
+        let events = store.call_events("c9").await.unwrap();
+        assert_eq!(
+            events.len(),
+            1,
+            "the record after the refused one is written"
+        );
     }
 
     /// Users, sessions, the incident form with its audit trail, linking,

@@ -87,7 +87,7 @@ pub struct IncidentUpdate {
 
 impl IncidentUpdate {
     /// The fields named in this change, as (column, new text value).
-    fn fields(&self) -> Vec<(&'static str, Option<String>)> {
+    pub(super) fn fields(&self) -> Vec<(&'static str, Option<String>)> {
         let text = |v: &Option<String>| {
             v.as_ref()
                 .map(|s| s.trim().to_string())
@@ -302,69 +302,9 @@ impl Store {
         at: i64,
     ) -> Result<Option<IncidentRow>, StoreError> {
         let mut tx = self.write_tx().await?;
-        let q = concat!(
-            "SELECT ",
-            incident_columns!(),
-            " FROM incidents WHERE id = $1"
-        );
-        let Some(before) = sqlx::query_as::<_, IncidentRow>(q)
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let mut changed = false;
-        for (field, new) in change.fields() {
-            let old = match field {
-                "category" => before.category.clone(),
-                "priority" => before.priority.map(|p| p.to_string()),
-                "address" => before.address.clone(),
-                "notes" => before.notes.clone(),
-                "agency" => before.agency.clone(),
-                _ => Some(before.status.clone()),
-            };
-            if old == new || (field == "status" && new.is_none()) {
-                continue;
-            }
-            changed = true;
-            // Each column has its own statement: no SQL is built from input.
-            let sql = match field {
-                "category" => "UPDATE incidents SET category = $1 WHERE id = $2",
-                "address" => "UPDATE incidents SET address = $1 WHERE id = $2",
-                "notes" => "UPDATE incidents SET notes = $1 WHERE id = $2",
-                "agency" => "UPDATE incidents SET agency = $1 WHERE id = $2",
-                "status" => "UPDATE incidents SET status = $1 WHERE id = $2",
-                _ => "",
-            };
-            if field == "priority" {
-                sqlx::query("UPDATE incidents SET priority = $1 WHERE id = $2")
-                    .bind(change.priority)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-            } else {
-                sqlx::query(sql)
-                    .bind(&new)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            audit(&mut tx, id, at, actor, "update", Some(field), old, new).await?;
-        }
-        if changed {
-            sqlx::query("UPDATE incidents SET updated_at = $1 WHERE id = $2")
-                .bind(at)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let after = sqlx::query_as::<_, IncidentRow>(q)
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let after = super::records::update_incident(&mut tx, id, change, actor, at).await?;
         tx.commit().await?;
-        Ok(Some(after))
+        Ok(after)
     }
 
     pub async fn incident_audit(&self, id: &str) -> Result<Vec<AuditRow>, StoreError> {
@@ -633,8 +573,8 @@ async fn end_sessions(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn audit(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+pub(super) async fn audit(
+    tx: &mut sqlx::AnyConnection,
     incident: &str,
     at: i64,
     actor: &str,
@@ -653,7 +593,7 @@ async fn audit(
     .bind(field)
     .bind(old)
     .bind(new)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }
@@ -689,124 +629,6 @@ pub struct NewTransfer {
 }
 
 impl Store {
-    /// A transfer begins: its row, and a line in the incident's timeline.
-    pub async fn transfer_started(&self, t: &NewTransfer) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "INSERT INTO transfers (id, call_id, incident_id, from_agent, agency, requested_by, started_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&t.id)
-        .bind(&t.call_id)
-        .bind(&t.incident_id)
-        .bind(&t.from_agent)
-        .bind(&t.agency)
-        .bind(&t.requested_by)
-        .bind(t.at)
-        .execute(&mut *tx)
-        .await?;
-        let detail = format!(
-            "{} -> {} (call {})",
-            t.from_agent.as_deref().unwrap_or("-"),
-            t.agency,
-            t.call_id
-        );
-        audit(
-            &mut tx,
-            &t.incident_id,
-            t.at,
-            &t.requested_by,
-            "transfer_started",
-            None,
-            None,
-            Some(detail),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub async fn transfer_answered(
-        &self,
-        id: &str,
-        agent: &str,
-        at: i64,
-        recording_path: Option<&str>,
-        recording_error: Option<&str>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE transfers SET to_agent = $1, answered_at = $2, recording_path = $3, recording_error = $4 WHERE id = $5",
-        )
-        .bind(agent)
-        .bind(at)
-        .bind(recording_path)
-        .bind(recording_error)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// A transfer ends: its outcome, and a line in the incident's timeline.
-    pub async fn transfer_ended(
-        &self,
-        id: &str,
-        at: i64,
-        outcome: &str,
-        actor: &str,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "UPDATE transfers SET ended_at = $1, outcome = $2 WHERE id = $3 AND ended_at IS NULL",
-        )
-        .bind(at)
-        .bind(outcome)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        let row: Option<(String, String, Option<String>)> =
-            sqlx::query_as("SELECT incident_id, agency, to_agent FROM transfers WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if let Some((incident, agency, to_agent)) = row {
-            let detail = format!(
-                "{outcome}: {agency} {}",
-                to_agent.as_deref().unwrap_or("(no dispatcher)")
-            );
-            audit(
-                &mut tx,
-                &incident,
-                at,
-                actor,
-                "transfer_ended",
-                None,
-                None,
-                Some(detail),
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub async fn transfer_recording(
-        &self,
-        id: &str,
-        sha256: Option<&str>,
-        error: Option<&str>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE transfers SET recording_sha256 = $1, recording_error = COALESCE($2, recording_error) WHERE id = $3",
-        )
-        .bind(sha256)
-        .bind(error)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     pub async fn transfers_of_call(&self, call_id: &str) -> Result<Vec<TransferRow>, StoreError> {
         Ok(sqlx::query_as::<_, TransferRow>(
             "SELECT id, call_id, incident_id, from_agent, agency, to_agent, requested_by, started_at, answered_at, ended_at, outcome, recording_path, recording_sha256, recording_error \

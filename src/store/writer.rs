@@ -4,9 +4,10 @@
 //! logged and skipped; while the database is down or busy, the writer waits
 //! and tries the same record again, so nothing is lost and order is kept.
 
-use super::{now_ms, NewCall, NewIncident, Store, StoreError};
+use super::{now_ms, records, NewCall, NewIncident, Store, StoreError};
 use crate::ids::CallId;
 use crate::media::recorder::sha256_file;
+use sqlx::AnyConnection;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -122,35 +123,85 @@ impl StoreWriter {
     }
 }
 
+/// Most records in one transaction. A batch is whatever has queued up
+/// while the last one was written, so at a calm hour it is one record,
+/// and in a surge one commit (one fsync) carries hundreds.
+const BATCH: usize = 256;
+
 async fn run(
     store: Store,
     mut rx: mpsc::UnboundedReceiver<Queued>,
     on_change: impl Fn(Changed) + Send + 'static,
 ) {
-    retry("start-up", || startup(&store)).await;
-    while let Some(q) = rx.recv().await {
-        match q {
-            Queued::Cmd(cmd) => {
-                retry("call record", || apply(&store, &cmd)).await;
-                match &cmd {
-                    StoreCmd::NewCall(_)
-                    | StoreCmd::AgentAnswered { .. }
-                    | StoreCmd::Ended { .. } => on_change(Changed::Calls),
-                    StoreCmd::AssignAgency { incident_id, .. } => {
-                        on_change(Changed::Incident(incident_id.clone()))
-                    }
-                    _ => {}
+    if let Err(e) = retry("start-up", || startup(&store)).await {
+        error!(error = %e, "closing interrupted calls failed; going on");
+    }
+    let mut batch: Vec<StoreCmd> = Vec::with_capacity(BATCH);
+    while let Some(first) = rx.recv().await {
+        let mut flush = None;
+        match first {
+            Queued::Cmd(cmd) => batch.push(cmd),
+            Queued::Flush(done) => flush = Some(done),
+        }
+        // Take what else is waiting, up to a flush (answered once all
+        // before it is written).
+        while flush.is_none() && batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(Queued::Cmd(cmd)) => batch.push(cmd),
+                Ok(Queued::Flush(done)) => flush = Some(done),
+                Err(_) => break,
+            }
+        }
+        write(&store, &batch).await;
+        for cmd in batch.drain(..) {
+            match &cmd {
+                StoreCmd::NewCall(_) | StoreCmd::AgentAnswered { .. } | StoreCmd::Ended { .. } => {
+                    on_change(Changed::Calls)
                 }
+                StoreCmd::AssignAgency { incident_id, .. } => {
+                    on_change(Changed::Incident(incident_id.clone()))
+                }
+                _ => {}
             }
-            Queued::Flush(done) => {
-                let _ = done.send(());
-            }
+        }
+        if let Some(done) = flush {
+            let _ = done.send(());
         }
     }
 }
 
-/// Tries `op` until it succeeds or fails for good.
-async fn retry<F, Fut>(what: &str, mut op: F)
+/// Writes a batch in one transaction, waiting out a database that is
+/// down or busy. Should the database refuse one record for good, the
+/// batch is written again one record at a time, so only that one is
+/// skipped and the order holds.
+async fn write(store: &Store, batch: &[StoreCmd]) {
+    if batch.is_empty() {
+        return;
+    }
+    if retry("call records", || store.apply(batch)).await.is_ok() {
+        return;
+    }
+    for cmd in batch {
+        if let Err(e) = retry("call record", || store.apply(std::slice::from_ref(cmd))).await {
+            error!(error = %e, record = ?cmd, "database refused a record; skipped");
+        }
+    }
+}
+
+impl Store {
+    /// Applies records in order, in one transaction: all or none.
+    pub async fn apply(&self, cmds: &[StoreCmd]) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        for cmd in cmds {
+            apply_on(&mut tx, cmd).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Tries `op` until it succeeds or fails for good (that error is returned).
+async fn retry<F, Fut>(what: &str, mut op: F) -> Result<(), StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), StoreError>>,
@@ -165,9 +216,9 @@ where
         match result {
             Ok(()) => {
                 if attempts > 0 {
-                    info!(what, attempts, "database is back; record written");
+                    info!(what, attempts, "database is back; records written");
                 }
-                return;
+                return Ok(());
             }
             Err(e) if e.is_transient() => {
                 attempts += 1;
@@ -177,10 +228,7 @@ where
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
-            Err(e) => {
-                error!(what, error = %e, "database refused a record; skipped");
-                return;
-            }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -207,9 +255,9 @@ async fn startup(store: &Store) -> Result<(), StoreError> {
     Ok(())
 }
 
-async fn apply(store: &Store, cmd: &StoreCmd) -> Result<(), StoreError> {
+async fn apply_on(conn: &mut AnyConnection, cmd: &StoreCmd) -> Result<(), StoreError> {
     match cmd {
-        StoreCmd::NewCall(b) => store.insert_call(&b.0, &b.1).await,
+        StoreCmd::NewCall(b) => records::insert_call(conn, &b.0, &b.1).await,
         StoreCmd::Answered {
             id,
             at,
@@ -217,36 +265,36 @@ async fn apply(store: &Store, cmd: &StoreCmd) -> Result<(), StoreError> {
             recording_path,
             recording_error,
         } => {
-            store
-                .call_answered(
-                    id,
-                    *at,
-                    codec,
-                    recording_path.as_deref(),
-                    recording_error.as_deref(),
-                )
-                .await
+            records::call_answered(
+                conn,
+                id,
+                *at,
+                codec,
+                recording_path.as_deref(),
+                recording_error.as_deref(),
+            )
+            .await
         }
-        StoreCmd::Queue { id, queue } => store.call_queue(id, queue).await,
-        StoreCmd::AgentAnswered { id, agent, at } => store.agent_answered(id, agent, *at).await,
+        StoreCmd::Queue { id, queue } => records::call_queue(conn, id, queue).await,
+        StoreCmd::AgentAnswered { id, agent, at } => {
+            records::agent_answered(conn, id, agent, *at).await
+        }
         StoreCmd::Event {
             id,
             at,
             kind,
             detail,
-        } => store.call_event(id, *at, kind, detail.as_deref()).await,
+        } => records::call_event(conn, id, *at, kind, detail.as_deref()).await,
         StoreCmd::Ended {
             id,
             at,
             wait_ms,
             cause,
-        } => store.call_ended(id, *at, *wait_ms, cause).await,
+        } => records::call_ended(conn, id, *at, *wait_ms, cause).await,
         StoreCmd::RecordingClosed { id, sha256, error } => {
-            store
-                .recording_closed(id, sha256.as_deref(), error.as_deref())
-                .await
+            records::recording_closed(conn, id, sha256.as_deref(), error.as_deref()).await
         }
-        StoreCmd::TransferStarted(t) => store.transfer_started(t).await,
+        StoreCmd::TransferStarted(t) => records::transfer_started(conn, t).await,
         StoreCmd::TransferAnswered {
             id,
             agent,
@@ -254,22 +302,22 @@ async fn apply(store: &Store, cmd: &StoreCmd) -> Result<(), StoreError> {
             recording_path,
             recording_error,
         } => {
-            store
-                .transfer_answered(
-                    id,
-                    agent,
-                    *at,
-                    recording_path.as_deref(),
-                    recording_error.as_deref(),
-                )
-                .await
+            records::transfer_answered(
+                conn,
+                id,
+                agent,
+                *at,
+                recording_path.as_deref(),
+                recording_error.as_deref(),
+            )
+            .await
         }
         StoreCmd::TransferEnded {
             id,
             at,
             outcome,
             actor,
-        } => store.transfer_ended(id, *at, outcome, actor).await,
+        } => records::transfer_ended(conn, id, *at, outcome, actor).await,
         StoreCmd::AssignAgency {
             incident_id,
             agency,
@@ -280,15 +328,12 @@ async fn apply(store: &Store, cmd: &StoreCmd) -> Result<(), StoreError> {
                 agency: Some(agency.clone()),
                 ..Default::default()
             };
-            store
-                .update_incident(incident_id, &change, actor, *at)
+            records::update_incident(conn, incident_id, &change, actor, *at)
                 .await
                 .map(|_| ())
         }
         StoreCmd::TransferRecording { id, sha256, error } => {
-            store
-                .transfer_recording(id, sha256.as_deref(), error.as_deref())
-                .await
+            records::transfer_recording(conn, id, sha256.as_deref(), error.as_deref()).await
         }
     }
 }
