@@ -933,3 +933,56 @@ fn sigterm_drains_calls_then_ends_them_cleanly() {
     );
     assert_eq!(server.calls_with("drain-late").len(), 0);
 }
+
+/// A caller that never answers our BYE (a dead trunk, or one whose own BYE
+/// we lost in a flood) does not hold up the end of its call: at shutdown
+/// the record is closed as `shutdown`, with the recording's checksum,
+/// before exit; not left for the next start to find open.
+#[test]
+fn a_caller_deaf_to_our_bye_still_gets_its_record_closed_at_shutdown() {
+    let mut server = Server::start(Setup {
+        shutdown_grace: "1s",
+        ..Setup::default()
+    });
+    let c = RawSip::new(server.sip, "127.0.0.1");
+    let rtp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let call_id = format!("deaf-{}", rtp.local_addr().unwrap().port());
+    c.send(&rawsip::invite(
+        c.local(),
+        server.sip,
+        "112",
+        &call_id,
+        "z9hG4bK-deaf-1",
+        rtp.local_addr().unwrap().port(),
+    ));
+    let (code, ok) = c.final_status(Duration::from_secs(3)).unwrap();
+    assert_eq!(code, 200);
+    let dialog = rawsip::Dialog::from_ok(server.sip, c.local(), &call_id, &ok);
+    c.send(&dialog.request("ACK", 1, "z9hG4bK-deaf-2", None));
+    std::thread::sleep(Duration::from_millis(500));
+    let asked = std::time::Instant::now();
+    server.terminate();
+    // The BYE comes (and again); it is never answered.
+    let msgs = c.collect(Duration::from_secs(3));
+    assert!(
+        msgs.iter().any(|(_, m)| m.starts_with("BYE ")),
+        "no BYE: {msgs:?}"
+    );
+    let status = server
+        .wait_exit(Duration::from_secs(30))
+        .expect("exits by itself");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "the unanswered BYE held the exit for {:?}",
+        asked.elapsed()
+    );
+    server.spawn();
+    let row = server.wait_call_done(&call_id, Duration::from_secs(10));
+    assert_eq!(row["end_cause"], "shutdown", "{row}");
+    let path = row["recording_path"].as_str().unwrap();
+    assert_eq!(
+        row["recording_sha256"].as_str(),
+        Some(sha256_hex(&std::fs::read(path).unwrap()).as_str())
+    );
+}
