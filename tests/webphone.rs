@@ -482,3 +482,45 @@ fn a_browser_call_taker_hands_the_caller_to_a_browser_dispatcher() {
     assert!(tone_windows(&heard, BROWSER_HZ) >= 10);
     assert!(tone_windows(&heard, DISPATCHER_HZ) >= 20);
 }
+
+/// Ring timeout and hang-up, in the browser: a call the browser lets ring
+/// past the queue's `ring_timeout` sets the agent not ready (no_answer)
+/// and the tab says so; once ready again the call rings anew, is answered,
+/// and *Tutup telepon* ends it (the caller gets our BYE).
+#[test]
+fn the_browser_lets_a_call_ring_out_then_answers_and_hangs_up() {
+    let queues = std::fs::read_to_string(common::repo().join("sip-config/queues.toml"))
+        .unwrap()
+        .replacen("ring_timeout = \"15s\"", "ring_timeout = \"3s\"", 1);
+    let server = Server::start(Setup {
+        queues: Some(queues),
+        ..setup()
+    });
+    let (b, _mic) = siti_ready_in_browser(&server, "webphone_ring_out");
+    let media = CallerMedia::start(CALLER_HZ);
+    let call_id = format!("webphone-ringout-{}", free_udp_port());
+    let caller = sipp_caller(&server, &media, &call_id, 30000);
+    wait_ringing(&b);
+    server.wait_agent("ct-01", "not ready after ringing out", |a| {
+        a["state"] == "not_ready" && a["reason"] == "no_answer"
+    });
+    wait_phone(
+        &server,
+        &b,
+        "the tab says the call went elsewhere",
+        "return document.querySelector('#phone-card').dataset.call === '' \
+         && document.querySelector('#phone-state').textContent.includes('tidak dijawab')",
+    );
+    b.click("#btn-ready");
+    answer_in_browser(&b);
+    server.wait_agent("ct-01", "on the call", |a| a["state"] == "on_call");
+    std::thread::sleep(Duration::from_secs(1));
+    b.click("#phone-hangup");
+    let done = server.wait_call_done(&call_id, WAIT);
+    assert_eq!(done["end_cause"], "agent_bye", "{done}");
+    assert_eq!(done["agent_id"], "ct-01");
+    assert!(done["recording_sha256"].is_string(), "{done}");
+    // SIPp meant to hang up itself later; the BYE came first.
+    let _ = caller.join();
+    drop(media.finish());
+}
