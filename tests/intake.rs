@@ -860,6 +860,28 @@ fn late_offer_location_and_paced_rtp_at_the_caller() {
     assert_eq!(inc["geolocation"], "<cid:loc@caller>");
 }
 
+/// A raw SIP caller's 112 call, answered and ACKed: the client, the
+/// call's SIP Call-ID (`<tag>-<port>`) and its (silent) RTP socket.
+fn answered_raw_call(server: &Server, tag: &str) -> (RawSip, String, std::net::UdpSocket) {
+    let c = RawSip::new(server.sip, "127.0.0.1");
+    let rtp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = rtp.local_addr().unwrap().port();
+    let call_id = format!("{tag}-{port}");
+    c.send(&rawsip::invite(
+        c.local(),
+        server.sip,
+        "112",
+        &call_id,
+        &format!("z9hG4bK-{tag}-1"),
+        port,
+    ));
+    let (code, ok) = c.final_status(Duration::from_secs(3)).unwrap();
+    assert_eq!(code, 200);
+    let dialog = rawsip::Dialog::from_ok(server.sip, c.local(), &call_id, &ok);
+    c.send(&dialog.request("ACK", 1, &format!("z9hG4bK-{tag}-2"), None));
+    (c, call_id, rtp)
+}
+
 /// SIGTERM drains: new INVITEs get 503 with Retry-After (the trunk fails
 /// over), the call in progress goes on for the grace period, then gets a
 /// BYE; its recording is finished and its record written before exit.
@@ -869,22 +891,7 @@ fn sigterm_drains_calls_then_ends_them_cleanly() {
         shutdown_grace: "1500ms",
         ..Setup::default()
     });
-    let c = RawSip::new(server.sip, "127.0.0.1");
-    let rtp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let l = c.local();
-    let call_id = format!("drain-{}", rtp.local_addr().unwrap().port());
-    c.send(&rawsip::invite(
-        l,
-        server.sip,
-        "112",
-        &call_id,
-        "z9hG4bK-dr-1",
-        rtp.local_addr().unwrap().port(),
-    ));
-    let (code, ok) = c.final_status(Duration::from_secs(3)).unwrap();
-    assert_eq!(code, 200);
-    let dialog = rawsip::Dialog::from_ok(server.sip, c.local(), &call_id, &ok);
-    c.send(&dialog.request("ACK", 1, "z9hG4bK-dr-2", None));
+    let (c, call_id, _rtp) = answered_raw_call(&server, "drain");
     std::thread::sleep(Duration::from_millis(1000));
     server.terminate();
     std::thread::sleep(Duration::from_millis(200));
@@ -944,21 +951,7 @@ fn a_caller_deaf_to_our_bye_still_gets_its_record_closed_at_shutdown() {
         shutdown_grace: "1s",
         ..Setup::default()
     });
-    let c = RawSip::new(server.sip, "127.0.0.1");
-    let rtp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let call_id = format!("deaf-{}", rtp.local_addr().unwrap().port());
-    c.send(&rawsip::invite(
-        c.local(),
-        server.sip,
-        "112",
-        &call_id,
-        "z9hG4bK-deaf-1",
-        rtp.local_addr().unwrap().port(),
-    ));
-    let (code, ok) = c.final_status(Duration::from_secs(3)).unwrap();
-    assert_eq!(code, 200);
-    let dialog = rawsip::Dialog::from_ok(server.sip, c.local(), &call_id, &ok);
-    c.send(&dialog.request("ACK", 1, "z9hG4bK-deaf-2", None));
+    let (c, call_id, _rtp) = answered_raw_call(&server, "deaf");
     std::thread::sleep(Duration::from_millis(500));
     let asked = std::time::Instant::now();
     server.terminate();
