@@ -41,6 +41,8 @@ const DTMF_PT: u8 = 101;
 /// How long gathering our own candidates may take before we offer what we
 /// have (host candidates come at once; STUN may be slow or unreachable).
 const GATHER_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long closing a connection may take.
+const CLOSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub(super) struct Gateway {
     pub phones: Phones,
@@ -401,14 +403,20 @@ async fn run(
         }
     };
     if let Some(reason) = tell {
-        let _ = to_tab.send(json!({ "type": "ended", "leg": leg, "reason": reason }));
+        ended(reason);
     }
     for r in &relays {
         r.abort();
     }
     let _ = events.send(outcome);
-    if let Err(e) = built.pc.close().await {
-        debug!(error = %e, "closing the browser connection");
+    // Bounded: a connection whose driver is stuck must not keep this task,
+    // and with it the pooled RTP port, forever.
+    match tokio::time::timeout(CLOSE_LIMIT, built.pc.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(error = %e, "closing the browser connection"),
+        Err(_) => {
+            warn!(%agent, leg, "browser phone: the connection did not close in time; dropped")
+        }
     }
 }
 
