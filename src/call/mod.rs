@@ -1198,7 +1198,7 @@ fn ring(
     // The browser's gateway is ours: it reaches the session where its
     // socket is bound, not at the address peers outside see.
     let ip = if browser {
-        s.ports.ip()
+        crate::webphone::reachable_here(s.ports.ip())
     } else {
         s.config.server.sip.public_ip
     };
@@ -1217,7 +1217,7 @@ fn ring(
                 agent,
                 crate::webphone::Ring {
                     offer,
-                    call_side: std::net::SocketAddr::new(s.ports.ip(), rtp.port),
+                    call_side: std::net::SocketAddr::new(ip, rtp.port),
                     socket,
                     caller_number: caller,
                     incident_id: incident.to_string(),

@@ -296,7 +296,11 @@ async fn run(
     let _ = events.send(AgentLegEvent::Ringing);
 
     let socket = Arc::new(ring.socket);
-    let local = socket.socket.local_addr().ok();
+    let local = socket
+        .socket
+        .local_addr()
+        .ok()
+        .map(|a| SocketAddr::new(super::reachable_here(a.ip()), a.port()));
     // Set once the browser's answer is in: what it negotiated, and by when
     // ICE and DTLS must be up.
     let mut browser: Option<(Negotiated, Instant)> = None;

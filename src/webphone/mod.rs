@@ -89,6 +89,16 @@ pub struct Ring {
     pub incident_id: String,
 }
 
+/// Where a socket bound to `ip` is reached from this host: itself, or
+/// loopback for a wildcard (`0.0.0.0`, `::`), which no packet comes from.
+pub fn reachable_here(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        other => other,
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -269,6 +279,14 @@ mod tests {
 
     async fn browser_reachable(p: &Phones) -> bool {
         p.0.acd.agents().await[0].browser
+    }
+
+    #[test]
+    fn a_wildcard_rtp_address_is_reached_on_loopback() {
+        let here = |s: &str| reachable_here(s.parse().unwrap()).to_string();
+        assert_eq!(here("0.0.0.0"), "127.0.0.1");
+        assert_eq!(here("::"), "::1");
+        assert_eq!(here("10.0.0.5"), "10.0.0.5");
     }
 
     #[tokio::test]
