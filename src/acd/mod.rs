@@ -67,11 +67,17 @@ struct Agent {
     /// Since when the agent has been free: orders longest-idle-first.
     idle_since: Instant,
     wrap_until: Option<Instant>,
-    /// Has an unexpired registration or a browser phone: either is
-    /// enough (`reachable`).
-    reachable: bool,
+    /// Has an unexpired registration.
     by_phone: bool,
+    /// Has a panel tab with the browser phone on.
     by_browser: bool,
+}
+
+impl Agent {
+    /// Either phone is enough.
+    fn reachable(&self) -> bool {
+        self.by_phone || self.by_browser
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -267,7 +273,6 @@ impl Acd {
                         since: now,
                         idle_since: now,
                         wrap_until: None,
-                        reachable: false,
                         by_phone: false,
                         by_browser: false,
                     },
@@ -347,7 +352,7 @@ impl Acd {
                 let (agent, _) = w.offer?;
                 if let Some(a) = self.agents.get_mut(&agent) {
                     if matches!(&a.state, AgentState::Ringing { call_id } if call_id == call) {
-                        let next = if a.reachable {
+                        let next = if a.reachable() {
                             AgentState::Ready
                         } else {
                             AgentState::LoggedOut
@@ -419,7 +424,7 @@ impl Acd {
             .map(|q| q.cfg.wrap_up)
             .unwrap_or_default();
         if let Some(a) = self.agents.get_mut(agent) {
-            if !a.reachable {
+            if !a.reachable() {
                 Self::set(a, AgentState::LoggedOut, now);
             } else if wrap.is_zero() {
                 Self::set(a, AgentState::Ready, now);
@@ -442,8 +447,7 @@ impl Acd {
                 Reach::Phone => a.by_phone = reachable,
                 Reach::Browser => a.by_browser = reachable,
             }
-            a.reachable = a.by_phone || a.by_browser;
-            if !a.reachable
+            if !a.reachable()
                 && matches!(
                     a.state,
                     AgentState::Ready | AgentState::WrapUp | AgentState::NotReady { .. }
@@ -467,7 +471,7 @@ impl Acd {
         }
         match req {
             Requested::Ready => {
-                if !a.reachable {
+                if !a.reachable() {
                     return Err(AcdError::NotRegistered);
                 }
                 if a.state != AgentState::Ready {
@@ -589,7 +593,7 @@ impl Acd {
                 .iter()
                 .filter(|(id, a)| {
                     a.state == AgentState::Ready
-                        && a.reachable
+                        && a.reachable()
                         && meets(&a.skills, &req)
                         && w.only.as_ref().is_none_or(|o| o == *id)
                 })
@@ -704,7 +708,7 @@ impl Acd {
                 skills: a.skills.clone(),
                 state: a.state.clone(),
                 in_state_ms: now.saturating_duration_since(a.since).as_millis() as u64,
-                registered: a.reachable,
+                registered: a.reachable(),
                 browser: a.by_browser,
             })
             .collect()
