@@ -246,6 +246,16 @@ struct PtMap {
 }
 
 impl PtMap {
+    /// From what one side negotiated onto what the other did.
+    fn between(from: &Negotiated, to: &Negotiated) -> PtMap {
+        PtMap {
+            from_audio: from.pt,
+            to_audio: to.pt,
+            from_dtmf: from.dtmf_pt,
+            to_dtmf: to.dtmf_pt,
+        }
+    }
+
     fn map(&self, pt: u8) -> Option<u8> {
         if pt == self.from_audio {
             Some(self.to_audio)
@@ -254,6 +264,37 @@ impl PtMap {
         } else {
             None
         }
+    }
+}
+
+/// How a leg ends, and what the tab is told (nothing, if it ended it).
+type Outcome = (AgentLegEvent, Option<&'static str>);
+
+/// The call ended the leg (or let go of it).
+fn called_off(answered: bool) -> Outcome {
+    let reason = if answered { "hangup" } else { "not_answered" };
+    (AgentLegEvent::Ended, Some(reason))
+}
+
+/// The tab hung up, or declined while it rang.
+fn tab_ended(answered: bool) -> Outcome {
+    if answered {
+        (AgentLegEvent::Ended, None)
+    } else {
+        (AgentLegEvent::Failed(AgentFailure::Declined), None)
+    }
+}
+
+/// Nobody hung up, but the browser is gone: lost mid-call, unreachable
+/// before.
+fn lost(answered: bool, reason: &'static str) -> Outcome {
+    if answered {
+        (AgentLegEvent::Lost, Some(reason))
+    } else {
+        (
+            AgentLegEvent::Failed(AgentFailure::Unreachable),
+            Some(reason),
+        )
     }
 }
 
@@ -296,18 +337,19 @@ async fn run(
     let _ = events.send(AgentLegEvent::Ringing);
 
     let socket = Arc::new(ring.socket);
-    let local = socket
+    // Our plain side as the call's session sees it: one SDP session, its
+    // version raised by each re-offer (the hold button).
+    let mut local = socket
         .socket
         .local_addr()
         .ok()
-        .map(|a| SocketAddr::new(super::reachable_here(a.ip()), a.port()));
+        .map(|a| LocalAudio::new(super::reachable_here(a.ip()), a.port()));
     // Set once the browser's answer is in: what it negotiated, and by when
     // ICE and DTLS must be up.
     let mut browser: Option<(Negotiated, Instant)> = None;
     let mut relays: Vec<JoinHandle<()>> = Vec::new();
     let mut plain: Option<Negotiated> = None;
-    // How the leg ended, and what the tab is told (if it did not end it).
-    let (outcome, tell): (AgentLegEvent, Option<&str>) = loop {
+    let (outcome, tell): Outcome = loop {
         let connect_by = async {
             match browser.as_ref() {
                 Some((_, by)) if plain.is_none() => tokio::time::sleep_until(*by).await,
@@ -319,11 +361,11 @@ async fn run(
             // of it (which also closes `from_tab`) in one go.
             biased;
             _ = end.recv() => {
-                break (AgentLegEvent::Ended, Some(if plain.is_some() { "hangup" } else { "not_answered" }));
+                break called_off(plain.is_some());
             }
             msg = from_tab.recv() => match msg {
                 // The call let go of the leg: as if it had ended it.
-                None => break (AgentLegEvent::Ended, Some(if plain.is_some() { "hangup" } else { "not_answered" })),
+                None => break called_off(plain.is_some()),
                 Some(msg) => match msg {
                 FromTab::Answer(answer) if browser.is_none() => {
                     let n = sdp::parse(answer.as_bytes()).and_then(|r| sdp::negotiate(&r));
@@ -351,16 +393,15 @@ async fn run(
                 FromTab::Answer(_) => {}
                 FromTab::Decline(why) => {
                     info!(%agent, reason = %why, "browser phone: call not taken");
-                    break (if plain.is_some() { AgentLegEvent::Ended } else { AgentLegEvent::Failed(AgentFailure::Declined) }, None);
+                    break tab_ended(plain.is_some());
                 }
-                FromTab::Hangup => {
-                    break (if plain.is_some() { AgentLegEvent::Ended } else { AgentLegEvent::Failed(AgentFailure::Declined) }, None);
-                }
+                FromTab::Hangup => break tab_ended(plain.is_some()),
                 FromTab::Hold(on) => {
-                    if let (Some(p), Some(addr)) = (plain.as_ref(), local) {
+                    if let (Some(p), Some(here)) = (plain.as_ref(), local.as_mut()) {
                         // The hold button works like a phone's re-INVITE.
                         let dir = if on { Direction::SendOnly } else { Direction::SendRecv };
-                        let reoffer = sdp::answer(&LocalAudio::new(addr.ip(), addr.port()), p, dir);
+                        here.version += 1;
+                        let reoffer = sdp::answer(here, p, dir);
                         let _ = events.send(AgentLegEvent::ReOffer {
                             sdp: Some(reoffer.into_bytes()),
                             responder: Responder::internal(),
@@ -371,14 +412,14 @@ async fn run(
                     // Closed, reloaded, or its phone taken by another tab
                     // (which the old tab hears of, if it is still there).
                     info!(%agent, leg, "browser phone: the tab is gone");
-                    break (if plain.is_some() { AgentLegEvent::Lost } else { AgentLegEvent::Failed(AgentFailure::Unreachable) }, Some("gone"));
+                    break lost(plain.is_some(), "gone");
                 }
                 },
             },
             state = built.states.recv() => match state {
                 Some(RTCPeerConnectionState::Connected) if plain.is_none() => {
                     let Some((n, _)) = browser.as_ref() else { continue };
-                    let Some(addr) = local else {
+                    let Some(here) = local.as_ref() else {
                         break (AgentLegEvent::Failed(AgentFailure::Unreachable), Some("error"));
                     };
                     // The call hears from us the law both sides share,
@@ -389,14 +430,14 @@ async fn run(
                         dtmf_pt: n.dtmf_pt.and(offer.dtmf_pt),
                     };
                     relays = relay(&mut built, &socket, ring.call_side, &p, n);
-                    let answer = sdp::answer(&LocalAudio::new(addr.ip(), addr.port()), &p, Direction::SendRecv);
+                    let answer = sdp::answer(here, &p, Direction::SendRecv);
                     info!(%agent, leg, "browser phone connected (ICE, DTLS-SRTP)");
                     plain = Some(p);
                     let _ = events.send(AgentLegEvent::Answered { sdp: answer.into_bytes() });
                 }
                 Some(RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed) | None => {
                     warn!(%agent, leg, "browser phone: the connection failed");
-                    break (if plain.is_some() { AgentLegEvent::Lost } else { AgentLegEvent::Failed(AgentFailure::Unreachable) }, Some("media_failed"));
+                    break lost(plain.is_some(), "media_failed");
                 }
                 Some(_) => {}
             },
@@ -432,18 +473,8 @@ fn relay(
     plain: &Negotiated,
     browser: &Negotiated,
 ) -> Vec<JoinHandle<()>> {
-    let down = PtMap {
-        from_audio: plain.pt,
-        to_audio: browser.pt,
-        from_dtmf: plain.dtmf_pt,
-        to_dtmf: browser.dtmf_pt,
-    };
-    let up = PtMap {
-        from_audio: browser.pt,
-        to_audio: plain.pt,
-        from_dtmf: browser.dtmf_pt,
-        to_dtmf: plain.dtmf_pt,
-    };
+    let down = PtMap::between(plain, browser);
+    let up = PtMap::between(browser, plain);
     let mut tasks = Vec::with_capacity(2);
     // The call's session → the browser.
     {
