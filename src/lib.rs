@@ -14,6 +14,12 @@ pub mod store;
 pub mod web;
 pub mod webphone;
 
+/// Locks a mutex whose holder may have panicked: the data behind these
+/// locks (bindings, tabs) stays usable, and a call must not fail for it.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The log filter unless `SIAGA_LOG` says otherwise. rsipstack logs whole
 /// messages at info (digest responses, caller data): it stays at warn. The
 /// WebRTC crates log every state change of every connection at info and

@@ -6,6 +6,7 @@ use super::digest::{parse_authorization, Algorithm, AuthOutcome, Authenticator};
 use super::guard::{AuthGuard, GuardPolicy, Verdict};
 use super::registrar::{Binding, RegisterError, Registrar};
 use crate::config::Config;
+use crate::lock;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,10 +50,6 @@ pub struct Accounts {
     events: mpsc::UnboundedSender<RegistrationEvent>,
     started: Instant,
     epoch: u64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Accounts {

@@ -29,6 +29,7 @@ pub use gateway::BrowserLeg;
 
 use crate::acd::runtime::AcdHandle;
 use crate::acd::Reach;
+use crate::lock;
 use crate::media::ports::RtpSocket;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -66,6 +67,15 @@ struct Tab {
     legs: HashMap<u64, mpsc::UnboundedSender<FromTab>>,
 }
 
+impl Tab {
+    /// The tab is gone: each of its calls hears it.
+    fn lose_calls(&self) {
+        for leg in self.legs.values() {
+            let _ = leg.send(FromTab::Gone);
+        }
+    }
+}
+
 struct Inner {
     tabs: Mutex<HashMap<String, Tab>>,
     next: AtomicU64,
@@ -97,10 +107,6 @@ pub fn reachable_here(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
         other => other,
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Phones {
@@ -139,9 +145,7 @@ impl Phones {
                     "type": "phone", "on": false,
                     "reason": "Telepon browser dipindah ke tab lain",
                 }));
-                for leg in old.legs.values() {
-                    let _ = leg.send(FromTab::Gone);
-                }
+                old.lose_calls();
             }
             None => {
                 info!(%agent, "browser phone on");
@@ -165,9 +169,7 @@ impl Phones {
         };
         if let Some(t) = gone {
             info!(%agent, calls = t.legs.len(), "browser phone off");
-            for leg in t.legs.values() {
-                let _ = leg.send(FromTab::Gone);
-            }
+            t.lose_calls();
             self.0
                 .acd
                 .reachable(agent.to_string(), Reach::Browser, false);
