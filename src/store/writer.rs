@@ -183,7 +183,7 @@ async fn write(store: &Store, batch: &[StoreCmd]) {
     }
     for cmd in batch {
         if let Err(e) = retry("call record", || store.apply(std::slice::from_ref(cmd))).await {
-            error!(error = %e, record = ?cmd, "database refused a record; skipped");
+            error!(error = %e, "database refused a record; skipped");
         }
     }
 }
