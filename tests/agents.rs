@@ -443,15 +443,7 @@ fn agent_hold_resume_and_hang_up() {
             let start = std::time::Instant::now();
             let mut n = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let mut pkt = vec![0x80, 8];
-                pkt.extend_from_slice(&seq.to_be_bytes());
-                pkt.extend_from_slice(&ts.to_be_bytes());
-                pkt.extend_from_slice(&0x1234u32.to_be_bytes());
-                for i in 0..160 {
-                    let t = f64::from(ts + i) / 8000.0;
-                    let v = (2.0 * std::f64::consts::PI * CALLER_TONE * t).sin() * 12000.0;
-                    pkt.push(siaga::media::g711::Law::Alaw.encode(v as i16));
-                }
+                let pkt = common::audio::alaw_tone_packet(seq, ts, 0x1234, CALLER_TONE);
                 let _ = rtp.send_to(&pkt, ("127.0.0.1", server_rtp));
                 seq = seq.wrapping_add(1);
                 ts = ts.wrapping_add(160);

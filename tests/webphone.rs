@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::audio::{read_stereo, tone_ratio};
+use common::audio::{alaw_tone_packet, read_stereo, tone_ratio};
 use common::webdriver::Browser;
 use common::{free_udp_port, Server, Setup, Sipp, TEST_PASSWORD};
 use siaga::media::g711::Law;
@@ -115,7 +115,7 @@ impl CallerMedia {
         let thread = std::thread::spawn(move || {
             let mut heard = Vec::new();
             let mut peer: Option<SocketAddr> = None;
-            let (mut seq, mut ts, mut phase) = (0u16, 0u32, 0usize);
+            let (mut seq, mut ts) = (0u16, 0u32);
             let mut next = Instant::now();
             let limit = Instant::now() + Duration::from_secs(60);
             let mut buf = [0u8; 1500];
@@ -130,17 +130,7 @@ impl CallerMedia {
                 }
                 let Some(to) = peer else { continue };
                 if Instant::now() >= next {
-                    let mut pkt = vec![0x80, 8];
-                    pkt.extend_from_slice(&seq.to_be_bytes());
-                    pkt.extend_from_slice(&ts.to_be_bytes());
-                    pkt.extend_from_slice(&0x5151_0001u32.to_be_bytes());
-                    for _ in 0..160 {
-                        let v = (2.0 * std::f64::consts::PI * tone_hz * phase as f64 / 8000.0)
-                            .sin()
-                            * 12000.0;
-                        pkt.push(Law::Alaw.encode(v as i16));
-                        phase += 1;
-                    }
+                    let pkt = alaw_tone_packet(seq, ts, 0x5151_0001, tone_hz);
                     let _ = sock.send_to(&pkt, to);
                     seq = seq.wrapping_add(1);
                     ts = ts.wrapping_add(160);

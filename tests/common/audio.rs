@@ -51,6 +51,21 @@ pub fn read_stereo(path: &Path) -> (Vec<i16>, Vec<i16>) {
     (left, right)
 }
 
+/// One 20 ms RTP packet (PCMA, payload type 8) of a sine at `freq`, its
+/// phase taken from the timestamp `ts` (samples since the start).
+pub fn alaw_tone_packet(seq: u16, ts: u32, ssrc: u32, freq: f64) -> Vec<u8> {
+    let mut pkt = vec![0x80, 8];
+    pkt.extend_from_slice(&seq.to_be_bytes());
+    pkt.extend_from_slice(&ts.to_be_bytes());
+    pkt.extend_from_slice(&ssrc.to_be_bytes());
+    for i in 0..160 {
+        let t = f64::from(ts.wrapping_add(i)) / 8000.0;
+        let v = (2.0 * std::f64::consts::PI * freq * t).sin() * 12000.0;
+        pkt.push(Law::Alaw.encode(v as i16));
+    }
+    pkt
+}
+
 /// A mono 8 kHz A-law WAV (format tag 6) holding a sine at `freq`.
 pub fn write_alaw_tone(path: &Path, freq: f64, seconds: f64) {
     let n = (8000.0 * seconds) as usize;
