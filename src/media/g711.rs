@@ -1,7 +1,10 @@
 //! G.711 A-law (PCMA) and µ-law (PCMU), written from ITU-T G.711.
 //!
-//! Decoding is a table lookup; encoding works on the 13-bit (A-law) or
-//! 14-bit (µ-law) magnitude, as the recommendation specifies.
+//! Decoding is a table lookup. Encoding works on the 13-bit (A-law) or
+//! 14-bit (µ-law) magnitude, as the recommendation specifies; those
+//! functions fill, at compile time, tables indexed by the sample's top 13
+//! or 14 bits, so a frame is encoded by lookups too (the branchy encoder
+//! was 4-5 % of siaga's CPU with 1,000 callers hearing prompts).
 
 /// The two G.711 laws. RTP static payload types: PCMU 0, PCMA 8.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,8 +16,8 @@ pub enum Law {
 impl Law {
     pub fn encode(self, sample: i16) -> u8 {
         match self {
-            Law::Alaw => linear_to_alaw(sample),
-            Law::Ulaw => linear_to_ulaw(sample),
+            Law::Alaw => ALAW_ENCODE[alaw_index(sample)],
+            Law::Ulaw => ULAW_ENCODE[ulaw_index(sample)],
         }
     }
 
@@ -27,8 +30,17 @@ impl Law {
 
     /// Encodes `pcm` into `out` (same length); no allocation.
     pub fn encode_into(self, pcm: &[i16], out: &mut [u8]) {
-        for (o, &s) in out.iter_mut().zip(pcm) {
-            *o = self.encode(s);
+        match self {
+            Law::Alaw => {
+                for (o, &s) in out.iter_mut().zip(pcm) {
+                    *o = ALAW_ENCODE[alaw_index(s)];
+                }
+            }
+            Law::Ulaw => {
+                for (o, &s) in out.iter_mut().zip(pcm) {
+                    *o = ULAW_ENCODE[ulaw_index(s)];
+                }
+            }
         }
     }
 
@@ -58,7 +70,7 @@ const ULAW_BIAS: i32 = 0x21;
 /// Largest 14-bit magnitude µ-law represents before the bias.
 const ULAW_CLIP: i32 = 8159;
 
-fn segment(value: i32, ends: &[i32; 8]) -> usize {
+const fn segment(value: i32, ends: &[i32; 8]) -> usize {
     let mut seg = 0;
     while seg < 8 && value > ends[seg] {
         seg += 1;
@@ -66,8 +78,8 @@ fn segment(value: i32, ends: &[i32; 8]) -> usize {
     seg
 }
 
-pub fn linear_to_alaw(sample: i16) -> u8 {
-    let mut v = i32::from(sample) >> 3;
+pub const fn linear_to_alaw(sample: i16) -> u8 {
+    let mut v = (sample as i32) >> 3;
     let mask: i32 = if v >= 0 {
         0xD5
     } else {
@@ -101,8 +113,8 @@ const fn alaw_to_linear(code: u8) -> i16 {
     }
 }
 
-pub fn linear_to_ulaw(sample: i16) -> u8 {
-    let mut v = i32::from(sample) >> 2;
+pub const fn linear_to_ulaw(sample: i16) -> u8 {
+    let mut v = (sample as i32) >> 2;
     let mask: i32 = if v < 0 {
         v = -v;
         0x7F
@@ -146,6 +158,34 @@ const fn table(law: Law) -> [i16; 256] {
     t
 }
 
+/// The A-law encoder's table index: the sample's top 13 bits, as written.
+fn alaw_index(sample: i16) -> usize {
+    usize::from(sample as u16 >> 3)
+}
+
+/// The µ-law encoder's table index: the sample's top 14 bits.
+fn ulaw_index(sample: i16) -> usize {
+    usize::from(sample as u16 >> 2)
+}
+
+/// `linear_to_*` for every value of the top `bits` bits of a sample (the
+/// encoders ignore the rest).
+const fn encode_table<const N: usize>(law: Law, bits: u32) -> [u8; N] {
+    let mut t = [0u8; N];
+    let mut i = 0;
+    while i < N {
+        let sample = ((i as u16) << (16 - bits)) as i16;
+        t[i] = match law {
+            Law::Alaw => linear_to_alaw(sample),
+            Law::Ulaw => linear_to_ulaw(sample),
+        };
+        i += 1;
+    }
+    t
+}
+
+static ALAW_ENCODE: [u8; 1 << 13] = encode_table(Law::Alaw, 13);
+static ULAW_ENCODE: [u8; 1 << 14] = encode_table(Law::Ulaw, 14);
 static ALAW_DECODE: [i16; 256] = table(Law::Alaw);
 static ULAW_DECODE: [i16; 256] = table(Law::Ulaw);
 
@@ -214,6 +254,24 @@ mod tests {
                 if x.abs() > 64 {
                     assert_eq!(x.signum(), y.signum(), "{law:?}: sign flipped at {x}");
                 }
+            }
+        }
+    }
+
+    /// The tables give what the recommendation's encoder gives, for all
+    /// 65,536 samples, one at a time and in slices.
+    #[test]
+    fn tables_match_the_encoder_everywhere() {
+        let all: Vec<i16> = (i16::MIN..=i16::MAX).collect();
+        let mut codes = vec![0u8; all.len()];
+        for (law, reference) in [
+            (Law::Alaw, linear_to_alaw as fn(i16) -> u8),
+            (Law::Ulaw, linear_to_ulaw as fn(i16) -> u8),
+        ] {
+            law.encode_into(&all, &mut codes);
+            for (&x, &c) in all.iter().zip(&codes) {
+                assert_eq!(law.encode(x), reference(x), "{law:?} {x}");
+                assert_eq!(c, reference(x), "{law:?} {x} in a slice");
             }
         }
     }
