@@ -9,6 +9,12 @@
 //! most the last second and a quarter. A recording that cannot be written
 //! is reported loudly, never silently lost.
 //!
+//! Each file's second comes round at its own moment (a second after it
+//! was opened, then every second), not all files at once: with 1,000
+//! open recordings, writing out every file's second together was 32 MB
+//! in one burst, once a second, on a thread sharing the cores with the
+//! media; spread out, the same writes go evenly.
+//!
 //! One `syncfs` for all files, not an `fdatasync` per file: at 1,500 open
 //! recordings, 1,500 syncs a second on the one thread that also takes
 //! every frame left it behind, and its queue (frames waiting) grew by
@@ -33,7 +39,8 @@ use tracing::{error, warn};
 
 /// Samples per channel in one 20 ms frame at 8 kHz.
 pub const FRAME_SAMPLES: usize = 160;
-/// How often headers are rewritten.
+/// How often each file's buffered audio is written out and its header
+/// rewritten.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// How often the recordings' filesystem is synced: often, so that each
 /// sync writes back little at a time (a burst of a second's recordings
@@ -89,6 +96,8 @@ struct Open {
     frames: u64,
     dirty: bool,
     failed: Option<String>,
+    /// When this file is next written out (`sync`).
+    due: Instant,
 }
 
 /// What a finished recording looks like.
@@ -197,6 +206,7 @@ impl Recorder {
             frames: 0,
             dirty: false,
             failed: None,
+            due: Instant::now() + SYNC_EVERY,
         };
         self.tx
             .send(Msg::Adopt {
@@ -280,7 +290,6 @@ pub fn sha256_file(path: &Path) -> Result<String, RecordError> {
 
 fn run(rx: mpsc::Receiver<Msg>) {
     let mut open: HashMap<u64, Box<Open>> = HashMap::new();
-    let mut last_sync = Instant::now();
     loop {
         // Sleeping, not waiting on the channel: senders wake nobody.
         std::thread::sleep(BATCH_EVERY);
@@ -314,9 +323,10 @@ fn run(rx: mpsc::Receiver<Msg>) {
                 }
             }
         }
-        if last_sync.elapsed() >= SYNC_EVERY {
-            last_sync = Instant::now();
-            for w in open.values_mut() {
+        let now = Instant::now();
+        for w in open.values_mut() {
+            if w.due <= now {
+                w.due = now + SYNC_EVERY;
                 sync(w);
             }
         }
