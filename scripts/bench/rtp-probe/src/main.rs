@@ -19,11 +19,20 @@
 //! prompts, while a caller waits) are timed too: how far each arrives from
 //! 20 ms after the one before (jitter) and how many gaps of more than
 //! 60 ms there are. Printed as one JSON object.
+//!
+//! Arrivals are the kernel's receive timestamps (`SO_TIMESTAMPNS`), taken
+//! when a packet reaches the port's queue; on loopback that is inside
+//! siaga's `sendto`. So the probe's own scheduling (it shares the two
+//! cores with siaga and SIPp) does not count as siaga's jitter or
+//! latency, and two threads read the ports, so that a few thousand of
+//! them do not overflow.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 const MAGIC: &[u8; 8] = b"SIAGAPRB";
@@ -52,6 +61,8 @@ struct PortStats {
     /// |arrival gap - 20 ms| of consecutive prompt packets, in µs.
     jitter_us: Vec<u32>,
     gaps: u64,
+    /// The 100 ms windows (of the arrival clock) in which gaps ended.
+    gap_windows: Vec<u64>,
 }
 
 fn arg(args: &[String], name: &str) -> Option<String> {
@@ -60,7 +71,7 @@ fn arg(args: &[String], name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let base: u16 = arg(&args, "--base").expect("--base PORT").parse().unwrap();
@@ -79,6 +90,7 @@ async fn main() {
         let socket = UdpSocket::bind(("127.0.0.1", base + 2 * i))
             .await
             .unwrap_or_else(|e| panic!("bind {}: {e}", base + 2 * i));
+        stamp_arrivals(socket.as_raw_fd()).expect("SO_TIMESTAMPNS");
         ports.push(Arc::new(Port {
             socket,
             remote: Mutex::new(targets.get(usize::from(i) % targets.len().max(1)).copied()),
@@ -94,7 +106,7 @@ async fn main() {
     }
     for p in &ports {
         let p = p.clone();
-        tokio::spawn(async move { receive(p, start).await });
+        tokio::spawn(async move { receive(p).await });
     }
     let end = start + Duration::from_secs_f64(seconds);
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -109,7 +121,7 @@ async fn main() {
                 continue;
             };
             let seq = p.next_seq.fetch_add(1, Ordering::Relaxed);
-            packet(&mut buf, i as u32, seq, start.elapsed().as_nanos() as u64);
+            packet(&mut buf, i as u32, seq, wall_ns());
             let _ = p.socket.try_send_to(&buf, to);
             if counting {
                 p.stats.lock().unwrap().counted_until = seq + 1;
@@ -176,13 +188,85 @@ fn packet(buf: &mut [u8; 12 + PAYLOAD], ssrc: u32, seq: u32, sent_ns: u64) {
     p[12..20].copy_from_slice(&sent_ns.to_be_bytes());
 }
 
-async fn receive(p: Arc<Port>, start: Instant) {
+/// Now, in the clock of the kernel's receive timestamps.
+fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Asks the kernel to stamp each datagram's arrival (`SO_TIMESTAMPNS`).
+fn stamp_arrivals(fd: RawFd) -> std::io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket, and an int option of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// One datagram, its IPv4 source, and when the kernel queued it (ns since
+/// the epoch; now, if it gave no stamp).
+fn recv_stamped(fd: RawFd, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr, u64)> {
+    // SAFETY: every pointer handed to recvmsg points into a live local of
+    // the length given; the control messages are read only within
+    // `msg_controllen` through the CMSG macros.
+    unsafe {
+        let mut from: libc::sockaddr_in = std::mem::zeroed();
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let mut control = [0u64; 16];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = (&mut from as *mut libc::sockaddr_in).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        let n = libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut at = None;
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                at = Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+        let addr = SocketAddr::from((
+            u32::from_be(from.sin_addr.s_addr).to_be_bytes(),
+            u16::from_be(from.sin_port),
+        ));
+        Ok((n as usize, addr, at.unwrap_or_else(wall_ns)))
+    }
+}
+
+async fn receive(p: Arc<Port>) {
     let mut buf = [0u8; 2048];
+    let fd = p.socket.as_raw_fd();
     loop {
-        let Ok((n, from)) = p.socket.recv_from(&mut buf).await else {
+        let Ok((n, from, now_ns)) = p
+            .socket
+            .async_io(Interest::READABLE, || recv_stamped(fd, &mut buf))
+            .await
+        else {
             continue;
         };
-        let now_ns = start.elapsed().as_nanos() as u64;
         let payload = buf.get(12..n).unwrap_or_default();
         let mut st = p.stats.lock().unwrap();
         if payload.len() >= 20 && &payload[..8] == MAGIC {
@@ -206,6 +290,7 @@ async fn receive(p: Arc<Port>, start: Instant) {
                 st.jitter_us.push((gap.abs_diff(20_000_000) / 1000) as u32);
                 if gap > 60_000_000 {
                     st.gaps += 1;
+                    st.gap_windows.push(now_ns / 100_000_000);
                 }
             }
             st.last_other_ns = Some(now_ns);
@@ -223,11 +308,17 @@ fn report(ports: &[Arc<Port>], elapsed: Duration) {
     let mut lossy = 0u64;
     let mut rtt: Vec<u32> = Vec::new();
     let (mut jitter, mut gaps): (Vec<u32>, u64) = (Vec::new(), 0);
+    // Gaps in many calls in the same moments are a stall of the sender as a
+    // whole; spread out, each call's own.
+    let mut windows: std::collections::HashMap<u64, u64> = Default::default();
     for p in ports {
         let st = p.stats.lock().unwrap();
         other += st.other;
         jitter.extend_from_slice(&st.jitter_us);
         gaps += st.gaps;
+        for w in &st.gap_windows {
+            *windows.entry(*w).or_default() += 1;
+        }
         let Some(first) = st.first_returned else {
             continue;
         };
@@ -251,7 +342,7 @@ fn report(ports: &[Arc<Port>], elapsed: Duration) {
         }
     };
     println!(
-        "{{\"ports\":{},\"calls_measured\":{measured},\"calls_with_loss\":{lossy},\"packets_expected\":{expected},\"packets_returned\":{returned},\"packets_lost\":{},\"rtt_us\":{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}},\"prompts\":{{\"packets\":{other},\"jitter_us_p50\":{},\"jitter_us_p99\":{},\"jitter_us_max\":{},\"gaps_over_60ms\":{gaps}}},\"seconds\":{:.1}}}",
+        "{{\"ports\":{},\"calls_measured\":{measured},\"calls_with_loss\":{lossy},\"packets_expected\":{expected},\"packets_returned\":{returned},\"packets_lost\":{},\"rtt_us\":{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}},\"prompts\":{{\"packets\":{other},\"jitter_us_p50\":{},\"jitter_us_p99\":{},\"jitter_us_max\":{},\"gaps_over_60ms\":{gaps},\"gap_windows_100ms\":{},\"gaps_in_worst_window\":{}}},\"seconds\":{:.1}}}",
         ports.len(),
         expected.saturating_sub(returned),
         q(&rtt, 0.5),
@@ -261,6 +352,8 @@ fn report(ports: &[Arc<Port>], elapsed: Duration) {
         q(&jitter, 0.5),
         q(&jitter, 0.99),
         jitter.last().copied().unwrap_or(0),
+        windows.len(),
+        windows.values().max().copied().unwrap_or(0),
         elapsed.as_secs_f64()
     );
 }
