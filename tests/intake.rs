@@ -979,3 +979,47 @@ fn a_caller_deaf_to_our_bye_still_gets_its_record_closed_at_shutdown() {
         Some(sha256_hex(&std::fs::read(path).unwrap()).as_str())
     );
 }
+
+/// A burst of requests, as a trunk sends after a network blip or at the
+/// start of a disaster, is queued by the kernel until siaga reads it, not
+/// dropped: 2,000 OPTIONS of 1 KB each (an INVITE's size), sent as fast as
+/// one socket can, all get their 200. With the kernel's default receive
+/// buffer (208 KiB here) siaga's SIP socket held about a hundred of them.
+#[test]
+fn a_burst_of_requests_is_queued_not_dropped() {
+    const BURST: usize = 2000;
+    let server = Server::start(Setup::default());
+    let c = RawSip::new(server.sip, "127.0.0.1");
+    let l = c.local();
+    let reader = c.sock.try_clone().unwrap();
+    reader
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    // Answers are read as they come, so none is lost on our side.
+    let answers = std::thread::spawn(move || {
+        let mut seen = std::collections::HashSet::new();
+        let mut buf = [0u8; 65535];
+        while seen.len() < BURST {
+            let Ok(n) = reader.recv(&mut buf) else { break };
+            let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+            if status_of(&msg) == Some(200) {
+                if let Some(id) = header(&msg, "Call-ID") {
+                    seen.insert(id.to_string());
+                }
+            }
+        }
+        seen.len()
+    });
+    let padding = "x".repeat(600);
+    for n in 0..BURST {
+        c.send(&format!(
+            "OPTIONS sip:{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-burst-{n};rport\r\nMax-Forwards: 70\r\nFrom: <sip:trunk@{l}>;tag=b{n}\r\nTo: <sip:112@{sip}>\r\nCall-ID: burst-{n}\r\nCSeq: 1 OPTIONS\r\nSubject: {padding}\r\nContent-Length: 0\r\n\r\n",
+            sip = server.sip
+        ));
+    }
+    let answered = answers.join().unwrap();
+    assert_eq!(
+        answered, BURST,
+        "only {answered} of {BURST} requests answered"
+    );
+}

@@ -98,12 +98,14 @@ impl SipStack {
         let mut udp = Vec::new();
         let mut udp_conns = Vec::new();
         for addr in &config.server.sip.udp {
-            let conn = UdpConnection::create_connection(*addr, None, Some(parked.clone()))
+            let listen = |e: &dyn std::fmt::Display| SipError::Listen {
+                addr: *addr,
+                message: e.to_string(),
+            };
+            let socket = bind_udp(*addr).map_err(|e| listen(&e))?;
+            let conn = UdpConnection::from_socket(Arc::new(socket), None, Some(parked.clone()))
                 .await
-                .map_err(|e| SipError::Listen {
-                    addr: *addr,
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| listen(&e))?;
             let bound = conn
                 .get_addr()
                 .get_socketaddr()
@@ -209,6 +211,55 @@ impl SipStack {
     pub fn stop_taking_calls(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
+}
+
+/// Receive buffer asked for each SIP UDP socket. The kernel's default
+/// (208 KiB) holds about a hundred INVITE-sized datagrams, a few tens of
+/// milliseconds of a surge: any pause of the reader beyond that dropped
+/// requests, and each dropped INVITE cost its caller a retransmission
+/// (500 ms and more) or the call.
+const SIP_RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Binds a SIP UDP socket with a receive buffer for bursts. Where the
+/// system caps it lower (`net.core.rmem_max`), says so once and goes on.
+fn bind_udp(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+    use std::os::fd::AsRawFd;
+    let socket = std::net::UdpSocket::bind(addr)?;
+    socket.set_nonblocking(true)?;
+    let fd = socket.as_raw_fd();
+    let int = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let want = SIP_RECEIVE_BUFFER as libc::c_int;
+    // SAFETY: a valid socket, and int-sized options read and written in
+    // locals of that size.
+    let got = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&want as *const libc::c_int).cast(),
+            int,
+        );
+        let mut got: libc::c_int = 0;
+        let mut len = int;
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&mut got as *mut libc::c_int).cast(),
+            &mut len,
+        );
+        got
+    };
+    // Linux reports twice what it grants (bookkeeping included).
+    if (got as usize) < SIP_RECEIVE_BUFFER {
+        warn!(
+            %addr,
+            granted_bytes = got / 2,
+            wanted_bytes = SIP_RECEIVE_BUFFER,
+            "SIP receive buffer capped by the system: raise net.core.rmem_max, or bursts of calls may be dropped"
+        );
+    }
+    tokio::net::UdpSocket::from_std(socket)
 }
 
 async fn udp_loop(conn: UdpConnection, endpoint: Arc<EndpointInner>, cancel: CancellationToken) {
