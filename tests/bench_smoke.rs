@@ -55,4 +55,11 @@ fn every_benchmark_scenario_runs_and_loses_nothing() {
         "{surge}"
     );
     assert_eq!(surge["prompts"]["gaps_over_60ms"], 0, "{surge}");
+    assert_eq!(surge["prompts"]["gap_windows_100ms"], 0, "{surge}");
+
+    // Every run says what state the machine was in before it.
+    for m in [&rate["machine"], &conc["machine"], &surge["machine"]] {
+        assert!(m["spin_ms"].as_f64().unwrap() > 0.0, "{m}");
+        assert!(m["fdatasync_ms_p50"].as_f64().unwrap() >= 0.0, "{m}");
+    }
 }

@@ -527,6 +527,44 @@ def drop_summary(seen):
     return out
 
 
+def machine(root):
+    """The machine's state just before a run, so that runs made hours apart
+    can be told apart from changes in siaga: the same build on this VM
+    measured very differently in the afternoon and the evening. First waits
+    (up to 60 s) for the last run's dirty pages to reach the disk, then
+    times a fixed busy loop (best of 3) and 20 small writes with
+    `fdatasync` on the run's filesystem."""
+    waited = time.monotonic()
+    while time.monotonic() - waited < 60:
+        with open("/proc/meminfo") as f:
+            kb = {l.split(":")[0]: int(l.split()[1]) for l in f if l.startswith(("Dirty:", "Writeback:"))}
+        if kb.get("Dirty", 0) + kb.get("Writeback", 0) < 32 * 1024:
+            break
+        time.sleep(0.5)
+    settle_s = time.monotonic() - waited
+    spins = []
+    for _ in range(3):
+        t = time.perf_counter()
+        x = 0
+        for i in range(2_000_000):
+            x += i
+        spins.append((time.perf_counter() - t) * 1000)
+    syncs = []
+    path = Path(root) / "fsync-probe"
+    with open(path, "wb") as f:
+        for _ in range(20):
+            f.write(b"\0" * 4096)
+            t = time.perf_counter()
+            os.fdatasync(f.fileno())
+            syncs.append((time.perf_counter() - t) * 1000)
+    path.unlink()
+    with open("/proc/loadavg") as f:
+        load = float(f.read().split()[0])
+    return {"settle_s": round(settle_s, 1), "spin_ms": round(min(spins), 1),
+            "fdatasync_ms_p50": round(quantile(syncs, 0.5), 2), "fdatasync_ms_max": round(max(syncs), 2),
+            "load_1min": load}
+
+
 def cpu_summary(samples, skip_first=1):
     cpu = [s[1] for s in samples[skip_first:]] or [0]
     return {
@@ -569,6 +607,7 @@ def setup_rate(binary, probe_bin, rates, seconds, hold_ms):
         s = Siaga(binary, agents)
         uas = None
         try:
+            before = machine(s.root)
             s.start()
             s.register_agents()
             uas = AgentsUas(s.root, seconds + hold_ms / 1000 + 120)
@@ -601,6 +640,7 @@ def setup_rate(binary, probe_bin, rates, seconds, hold_ms):
                 "trying_ms_p50": round(quantile(rtt[1], 0.5), 3), "trying_ms_p99": round(quantile(rtt[1], 0.99), 3),
                 "ok_ms_p50": round(quantile(rtt[2], 0.5), 3), "ok_ms_p99": round(quantile(rtt[2], 0.99), 3),
                 **cpu_summary(samples),
+                "machine": before,
             }
             results.append(r)
             log(json.dumps(r))
@@ -618,6 +658,7 @@ def concurrency(binary, probe_bin, calls, rate, hold):
     s = Siaga(binary, calls + 5)
     uas = None
     try:
+        before = machine(s.root)
         s.start()
         s.register_agents()
         uas = AgentsUas(s.root, 30 + ramp + hold + 120)
@@ -648,6 +689,7 @@ def concurrency(binary, probe_bin, calls, rate, hold):
             "recorder_mib_s": round(rec["recording_bytes"] / 2**20 / (ramp + hold + 6), 1),
             **cpu_summary(plateau or samples, 0),
             "rss_mib_idle": round(s.idle_rss / 2**20, 1),
+            "machine": before,
         }
     finally:
         s.teardown(uas)
@@ -659,6 +701,7 @@ def surge(binary, probe_bin, calls, rate, hold):
     ramp = calls / rate
     s = Siaga(binary, 0)
     try:
+        before = machine(s.root)
         s.start()
         p = probe(probe_bin, calls, ramp + hold, root=s.root)
         s.sample(others=[p.pid])
@@ -682,6 +725,7 @@ def surge(binary, probe_bin, calls, rate, hold):
             "recording_s_p1": rec["recording_s_p1"], "recording_s_p50": rec["recording_s_p50"],
             "trying_ms_p99": round(quantile(rtt[1], 0.99), 2),
             **cpu_summary(plateau or samples, 0),
+            "machine": before,
         }
     finally:
         s.teardown()
