@@ -568,23 +568,42 @@ impl Acd {
     }
 
     fn assign(&mut self, now: Instant, actions: &mut Vec<AcdAction>) {
-        // Every call not ringing anyone, best first.
-        let mut order: Vec<(i32, Instant, String, CallId)> = self
+        // Runs after every command, and in a surge a thousand callers wait
+        // with every agent busy: then there is nothing to do, and finding
+        // that out must not cost a pass over the callers (it was quadratic
+        // in them, and took the runtime that answers SIP).
+        let mut ready = self
+            .agents
+            .values()
+            .filter(|a| a.state == AgentState::Ready && a.reachable())
+            .count();
+        if ready == 0 {
+            return;
+        }
+        // Every call not ringing anyone, best first; `i` is its place in
+        // its queue (nothing leaves a queue while offers are made).
+        let mut order: Vec<(i32, Instant, String, CallId, usize)> = self
             .queues
             .iter()
             .flat_map(|(name, q)| {
                 q.waiting
                     .iter()
-                    .filter(|w| w.offer.is_none())
-                    .map(move |w| (-q.cfg.priority, w.arrived, name.clone(), w.call.clone()))
+                    .enumerate()
+                    .filter(|(_, w)| w.offer.is_none())
+                    .map(move |(i, w)| {
+                        (-q.cfg.priority, w.arrived, name.clone(), w.call.clone(), i)
+                    })
             })
             .collect();
         order.sort();
-        for (_, _, qname, call) in order {
+        for (_, _, qname, call, i) in order {
+            if ready == 0 {
+                break;
+            }
             let Some(q) = self.queues.get(&qname) else {
                 continue;
             };
-            let Some(w) = q.waiting.iter().find(|w| w.call == call) else {
+            let Some(w) = q.waiting.get(i) else {
                 continue;
             };
             let req = q.requirement(w, now);
@@ -628,9 +647,10 @@ impl Acd {
             };
             let q = self.queues.get_mut(&qname).expect("queue exists");
             q.last_rr = Some(chosen.clone());
-            if let Some(w) = q.waiting.iter_mut().find(|w| w.call == call) {
+            if let Some(w) = q.waiting.get_mut(i) {
                 w.offer = Some((chosen.clone(), now));
             }
+            ready -= 1;
             if let Some(a) = self.agents.get_mut(&chosen) {
                 Self::set(
                     a,

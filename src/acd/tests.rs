@@ -530,3 +530,40 @@ fn overflow_to_a_sip_target_takes_the_call_out_of_the_queues() {
         .unwrap();
     assert_eq!(a.position(&id("c1")), Some(("q", 1)));
 }
+
+#[test]
+fn a_crowd_waits_while_every_agent_is_busy_and_the_oldest_goes_first() {
+    let t0 = Instant::now();
+    let mut a = acd(
+        vec![queue("q", |_| {})],
+        vec![agent("a1", &[]), agent("a2", &[])],
+        t0,
+        &[0],
+    );
+    // a2 is busy with something else: only a1 is ready.
+    a.set_state("a2", Requested::NotReady("rapat".into()), t0)
+        .unwrap();
+    for n in 1..=500u64 {
+        let at = t0 + Duration::from_millis(n);
+        a.enqueue(id(&format!("c{n}")), "q", Skills::new(), at, at)
+            .unwrap();
+    }
+    let now = t0 + s(1);
+    assert_eq!(offers(&a.poll(now)), vec![("c1".into(), "a1".into())]);
+    // Every agent busy: nothing more to offer, however often it is asked.
+    for _ in 0..3 {
+        assert!(offers(&a.poll(now)).is_empty());
+    }
+    assert_eq!(a.position(&id("c500")), Some(("q", 500)));
+    // The next agent gets the oldest caller not already ringing: c2, behind
+    // c1 (which rings a1) in the queue.
+    a.set_state("a2", Requested::Ready, now).unwrap();
+    assert_eq!(offers(&a.poll(now)), vec![("c2".into(), "a2".into())]);
+    // c1 answered and done: a1 is free again and takes c3.
+    a.answered(&id("c1"), "a1", now);
+    a.call_ended("a1", "q", now + s(1));
+    assert_eq!(
+        offers(&a.poll(now + s(1))),
+        vec![("c3".into(), "a1".into())]
+    );
+}
