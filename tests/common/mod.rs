@@ -28,6 +28,22 @@ pub fn free_udp_port() -> u16 {
         .port()
 }
 
+/// An even port on loopback that is free, and the one two above it too
+/// (SIPp's audio and video media ports).
+pub fn free_media_pair() -> u16 {
+    loop {
+        let port = free_udp_port() & !1;
+        if !(1024..=65533).contains(&port) {
+            continue;
+        }
+        let audio = UdpSocket::bind(("127.0.0.1", port));
+        let video = UdpSocket::bind(("127.0.0.1", port + 2));
+        if audio.is_ok() && video.is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Options for one test server.
 pub struct Setup {
     /// Extra dialplan file contents (added as dialplans/zz-test.toml).
@@ -569,7 +585,7 @@ pub fn background_call(
 /// echoes the RTP it hears; runs in the background until the call ends or
 /// `limit` passes. Stop it early with `stop_sipp_on(port)`.
 pub fn sipp_echo_uas(port: u16, limit: Duration) {
-    let media = (free_udp_port() & !1).to_string();
+    let media = free_media_pair().to_string();
     let port = port.to_string();
     let timeout = format!("{}s", limit.as_secs());
     Command::new(sipp_bin())
@@ -617,34 +633,50 @@ impl Sipp {
         limit: Duration,
     ) -> SippResult {
         let scenario = repo().join("tests/sipp").join(scenario);
-        let port = free_udp_port().to_string();
-        let media = (free_udp_port() & !1).to_string();
-        let mut cmd = Command::new(sipp_bin());
-        cmd.current_dir(self.workdir.path())
-            .arg(target.to_string())
-            .arg("-sf")
-            .arg(&scenario)
-            .args(["-inf", "callers.csv", "-m", "1", "-l", "1"])
-            .args([
-                "-i",
-                "127.0.0.1",
-                "-mi",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-mp",
-                &media,
-            ])
-            .args([
-                "-timeout",
-                &format!("{}s", limit.as_secs()),
-                "-timeout_error",
-            ])
-            .args(["-trace_err", "-nostdin"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let out = cmd.output().expect("run sipp");
+        // SIPp binds its media port and the one two above (video). Another
+        // test can take either between our check and SIPp's bind; SIPp then
+        // stops before sending anything, so it is run again on other ports.
+        let mut attempt = 0;
+        let out = loop {
+            attempt += 1;
+            let port = free_udp_port().to_string();
+            let media = free_media_pair().to_string();
+            let mut cmd = Command::new(sipp_bin());
+            cmd.current_dir(self.workdir.path())
+                .arg(target.to_string())
+                .arg("-sf")
+                .arg(&scenario)
+                .args(["-inf", "callers.csv", "-m", "1", "-l", "1"])
+                .args([
+                    "-i",
+                    "127.0.0.1",
+                    "-mi",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-mp",
+                    &media,
+                ])
+                .args([
+                    "-timeout",
+                    &format!("{}s", limit.as_secs()),
+                    "-timeout_error",
+                ])
+                .args(["-trace_err", "-nostdin"])
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let out = cmd.output().expect("run sipp");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let unbound = text.contains("Unable to bind") && text.contains("errno = 98");
+            if !unbound || attempt == 3 {
+                break out;
+            }
+        };
         let mut errors = String::new();
         for e in std::fs::read_dir(self.workdir.path()).unwrap().flatten() {
             if e.file_name().to_string_lossy().ends_with("_errors.log") {
