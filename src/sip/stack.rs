@@ -106,13 +106,7 @@ impl SipStack {
             let conn = UdpConnection::from_socket(Arc::new(socket), None, Some(parked.clone()))
                 .await
                 .map_err(|e| listen(&e))?;
-            let bound = conn
-                .get_addr()
-                .get_socketaddr()
-                .map_err(|e| SipError::Listen {
-                    addr: *addr,
-                    message: e.to_string(),
-                })?;
+            let bound = conn.get_addr().get_socketaddr().map_err(|e| listen(&e))?;
             transport_layer.add_transport(SipConnection::Udp(conn.clone()));
             udp.push(bound);
             udp_conns.push(conn);
