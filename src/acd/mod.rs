@@ -607,44 +607,45 @@ impl Acd {
                 continue;
             };
             let req = q.requirement(w, now);
-            let mut eligible: Vec<(&String, &Agent)> = self
-                .agents
-                .iter()
-                .filter(|(id, a)| {
-                    a.state == AgentState::Ready
-                        && a.reachable()
-                        && meets(&a.skills, &req)
-                        && w.only.as_ref().is_none_or(|o| o == *id)
-                })
-                .collect();
-            if eligible.is_empty() {
-                continue;
-            }
+            // One pass over the agents, nothing collected or cloned: with
+            // a thousand agents ready, sorting them with their names as
+            // keys cost a thousand allocations per offer, on the task every
+            // call's offer waits for.
+            let eligible = self.agents.iter().filter(|(id, a)| {
+                a.state == AgentState::Ready
+                    && a.reachable()
+                    && meets(&a.skills, &req)
+                    && w.only.as_ref().is_none_or(|o| o == *id)
+            });
             let chosen = match q.cfg.strategy {
-                Strategy::LongestIdle => {
-                    eligible.sort_by_key(|(id, a)| (a.idle_since, (*id).clone()));
-                    eligible[0].0.clone()
-                }
+                Strategy::LongestIdle => eligible.min_by_key(|(id, a)| (a.idle_since, *id)),
                 Strategy::SkillLevel => {
                     let score = |a: &Agent| -> u32 {
                         req.keys()
                             .map(|s| u32::from(*a.skills.get(s).unwrap_or(&0)))
                             .sum()
                     };
-                    eligible.sort_by_key(|(id, a)| {
-                        (std::cmp::Reverse(score(a)), a.idle_since, (*id).clone())
-                    });
-                    eligible[0].0.clone()
+                    eligible.min_by_key(|(id, a)| (std::cmp::Reverse(score(a)), a.idle_since, *id))
                 }
                 Strategy::RoundRobin => {
-                    let last = q.last_rr.clone();
-                    let after = eligible
-                        .iter()
-                        .find(|(id, _)| last.as_ref().is_none_or(|l| *id > l))
-                        .or_else(|| eligible.first());
-                    after.map(|(id, _)| (*id).clone()).unwrap_or_default()
+                    // The first after the last one offered, in name order
+                    // (the map's order); else the first.
+                    let mut first = None;
+                    let mut after = None;
+                    for (id, a) in eligible {
+                        first.get_or_insert((id, a));
+                        if q.last_rr.as_ref().is_none_or(|l| id > l) {
+                            after = Some((id, a));
+                            break;
+                        }
+                    }
+                    after.or(first)
                 }
             };
+            let Some((chosen, _)) = chosen else {
+                continue;
+            };
+            let chosen = chosen.clone();
             let q = self.queues.get_mut(&qname).expect("queue exists");
             q.last_rr = Some(chosen.clone());
             if let Some(w) = q.waiting.get_mut(i) {
@@ -670,22 +671,27 @@ impl Acd {
 
     /// When `poll` next has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let mut times = Vec::new();
+        let mut next: Option<Instant> = None;
+        let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         for q in self.queues.values() {
             for w in &q.waiting {
                 match &w.offer {
-                    Some((_, since)) => times.push(*since + q.cfg.ring_timeout),
+                    Some((_, since)) => at(*since + q.cfg.ring_timeout),
                     None => {
                         if q.overflow.is_some() {
-                            times.push(w.entered + q.cfg.max_wait);
+                            at(w.entered + q.cfg.max_wait);
                         }
-                        times.extend(q.cfg.escalation.iter().map(|e| w.entered + e.after));
+                        for e in &q.cfg.escalation {
+                            at(w.entered + e.after);
+                        }
                     }
                 }
             }
         }
-        times.extend(self.agents.values().filter_map(|a| a.wrap_until));
-        times.into_iter().min()
+        for t in self.agents.values().filter_map(|a| a.wrap_until) {
+            at(t);
+        }
+        next
     }
 
     pub fn snapshot(&self, now: Instant) -> Vec<QueueSnapshot> {
