@@ -372,7 +372,7 @@ fn non_emergency_and_untrusted_invites_are_refused() {
 }
 
 /// OPTIONS 200, unknown methods 501, broken requests 400, garbage dropped,
-/// stray BYE 481 — and the server keeps answering.
+/// stray BYE 481, keep-alives answered — and the server keeps answering.
 #[test]
 fn odd_requests_get_proper_answers() {
     let server = Server::start(Setup::default());
@@ -441,6 +441,19 @@ fn odd_requests_get_proper_answers() {
     let (code, resp) = c.final_status(Duration::from_secs(3)).unwrap();
     assert_eq!(code, 405);
     assert!(header(&resp, "Allow").is_some());
+
+    // RFC 5626 keep-alives: a double CRLF gets one CRLF back, a lone
+    // CRLF (the answer's own shape) gets nothing, so two peers never
+    // answer each other forever.
+    c.send_bytes(b"\r\n\r\n");
+    let got = c.collect(Duration::from_millis(500));
+    assert_eq!(
+        got.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>(),
+        ["\r\n"],
+        "keep-alive answered once"
+    );
+    c.send_bytes(b"\r\n");
+    assert!(c.collect(Duration::from_millis(500)).is_empty());
 }
 
 /// Garbage, malformed SIP and forged in-dialog requests aimed at the
