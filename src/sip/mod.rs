@@ -9,6 +9,7 @@ pub mod guard;
 pub mod registrar;
 pub mod request;
 pub mod routing;
+pub mod runtime;
 pub mod salvage;
 mod stack;
 

@@ -156,9 +156,9 @@ impl SipStack {
                     addr: bound,
                     message: e.to_string(),
                 })?;
-            tokio::spawn(udp_loop(conn, rx, inner.clone(), cancel.clone()));
+            super::runtime::spawn(udp_loop(conn, rx, inner.clone(), cancel.clone()));
         }
-        tokio::spawn(async move { endpoint.serve().await });
+        super::runtime::spawn(async move { endpoint.serve().await });
 
         let addrs = SipAddrs { udp, tcp };
         let draining = Arc::new(AtomicBool::new(false));
@@ -179,7 +179,7 @@ impl SipStack {
             accounts,
         };
         let stop = cancel.clone();
-        tokio::spawn(async move {
+        super::runtime::spawn(async move {
             loop {
                 tokio::select! {
                     tx = incoming.recv() => match tx {
