@@ -78,6 +78,11 @@ impl Agent {
     fn reachable(&self) -> bool {
         self.by_phone || self.by_browser
     }
+
+    /// Ready, and a phone to ring: what `assign` counts and offers to.
+    fn takes_calls(&self) -> bool {
+        self.state == AgentState::Ready && self.reachable()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -572,11 +577,7 @@ impl Acd {
         // with every agent busy: then there is nothing to do, and finding
         // that out must not cost a pass over the callers (it was quadratic
         // in them, and took the runtime that answers SIP).
-        let mut ready = self
-            .agents
-            .values()
-            .filter(|a| a.state == AgentState::Ready && a.reachable())
-            .count();
+        let mut ready = self.agents.values().filter(|a| a.takes_calls()).count();
         if ready == 0 {
             return;
         }
@@ -612,8 +613,7 @@ impl Acd {
             // keys cost a thousand allocations per offer, on the task every
             // call's offer waits for.
             let eligible = self.agents.iter().filter(|(id, a)| {
-                a.state == AgentState::Ready
-                    && a.reachable()
+                a.takes_calls()
                     && meets(&a.skills, &req)
                     && w.only.as_ref().is_none_or(|o| o == *id)
             });
