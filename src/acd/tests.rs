@@ -567,3 +567,50 @@ fn a_crowd_waits_while_every_agent_is_busy_and_the_oldest_goes_first() {
         vec![("c3".into(), "a1".into())]
     );
 }
+
+#[test]
+fn callers_no_ready_agent_can_take_do_not_hold_up_one_who_can() {
+    let t0 = Instant::now();
+    let mut a = acd(
+        vec![
+            queue("damkar", |q| {
+                q.require = skills(&[("damkar", 1)]);
+                q.priority = 5;
+            }),
+            queue("polisi", |q| q.require = skills(&[("polisi", 1)])),
+        ],
+        vec![
+            agent("d1", &[("damkar", 1)]),
+            agent("p1", &[("polisi", 1)]),
+            agent("p2", &[("polisi", 1)]),
+        ],
+        t0,
+        &[0],
+    );
+    a.set_state("d1", Requested::NotReady("rapat".into()), t0)
+        .unwrap();
+    a.set_state("p2", Requested::NotReady("rapat".into()), t0)
+        .unwrap();
+    // A flood of fire calls, ahead by priority and arrival, that no ready
+    // agent can take; then a transfer for p2 alone, who is busy.
+    for n in 1..=200u64 {
+        let at = t0 + Duration::from_millis(n);
+        a.enqueue(id(&format!("f{n}")), "damkar", Skills::new(), at, at)
+            .unwrap();
+    }
+    let at = t0 + s(1);
+    a.enqueue_for(id("t1"), "polisi", "p2", at, at).unwrap();
+    // Two police calls arriving at the same instant: the first queued is
+    // the first offered (as its position said), whatever their ids.
+    let at = t0 + s(2);
+    a.enqueue(id("z"), "polisi", Skills::new(), at, at).unwrap();
+    a.enqueue(id("b"), "polisi", Skills::new(), at, at).unwrap();
+    assert_eq!(a.position(&id("z")), Some(("polisi", 2)));
+    assert_eq!(offers(&a.poll(at)), vec![("z".into(), "p1".into())]);
+    // p2 back: the transfer waiting for p2 goes to p2, not "b".
+    a.set_state("p2", Requested::Ready, at).unwrap();
+    assert_eq!(offers(&a.poll(at)), vec![("t1".into(), "p2".into())]);
+    // The fire agent back: the oldest fire call, not a police one.
+    a.set_state("d1", Requested::Ready, at).unwrap();
+    assert_eq!(offers(&a.poll(at)), vec![("f1".into(), "d1".into())]);
+}
