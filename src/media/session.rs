@@ -165,12 +165,16 @@ fn keep(q: &mut VecDeque<i16>, samples: &[i16]) {
 }
 
 /// One tick's frame from a buffer; silence where it runs short.
+/// Copied as the buffer's two slices: sample by sample through `drain` it
+/// was 3.5 % of the media threads' time with 1,000 callers waiting.
 fn take_frame(q: &mut VecDeque<i16>) -> [i16; FRAME_SAMPLES] {
     let mut f = [0i16; FRAME_SAMPLES];
     let n = q.len().min(FRAME_SAMPLES);
-    for (dst, src) in f.iter_mut().zip(q.drain(..n)) {
-        *dst = src;
-    }
+    let (front, back) = q.as_slices();
+    let from_front = front.len().min(n);
+    f[..from_front].copy_from_slice(&front[..from_front]);
+    f[from_front..n].copy_from_slice(&back[..n - from_front]);
+    q.drain(..n);
     f
 }
 
@@ -641,5 +645,36 @@ pub async fn run(
         stats,
         recording,
         consult: consult_rec,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_is_taken_in_order_across_the_buffers_wrap_and_padded_with_silence() {
+        // Wrap the ring: its samples sit in two slices.
+        let mut q: VecDeque<i16> = VecDeque::with_capacity(256);
+        q.extend(std::iter::repeat_n(-1, 200));
+        while q.pop_front().is_some() {}
+        q.extend(1..=250i16);
+        assert!(
+            !q.as_slices().1.is_empty(),
+            "the test needs a wrapped buffer"
+        );
+        let f = take_frame(&mut q);
+        let want: Vec<i16> = (1..=FRAME_SAMPLES as i16).collect();
+        assert_eq!(f.as_slice(), want.as_slice());
+        assert_eq!(q.len(), 250 - FRAME_SAMPLES);
+        assert_eq!(q.front(), Some(&(FRAME_SAMPLES as i16 + 1)));
+        // Less than a frame left: what there is, then silence.
+        let f = take_frame(&mut q);
+        let rest = 250 - FRAME_SAMPLES;
+        assert_eq!(f[0], FRAME_SAMPLES as i16 + 1);
+        assert_eq!(f[rest - 1], 250);
+        assert!(f[rest..].iter().all(|&s| s == 0));
+        assert!(q.is_empty());
+        assert_eq!(take_frame(&mut q), [0; FRAME_SAMPLES]);
     }
 }
