@@ -12,8 +12,9 @@
 //! 3. a caller past `max_wait` moves to the overflow queue (never while
 //!    an agent's phone rings for it);
 //! 4. waiting calls, highest queue priority first, then oldest arrival
-//!    first (fair across queues), are offered to a ready, registered agent
-//!    meeting the call's requirements, chosen by the queue's strategy.
+//!    first (fair across queues; the same instant goes in queue order, then
+//!    by queue name), are offered to a ready, registered agent meeting the
+//!    call's requirements, chosen by the queue's strategy.
 //!
 //! A call's requirements are its queue's `require` plus its route's; after
 //! an escalation step's `after`, they are that step's `require` instead.
