@@ -7,7 +7,7 @@ use super::Services;
 use crate::acd::Requested;
 use crate::media::prompts::{tone, Segment};
 use crate::media::sdp::{self, LocalAudio};
-use crate::media::session::{self, MediaCommand, MediaEvent, MediaParams};
+use crate::media::session::{MediaCommand, MediaEvent, MediaParams};
 use crate::sip::request::InviteInfo;
 use crate::sip::routing::FeatureCode;
 use crate::sip::{LegEvent, ServerLeg};
@@ -72,13 +72,13 @@ pub(super) async fn run(
     };
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, mut events) = mpsc::unbounded_channel();
-    let media = crate::media::runtime::spawn(session::run(
+    let media = crate::media::reactor::start(
         rtp,
         MediaParams::new(&n, offer.addr, Duration::from_secs(10)),
         None,
         cmd_rx,
         ev_tx,
-    ));
+    );
     let _ = cmd_tx.send(MediaCommand::Play(confirmation));
     let hang_up = loop {
         tokio::select! {

@@ -27,7 +27,7 @@ use crate::media::ports::RtpSocket;
 use crate::media::prompts::{Prompts, Segment};
 use crate::media::recorder::{sha256_file, Recorder};
 use crate::media::sdp::{self, LocalAudio, Negotiated};
-use crate::media::session::{self, MediaCommand, MediaEvent, MediaParams};
+use crate::media::session::{MediaCommand, MediaEvent, MediaParams};
 use crate::sip::request::{Location, Replaces};
 use crate::sip::{
     AgentFailure, AgentLeg, AgentLegEvent, CallKind, IncomingCall, LegEnd, LegEvent, SipHandle,
@@ -389,13 +389,13 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
 
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, mut media_events) = mpsc::unbounded_channel();
-    let media = crate::media::runtime::spawn(session::run(
+    let media = crate::media::reactor::start(
         rtp,
         MediaParams::new(&negotiated, remote_addr, s.config.server.media.rtp_timeout),
         recording,
         cmd_rx,
         ev_tx,
-    ));
+    );
     let greeting = s
         .prompts
         .get(&greeting)
@@ -1059,7 +1059,7 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
     let finished = match media.await {
         Ok(x) => x,
         Err(e) => {
-            error!(error = %e, "media task failed");
+            error!(error = %e, "media session failed");
             return;
         }
     };

@@ -1,10 +1,12 @@
-//! RTP port pool: even ports from the configured range, each bound as a UDP
-//! socket. A port taken by another program is skipped, not fatal.
+//! RTP port pool: even ports from the configured range, each bound as a
+//! non-blocking UDP socket. A port taken by another program is skipped,
+//! not fatal. The sockets belong to no runtime: the media reactor watches
+//! the ones it relays, and the browser gateway wraps its own for tokio.
 
 use std::collections::HashSet;
+use std::net::UdpSocket;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use tokio::net::UdpSocket;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
@@ -98,20 +100,18 @@ impl PortPool {
     }
 }
 
-/// Binds on the media runtime: its sessions read and write these sockets.
 fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let std = std::net::UdpSocket::bind(addr)?;
-    std.set_nonblocking(true)?;
-    let _media = super::runtime::handle().enter();
-    UdpSocket::from_std(std)
+    let socket = UdpSocket::bind(addr)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn allocates_even_ports_and_reuses_them() {
+    #[test]
+    fn allocates_even_ports_and_reuses_them() {
         let pool = PortPool::new("127.0.0.1".parse().unwrap(), 41001, 41010);
         let a = pool.allocate().unwrap();
         assert_eq!(a.port % 2, 0);
@@ -126,8 +126,8 @@ mod tests {
         assert!(pool.allocate().is_ok());
     }
 
-    #[tokio::test]
-    async fn skips_ports_taken_by_others() {
+    #[test]
+    fn skips_ports_taken_by_others() {
         let squatter = std::net::UdpSocket::bind("127.0.0.1:41020").unwrap();
         let pool = PortPool::new("127.0.0.1".parse().unwrap(), 41020, 41023);
         let s = pool.allocate().unwrap();

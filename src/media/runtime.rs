@@ -1,13 +1,12 @@
-//! The media runtime: every call's RTP session runs here, on threads of
-//! its own, apart from the runtime that answers SIP and runs the calls.
+//! The media runtime: the browser gateways (`webphone::gateway`: WebRTC,
+//! DTLS-SRTP and their relay tasks) run here, apart from the runtime that
+//! answers SIP and runs the calls. Calls' RTP sessions are not tasks at
+//! all: they run on the media reactor's threads (`reactor`).
 //!
-//! With a thousand calls there are always a thousand media tasks ready
-//! to run (each wakes fifty times a second, and on every packet); on one
-//! shared runtime a new INVITE's tasks waited behind them, and its 100
-//! Trying went out 25-50 ms late (p99) at 500 calls a second. Two
-//! runtimes let the operating system share the cores between signalling
-//! and media instead. RTP sockets are made here too (`ports`), so their
-//! readiness is this runtime's business alone.
+//! Media work on the shared runtime once made a new INVITE's tasks wait
+//! behind it (100 Trying 25-50 ms late at p99, 500 calls a second); on
+//! threads of their own the operating system shares the cores between
+//! signalling and media instead.
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -30,7 +29,7 @@ pub fn handle() -> &'static Handle {
         .handle()
 }
 
-/// Runs a media session on the media runtime.
+/// Runs a browser gateway's task on the media runtime.
 pub fn spawn<F>(session: F) -> JoinHandle<F::Output>
 where
     F: Future + Send + 'static,

@@ -19,11 +19,12 @@
 //! Per packet nothing is allocated, and nothing waits on the disk or the
 //! database.
 //!
-//! The caller's packets wake the session only when they are relayed as
-//! they come (talk). Otherwise (prompts, consult, conference) they are
-//! only recorded or mixed per tick, so the tick reads what queued on the
-//! socket: one wake-up per 20 ms instead of two, for every waiting
-//! caller.
+//! A session is plain state driven from outside (`media::reactor`): `tick`
+//! every 20 ms, `readable` when a leg's socket has packets to relay at
+//! once, `apply` for each command. The caller's socket needs that wake-up
+//! only in talk, where its packets are relayed as they come; otherwise
+//! (prompts, consult, conference) they are only recorded or mixed, so the
+//! tick reads what queued. `relayed` says which sockets need it now.
 
 use super::g711::Law;
 use super::ports::RtpSocket;
@@ -34,9 +35,9 @@ use rtc::rtp::Header;
 use rtc::shared::marshal::{Marshal, MarshalSize, Unmarshal};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, warn};
 
 /// Most caller audio kept waiting for the next tick (200 ms): bounds
@@ -195,8 +196,9 @@ enum Mode {
     Conference,
 }
 
-/// Sends one paced frame of audio on a leg, encoded in its law.
-async fn send_frame(
+/// Sends one paced frame of audio on a leg, encoded in its law. A send
+/// the kernel refuses (a full buffer) loses that packet, as UDP would.
+fn send_frame(
     socket: &RtpSocket,
     to: Option<SocketAddr>,
     header: &mut Header,
@@ -212,7 +214,6 @@ async fn send_frame(
             sent = socket
                 .socket
                 .send_to(&buf[..hl + FRAME_SAMPLES], to)
-                .await
                 .is_ok();
         }
     }
@@ -225,7 +226,7 @@ async fn send_frame(
 /// Sends `samples` (decoded audio) or `raw` (already in `law`) as one RTP
 /// packet with `header`, then advances the header.
 #[allow(clippy::too_many_arguments)]
-async fn forward(
+fn forward(
     socket: &RtpSocket,
     to: Option<SocketAddr>,
     header: &mut Header,
@@ -244,7 +245,7 @@ async fn forward(
     }
     if let Some(to) = to {
         if header.marshal_to(&mut buf[..hl]).is_ok() {
-            let _ = socket.socket.send_to(&buf[..hl + n], to).await;
+            let _ = socket.socket.send_to(&buf[..hl + n], to);
         }
     }
     header.marker = false;
@@ -279,9 +280,9 @@ fn parse(buf: &[u8]) -> Option<(Header, &[u8])> {
     Some((h, payload))
 }
 
-/// Most caller packets one tick reads; the rest wait for the next (a
-/// flood stays in the socket's queue, not on this thread).
-const MAX_READ_PER_TICK: usize = 32;
+/// Most packets one tick, or one wake-up of a leg, reads; the rest wait
+/// for the next (a flood stays in the socket's queue, not on this thread).
+pub const MAX_READ: usize = 32;
 
 /// What the caller's packets tell the session.
 struct CallerIn {
@@ -303,6 +304,7 @@ impl CallerIn {
         params: &MediaParams,
         stats: &mut MediaStats,
         decoded: &mut [i16],
+        now: Instant,
     ) -> Option<&'a [u8]> {
         let Some((h, payload)) = parse(datagram) else {
             stats.bad_packets += 1;
@@ -310,7 +312,7 @@ impl CallerIn {
         };
         if h.payload_type == params.pt {
             stats.packets_in += 1;
-            self.last_rx = Instant::now();
+            self.last_rx = now;
             self.timed_out = false;
             if self.remote != Some(from) {
                 debug!(%from, "rtp latched to the caller's source");
@@ -322,22 +324,12 @@ impl CallerIn {
             Some(&payload[..n])
         } else if Some(h.payload_type) == params.dtmf_pt {
             stats.packets_in += 1;
-            self.last_rx = Instant::now();
+            self.last_rx = now;
             None
         } else {
             stats.bad_packets += 1;
             None
         }
-    }
-}
-
-async fn recv_leg(
-    agent: &Option<AgentSide>,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, SocketAddr)> {
-    match agent {
-        Some(a) => a.rtp.socket.recv_from(buf).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -366,285 +358,493 @@ pub struct Finished {
     pub consult: Option<Recording>,
 }
 
-pub async fn run(
+/// Buffers for one packet's work, shared by every session one reactor
+/// thread drives (a session handles one packet at a time).
+pub struct Scratch {
+    packet: [u8; 2048],
+    out: [u8; 2048],
+    decoded: [i16; 2048],
+}
+
+impl Scratch {
+    pub fn new() -> Box<Scratch> {
+        Box::new(Scratch {
+            packet: [0; 2048],
+            out: [0; 2048],
+            decoded: [0; 2048],
+        })
+    }
+}
+
+/// A session's sockets, as the reactor names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leg {
+    Caller = 0,
+    Agent = 1,
+    Second = 2,
+}
+
+impl Leg {
+    pub const ALL: [Leg; 3] = [Leg::Caller, Leg::Agent, Leg::Second];
+}
+
+/// One call's media: see the module's docs.
+pub struct Session {
     rtp: RtpSocket,
     params: MediaParams,
     recording: Option<Recording>,
-    mut commands: mpsc::UnboundedReceiver<MediaCommand>,
+    commands: mpsc::UnboundedReceiver<MediaCommand>,
     events: mpsc::UnboundedSender<MediaEvent>,
-) -> Finished {
-    let mut stats = MediaStats::default();
-    let mut player = Player::default();
-    let mut caller = CallerIn {
-        remote: params.remote,
-        heard: VecDeque::with_capacity(MAX_BUFFERED + FRAME_SAMPLES),
-        last_rx: Instant::now(),
-        timed_out: false,
-    };
-    let mut header = new_header(params.pt);
-    let header_len = header.marshal_size();
-    let mut out_buf = [0u8; 12 + FRAME_SAMPLES];
-    let mut fwd_buf = vec![0u8; 2048];
-    let mut in_buf = vec![0u8; 2048];
-    let mut agent_buf = vec![0u8; 2048];
-    let mut second_buf = vec![0u8; 2048];
-    let mut decoded = [0i16; 2048];
-    let mut frame = [0i16; FRAME_SAMPLES];
-    let mut agent: Option<AgentSide> = None;
-    // The dispatcher of a warm transfer, and the consultation's recording.
-    let mut second: Option<AgentSide> = None;
-    let mut consult_rec: Option<Recording> = None;
-    // The agent's first leg while a consultation leg speaks for them.
-    let mut set_aside: Option<AgentSide> = None;
-    let mut conference = false;
-    let mut held = false;
+    stats: MediaStats,
+    player: Player,
+    caller: CallerIn,
+    header: Header,
+    agent: Option<AgentSide>,
+    /// The dispatcher of a warm transfer.
+    second: Option<AgentSide>,
+    /// The consultation's recording (agent left, dispatcher right).
+    consult_rec: Option<Recording>,
+    /// The agent's first leg while a consultation leg speaks for them.
+    set_aside: Option<AgentSide>,
+    conference: bool,
+    held: bool,
+}
 
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
+impl Session {
+    pub fn new(
+        rtp: RtpSocket,
+        params: MediaParams,
+        recording: Option<Recording>,
+        commands: mpsc::UnboundedReceiver<MediaCommand>,
+        events: mpsc::UnboundedSender<MediaEvent>,
+        now: Instant,
+    ) -> Session {
+        Session {
+            caller: CallerIn {
+                remote: params.remote,
+                heard: VecDeque::with_capacity(MAX_BUFFERED + FRAME_SAMPLES),
+                last_rx: now,
+                timed_out: false,
+            },
+            header: new_header(params.pt),
+            rtp,
+            params,
+            recording,
+            commands,
+            events,
+            stats: MediaStats::default(),
+            player: Player::default(),
+            agent: None,
+            second: None,
+            consult_rec: None,
+            set_aside: None,
+            conference: false,
+            held: false,
+        }
+    }
 
-    loop {
-        let mode = match (&agent, &second) {
+    fn mode(&self) -> Mode {
+        match (&self.agent, &self.second) {
             (None, _) => Mode::Prompts,
-            (Some(_), None) if held => Mode::Prompts,
+            (Some(_), None) if self.held => Mode::Prompts,
             (Some(_), None) => Mode::Talk,
-            (Some(_), Some(_)) if conference => Mode::Conference,
+            (Some(_), Some(_)) if self.conference => Mode::Conference,
             (Some(_), Some(_)) => Mode::Consult,
-        };
-        tokio::select! {
-            _ = tick.tick() => {
-                if mode != Mode::Talk {
-                    for _ in 0..MAX_READ_PER_TICK {
-                        match rtp.socket.try_recv_from(&mut in_buf) {
-                            Ok((len, from)) => {
-                                caller.packet(&in_buf[..len], from, &params, &mut stats, &mut decoded);
-                            }
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                            Err(e) => {
-                                debug!(error = %e, "rtp recv failed");
-                                break;
-                            }
-                        }
-                    }
-                }
-                let remote = caller.remote;
-                let left = take_frame(&mut caller.heard);
-                let mut right = [0i16; FRAME_SAMPLES];
-                match mode {
-                    Mode::Talk => {
-                        // The agent's audio went out as it came; record it.
-                        if let Some(a) = agent.as_mut() {
-                            right = a.take_frame();
-                        }
-                    }
-                    Mode::Conference => {
-                        if let (Some(a), Some(b)) = (agent.as_mut(), second.as_mut()) {
-                            let fa = a.take_frame();
-                            let fb = b.take_frame();
-                            right = mix(&fa, &fb);
-                            if send_frame(&rtp, remote, &mut header, params.law, &right, &mut fwd_buf).await {
-                                stats.packets_out += 1;
-                            }
-                            send_frame(&a.rtp, a.remote, &mut a.header, a.params.law, &mix(&left, &fb), &mut fwd_buf).await;
-                            send_frame(&b.rtp, b.remote, &mut b.header, b.params.law, &mix(&left, &fa), &mut fwd_buf).await;
-                            if let Some(rec) = &consult_rec {
-                                rec.write(fa, fb);
-                            }
-                        }
-                    }
-                    Mode::Prompts | Mode::Consult => {
-                        let busy_before = player.busy();
-                        player.next_frame(&mut frame);
-                        {
-                            let payload = &mut out_buf[header_len..header_len + FRAME_SAMPLES];
-                            params.law.encode_into(&frame, payload);
-                            // Record exactly what went on the wire.
-                            params.law.decode_into(payload, &mut right);
-                        }
-                        if let Some(to) = remote {
-                            if header.marshal_to(&mut out_buf[..header_len]).is_ok() {
-                                match rtp.socket.send_to(&out_buf[..header_len + FRAME_SAMPLES], to).await {
-                                    Ok(_) => stats.packets_out += 1,
-                                    Err(e) => debug!(error = %e, "rtp send failed"),
-                                }
-                            }
-                        }
-                        header.marker = false;
-                        header.sequence_number = header.sequence_number.wrapping_add(1);
-                        header.timestamp = header.timestamp.wrapping_add(FRAME_SAMPLES as u32);
-                        // The frame that played the last queued audio just went out.
-                        if busy_before && !player.busy() {
-                            let _ = events.send(MediaEvent::Drained);
-                        }
-                        if mode == Mode::Consult {
-                            // Agent and dispatcher, as they were relayed.
-                            if let (Some(a), Some(b)) = (agent.as_mut(), second.as_mut()) {
-                                let (fa, fb) = (a.take_frame(), b.take_frame());
-                                if let Some(rec) = &consult_rec {
-                                    rec.write(fa, fb);
-                                }
-                            }
-                        } else if let Some(a) = agent.as_mut() {
-                            // On hold: what the agent says is not recorded as
-                            // heard by the caller.
-                            a.heard.clear();
-                        }
-                    }
-                }
-                if let Some(rec) = &recording {
-                    rec.write(left, right);
-                }
+        }
+    }
 
-                if !caller.timed_out && caller.last_rx.elapsed() >= params.rtp_timeout {
-                    caller.timed_out = true;
-                    let _ = events.send(MediaEvent::RtpTimeout);
-                }
-            }
-            // Only talk relays the caller's packets as they come; otherwise
-            // the tick reads them.
-            r = rtp.socket.recv_from(&mut in_buf), if mode == Mode::Talk => {
-                let (len, from) = match r {
-                    Ok(x) => x,
-                    Err(e) => { debug!(error = %e, "rtp recv failed"); continue; }
-                };
-                let Some(payload) = caller.packet(&in_buf[..len], from, &params, &mut stats, &mut decoded) else {
-                    continue;
-                };
-                if let Some(a) = agent.as_mut() {
-                    let n = payload.len();
-                    forward(&a.rtp, a.remote, &mut a.header, a.params.law, params.law, payload, &decoded[..n], &mut fwd_buf).await;
-                }
-            }
-            r = recv_leg(&agent, &mut agent_buf) => {
-                let Some(a) = agent.as_mut() else { continue };
-                let Ok((len, from)) = r else { continue };
-                let Some((h, payload)) = parse(&agent_buf[..len]) else {
-                    stats.bad_packets += 1;
-                    continue;
-                };
-                if h.payload_type != a.params.pt {
-                    continue;
-                }
-                a.remote = Some(from);
-                let n = payload.len().min(decoded.len());
-                a.params.law.decode_into(&payload[..n], &mut decoded[..n]);
-                match mode {
-                    Mode::Talk => {
-                        a.keep(&decoded[..n]);
-                        forward(&rtp, caller.remote, &mut header, params.law, a.params.law, &payload[..n], &decoded[..n], &mut fwd_buf).await;
-                        stats.packets_out += 1;
+    /// The sockets whose packets must be handled as they arrive, by leg:
+    /// the caller's in talk only, the agent's and the dispatcher's
+    /// whenever they are there. The rest is read by the tick.
+    pub fn relayed(&self) -> [Option<RawFd>; 3] {
+        [
+            (self.mode() == Mode::Talk).then(|| self.rtp.socket.as_raw_fd()),
+            self.agent.as_ref().map(|a| a.rtp.socket.as_raw_fd()),
+            self.second.as_ref().map(|b| b.rtp.socket.as_raw_fd()),
+        ]
+    }
+
+    /// The next command the call sent, if any.
+    pub fn next_command(&mut self) -> Result<MediaCommand, mpsc::error::TryRecvError> {
+        self.commands.try_recv()
+    }
+
+    /// One 20 ms tick: one frame of what the caller sent and of what they
+    /// heard to the recording; prompts (or the conference's mix) out.
+    pub fn tick(&mut self, now: Instant, scratch: &mut Scratch) {
+        let mode = self.mode();
+        if mode != Mode::Talk {
+            for _ in 0..MAX_READ {
+                match self.rtp.socket.recv_from(&mut scratch.packet) {
+                    Ok((len, from)) => {
+                        self.caller.packet(
+                            &scratch.packet[..len],
+                            from,
+                            &self.params,
+                            &mut self.stats,
+                            &mut scratch.decoded,
+                            now,
+                        );
                     }
-                    Mode::Consult => {
-                        a.keep(&decoded[..n]);
-                        if let Some(b) = second.as_mut() {
-                            forward(&b.rtp, b.remote, &mut b.header, b.params.law, a.params.law, &payload[..n], &decoded[..n], &mut fwd_buf).await;
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        debug!(error = %e, "rtp recv failed");
+                        break;
+                    }
+                }
+            }
+        }
+        let remote = self.caller.remote;
+        let left = take_frame(&mut self.caller.heard);
+        let mut right = [0i16; FRAME_SAMPLES];
+        match mode {
+            Mode::Talk => {
+                // The agent's audio went out as it came; record it.
+                if let Some(a) = self.agent.as_mut() {
+                    right = a.take_frame();
+                }
+            }
+            Mode::Conference => {
+                if let (Some(a), Some(b)) = (self.agent.as_mut(), self.second.as_mut()) {
+                    let fa = a.take_frame();
+                    let fb = b.take_frame();
+                    right = mix(&fa, &fb);
+                    let law = self.params.law;
+                    if send_frame(
+                        &self.rtp,
+                        remote,
+                        &mut self.header,
+                        law,
+                        &right,
+                        &mut scratch.out,
+                    ) {
+                        self.stats.packets_out += 1;
+                    }
+                    send_frame(
+                        &a.rtp,
+                        a.remote,
+                        &mut a.header,
+                        a.params.law,
+                        &mix(&left, &fb),
+                        &mut scratch.out,
+                    );
+                    send_frame(
+                        &b.rtp,
+                        b.remote,
+                        &mut b.header,
+                        b.params.law,
+                        &mix(&left, &fa),
+                        &mut scratch.out,
+                    );
+                    if let Some(rec) = &self.consult_rec {
+                        rec.write(fa, fb);
+                    }
+                }
+            }
+            Mode::Prompts | Mode::Consult => {
+                let busy_before = self.player.busy();
+                let mut frame = [0i16; FRAME_SAMPLES];
+                self.player.next_frame(&mut frame);
+                let header_len = self.header.marshal_size();
+                let out = &mut scratch.out;
+                {
+                    let payload = &mut out[header_len..header_len + FRAME_SAMPLES];
+                    self.params.law.encode_into(&frame, payload);
+                    // Record exactly what went on the wire.
+                    self.params.law.decode_into(payload, &mut right);
+                }
+                if let Some(to) = remote {
+                    if self.header.marshal_to(&mut out[..header_len]).is_ok() {
+                        match self
+                            .rtp
+                            .socket
+                            .send_to(&out[..header_len + FRAME_SAMPLES], to)
+                        {
+                            Ok(_) => self.stats.packets_out += 1,
+                            Err(e) => debug!(error = %e, "rtp send failed"),
                         }
                     }
-                    Mode::Conference => a.keep(&decoded[..n]),
-                    Mode::Prompts => {}
                 }
-            }
-            r = recv_leg(&second, &mut second_buf) => {
-                let Some(b) = second.as_mut() else { continue };
-                let Ok((len, from)) = r else { continue };
-                let Some((h, payload)) = parse(&second_buf[..len]) else {
-                    stats.bad_packets += 1;
-                    continue;
-                };
-                if h.payload_type != b.params.pt {
-                    continue;
+                let h = &mut self.header;
+                h.marker = false;
+                h.sequence_number = h.sequence_number.wrapping_add(1);
+                h.timestamp = h.timestamp.wrapping_add(FRAME_SAMPLES as u32);
+                // The frame that played the last queued audio just went out.
+                if busy_before && !self.player.busy() {
+                    let _ = self.events.send(MediaEvent::Drained);
                 }
-                b.remote = Some(from);
-                let n = payload.len().min(decoded.len());
-                b.params.law.decode_into(&payload[..n], &mut decoded[..n]);
-                match mode {
-                    Mode::Consult => {
-                        b.keep(&decoded[..n]);
-                        if let Some(a) = agent.as_mut() {
-                            forward(&a.rtp, a.remote, &mut a.header, a.params.law, b.params.law, &payload[..n], &decoded[..n], &mut fwd_buf).await;
+                if mode == Mode::Consult {
+                    // Agent and dispatcher, as they were relayed.
+                    if let (Some(a), Some(b)) = (self.agent.as_mut(), self.second.as_mut()) {
+                        let (fa, fb) = (a.take_frame(), b.take_frame());
+                        if let Some(rec) = &self.consult_rec {
+                            rec.write(fa, fb);
                         }
                     }
-                    Mode::Conference => b.keep(&decoded[..n]),
-                    Mode::Prompts | Mode::Talk => {}
+                } else if let Some(a) = self.agent.as_mut() {
+                    // On hold: what the agent says is not recorded as
+                    // heard by the caller.
+                    a.heard.clear();
                 }
             }
-            cmd = commands.recv() => match cmd {
-                Some(MediaCommand::Play(segments)) => player.enqueue(segments),
-                Some(MediaCommand::Clear) => player.clear(),
-                Some(MediaCommand::Background(clip)) => player.set_background(clip),
-                Some(MediaCommand::Bridge { rtp: agent_rtp, params: agent_params }) => {
-                    player.clear();
-                    held = false;
-                    header.marker = true;
-                    agent = Some(AgentSide::new(agent_rtp, agent_params));
+        }
+        if let Some(rec) = &self.recording {
+            rec.write(left, right);
+        }
+
+        if !self.caller.timed_out
+            && now.duration_since(self.caller.last_rx) >= self.params.rtp_timeout
+        {
+            self.caller.timed_out = true;
+            let _ = self.events.send(MediaEvent::RtpTimeout);
+        }
+    }
+
+    /// Reads and handles what queued on one leg's socket, at most
+    /// `MAX_READ` packets. Returns true when it stopped at that bound with
+    /// more perhaps waiting.
+    pub fn readable(&mut self, leg: Leg, now: Instant, scratch: &mut Scratch) -> bool {
+        for _ in 0..MAX_READ {
+            let socket = match leg {
+                Leg::Caller => &self.rtp,
+                Leg::Agent => match &self.agent {
+                    Some(a) => &a.rtp,
+                    None => return false,
+                },
+                Leg::Second => match &self.second {
+                    Some(b) => &b.rtp,
+                    None => return false,
+                },
+            };
+            let (len, from) = match socket.socket.recv_from(&mut scratch.packet) {
+                Ok(x) => x,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                Err(e) => {
+                    debug!(error = %e, "rtp recv failed");
+                    return false;
                 }
-                Some(MediaCommand::Unbridge) => {
-                    agent = None;
-                    held = false;
+            };
+            match leg {
+                Leg::Caller => self.on_caller(len, from, now, scratch),
+                leg => self.on_agent_leg(leg, len, from, scratch),
+            }
+        }
+        true
+    }
+
+    /// A caller's packet in talk: relayed to the agent at once.
+    fn on_caller(&mut self, len: usize, from: SocketAddr, now: Instant, scratch: &mut Scratch) {
+        if self.mode() != Mode::Talk {
+            // The tick reads the caller outside talk; a packet read here
+            // (a command changed the mode since the wake-up) still counts.
+            self.caller.packet(
+                &scratch.packet[..len],
+                from,
+                &self.params,
+                &mut self.stats,
+                &mut scratch.decoded,
+                now,
+            );
+            return;
+        }
+        let Scratch {
+            packet,
+            out,
+            decoded,
+        } = scratch;
+        let Some(payload) = self.caller.packet(
+            &packet[..len],
+            from,
+            &self.params,
+            &mut self.stats,
+            decoded,
+            now,
+        ) else {
+            return;
+        };
+        if let Some(a) = self.agent.as_mut() {
+            let n = payload.len();
+            forward(
+                &a.rtp,
+                a.remote,
+                &mut a.header,
+                a.params.law,
+                self.params.law,
+                payload,
+                &decoded[..n],
+                out,
+            );
+        }
+    }
+
+    /// A packet on the agent's or the dispatcher's leg: relayed to the
+    /// caller (the agent, in talk) or to the other of the two (consult),
+    /// kept for the recording or the mix.
+    fn on_agent_leg(&mut self, leg: Leg, len: usize, from: SocketAddr, scratch: &mut Scratch) {
+        let mode = self.mode();
+        let (this, other) = match leg {
+            Leg::Agent => (self.agent.as_mut(), self.second.as_mut()),
+            Leg::Second | Leg::Caller => (self.second.as_mut(), self.agent.as_mut()),
+        };
+        let Some(this) = this else { return };
+        let Scratch {
+            packet,
+            out,
+            decoded,
+        } = scratch;
+        let Some((h, payload)) = parse(&packet[..len]) else {
+            self.stats.bad_packets += 1;
+            return;
+        };
+        if h.payload_type != this.params.pt {
+            return;
+        }
+        this.remote = Some(from);
+        let n = payload.len().min(decoded.len());
+        this.params
+            .law
+            .decode_into(&payload[..n], &mut decoded[..n]);
+        let (payload, decoded) = (&payload[..n], &decoded[..n]);
+        match (mode, leg) {
+            (Mode::Talk, Leg::Agent) => {
+                this.keep(decoded);
+                forward(
+                    &self.rtp,
+                    self.caller.remote,
+                    &mut self.header,
+                    self.params.law,
+                    this.params.law,
+                    payload,
+                    decoded,
+                    out,
+                );
+                self.stats.packets_out += 1;
+            }
+            (Mode::Consult, _) => {
+                this.keep(decoded);
+                if let Some(o) = other {
+                    forward(
+                        &o.rtp,
+                        o.remote,
+                        &mut o.header,
+                        o.params.law,
+                        this.params.law,
+                        payload,
+                        decoded,
+                        out,
+                    );
                 }
-                Some(MediaCommand::Hold(on)) => {
-                    held = on;
-                    header.marker = true;
+            }
+            (Mode::Conference, _) => this.keep(decoded),
+            _ => {}
+        }
+    }
+
+    /// Applies one command. Returns false for `Stop`.
+    pub fn apply(&mut self, cmd: MediaCommand) -> bool {
+        match cmd {
+            MediaCommand::Play(segments) => self.player.enqueue(segments),
+            MediaCommand::Clear => self.player.clear(),
+            MediaCommand::Background(clip) => self.player.set_background(clip),
+            MediaCommand::Bridge { rtp, params } => {
+                self.player.clear();
+                self.held = false;
+                self.header.marker = true;
+                self.agent = Some(AgentSide::new(rtp, params));
+            }
+            MediaCommand::Unbridge => {
+                self.agent = None;
+                self.held = false;
+            }
+            MediaCommand::Hold(on) => {
+                self.held = on;
+                self.header.marker = true;
+            }
+            MediaCommand::Consult {
+                rtp,
+                params,
+                recording,
+                agent_leg,
+            } => {
+                if let Some((c_rtp, c_params)) = agent_leg {
+                    self.set_aside = self.agent.replace(AgentSide::new(c_rtp, c_params));
                 }
-                Some(MediaCommand::Consult { rtp: b_rtp, params: b_params, recording: rec, agent_leg }) => {
-                    if let Some((c_rtp, c_params)) = agent_leg {
-                        set_aside = agent.replace(AgentSide::new(c_rtp, c_params));
+                if let Some(a) = self.agent.as_mut() {
+                    a.heard.clear();
+                    a.header.marker = true;
+                }
+                self.second = Some(AgentSide::new(rtp, params));
+                self.consult_rec = recording;
+                self.conference = false;
+            }
+            MediaCommand::Conference => {
+                if self.second.is_some() {
+                    self.conference = true;
+                    self.player.clear();
+                    self.header.marker = true;
+                }
+            }
+            MediaCommand::Complete => {
+                if let Some(b) = self.second.take() {
+                    self.player.clear();
+                    self.set_aside = None;
+                    self.agent = Some(b);
+                    self.held = false;
+                    self.conference = false;
+                    self.header.marker = true;
+                    let _ = self
+                        .events
+                        .send(MediaEvent::ConsultClosed(self.consult_rec.take()));
+                }
+            }
+            MediaCommand::EndConsult => {
+                if self.second.take().is_some() {
+                    if let Some(first) = self.set_aside.take() {
+                        self.agent = Some(first);
                     }
-                    if let Some(a) = agent.as_mut() {
+                    self.player.clear();
+                    self.held = false;
+                    self.conference = false;
+                    self.header.marker = true;
+                    if let Some(a) = self.agent.as_mut() {
                         a.heard.clear();
                         a.header.marker = true;
                     }
-                    second = Some(AgentSide::new(b_rtp, b_params));
-                    consult_rec = rec;
-                    conference = false;
+                    let _ = self
+                        .events
+                        .send(MediaEvent::ConsultClosed(self.consult_rec.take()));
                 }
-                Some(MediaCommand::Conference) => {
-                    if second.is_some() {
-                        conference = true;
-                        player.clear();
-                        header.marker = true;
-                    }
-                }
-                Some(MediaCommand::Complete) => {
-                    if let Some(b) = second.take() {
-                        player.clear();
-                        set_aside = None;
-                        agent = Some(b);
-                        held = false;
-                        conference = false;
-                        header.marker = true;
-                        let _ = events.send(MediaEvent::ConsultClosed(consult_rec.take()));
-                    }
-                }
-                Some(MediaCommand::EndConsult) => {
-                    if second.take().is_some() {
-                        if let Some(first) = set_aside.take() {
-                            agent = Some(first);
-                        }
-                        player.clear();
-                        held = false;
-                        conference = false;
-                        header.marker = true;
-                        if let Some(a) = agent.as_mut() {
-                            a.heard.clear();
-                            a.header.marker = true;
-                        }
-                        let _ = events.send(MediaEvent::ConsultClosed(consult_rec.take()));
-                    }
-                }
-                Some(MediaCommand::Stop) | None => break,
             }
+            MediaCommand::Stop => return false,
+        }
+        true
+    }
+
+    /// What the call gets back: the counts and the open recordings.
+    pub fn finish(self) -> Finished {
+        if self.stats.bad_packets > 0 {
+            warn!(
+                bad = self.stats.bad_packets,
+                "ignored malformed or unexpected RTP packets"
+            );
+        }
+        Finished {
+            stats: self.stats,
+            recording: self.recording,
+            consult: self.consult_rec,
         }
     }
-    if stats.bad_packets > 0 {
-        warn!(
-            bad = stats.bad_packets,
-            "ignored malformed or unexpected RTP packets"
-        );
-    }
-    Finished {
-        stats,
-        recording,
-        consult: consult_rec,
+}
+
+impl MediaCommand {
+    /// Whether applying it may drop, move or add a leg's socket, or change
+    /// which sockets are relayed: the reactor takes its interest back
+    /// first, so it never names a socket that is gone.
+    pub fn moves_legs(&self) -> bool {
+        !matches!(
+            self,
+            MediaCommand::Play(_) | MediaCommand::Clear | MediaCommand::Background(_)
+        )
     }
 }
 

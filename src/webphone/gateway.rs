@@ -298,6 +298,24 @@ fn lost(answered: bool, reason: &'static str) -> Outcome {
     }
 }
 
+/// The gateway's plain RTP side: its pooled port, held for the lease, and
+/// the same socket registered with the runtime the gateway runs on (pooled
+/// sockets belong to no runtime; see `media::ports`).
+struct Plain {
+    socket: tokio::net::UdpSocket,
+    _port: RtpSocket,
+}
+
+impl Plain {
+    fn new(port: RtpSocket) -> std::io::Result<Plain> {
+        let socket = tokio::net::UdpSocket::from_std(port.socket.try_clone()?)?;
+        Ok(Plain {
+            socket,
+            _port: port,
+        })
+    }
+}
+
 async fn run(
     g: Gateway,
     events: mpsc::UnboundedSender<AgentLegEvent>,
@@ -315,6 +333,15 @@ async fn run(
     } = g;
     let ended = |reason: &str| {
         let _ = to_tab.send(json!({ "type": "ended", "leg": leg, "reason": reason }));
+    };
+    let plain = match Plain::new(ring.socket) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(%agent, error = %e, "browser phone: its RTP socket could not be used");
+            ended("error");
+            let _ = events.send(AgentLegEvent::Failed(AgentFailure::Unreachable));
+            return;
+        }
     };
     let mut built = match build(&settings, &offer).await {
         Ok(b) => b,
@@ -336,7 +363,7 @@ async fn run(
     }));
     let _ = events.send(AgentLegEvent::Ringing);
 
-    let socket = Arc::new(ring.socket);
+    let socket = Arc::new(plain);
     // Our plain side as the call's session sees it: one SDP session, its
     // version raised by each re-offer (the hold button).
     let mut local = socket
@@ -468,7 +495,7 @@ async fn run(
 /// Starts both directions of the relay.
 fn relay(
     built: &mut Built,
-    socket: &Arc<RtpSocket>,
+    socket: &Arc<Plain>,
     call_side: SocketAddr,
     plain: &Negotiated,
     browser: &Negotiated,
@@ -521,12 +548,7 @@ fn relay(
 }
 
 /// Sends the browser's packets to the call, payload types mapped.
-async fn uplink(
-    track: Arc<dyn TrackRemote>,
-    socket: Arc<RtpSocket>,
-    call_side: SocketAddr,
-    up: PtMap,
-) {
+async fn uplink(track: Arc<dyn TrackRemote>, socket: Arc<Plain>, call_side: SocketAddr, up: PtMap) {
     while let Some(ev) = track.poll().await {
         let TrackRemoteEvent::OnRtpPacket(mut pkt) = ev else {
             if matches!(ev, TrackRemoteEvent::OnEnded) {

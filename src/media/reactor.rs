@@ -1,0 +1,568 @@
+//! The media reactor: a few threads (one per core), each driving many
+//! calls' sessions, instead of a tokio task and timer per call.
+//!
+//! Each thread keeps its sessions on a wheel of twenty 1 ms slots: a
+//! session ticks every 20 ms in its own slot, so a thousand callers'
+//! prompts go out spread over the 20 ms, not in one burst, and a waiting
+//! caller costs no timer and no task wake-up of its own. Its socket is
+//! not even registered for readiness: the tick reads what queued. Only
+//! the sockets whose packets are relayed as they arrive (the caller's in
+//! talk, the agent's and the dispatcher's) are registered with the
+//! thread's epoll (`Session::relayed`), so relay adds no tick's wait.
+//!
+//! Commands from the call are taken at the session's tick (at most 20 ms
+//! late, far below any SIP round trip); a new session wakes its thread at
+//! once. A session that panics is dropped alone, as its task would have
+//! been: the call sees its media end, the other calls on the thread go on.
+
+use super::ports::RtpSocket;
+use super::recorder::Recording;
+use super::session::{Finished, Leg, MediaCommand, MediaEvent, MediaParams, Scratch, Session};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use std::os::fd::RawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, warn};
+
+/// The wheel: a session ticks once per turn, in its own slot.
+const SLOTS: usize = 20;
+const SLOT: Duration = Duration::from_millis(1);
+const WAKE: Token = Token(usize::MAX);
+
+/// The threads, started on first use and kept for the process.
+static REACTORS: OnceLock<Vec<Arc<Shared>>> = OnceLock::new();
+
+/// What the call side of a thread sees.
+struct Shared {
+    inbox: Mutex<Vec<New>>,
+    waker: Waker,
+    /// Sessions on this thread, started and not yet finished.
+    sessions: AtomicUsize,
+}
+
+struct New {
+    session: Session,
+    done: oneshot::Sender<Finished>,
+}
+
+/// Starts a call's media session on the least busy media thread. The
+/// receiver yields what the session hands back after `MediaCommand::Stop`
+/// (or once the command sender is dropped); an error means the session
+/// failed.
+pub fn start(
+    rtp: RtpSocket,
+    params: MediaParams,
+    recording: Option<Recording>,
+    commands: mpsc::UnboundedReceiver<MediaCommand>,
+    events: mpsc::UnboundedSender<MediaEvent>,
+) -> oneshot::Receiver<Finished> {
+    let (done, finished) = oneshot::channel();
+    let session = Session::new(rtp, params, recording, commands, events, Instant::now());
+    let reactors = REACTORS.get_or_init(spawn_threads);
+    let Some(shared) = reactors
+        .iter()
+        .min_by_key(|r| r.sessions.load(Ordering::Relaxed))
+    else {
+        // No thread could be started (logged there): the call is told
+        // its media failed, as when a session panics.
+        return finished;
+    };
+    shared.sessions.fetch_add(1, Ordering::Relaxed);
+    crate::lock(&shared.inbox).push(New { session, done });
+    if let Err(e) = shared.waker.wake() {
+        // It still picks the session up at its next wake-up.
+        warn!(error = %e, "cannot wake a media thread");
+    }
+    finished
+}
+
+fn spawn_threads() -> Vec<Arc<Shared>> {
+    let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut threads = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = Poll::new().and_then(|poll| {
+            let waker = Waker::new(poll.registry(), WAKE)?;
+            let shared = Arc::new(Shared {
+                inbox: Mutex::new(Vec::new()),
+                waker,
+                sessions: AtomicUsize::new(0),
+            });
+            let theirs = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name(format!("siaga-media-{i}"))
+                .spawn(move || Reactor::new(poll, theirs).run())?;
+            Ok(shared)
+        });
+        match started {
+            Ok(shared) => threads.push(shared),
+            Err(e) => error!(error = %e, "cannot start a media thread"),
+        }
+    }
+    threads
+}
+
+/// A session and what its thread knows of it.
+struct Entry {
+    session: Session,
+    done: oneshot::Sender<Finished>,
+    /// The sockets registered with this thread's epoll, by leg.
+    registered: [Option<RawFd>; 3],
+}
+
+fn token(idx: usize, leg: Leg) -> Token {
+    Token(idx * 4 + leg as usize)
+}
+
+fn leg_of(t: Token) -> (usize, Leg) {
+    let leg = match t.0 % 4 {
+        0 => Leg::Caller,
+        1 => Leg::Agent,
+        _ => Leg::Second,
+    };
+    (t.0 / 4, leg)
+}
+
+impl Entry {
+    /// Registers what the session relays now and not before; takes back
+    /// what it no longer relays.
+    fn watch(&mut self, registry: &Registry, idx: usize) {
+        let wanted = self.session.relayed();
+        for leg in Leg::ALL {
+            let i = leg as usize;
+            if self.registered[i] == wanted[i] {
+                continue;
+            }
+            if let Some(fd) = self.registered[i].take() {
+                let _ = registry.deregister(&mut SourceFd(&fd));
+            }
+            if let Some(fd) = wanted[i] {
+                match registry.register(&mut SourceFd(&fd), token(idx, leg), Interest::READABLE) {
+                    Ok(()) => self.registered[i] = Some(fd),
+                    Err(e) => {
+                        error!(error = %e, ?leg, "cannot watch an RTP socket; its packets wait for the tick")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes back every registration. Done before anything may close a
+    /// registered socket: a closed descriptor's number can be reused by
+    /// another call's socket, which must not lose its registration.
+    fn unwatch(&mut self, registry: &Registry) {
+        for fd in self.registered.iter_mut().filter_map(Option::take) {
+            let _ = registry.deregister(&mut SourceFd(&fd));
+        }
+    }
+}
+
+struct Reactor {
+    poll: Poll,
+    shared: Arc<Shared>,
+    entries: Vec<Option<Entry>>,
+    free: Vec<usize>,
+    wheel: [Vec<usize>; SLOTS],
+    /// The next slot to run, and when.
+    slot: usize,
+    slot_at: Instant,
+    /// Legs whose last read stopped at `MAX_READ`: read again next turn.
+    again: Vec<(usize, Leg)>,
+    scratch: Box<Scratch>,
+}
+
+impl Reactor {
+    fn new(poll: Poll, shared: Arc<Shared>) -> Reactor {
+        Reactor {
+            poll,
+            shared,
+            entries: Vec::new(),
+            free: Vec::new(),
+            wheel: Default::default(),
+            slot: 0,
+            slot_at: Instant::now(),
+            again: Vec::new(),
+            scratch: Scratch::new(),
+        }
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            self.admit();
+            let timeout = self.timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    error!(error = %e, "media thread cannot wait for its sockets");
+                    std::thread::sleep(SLOT);
+                }
+                continue;
+            }
+            let now = Instant::now();
+            for (idx, leg) in std::mem::take(&mut self.again) {
+                self.read(idx, leg, now);
+            }
+            for ev in events.iter() {
+                if ev.token() != WAKE {
+                    let (idx, leg) = leg_of(ev.token());
+                    self.read(idx, leg, now);
+                }
+            }
+            // Every slot whose time has come, in order: a thread that fell
+            // behind catches up with each session's ticks (as tokio's
+            // `MissedTickBehavior::Burst` did), so recordings keep time.
+            while self.slot_at <= now {
+                self.run_slot(now);
+                self.slot = (self.slot + 1) % SLOTS;
+                self.slot_at += SLOT;
+            }
+        }
+    }
+
+    /// Takes in the sessions started since the last turn.
+    fn admit(&mut self) {
+        let new = std::mem::take(&mut *crate::lock(&self.shared.inbox));
+        if new.is_empty() {
+            return;
+        }
+        if self.entries.len() == self.free.len() {
+            // Idle until now: the wheel restarts from the present instead
+            // of running every empty slot since the last call.
+            self.slot_at = Instant::now();
+        }
+        for New { session, done } in new {
+            let entry = Entry {
+                session,
+                done,
+                registered: [None; 3],
+            };
+            let idx = match self.free.pop() {
+                Some(idx) => {
+                    self.entries[idx] = Some(entry);
+                    idx
+                }
+                None => {
+                    self.entries.push(Some(entry));
+                    self.entries.len() - 1
+                }
+            };
+            // The next slot to run: the first tick comes within 1 ms,
+            // and sessions started at different moments spread out.
+            self.wheel[self.slot].push(idx);
+            if let Some(e) = self.entries[idx].as_mut() {
+                e.watch(self.poll.registry(), idx);
+            }
+        }
+    }
+
+    /// Until the next slot that has sessions; none while there are none
+    /// (a new session wakes the thread); zero while reads are owed.
+    fn timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.again.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        (0..SLOTS)
+            .find(|k| !self.wheel[(self.slot + k) % SLOTS].is_empty())
+            .map(|k| (self.slot_at + SLOT * k as u32).saturating_duration_since(now))
+    }
+
+    /// A leg's socket has packets.
+    fn read(&mut self, idx: usize, leg: Leg, now: Instant) {
+        let Some(entry) = self.entries.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        let scratch = &mut self.scratch;
+        match catch_unwind(AssertUnwindSafe(|| {
+            entry.session.readable(leg, now, scratch)
+        })) {
+            Ok(true) => self.again.push((idx, leg)),
+            Ok(false) => {}
+            Err(_) => self.fail(idx),
+        }
+    }
+
+    /// Every session of the current slot: its commands, then its tick.
+    fn run_slot(&mut self, now: Instant) {
+        let mut slot = std::mem::take(&mut self.wheel[self.slot]);
+        slot.retain(|&idx| {
+            let Some(entry) = self.entries.get_mut(idx).and_then(Option::as_mut) else {
+                return false;
+            };
+            let registry = self.poll.registry();
+            let scratch = &mut self.scratch;
+            let turn = catch_unwind(AssertUnwindSafe(|| {
+                loop {
+                    match entry.session.next_command() {
+                        Ok(cmd) => {
+                            let moves = cmd.moves_legs();
+                            if moves {
+                                entry.unwatch(registry);
+                            }
+                            let go_on = entry.session.apply(cmd);
+                            if moves {
+                                entry.watch(registry, idx);
+                            }
+                            if !go_on {
+                                return false;
+                            }
+                        }
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        // The call is gone without a word: stop all the same.
+                        Err(mpsc::error::TryRecvError::Disconnected) => return false,
+                    }
+                }
+                entry.session.tick(now, scratch);
+                true
+            }));
+            match turn {
+                Ok(true) => true,
+                Ok(false) => {
+                    self.finish(idx);
+                    false
+                }
+                Err(_) => {
+                    self.fail(idx);
+                    false
+                }
+            }
+        });
+        self.wheel[self.slot] = slot;
+    }
+
+    /// A session stopped: its registrations go, its results to the call.
+    fn finish(&mut self, idx: usize) {
+        if let Some(mut entry) = self.remove(idx) {
+            entry.unwatch(self.poll.registry());
+            let _ = entry.done.send(entry.session.finish());
+        }
+    }
+
+    /// A session panicked: dropped alone. The call's receiver errs, as a
+    /// panicked task's handle did.
+    fn fail(&mut self, idx: usize) {
+        error!("a media session failed; the call ends without its media");
+        if let Some(mut entry) = self.remove(idx) {
+            entry.unwatch(self.poll.registry());
+            for slot in &mut self.wheel {
+                slot.retain(|&i| i != idx);
+            }
+        }
+    }
+
+    fn remove(&mut self, idx: usize) -> Option<Entry> {
+        let entry = self.entries.get_mut(idx)?.take()?;
+        self.free.push(idx);
+        self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
+        Some(entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::g711::Law;
+    use crate::media::ports::PortPool;
+    use crate::media::prompts::{tone, Segment};
+    use std::net::{SocketAddr, UdpSocket};
+
+    /// A G.711 A-law RTP packet whose payload is `fill` repeated.
+    fn packet(seq: u16, fill: u8) -> Vec<u8> {
+        let mut p = vec![0x80, 8];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        p.extend_from_slice(&0x5107_u32.to_be_bytes());
+        p.extend(std::iter::repeat_n(fill, 160));
+        p
+    }
+
+    fn peer() -> UdpSocket {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        s
+    }
+
+    fn params(remote: SocketAddr) -> MediaParams {
+        MediaParams {
+            law: Law::Alaw,
+            pt: 8,
+            dtmf_pt: None,
+            remote: Some(remote),
+            rtp_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Sends `fill` from `from` to `to` every few ms until `at` receives a
+    /// packet whose payload is all `fill`; false after two seconds.
+    fn relayed(from: &UdpSocket, to: SocketAddr, at: &UdpSocket, fill: u8) -> bool {
+        let mut buf = [0u8; 2048];
+        for seq in 0..100 {
+            from.send_to(&packet(seq, fill), to).unwrap();
+            for _ in 0..5 {
+                match at.recv(&mut buf) {
+                    Ok(n) if n == 172 && buf[12..n].iter().all(|&b| b == fill) => return true,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        false
+    }
+
+    /// Reads until a silent prompt frame comes (A-law silence is 0xD5):
+    /// the session is playing prompts, not relaying.
+    fn hears_prompts(caller: &UdpSocket) -> bool {
+        let mut buf = [0u8; 2048];
+        (0..100).any(
+            |_| matches!(caller.recv(&mut buf), Ok(172) if buf[12..172].iter().all(|&b| b == 0xD5)),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_waiting_caller_hears_the_prompt_in_sequence_and_stop_hands_back_the_counts() {
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 42100, 42199);
+        let rtp = pool.allocate().unwrap();
+        let ours = SocketAddr::from(([127, 0, 0, 1], rtp.port));
+        let caller = peer();
+        let (cmd, commands) = mpsc::unbounded_channel();
+        let (events, mut heard) = mpsc::unbounded_channel();
+        let finished = start(
+            rtp,
+            params(caller.local_addr().unwrap()),
+            None,
+            commands,
+            events,
+        );
+        cmd.send(MediaCommand::Play(vec![Segment::Audio(tone(1000.0, 200))]))
+            .unwrap();
+        for seq in 0..10 {
+            caller.send_to(&packet(seq, 0x55), ours).unwrap();
+        }
+        let drained = tokio::time::timeout(Duration::from_secs(5), heard.recv()).await;
+        assert!(
+            matches!(drained, Ok(Some(MediaEvent::Drained))),
+            "the prompt never finished"
+        );
+
+        // The tone came out first, as one paced stream: consecutive
+        // sequence numbers, loud frames, then the silence that follows.
+        let mut buf = [0u8; 2048];
+        let mut seqs = Vec::new();
+        let mut loud = 0;
+        for _ in 0..15 {
+            let n = caller.recv(&mut buf).expect("the prompt stopped");
+            assert_eq!(n, 172);
+            assert_eq!(buf[1] & 0x7f, 8);
+            seqs.push(u16::from_be_bytes([buf[2], buf[3]]));
+            let mut pcm = [0i16; 160];
+            Law::Alaw.decode_into(&buf[12..172], &mut pcm);
+            if pcm.iter().map(|s| i64::from(*s).abs()).sum::<i64>() / 160 > 1000 {
+                loud += 1;
+            }
+        }
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+            "{seqs:?}"
+        );
+        assert!(
+            (9..=11).contains(&loud),
+            "{loud} loud frames of a 200 ms tone"
+        );
+
+        cmd.send(MediaCommand::Stop).unwrap();
+        let done = tokio::time::timeout(Duration::from_secs(5), finished).await;
+        let stats = done
+            .expect("the session never stopped")
+            .expect("the session failed")
+            .stats;
+        assert_eq!(stats.packets_in, 10);
+        assert_eq!(stats.bad_packets, 0);
+        assert!(stats.packets_out >= 10);
+    }
+
+    /// The reactor registers relayed sockets by descriptor, per leg. Legs
+    /// come and go (re-bridge) and move (a completed transfer makes the
+    /// dispatcher's socket the agent's); relay must follow every time.
+    #[tokio::test]
+    async fn relay_follows_the_legs_through_rebridges_and_a_completed_transfer() {
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 42200, 42299);
+        let rtp = pool.allocate().unwrap();
+        let ours = SocketAddr::from(([127, 0, 0, 1], rtp.port));
+        let caller = peer();
+        let (cmd, commands) = mpsc::unbounded_channel();
+        let (events, _heard) = mpsc::unbounded_channel();
+        let finished = start(
+            rtp,
+            params(caller.local_addr().unwrap()),
+            None,
+            commands,
+            events,
+        );
+        let leg = |peer: &UdpSocket| {
+            let rtp = pool.allocate().unwrap();
+            let at = SocketAddr::from(([127, 0, 0, 1], rtp.port));
+            (rtp, params(peer.local_addr().unwrap()), at)
+        };
+
+        for round in 0..3u8 {
+            let agent = peer();
+            let (rtp, params, theirs) = leg(&agent);
+            cmd.send(MediaCommand::Bridge { rtp, params }).unwrap();
+            assert!(
+                relayed(&caller, ours, &agent, 0x10 + round),
+                "round {round}: caller to agent"
+            );
+            assert!(
+                relayed(&agent, theirs, &caller, 0x20 + round),
+                "round {round}: agent to caller"
+            );
+            cmd.send(MediaCommand::Unbridge).unwrap();
+            assert!(
+                hears_prompts(&caller),
+                "round {round}: no prompts after the agent left"
+            );
+        }
+
+        let (agent, dispatcher) = (peer(), peer());
+        let (rtp, params_a, to_agent) = leg(&agent);
+        cmd.send(MediaCommand::Bridge {
+            rtp,
+            params: params_a,
+        })
+        .unwrap();
+        assert!(relayed(&caller, ours, &agent, 0x31), "caller to agent");
+        let (rtp, params_d, to_dispatcher) = leg(&dispatcher);
+        cmd.send(MediaCommand::Consult {
+            rtp,
+            params: params_d,
+            recording: None,
+            agent_leg: None,
+        })
+        .unwrap();
+        assert!(
+            relayed(&agent, to_agent, &dispatcher, 0x32),
+            "agent to dispatcher"
+        );
+        assert!(
+            relayed(&dispatcher, to_dispatcher, &agent, 0x33),
+            "dispatcher to agent"
+        );
+        cmd.send(MediaCommand::Complete).unwrap();
+        assert!(
+            relayed(&dispatcher, to_dispatcher, &caller, 0x34),
+            "dispatcher to caller after completion"
+        );
+        assert!(
+            relayed(&caller, ours, &dispatcher, 0x35),
+            "caller to dispatcher after completion"
+        );
+        drop(cmd);
+        let done = tokio::time::timeout(Duration::from_secs(5), finished).await;
+        assert!(
+            matches!(done, Ok(Ok(_))),
+            "a dropped command sender stops the session"
+        );
+    }
+}
