@@ -70,5 +70,10 @@ fn every_benchmark_scenario_runs_and_loses_nothing() {
     for m in [&rate["machine"], &conc["machine"], &surge["machine"]] {
         assert!(m["spin_ms"].as_f64().unwrap() > 0.0, "{m}");
         assert!(m["fdatasync_ms_p50"].as_f64().unwrap() >= 0.0, "{m}");
+        let storage = m["storage"].as_str().unwrap_or_default();
+        assert!(
+            ["loop, direct I/O", "loop, buffered", "loop", "folder"].contains(&storage),
+            "{m}"
+        );
     }
 }

@@ -64,7 +64,8 @@ def spawn(args, **kw):
 # freed in the last minutes when it allocates new ones, so a run made
 # right after another deleted its thousands of recordings paid for that in
 # file creation (seen as `recently_deleted` in perf); a center keeps its
-# recordings. Not root: a folder in /tmp, and that caveat.
+# recordings. The loop device does direct I/O on its image (see below).
+# Not root: a folder in /tmp, and those caveats.
 WORK = None
 FINISHED = []
 
@@ -79,6 +80,14 @@ def workdir():
             f"truncate -s 40G {image} && mkfs.ext4 -q -F {image} && mount -o loop {image} {mnt}",
             shell=True, capture_output=True,
         ).returncode == 0
+        if made:
+            # Direct I/O under the loop device: the image's pages go to the
+            # disk, not into a second page cache (the backing file's) by the
+            # loop workers on the same two cores. A real disk has one cache.
+            # Buffered, the recorder thread took 365 ms of CPU a second with
+            # 2,000 callers waiting; direct, 177 (BENCHMARKS.md).
+            subprocess.run(f"losetup --direct-io=on $(findmnt -no SOURCE {mnt})",
+                           shell=True, capture_output=True)
         WORK = (base, mnt if made else base, made)
     return WORK[1]
 
@@ -562,7 +571,22 @@ def machine(root):
         load = float(f.read().split()[0])
     return {"settle_s": round(settle_s, 1), "spin_ms": round(min(spins), 1),
             "fdatasync_ms_p50": round(quantile(syncs, 0.5), 2), "fdatasync_ms_max": round(max(syncs), 2),
-            "load_1min": load}
+            "load_1min": load, "storage": storage(root)}
+
+
+def storage(root):
+    """What the run's files are on: a loop device doing direct I/O (as
+    bench runs as root make it), a buffered loop device, or a plain folder.
+    Figures before the direct I/O (BENCHMARKS.md) were on a buffered one."""
+    source = subprocess.run(["findmnt", "-no", "SOURCE", "-T", str(root)],
+                            capture_output=True, text=True).stdout.strip()
+    if not source.startswith("/dev/loop"):
+        return "folder"
+    try:
+        dio = Path(f"/sys/block/{Path(source).name}/loop/dio").read_text().strip()
+    except OSError:
+        return "loop"
+    return "loop, direct I/O" if dio == "1" else "loop, buffered"
 
 
 def cpu_summary(samples, skip_first=1):
