@@ -22,7 +22,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -42,6 +42,9 @@ struct Shared {
     waker: Waker,
     /// Sessions on this thread, started and not yet finished.
     sessions: AtomicUsize,
+    /// False once the thread has ended (it never should): it takes no new
+    /// session. Changed and read under `inbox`'s lock.
+    alive: AtomicBool,
 }
 
 struct New {
@@ -62,21 +65,28 @@ pub fn start(
 ) -> oneshot::Receiver<Finished> {
     let (done, finished) = oneshot::channel();
     let session = Session::new(rtp, params, recording, commands, events, Instant::now());
-    let reactors = REACTORS.get_or_init(spawn_threads);
-    let Some(shared) = reactors
-        .iter()
-        .min_by_key(|r| r.sessions.load(Ordering::Relaxed))
-    else {
-        // No thread could be started (logged there): the call is told
-        // its media failed, as when a session panics.
+    let new = New { session, done };
+    let mut threads: Vec<&Arc<Shared>> = REACTORS.get_or_init(spawn_threads).iter().collect();
+    threads.sort_by_key(|r| r.sessions.load(Ordering::Relaxed));
+    for shared in threads {
+        {
+            let mut inbox = crate::lock(&shared.inbox);
+            if !shared.alive.load(Ordering::Relaxed) {
+                continue;
+            }
+            shared.sessions.fetch_add(1, Ordering::Relaxed);
+            inbox.push(new);
+        }
+        if let Err(e) = shared.waker.wake() {
+            // It still picks the session up at its next wake-up.
+            warn!(error = %e, "cannot wake a media thread");
+        }
         return finished;
-    };
-    shared.sessions.fetch_add(1, Ordering::Relaxed);
-    crate::lock(&shared.inbox).push(New { session, done });
-    if let Err(e) = shared.waker.wake() {
-        // It still picks the session up at its next wake-up.
-        warn!(error = %e, "cannot wake a media thread");
     }
+    // No media thread runs (logged where it stopped): the session is
+    // dropped here, and the call is told its media failed, as when a
+    // session panics, rather than waiting for it forever.
+    drop(new);
     finished
 }
 
@@ -90,11 +100,23 @@ fn spawn_threads() -> Vec<Arc<Shared>> {
                 inbox: Mutex::new(Vec::new()),
                 waker,
                 sessions: AtomicUsize::new(0),
+                alive: AtomicBool::new(true),
             });
             let theirs = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name(format!("siaga-media-{i}"))
-                .spawn(move || Reactor::new(poll, theirs).run())?;
+                .spawn(move || {
+                    let reactor = Reactor::new(poll, Arc::clone(&theirs));
+                    // A session's panic is caught around the session; this
+                    // catches one of the thread's own. Its sessions are
+                    // dropped with it (their calls are told), and so are
+                    // those still in its inbox; new ones go to the others.
+                    let _ = catch_unwind(AssertUnwindSafe(|| reactor.run()));
+                    error!("a media thread stopped; its calls lost their media");
+                    let mut inbox = crate::lock(&theirs.inbox);
+                    theirs.alive.store(false, Ordering::Relaxed);
+                    inbox.clear();
+                })?;
             Ok(shared)
         });
         match started {
