@@ -442,14 +442,24 @@ mod tests {
         )
     }
 
-    #[tokio::test]
-    async fn a_waiting_caller_hears_the_prompt_in_sequence_and_stop_hands_back_the_counts() {
-        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 42100, 42199);
+    /// A session on the reactor for a caller at a fresh socket.
+    struct Started {
+        pool: PortPool,
+        /// Where the session receives the caller's RTP.
+        ours: SocketAddr,
+        caller: UdpSocket,
+        cmd: mpsc::UnboundedSender<MediaCommand>,
+        heard: mpsc::UnboundedReceiver<MediaEvent>,
+        finished: oneshot::Receiver<Finished>,
+    }
+
+    fn started(ports: (u16, u16)) -> Started {
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), ports.0, ports.1);
         let rtp = pool.allocate().unwrap();
         let ours = SocketAddr::from(([127, 0, 0, 1], rtp.port));
         let caller = peer();
         let (cmd, commands) = mpsc::unbounded_channel();
-        let (events, mut heard) = mpsc::unbounded_channel();
+        let (events, heard) = mpsc::unbounded_channel();
         let finished = start(
             rtp,
             params(caller.local_addr().unwrap()),
@@ -457,6 +467,26 @@ mod tests {
             commands,
             events,
         );
+        Started {
+            pool,
+            ours,
+            caller,
+            cmd,
+            heard,
+            finished,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiting_caller_hears_the_prompt_in_sequence_and_stop_hands_back_the_counts() {
+        let Started {
+            ours,
+            caller,
+            cmd,
+            mut heard,
+            finished,
+            ..
+        } = started((42100, 42199));
         cmd.send(MediaCommand::Play(vec![Segment::Audio(tone(1000.0, 200))]))
             .unwrap();
         for seq in 0..10 {
@@ -509,19 +539,14 @@ mod tests {
     /// dispatcher's socket the agent's); relay must follow every time.
     #[tokio::test]
     async fn relay_follows_the_legs_through_rebridges_and_a_completed_transfer() {
-        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 42200, 42299);
-        let rtp = pool.allocate().unwrap();
-        let ours = SocketAddr::from(([127, 0, 0, 1], rtp.port));
-        let caller = peer();
-        let (cmd, commands) = mpsc::unbounded_channel();
-        let (events, _heard) = mpsc::unbounded_channel();
-        let finished = start(
-            rtp,
-            params(caller.local_addr().unwrap()),
-            None,
-            commands,
-            events,
-        );
+        let Started {
+            pool,
+            ours,
+            caller,
+            cmd,
+            finished,
+            ..
+        } = started((42200, 42299));
         let leg = |peer: &UdpSocket| {
             let rtp = pool.allocate().unwrap();
             let at = SocketAddr::from(([127, 0, 0, 1], rtp.port));

@@ -474,25 +474,9 @@ impl Session {
     pub fn tick(&mut self, now: Instant, scratch: &mut Scratch) {
         let mode = self.mode();
         if mode != Mode::Talk {
-            for _ in 0..MAX_READ {
-                match self.rtp.socket.recv_from(&mut scratch.packet) {
-                    Ok((len, from)) => {
-                        self.caller.packet(
-                            &scratch.packet[..len],
-                            from,
-                            &self.params,
-                            &mut self.stats,
-                            &mut scratch.decoded,
-                            now,
-                        );
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        debug!(error = %e, "rtp recv failed");
-                        break;
-                    }
-                }
-            }
+            // Outside talk nobody is woken by the caller's packets: read
+            // what queued since the last tick (a flood waits for the next).
+            self.readable(Leg::Caller, now, scratch);
         }
         let remote = self.caller.remote;
         let left = take_frame(&mut self.caller.heard);
