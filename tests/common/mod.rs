@@ -606,8 +606,10 @@ pub fn sipp_echo_uas(port: u16, limit: Duration) {
 }
 
 pub fn stop_sipp_on(port: u16) {
+    // `--`: a pattern starting with `-p` is otherwise pkill's own option,
+    // and nothing was ever stopped (pkill printed its usage instead).
     let _ = Command::new("pkill")
-        .args(["-f", &format!("-p {port}")])
+        .args(["-f", "--", &format!("-p {port}")])
         .status();
 }
 
