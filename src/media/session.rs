@@ -211,10 +211,10 @@ fn send_frame(
     let mut sent = false;
     if let Some(to) = to {
         if header.marshal_to(&mut buf[..hl]).is_ok() {
-            sent = socket
-                .socket
-                .send_to(&buf[..hl + FRAME_SAMPLES], to)
-                .is_ok();
+            match socket.socket.send_to(&buf[..hl + FRAME_SAMPLES], to) {
+                Ok(_) => sent = true,
+                Err(e) => debug!(error = %e, "rtp send failed"),
+            }
         }
     }
     header.marker = false;
@@ -529,30 +529,21 @@ impl Session {
                 let busy_before = self.player.busy();
                 let mut frame = [0i16; FRAME_SAMPLES];
                 self.player.next_frame(&mut frame);
-                let header_len = self.header.marshal_size();
-                let out = &mut scratch.out;
-                {
-                    let payload = &mut out[header_len..header_len + FRAME_SAMPLES];
-                    self.params.law.encode_into(&frame, payload);
-                    // Record exactly what went on the wire.
-                    self.params.law.decode_into(payload, &mut right);
+                let hl = self.header.marshal_size();
+                if send_frame(
+                    &self.rtp,
+                    remote,
+                    &mut self.header,
+                    self.params.law,
+                    &frame,
+                    &mut scratch.out,
+                ) {
+                    self.stats.packets_out += 1;
                 }
-                if let Some(to) = remote {
-                    if self.header.marshal_to(&mut out[..header_len]).is_ok() {
-                        match self
-                            .rtp
-                            .socket
-                            .send_to(&out[..header_len + FRAME_SAMPLES], to)
-                        {
-                            Ok(_) => self.stats.packets_out += 1,
-                            Err(e) => debug!(error = %e, "rtp send failed"),
-                        }
-                    }
-                }
-                let h = &mut self.header;
-                h.marker = false;
-                h.sequence_number = h.sequence_number.wrapping_add(1);
-                h.timestamp = h.timestamp.wrapping_add(FRAME_SAMPLES as u32);
+                // Record exactly what went on the wire.
+                self.params
+                    .law
+                    .decode_into(&scratch.out[hl..hl + FRAME_SAMPLES], &mut right);
                 // The frame that played the last queued audio just went out.
                 if busy_before && !self.player.busy() {
                     let _ = self.events.send(MediaEvent::Drained);
@@ -618,19 +609,9 @@ impl Session {
 
     /// A caller's packet in talk: relayed to the agent at once.
     fn on_caller(&mut self, len: usize, from: SocketAddr, now: Instant, scratch: &mut Scratch) {
-        if self.mode() != Mode::Talk {
-            // The tick reads the caller outside talk; a packet read here
-            // (a command changed the mode since the wake-up) still counts.
-            self.caller.packet(
-                &scratch.packet[..len],
-                from,
-                &self.params,
-                &mut self.stats,
-                &mut scratch.decoded,
-                now,
-            );
-            return;
-        }
+        // Outside talk (the tick's reads, or a command changed the mode
+        // since the wake-up) the packet is only counted and kept.
+        let talk = self.mode() == Mode::Talk;
         let Scratch {
             packet,
             out,
@@ -646,6 +627,9 @@ impl Session {
         ) else {
             return;
         };
+        if !talk {
+            return;
+        }
         if let Some(a) = self.agent.as_mut() {
             let n = payload.len();
             forward(
