@@ -27,7 +27,7 @@
 //! tick reads what queued. `relayed` says which sockets need it now.
 
 use super::g711::Law;
-use super::ports::RtpSocket;
+use super::ports::{Batch, RtpSocket, BATCH};
 use super::prompts::{Clip, Player, Segment};
 use super::recorder::{Recording, FRAME_SAMPLES};
 use bytes::Buf;
@@ -361,7 +361,7 @@ pub struct Finished {
 /// Buffers for one packet's work, shared by every session one reactor
 /// thread drives (a session handles one packet at a time).
 pub struct Scratch {
-    packet: [u8; 2048],
+    batch: Batch,
     out: [u8; 2048],
     decoded: [i16; 2048],
 }
@@ -369,7 +369,7 @@ pub struct Scratch {
 impl Scratch {
     pub fn new() -> Box<Scratch> {
         Box::new(Scratch {
-            packet: [0; 2048],
+            batch: Batch::new(),
             out: [0; 2048],
             decoded: [0; 2048],
         })
@@ -579,7 +579,8 @@ impl Session {
     /// `MAX_READ` packets. Returns true when it stopped at that bound with
     /// more perhaps waiting.
     pub fn readable(&mut self, leg: Leg, now: Instant, scratch: &mut Scratch) -> bool {
-        for _ in 0..MAX_READ {
+        let mut read = 0;
+        while read < MAX_READ {
             let socket = match leg {
                 Leg::Caller => &self.rtp,
                 Leg::Agent => match &self.agent {
@@ -591,40 +592,47 @@ impl Session {
                     None => return false,
                 },
             };
-            let (len, from) = match socket.socket.recv_from(&mut scratch.packet) {
-                Ok(x) => x,
+            let n = match socket.recv_batch(&mut scratch.batch) {
+                Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
                 Err(e) => {
                     debug!(error = %e, "rtp recv failed");
                     return false;
                 }
             };
-            match leg {
-                Leg::Caller => self.on_caller(len, from, now, scratch),
-                leg => self.on_agent_leg(leg, len, from, scratch),
+            for i in 0..n {
+                match leg {
+                    Leg::Caller => self.on_caller(i, now, scratch),
+                    leg => self.on_agent_leg(leg, i, scratch),
+                }
             }
+            if n < BATCH {
+                // The read stopped at an empty queue.
+                return false;
+            }
+            read += n;
         }
         true
     }
 
-    /// A caller's packet in talk: relayed to the agent at once.
-    fn on_caller(&mut self, len: usize, from: SocketAddr, now: Instant, scratch: &mut Scratch) {
+    /// The caller's `i`th packet of the batch just read: kept, and in
+    /// talk relayed to the agent at once.
+    fn on_caller(&mut self, i: usize, now: Instant, scratch: &mut Scratch) {
         // Outside talk (the tick's reads, or a command changed the mode
         // since the wake-up) the packet is only counted and kept.
         let talk = self.mode() == Mode::Talk;
         let Scratch {
-            packet,
+            batch,
             out,
             decoded,
         } = scratch;
-        let Some(payload) = self.caller.packet(
-            &packet[..len],
-            from,
-            &self.params,
-            &mut self.stats,
-            decoded,
-            now,
-        ) else {
+        let (datagram, Some(from)) = batch.datagram(i) else {
+            return;
+        };
+        let Some(payload) =
+            self.caller
+                .packet(datagram, from, &self.params, &mut self.stats, decoded, now)
+        else {
             return;
         };
         if !talk {
@@ -648,7 +656,7 @@ impl Session {
     /// A packet on the agent's or the dispatcher's leg: relayed to the
     /// caller (the agent, in talk) or to the other of the two (consult),
     /// kept for the recording or the mix.
-    fn on_agent_leg(&mut self, leg: Leg, len: usize, from: SocketAddr, scratch: &mut Scratch) {
+    fn on_agent_leg(&mut self, leg: Leg, i: usize, scratch: &mut Scratch) {
         let mode = self.mode();
         let (this, other) = match leg {
             Leg::Agent => (self.agent.as_mut(), self.second.as_mut()),
@@ -656,11 +664,14 @@ impl Session {
         };
         let Some(this) = this else { return };
         let Scratch {
-            packet,
+            batch,
             out,
             decoded,
         } = scratch;
-        let Some((h, payload)) = parse(&packet[..len]) else {
+        let (datagram, Some(from)) = batch.datagram(i) else {
+            return;
+        };
+        let Some((h, payload)) = parse(datagram) else {
             self.stats.bad_packets += 1;
             return;
         };
