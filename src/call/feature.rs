@@ -70,13 +70,11 @@ pub(super) async fn run(
             Segment::Silence(800),
         ],
     };
-    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, mut events) = mpsc::unbounded_channel();
-    let media = crate::media::reactor::start(
+    let (cmd_tx, media) = crate::media::reactor::start(
         rtp,
         MediaParams::new(&n, offer.addr, Duration::from_secs(10)),
         None,
-        cmd_rx,
         ev_tx,
     );
     let _ = cmd_tx.send(MediaCommand::Play(confirmation));

@@ -25,6 +25,7 @@ use crate::media::g711::Law;
 use crate::media::ports::PortPool;
 use crate::media::ports::RtpSocket;
 use crate::media::prompts::{Prompts, Segment};
+use crate::media::reactor::MediaControl;
 use crate::media::recorder::{sha256_file, Recorder};
 use crate::media::sdp::{self, LocalAudio, Negotiated};
 use crate::media::session::{MediaCommand, MediaEvent, MediaParams};
@@ -387,13 +388,11 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
         recording_error,
     });
 
-    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, mut media_events) = mpsc::unbounded_channel();
-    let media = crate::media::reactor::start(
+    let (cmd_tx, media) = crate::media::reactor::start(
         rtp,
         MediaParams::new(&negotiated, remote_addr, s.config.server.media.rtp_timeout),
         recording,
-        cmd_rx,
         ev_tx,
     );
     let greeting = s
@@ -1285,7 +1284,7 @@ async fn agent_left_ringing(
     gone: &AgentSide,
     call_id: &CallId,
     incident_id: &IncidentId,
-    media: &mpsc::UnboundedSender<MediaCommand>,
+    media: &MediaControl,
 ) {
     transferred_away(s, t, gone, call_id, incident_id).await;
     let _ = media.send(MediaCommand::Unbridge);
@@ -1392,7 +1391,7 @@ async fn complete_transfer(
     call_id: &CallId,
     incident_id: &IncidentId,
     by: &str,
-    media: &mpsc::UnboundedSender<MediaCommand>,
+    media: &MediaControl,
     announce: BridgedCall,
 ) -> Option<AgentSide> {
     let d = t.dispatcher.take()?;
@@ -1435,7 +1434,7 @@ async fn give_up_transfer(
     agent: Option<&AgentSide>,
     call_id: &CallId,
     incident_id: &IncidentId,
-    media: &mpsc::UnboundedSender<MediaCommand>,
+    media: &MediaControl,
 ) {
     let talking = t.talking();
     if let Some(d) = t.dispatcher.take() {
@@ -1505,7 +1504,7 @@ fn transfer_begun(
     incident_id: &IncidentId,
     from: Option<&AgentSide>,
     by: &str,
-    media: &mpsc::UnboundedSender<MediaCommand>,
+    media: &MediaControl,
 ) {
     s.store.send(StoreCmd::TransferStarted(Box::new(
         crate::store::NewTransfer {
