@@ -72,7 +72,14 @@ fn every_benchmark_scenario_runs_and_loses_nothing() {
         assert!(m["fdatasync_ms_p50"].as_f64().unwrap() >= 0.0, "{m}");
         let storage = m["storage"].as_str().unwrap_or_default();
         assert!(
-            ["loop, direct I/O", "loop, buffered", "loop", "folder"].contains(&storage),
+            [
+                "loop, direct I/O",
+                "loop, buffered",
+                "loop",
+                "tmpfs",
+                "folder"
+            ]
+            .contains(&storage),
             "{m}"
         );
     }

@@ -76,11 +76,19 @@ def workdir():
         base = Path(tempfile.mkdtemp(prefix="siaga-bench-fs."))
         image, mnt = base / "fs.img", base / "mnt"
         mnt.mkdir()
-        made = os.geteuid() == 0 and shutil.which("mkfs.ext4") and subprocess.run(
-            f"truncate -s 40G {image} && mkfs.ext4 -q -F {image} && mount -o loop {image} {mnt}",
-            shell=True, capture_output=True,
-        ).returncode == 0
-        if made:
+        if os.environ.get("BENCH_FS") == "tmpfs":
+            # For diagnosis only: no disk at all, so what is left is not
+            # the storage's (a center's recordings need a disk).
+            made = os.geteuid() == 0 and subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=8G", "tmpfs", str(mnt)],
+                capture_output=True,
+            ).returncode == 0
+        else:
+            made = os.geteuid() == 0 and shutil.which("mkfs.ext4") and subprocess.run(
+                f"truncate -s 40G {image} && mkfs.ext4 -q -F {image} && mount -o loop {image} {mnt}",
+                shell=True, capture_output=True,
+            ).returncode == 0
+        if made and os.environ.get("BENCH_FS") != "tmpfs":
             # Direct I/O under the loop device: the image's pages go to the
             # disk, not into a second page cache (the backing file's) by the
             # loop workers on the same two cores. A real disk has one cache.
@@ -580,6 +588,8 @@ def storage(root):
     Figures before the direct I/O (BENCHMARKS.md) were on a buffered one."""
     source = subprocess.run(["findmnt", "-no", "SOURCE", "-T", str(root)],
                             capture_output=True, text=True).stdout.strip()
+    if source == "tmpfs":
+        return "tmpfs"
     if not source.startswith("/dev/loop"):
         return "folder"
     try:

@@ -92,6 +92,7 @@ async fn main() {
         .unwrap_or_default();
     let remotes = arg(&args, "--remotes");
     let start = Instant::now();
+    let start_ns = wall_ns();
     let mut ports = Vec::new();
     for i in 0..count {
         let socket = UdpSocket::bind(("127.0.0.1", base + 2 * i))
@@ -137,7 +138,7 @@ async fn main() {
     for p in &ports {
         drain(p, &mut inbound);
     }
-    report(&ports, start.elapsed());
+    report(&ports, start.elapsed(), start_ns);
 }
 
 /// Reads `<our port> <remote port>` lines as SIPp appends them.
@@ -313,7 +314,7 @@ fn take(p: &Port, datagram: &[u8], from: SocketAddr, now_ns: u64) {
     }
 }
 
-fn report(ports: &[Arc<Port>], elapsed: Duration) {
+fn report(ports: &[Arc<Port>], elapsed: Duration, start_ns: u64) {
     let (mut measured, mut expected, mut returned, mut other) = (0u64, 0u64, 0u64, 0u64);
     let mut lossy = 0u64;
     let mut rtt: Vec<u32> = Vec::new();
@@ -351,8 +352,20 @@ fn report(ports: &[Arc<Port>], elapsed: Duration) {
             v[((v.len() - 1) as f64 * f) as usize]
         }
     };
+    // When the gaps fell, in seconds since the probe started, and how many
+    // in each 100 ms window: to set beside the run's phases.
+    let mut when: Vec<(u64, u64)> = windows.iter().map(|(w, n)| (*w, *n)).collect();
+    when.sort_unstable();
+    let when = when
+        .iter()
+        .map(|(w, n)| {
+            let at = (w * 100_000_000).saturating_sub(start_ns) as f64 / 1e9;
+            format!("[{at:.1},{n}]")
+        })
+        .collect::<Vec<_>>()
+        .join(",");
     println!(
-        "{{\"ports\":{},\"calls_measured\":{measured},\"calls_with_loss\":{lossy},\"packets_expected\":{expected},\"packets_returned\":{returned},\"packets_lost\":{},\"rtt_us\":{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}},\"prompts\":{{\"packets\":{other},\"jitter_us_p50\":{},\"jitter_us_p99\":{},\"jitter_us_max\":{},\"gaps_over_60ms\":{gaps},\"gap_windows_100ms\":{},\"gaps_in_worst_window\":{}}},\"seconds\":{:.1}}}",
+        "{{\"ports\":{},\"calls_measured\":{measured},\"calls_with_loss\":{lossy},\"packets_expected\":{expected},\"packets_returned\":{returned},\"packets_lost\":{},\"rtt_us\":{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}},\"prompts\":{{\"packets\":{other},\"jitter_us_p50\":{},\"jitter_us_p99\":{},\"jitter_us_max\":{},\"gaps_over_60ms\":{gaps},\"gap_windows_100ms\":{},\"gaps_in_worst_window\":{},\"gap_windows_at\":[{when}]}},\"seconds\":{:.1}}}",
         ports.len(),
         expected.saturating_sub(returned),
         q(&rtt, 0.5),
