@@ -358,8 +358,8 @@ pub struct Finished {
     pub consult: Option<Recording>,
 }
 
-/// Buffers for one packet's work, shared by every session one reactor
-/// thread drives (a session handles one packet at a time).
+/// Buffers for one read's work (a batch of datagrams, handled one after
+/// the other), shared by every session one reactor thread drives.
 pub struct Scratch {
     batch: Batch,
     out: [u8; 2048],
