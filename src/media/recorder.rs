@@ -26,6 +26,13 @@
 //! runtime (`open` runs on the blocking pool): creating a file can wait on
 //! the filesystem, and a runtime thread waiting there stalls every call's
 //! SIP and media with it.
+//!
+//! Frames wait in memory until the thread takes them, so a thread that
+//! falls behind (a slow disk, or cores busy with the media threads, which
+//! run favoured) costs memory, not recordings. It says so: each frame
+//! carries the moment its tick made it, and once the oldest frame a batch
+//! takes is `BEHIND_WARN` old the thread warns, and says again when it has
+//! caught up (`Recorder::behind` reads the figure).
 
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -35,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 /// Samples per channel in one 20 ms frame at 8 kHz.
 pub const FRAME_SAMPLES: usize = 160;
@@ -48,6 +55,10 @@ const SYNC_EVERY: Duration = Duration::from_secs(1);
 const DURABLE_EVERY: Duration = Duration::from_millis(250);
 /// How often the thread takes what was queued for it.
 const BATCH_EVERY: Duration = Duration::from_millis(10);
+/// How far behind the calls the thread may write before it warns; it
+/// says it has caught up below `CAUGHT_UP`.
+const BEHIND_WARN: Duration = Duration::from_secs(2);
+const CAUGHT_UP: Duration = Duration::from_millis(500);
 
 /// One 20 ms stereo frame: left (caller) and right (us/agent).
 pub type StereoFrame = ([i16; FRAME_SAMPLES], [i16; FRAME_SAMPLES]);
@@ -83,6 +94,8 @@ enum Msg {
     Frame {
         id: u64,
         frame: StereoFrame,
+        /// When the session's tick made it.
+        at: Instant,
     },
     Close {
         id: u64,
@@ -113,6 +126,8 @@ pub struct Closed {
 pub struct Recorder {
     tx: mpsc::Sender<Msg>,
     next_id: std::sync::Arc<AtomicU64>,
+    /// How old, in ms, the oldest frame of the thread's last batch was.
+    behind_ms: std::sync::Arc<AtomicU64>,
 }
 
 impl Recorder {
@@ -121,6 +136,8 @@ impl Recorder {
     /// `DURABLE_EVERY`.
     pub fn start(dir: &Path) -> Recorder {
         let (tx, rx) = mpsc::channel();
+        let behind_ms = std::sync::Arc::new(AtomicU64::new(0));
+        let behind = behind_ms.clone();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let syncer = Syncer {
             dir: dir.to_path_buf(),
@@ -150,7 +167,7 @@ impl Recorder {
         std::thread::Builder::new()
             .name("siaga-recorder".into())
             .spawn(move || {
-                run(rx);
+                run(rx, &behind);
                 // Everything is finished: durable before the thread ends.
                 if let Err(e) = syncer.sync() {
                     error!(folder = %syncer.dir.display(), error = %e, "recordings cannot be synced to disk");
@@ -161,7 +178,14 @@ impl Recorder {
         Recorder {
             tx,
             next_id: std::sync::Arc::new(AtomicU64::new(1)),
+            behind_ms,
         }
+    }
+
+    /// How far behind the calls the thread was writing at its last batch
+    /// (the age of the oldest frame it took); zero when it keeps up.
+    pub fn behind(&self) -> Duration {
+        Duration::from_millis(self.behind_ms.load(Ordering::Relaxed))
     }
 
     /// Creates the WAV file (and its folders), on the blocking pool, and
@@ -236,11 +260,12 @@ impl Recording {
         &self.path
     }
 
-    /// Queues one frame; never blocks.
-    pub fn write(&self, left: [i16; FRAME_SAMPLES], right: [i16; FRAME_SAMPLES]) {
+    /// Queues one frame, made by the tick at `at`; never blocks.
+    pub fn write(&self, left: [i16; FRAME_SAMPLES], right: [i16; FRAME_SAMPLES], at: Instant) {
         let _ = self.tx.send(Msg::Frame {
             id: self.id,
             frame: (left, right),
+            at,
         });
     }
 
@@ -288,17 +313,21 @@ pub fn sha256_file(path: &Path) -> Result<String, RecordError> {
     Ok(hex::encode(h.finalize()))
 }
 
-fn run(rx: mpsc::Receiver<Msg>) {
+fn run(rx: mpsc::Receiver<Msg>, behind_ms: &AtomicU64) {
     let mut open: HashMap<u64, Box<Open>> = HashMap::new();
+    let mut behind = Behind::default();
     loop {
         // Sleeping, not waiting on the channel: senders wake nobody.
         std::thread::sleep(BATCH_EVERY);
+        let taken = Instant::now();
+        let mut oldest: Option<Instant> = None;
         loop {
             match rx.try_recv() {
                 Ok(Msg::Adopt { id, writer }) => {
                     open.insert(id, writer);
                 }
-                Ok(Msg::Frame { id, frame }) => {
+                Ok(Msg::Frame { id, frame, at }) => {
+                    oldest = Some(oldest.map_or(at, |o| o.min(at)));
                     if let Some(w) = open.get_mut(&id) {
                         write_frame(w, &frame);
                     }
@@ -323,12 +352,33 @@ fn run(rx: mpsc::Receiver<Msg>) {
                 }
             }
         }
+        let lag = oldest.map_or(Duration::ZERO, |o| taken.saturating_duration_since(o));
+        behind_ms.store(lag.as_millis() as u64, Ordering::Relaxed);
+        behind.update(lag, open.len());
         let now = Instant::now();
         for w in open.values_mut() {
             if w.due <= now {
                 w.due = now + SYNC_EVERY;
                 sync(w);
             }
+        }
+    }
+}
+
+/// Whether the thread has said it is behind.
+#[derive(Default)]
+struct Behind {
+    warned: bool,
+}
+
+impl Behind {
+    fn update(&mut self, lag: Duration, open: usize) {
+        if !self.warned && lag >= BEHIND_WARN {
+            self.warned = true;
+            warn!(behind = ?lag, open, "recordings are written behind the calls: the disk or the cores cannot keep up, and frames wait in memory");
+        } else if self.warned && lag < CAUGHT_UP {
+            self.warned = false;
+            info!(open, "recordings have caught up with the calls");
         }
     }
 }
@@ -420,7 +470,7 @@ mod tests {
         let rec = Recorder::start(dir.path());
         let r = rec.open(&path).await.unwrap();
         for i in 0..50 {
-            r.write([i; FRAME_SAMPLES], [-i; FRAME_SAMPLES]);
+            r.write([i; FRAME_SAMPLES], [-i; FRAME_SAMPLES], Instant::now());
         }
         let closed = r.close().await.unwrap();
         assert_eq!(closed.samples, 50 * FRAME_SAMPLES as u64);
@@ -444,12 +494,40 @@ mod tests {
         let rec = Recorder::start(dir.path());
         let r = rec.open(&path).await.unwrap();
         for _ in 0..10 {
-            r.write([1; FRAME_SAMPLES], [2; FRAME_SAMPLES]);
+            r.write([1; FRAME_SAMPLES], [2; FRAME_SAMPLES], Instant::now());
         }
         tokio::time::sleep(Duration::from_millis(1600)).await;
         let reader = hound::WavReader::open(&path).unwrap();
         assert_eq!(reader.len(), 2 * 10 * FRAME_SAMPLES as u32);
         drop(r);
+    }
+
+    /// The thread tells how far behind the calls it writes: the age of
+    /// the oldest frame of its last batch, back to zero once it keeps up.
+    #[tokio::test]
+    async fn says_how_far_behind_it_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Recorder::start(dir.path());
+        let r = rec.open(&dir.path().join("late.wav")).await.unwrap();
+        assert_eq!(rec.behind(), Duration::ZERO);
+        // Frames their ticks made three seconds ago, as when the thread
+        // could not run for that long, for a while.
+        let mut seen = Duration::ZERO;
+        for _ in 0..100 {
+            let then = Instant::now().checked_sub(Duration::from_secs(3)).unwrap();
+            r.write([1; FRAME_SAMPLES], [2; FRAME_SAMPLES], then);
+            std::thread::sleep(Duration::from_millis(2));
+            seen = seen.max(rec.behind());
+        }
+        assert!(
+            (Duration::from_secs(3)..Duration::from_secs(10)).contains(&seen),
+            "{seen:?}"
+        );
+        // Caught up: frames as fresh as they come.
+        r.write([1; FRAME_SAMPLES], [2; FRAME_SAMPLES], Instant::now());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(rec.behind() < Duration::from_secs(1), "{:?}", rec.behind());
+        r.close().await.unwrap();
     }
 
     #[tokio::test]

@@ -521,7 +521,7 @@ impl Session {
                         &mut scratch.out,
                     );
                     if let Some(rec) = &self.consult_rec {
-                        rec.write(fa, fb);
+                        rec.write(fa, fb, now);
                     }
                 }
             }
@@ -553,7 +553,7 @@ impl Session {
                     if let (Some(a), Some(b)) = (self.agent.as_mut(), self.second.as_mut()) {
                         let (fa, fb) = (a.take_frame(), b.take_frame());
                         if let Some(rec) = &self.consult_rec {
-                            rec.write(fa, fb);
+                            rec.write(fa, fb, now);
                         }
                     }
                 } else if let Some(a) = self.agent.as_mut() {
@@ -564,7 +564,7 @@ impl Session {
             }
         }
         if let Some(rec) = &self.recording {
-            rec.write(left, right);
+            rec.write(left, right, now);
         }
 
         if !self.caller.timed_out
