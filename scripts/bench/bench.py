@@ -76,7 +76,8 @@ def workdir():
         base = Path(tempfile.mkdtemp(prefix="siaga-bench-fs."))
         image, mnt = base / "fs.img", base / "mnt"
         mnt.mkdir()
-        if os.environ.get("BENCH_FS") == "tmpfs":
+        tmpfs = os.environ.get("BENCH_FS") == "tmpfs"
+        if tmpfs:
             # For diagnosis only: no disk at all, so what is left is not
             # the storage's (a center's recordings need a disk).
             made = os.geteuid() == 0 and subprocess.run(
@@ -88,7 +89,7 @@ def workdir():
                 f"truncate -s 40G {image} && mkfs.ext4 -q -F {image} && mount -o loop {image} {mnt}",
                 shell=True, capture_output=True,
             ).returncode == 0
-        if made and os.environ.get("BENCH_FS") != "tmpfs":
+        if made and not tmpfs:
             # Direct I/O under the loop device: the image's pages go to the
             # disk, not into a second page cache (the backing file's) by the
             # loop workers on the same two cores. A real disk has one cache.

@@ -314,7 +314,6 @@ impl Reactor {
         let mut events = Events::with_capacity(1024);
         loop {
             self.admit();
-            self.mark_called();
             let timeout = self.timeout(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
@@ -333,6 +332,8 @@ impl Reactor {
                     self.read(idx, leg, now);
                 }
             }
+            // Marks left while the thread waited count for the ticks below.
+            self.mark_called();
             // Every slot whose time has come, in order: a thread that fell
             // behind catches up with each session's ticks (as tokio's
             // `MissedTickBehavior::Burst` did), so recordings keep time.
