@@ -181,6 +181,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         callbacks: Some(call::Callbacks::new(services.clone(), store.clone())),
         store,
         recordings_dir,
+        recorder: services.recorder.clone(),
         acd,
         config: config.clone(),
         live,

@@ -158,6 +158,12 @@ fn calls_to_112_and_119_are_answered_recorded_and_open_incidents() {
     assert_eq!(status, 404);
     let (status, health) = server.get("/healthz");
     assert_eq!((status, health["database"].as_str()), (200, Some("ok")));
+    // Two calls are nothing for the recorder: it writes as they come.
+    assert_eq!(health["recordings"], "ok", "{health}");
+    assert!(
+        health["recordings_behind_ms"].as_u64().unwrap() < 2000,
+        "{health}"
+    );
 }
 
 #[test]

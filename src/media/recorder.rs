@@ -22,7 +22,11 @@
 //!
 //! The thread takes its work in batches, every `BATCH_EVERY`: a frame
 //! queued for it wakes nothing (with a thousand calls, a wake-up per frame
-//! was 50,000 context switches a second). Files are created off the async
+//! was 50,000 context switches a second). A batch that has taken messages
+//! for `CUT_AFTER` stops there, rewrites the headers that are due and
+//! says how far behind it is, then goes on without sleeping: a queue the
+//! thread cannot empty (the cores or the disk too slow) must not stop the
+//! headers being kept current. Files are created off the async
 //! runtime (`open` runs on the blocking pool): creating a file can wait on
 //! the filesystem, and a runtime thread waiting there stalls every call's
 //! SIP and media with it.
@@ -57,7 +61,7 @@ const DURABLE_EVERY: Duration = Duration::from_millis(250);
 const BATCH_EVERY: Duration = Duration::from_millis(10);
 /// How far behind the calls the thread may write before it warns; it
 /// says it has caught up below `CAUGHT_UP`.
-const BEHIND_WARN: Duration = Duration::from_secs(2);
+pub const BEHIND_WARN: Duration = Duration::from_secs(2);
 const CAUGHT_UP: Duration = Duration::from_millis(500);
 
 /// One 20 ms stereo frame: left (caller) and right (us/agent).
@@ -126,8 +130,39 @@ pub struct Closed {
 pub struct Recorder {
     tx: mpsc::Sender<Msg>,
     next_id: std::sync::Arc<AtomicU64>,
+    progress: std::sync::Arc<Progress>,
+}
+
+/// What the thread last said about itself, for `Recorder::behind`.
+struct Progress {
+    /// What the millisecond figures count from.
+    epoch: Instant,
     /// How old, in ms, the oldest frame of the thread's last batch was.
-    behind_ms: std::sync::Arc<AtomicU64>,
+    lag_ms: AtomicU64,
+    /// When (ms after `epoch`) the thread last finished a batch.
+    done_ms: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            epoch: Instant::now(),
+            lag_ms: AtomicU64::new(0),
+            done_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn batch_done(&self, lag: Duration) {
+        self.lag_ms.store(lag.as_millis() as u64, Ordering::Relaxed);
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.done_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn behind(&self) -> Duration {
+        let lag = Duration::from_millis(self.lag_ms.load(Ordering::Relaxed));
+        let done = Duration::from_millis(self.done_ms.load(Ordering::Relaxed));
+        lag.max(self.epoch.elapsed().saturating_sub(done))
+    }
 }
 
 impl Recorder {
@@ -136,8 +171,8 @@ impl Recorder {
     /// `DURABLE_EVERY`.
     pub fn start(dir: &Path) -> Recorder {
         let (tx, rx) = mpsc::channel();
-        let behind_ms = std::sync::Arc::new(AtomicU64::new(0));
-        let behind = behind_ms.clone();
+        let progress = std::sync::Arc::new(Progress::new());
+        let told = progress.clone();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let syncer = Syncer {
             dir: dir.to_path_buf(),
@@ -167,7 +202,7 @@ impl Recorder {
         std::thread::Builder::new()
             .name("siaga-recorder".into())
             .spawn(move || {
-                run(rx, &behind);
+                run(rx, &told);
                 // Everything is finished: durable before the thread ends.
                 if let Err(e) = syncer.sync() {
                     error!(folder = %syncer.dir.display(), error = %e, "recordings cannot be synced to disk");
@@ -178,14 +213,16 @@ impl Recorder {
         Recorder {
             tx,
             next_id: std::sync::Arc::new(AtomicU64::new(1)),
-            behind_ms,
+            progress,
         }
     }
 
-    /// How far behind the calls the thread was writing at its last batch
-    /// (the age of the oldest frame it took); zero when it keeps up.
+    /// How far behind the calls the thread writes: the age of the oldest
+    /// frame its last batch took, or, when longer, the time since it last
+    /// finished a batch (a thread stuck in a write is behind by as long);
+    /// near zero when it keeps up.
     pub fn behind(&self) -> Duration {
-        Duration::from_millis(self.behind_ms.load(Ordering::Relaxed))
+        self.progress.behind()
     }
 
     /// Creates the WAV file (and its folders), on the blocking pool, and
@@ -313,27 +350,84 @@ pub fn sha256_file(path: &Path) -> Result<String, RecordError> {
     Ok(hex::encode(h.finalize()))
 }
 
-fn run(rx: mpsc::Receiver<Msg>, behind_ms: &AtomicU64) {
-    let mut open: HashMap<u64, Box<Open>> = HashMap::new();
-    let mut behind = Behind::default();
+fn run(rx: mpsc::Receiver<Msg>, progress: &Progress) {
+    let mut thread = Thread::new(rx, CUT_AFTER);
+    let mut pause = true;
     loop {
-        // Sleeping, not waiting on the channel: senders wake nobody.
-        std::thread::sleep(BATCH_EVERY);
+        // Sleeping, not waiting on the channel: senders wake nobody. A
+        // batch that was cut goes on at once: the queue is still full.
+        if pause {
+            std::thread::sleep(BATCH_EVERY);
+        }
+        match thread.step() {
+            Taken::Emptied => pause = true,
+            Taken::Cut => pause = false,
+            Taken::Gone => return,
+        }
+        progress.batch_done(thread.behind.lag);
+    }
+}
+
+/// What one batch did with the queue.
+#[derive(Debug, PartialEq, Eq)]
+enum Taken {
+    /// It took everything that was queued.
+    Emptied,
+    /// It stopped at `cut_after`, with messages still queued.
+    Cut,
+    /// Every sender is gone: the files are finished.
+    Gone,
+}
+
+/// The recorder thread's state between batches.
+struct Thread {
+    rx: mpsc::Receiver<Msg>,
+    open: HashMap<u64, Box<Open>>,
+    behind: Behind,
+    /// The longest a batch takes messages before the thread rewrites
+    /// the headers that are due and says how far behind it is: a queue
+    /// that never empties must not stop either.
+    cut_after: Duration,
+}
+
+/// A batch looks at the clock once per this many messages.
+const CLOCK_EVERY: u32 = 32;
+/// See `Thread::cut_after`.
+const CUT_AFTER: Duration = Duration::from_millis(100);
+
+impl Thread {
+    fn new(rx: mpsc::Receiver<Msg>, cut_after: Duration) -> Thread {
+        Thread {
+            rx,
+            open: HashMap::new(),
+            behind: Behind::default(),
+            cut_after,
+        }
+    }
+
+    /// Takes one batch, then writes out every file whose second is due.
+    fn step(&mut self) -> Taken {
         let taken = Instant::now();
+        let until = taken + self.cut_after;
         let mut oldest: Option<Instant> = None;
-        loop {
-            match rx.try_recv() {
+        let mut count = 0u32;
+        let outcome = loop {
+            count = count.wrapping_add(1);
+            if count.is_multiple_of(CLOCK_EVERY) && Instant::now() >= until {
+                break Taken::Cut;
+            }
+            match self.rx.try_recv() {
                 Ok(Msg::Adopt { id, writer }) => {
-                    open.insert(id, writer);
+                    self.open.insert(id, writer);
                 }
                 Ok(Msg::Frame { id, frame, at }) => {
                     oldest = Some(oldest.map_or(at, |o| o.min(at)));
-                    if let Some(w) = open.get_mut(&id) {
+                    if let Some(w) = self.open.get_mut(&id) {
                         write_frame(w, &frame);
                     }
                 }
                 Ok(Msg::Close { id, reply }) => {
-                    if let Some(w) = open.remove(&id) {
+                    if let Some(w) = self.open.remove(&id) {
                         let result = finish(*w);
                         if let Err(e) = &result {
                             error!(error = %e, "recording could not be finished");
@@ -343,25 +437,25 @@ fn run(rx: mpsc::Receiver<Msg>, behind_ms: &AtomicU64) {
                         }
                     }
                 }
-                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Empty) => break Taken::Emptied,
                 Err(mpsc::TryRecvError::Disconnected) => {
-                    for (_, w) in open.drain() {
+                    for (_, w) in self.open.drain() {
                         let _ = finish(*w);
                     }
-                    return;
+                    return Taken::Gone;
                 }
             }
-        }
+        };
         let lag = oldest.map_or(Duration::ZERO, |o| taken.saturating_duration_since(o));
-        behind_ms.store(lag.as_millis() as u64, Ordering::Relaxed);
-        behind.update(lag, open.len());
+        self.behind.update(lag, self.open.len());
         let now = Instant::now();
-        for w in open.values_mut() {
+        for w in self.open.values_mut() {
             if w.due <= now {
                 w.due = now + SYNC_EVERY;
                 sync(w);
             }
         }
+        outcome
     }
 }
 
@@ -369,10 +463,13 @@ fn run(rx: mpsc::Receiver<Msg>, behind_ms: &AtomicU64) {
 #[derive(Default)]
 struct Behind {
     warned: bool,
+    /// The last batch's figure.
+    lag: Duration,
 }
 
 impl Behind {
     fn update(&mut self, lag: Duration, open: usize) {
+        self.lag = lag;
         if !self.warned && lag >= BEHIND_WARN {
             self.warned = true;
             warn!(behind = ?lag, open, "recordings are written behind the calls: the disk or the cores cannot keep up, and frames wait in memory");
@@ -509,7 +606,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rec = Recorder::start(dir.path());
         let r = rec.open(&dir.path().join("late.wav")).await.unwrap();
-        assert_eq!(rec.behind(), Duration::ZERO);
+        assert!(
+            rec.behind() < Duration::from_millis(500),
+            "{:?}",
+            rec.behind()
+        );
         // Frames their ticks made three seconds ago, as when the thread
         // could not run for that long, for a while.
         let mut seen = Duration::ZERO;
@@ -528,6 +629,68 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(rec.behind() < Duration::from_secs(1), "{:?}", rec.behind());
         r.close().await.unwrap();
+    }
+
+    /// A thread that has not finished a batch for three seconds (stuck
+    /// in a write to a hung disk) is three seconds behind, whatever its
+    /// last batch said.
+    #[test]
+    fn a_thread_that_does_not_come_round_is_behind() {
+        let progress = Progress {
+            epoch: Instant::now().checked_sub(Duration::from_secs(3)).unwrap(),
+            lag_ms: AtomicU64::new(0),
+            done_ms: AtomicU64::new(0),
+        };
+        assert!(progress.behind() >= Duration::from_secs(3));
+        progress.batch_done(Duration::ZERO);
+        assert!(progress.behind() < Duration::from_millis(100));
+        progress.batch_done(Duration::from_secs(4));
+        assert!(progress.behind() >= Duration::from_secs(4));
+    }
+
+    /// A queue that never empties does not hold up the thread's other
+    /// work: the batch is cut, the headers that are due are rewritten
+    /// and the lag is told, and the next batch takes the rest.
+    #[test]
+    fn a_batch_that_cannot_empty_the_queue_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("full.wav");
+        let (tx, rx) = mpsc::channel();
+        let rec = Recorder {
+            tx,
+            next_id: std::sync::Arc::new(AtomicU64::new(1)),
+            progress: std::sync::Arc::new(Progress::new()),
+        };
+        let r = rec.create(&path).unwrap();
+        let mut thread = Thread::new(rx, Duration::ZERO);
+        assert_eq!(thread.step(), Taken::Emptied);
+        for w in thread.open.values_mut() {
+            w.due = Instant::now();
+        }
+        let then = Instant::now().checked_sub(Duration::from_secs(3)).unwrap();
+        for i in 0..1000 {
+            r.write([i as i16; FRAME_SAMPLES], [0; FRAME_SAMPLES], then);
+        }
+        assert_eq!(thread.step(), Taken::Cut);
+        let frames = hound::WavReader::open(&path).unwrap().len() / 2 / FRAME_SAMPLES as u32;
+        assert!((1..1000).contains(&frames), "{frames} frames in the header");
+        assert!(thread.behind.lag >= Duration::from_secs(3));
+        let mut batches = 1;
+        while thread.step() == Taken::Cut {
+            batches += 1;
+        }
+        assert!(batches > 2, "{batches} batches");
+        drop(r);
+        assert_eq!(thread.step(), Taken::Emptied);
+        let mut reader = hound::WavReader::open(&path).unwrap();
+        assert_eq!(reader.len(), 2 * 1000 * FRAME_SAMPLES as u32);
+        let last = reader
+            .samples::<i16>()
+            .nth(2 * 999 * FRAME_SAMPLES)
+            .unwrap();
+        assert_eq!(last.unwrap(), 999);
+        drop(rec);
+        assert_eq!(thread.step(), Taken::Gone);
     }
 
     #[tokio::test]

@@ -73,11 +73,20 @@ pub struct IncidentDetail {
 
 pub async fn healthz(State(s): State<AppState>) -> Response {
     let db = s.store.ping().await.is_ok();
+    let behind = s.recorder.behind();
+    let recordings = if behind >= crate::media::recorder::BEHIND_WARN {
+        "behind"
+    } else {
+        "ok"
+    };
     let body = serde_json::json!({
         "status": "ok",
         "database": if db { "ok" } else { "unavailable" },
+        "recordings": recordings,
+        "recordings_behind_ms": behind.as_millis() as u64,
     });
-    // Calls are taken even when the database is down: still healthy.
+    // Calls are taken even when the database is down or recordings are
+    // written late: still healthy, and the body says what is wrong.
     (StatusCode::OK, Json(body)).into_response()
 }
 

@@ -25,6 +25,8 @@ use tracing::warn;
 pub struct AppState {
     pub store: Store,
     pub recordings_dir: PathBuf,
+    /// Tells /healthz how far behind the calls recordings are written.
+    pub recorder: crate::media::recorder::Recorder,
     pub acd: AcdHandle,
     pub config: Arc<Config>,
     pub live: Live,
