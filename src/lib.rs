@@ -8,6 +8,7 @@ pub mod config;
 pub mod ids;
 pub mod live;
 pub mod media;
+pub(crate) mod priority;
 pub mod server;
 pub mod sip;
 pub mod store;

@@ -169,7 +169,7 @@ fn spawn_threads() -> Vec<Arc<Shared>> {
             std::thread::Builder::new()
                 .name(format!("siaga-media-{i}"))
                 .spawn(move || {
-                    favour_this_thread();
+                    crate::priority::favour_this_thread(crate::priority::MEDIA);
                     let reactor = Reactor::new(poll, Arc::clone(&theirs));
                     // A session's panic is caught around the session; this
                     // catches one of the thread's own. Its sessions are
@@ -190,31 +190,6 @@ fn spawn_threads() -> Vec<Arc<Shared>> {
         }
     }
     threads
-}
-
-/// The media threads' nice value. Their work has a deadline every 20 ms
-/// and no queue to catch up from (a late prompt is a gap the caller
-/// hears); the recorder, SIP's retransmissions and the database do have
-/// one. Favoured, a media thread runs when it wakes instead of waiting
-/// behind them: it still takes only what it needs, so the rest keeps the
-/// remainder.
-const MEDIA_NICE: libc::c_int = -10;
-
-/// Gives the calling thread `MEDIA_NICE`. Without the right to (not root,
-/// no `CAP_SYS_NICE`) it says so once and runs at the normal priority.
-fn favour_this_thread() {
-    static TOLD: std::sync::Once = std::sync::Once::new();
-    // SAFETY: gettid and setpriority take and return plain integers; on
-    // Linux, PRIO_PROCESS with a thread id names that thread alone.
-    let failed = unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, MEDIA_NICE) != 0
-    };
-    if failed {
-        let e = std::io::Error::last_os_error();
-        TOLD.call_once(|| {
-            warn!(error = %e, nice = MEDIA_NICE, "media threads run at normal priority; grant CAP_SYS_NICE for steadier prompts under load")
-        });
-    }
 }
 
 /// A session and what its thread knows of it.
@@ -649,33 +624,15 @@ mod tests {
         assert!(stats.packets_out >= 10);
     }
 
-    /// The media threads run at `MEDIA_NICE` where the process may raise
-    /// a thread's priority (root here), at the normal one elsewhere.
+    /// The media threads run at `priority::MEDIA` where the process may
+    /// raise a thread's priority (root here), at the normal one elsewhere.
     #[tokio::test]
     async fn media_threads_are_favoured_where_allowed() {
+        use crate::priority::{expected, nices_of, MEDIA};
         let Started { cmd, .. } = started((42400, 42499));
-        let mut nices = Vec::new();
-        for task in std::fs::read_dir("/proc/self/task").unwrap() {
-            let dir = task.unwrap().path();
-            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-            if !comm.starts_with("siaga-media-") {
-                continue;
-            }
-            let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
-            // Fields after the command's closing parenthesis; nice is the
-            // 19th field of the line, the 17th of these.
-            let rest = &stat[stat.rfind(')').unwrap() + 2..];
-            let nice: i32 = rest.split(' ').nth(16).unwrap().parse().unwrap();
-            nices.push(nice);
-        }
+        let nices = nices_of("siaga-media-");
         assert!(!nices.is_empty(), "no media thread found");
-        // SAFETY: geteuid has no preconditions.
-        let expected = if unsafe { libc::geteuid() } == 0 {
-            MEDIA_NICE
-        } else {
-            0
-        };
-        assert!(nices.iter().all(|&n| n == expected), "{nices:?}");
+        assert!(nices.iter().all(|&n| n == expected(MEDIA)), "{nices:?}");
         drop(cmd);
     }
 

@@ -1,7 +1,7 @@
 //! The SIP runtime: the endpoint's timers, the task feeding it what the
 //! reader threads parsed, the dispatcher of new transactions and the
 //! server transactions' tasks (which send 100 Trying) run on a thread of
-//! their own, apart from the call tasks.
+//! their own, apart from the call tasks, favoured (`priority::SIP`).
 //!
 //! On the main runtime, an INVITE's hops (reader to endpoint, endpoint to
 //! dispatcher, dispatcher to the task sending 100 Trying) each waited in
@@ -28,9 +28,25 @@ where
         Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("siaga-sip")
+            .on_thread_start(|| crate::priority::favour_this_thread(crate::priority::SIP))
             .enable_all()
             .build()
             .expect("cannot start the SIP runtime's thread")
     })
     .spawn(task)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::priority::{expected, nices_of, SIP};
+
+    /// SIP's threads run at `priority::SIP` where the process may raise a
+    /// thread's priority (root here), at the normal one elsewhere.
+    #[tokio::test]
+    async fn sip_threads_are_favoured_where_allowed() {
+        super::spawn(async {}).await.unwrap();
+        let nices = nices_of("siaga-sip");
+        assert!(!nices.is_empty(), "no SIP thread found");
+        assert!(nices.iter().all(|&n| n == expected(SIP)), "{nices:?}");
+    }
 }
