@@ -66,6 +66,13 @@ fn every_benchmark_scenario_runs_and_loses_nothing() {
         "{surge}"
     );
 
+    // /healthz answered while each ran, and five calls leave the
+    // recorder nowhere near behind (it says `behind` from 2 s).
+    for r in [rate, conc, surge] {
+        let behind = r["recorder_behind_ms_max"].as_u64();
+        assert!(behind.is_some_and(|ms| ms < 2000), "{r}");
+    }
+
     // Every run says what state the machine was in before it.
     for m in [&rate["machine"], &conc["machine"], &surge["machine"]] {
         assert!(m["spin_ms"].as_f64().unwrap() > 0.0, "{m}");

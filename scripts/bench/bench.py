@@ -333,6 +333,38 @@ max_wait = "3600s"
 
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
+        # /healthz on a thread of its own: a slow answer must not stretch
+        # the CPU samples' one-second intervals.
+        self.behind = []
+
+        def poll():
+            while self._sampling:
+                time.sleep(1)
+                self.behind.append(self.recorder_behind_ms())
+
+        self._poller = threading.Thread(target=poll, daemon=True)
+        self._poller.start()
+
+    def recorder_behind_ms(self):
+        """What /healthz says of how far behind the calls recordings are
+        written; None when it does not answer within a second."""
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", HTTP, timeout=1)
+            c.request("GET", "/healthz")
+            body = json.loads(c.getresponse().read())
+            c.close()
+            return body["recordings_behind_ms"]
+        except (OSError, ValueError, KeyError, http.client.HTTPException):
+            return None
+
+    def health_summary(self):
+        """The recorder's worst lag while sampling, and how often /healthz
+        did not answer."""
+        seen = [b for b in self.behind if b is not None]
+        return {
+            "recorder_behind_ms_max": max(seen, default=None),
+            "healthz_unanswered": len(self.behind) - len(seen),
+        }
 
     def _ticks_or_0(self, pid):
         try:
@@ -343,6 +375,7 @@ max_wait = "3600s"
     def stop_sampling(self):
         self._sampling = False
         self._thread.join()
+        self._poller.join()
         return self.samples
 
     # -- the end -----------------------------------------------------------
@@ -674,7 +707,7 @@ def setup_rate(binary, probe_bin, rates, seconds, hold_ms):
                 "udp_drops": drop_summary(s.drops),
                 "trying_ms_p50": round(quantile(rtt[1], 0.5), 3), "trying_ms_p99": round(quantile(rtt[1], 0.99), 3),
                 "ok_ms_p50": round(quantile(rtt[2], 0.5), 3), "ok_ms_p99": round(quantile(rtt[2], 0.99), 3),
-                **cpu_summary(samples),
+                **cpu_summary(samples), **s.health_summary(),
                 "machine": before,
             }
             results.append(r)
@@ -722,7 +755,7 @@ def concurrency(binary, probe_bin, calls, rate, hold):
             "loss_pct": round(100 * via["packets_lost"] / max(1, via["packets_expected"]), 4),
             "mib_per_call": round((plateau_rss - s.idle_rss) / 2**20 / calls, 3),
             "recorder_mib_s": round(rec["recording_bytes"] / 2**20 / (ramp + hold + 6), 1),
-            **cpu_summary(plateau or samples, 0),
+            **cpu_summary(plateau or samples, 0), **s.health_summary(),
             "rss_mib_idle": round(s.idle_rss / 2**20, 1),
             "machine": before,
         }
@@ -759,7 +792,7 @@ def surge(binary, probe_bin, calls, rate, hold):
             "mib_per_call": round((plateau_rss - s.idle_rss) / 2**20 / calls, 3),
             "recording_s_p1": rec["recording_s_p1"], "recording_s_p50": rec["recording_s_p50"],
             "trying_ms_p99": round(quantile(rtt[1], 0.99), 2),
-            **cpu_summary(plateau or samples, 0),
+            **cpu_summary(plateau or samples, 0), **s.health_summary(),
             "machine": before,
         }
     finally:
