@@ -202,7 +202,7 @@ impl Recorder {
         std::thread::Builder::new()
             .name("siaga-recorder".into())
             .spawn(move || {
-                run(rx, &told);
+                run(Thread::new(rx, told, CUT_AFTER));
                 // Everything is finished: durable before the thread ends.
                 if let Err(e) = syncer.sync() {
                     error!(folder = %syncer.dir.display(), error = %e, "recordings cannot be synced to disk");
@@ -350,8 +350,7 @@ pub fn sha256_file(path: &Path) -> Result<String, RecordError> {
     Ok(hex::encode(h.finalize()))
 }
 
-fn run(rx: mpsc::Receiver<Msg>, progress: &Progress) {
-    let mut thread = Thread::new(rx, CUT_AFTER);
+fn run(mut thread: Thread) {
     let mut pause = true;
     loop {
         // Sleeping, not waiting on the channel: senders wake nobody. A
@@ -364,7 +363,6 @@ fn run(rx: mpsc::Receiver<Msg>, progress: &Progress) {
             Taken::Cut => pause = false,
             Taken::Gone => return,
         }
-        progress.batch_done(thread.behind.lag);
     }
 }
 
@@ -384,6 +382,8 @@ struct Thread {
     rx: mpsc::Receiver<Msg>,
     open: HashMap<u64, Box<Open>>,
     behind: Behind,
+    /// Where each batch leaves its lag, for `Recorder::behind`.
+    progress: std::sync::Arc<Progress>,
     /// The longest a batch takes messages before the thread rewrites
     /// the headers that are due and says how far behind it is: a queue
     /// that never empties must not stop either.
@@ -396,11 +396,16 @@ const CLOCK_EVERY: u32 = 32;
 const CUT_AFTER: Duration = Duration::from_millis(100);
 
 impl Thread {
-    fn new(rx: mpsc::Receiver<Msg>, cut_after: Duration) -> Thread {
+    fn new(
+        rx: mpsc::Receiver<Msg>,
+        progress: std::sync::Arc<Progress>,
+        cut_after: Duration,
+    ) -> Thread {
         Thread {
             rx,
             open: HashMap::new(),
             behind: Behind::default(),
+            progress,
             cut_after,
         }
     }
@@ -448,6 +453,7 @@ impl Thread {
         };
         let lag = oldest.map_or(Duration::ZERO, |o| taken.saturating_duration_since(o));
         self.behind.update(lag, self.open.len());
+        self.progress.batch_done(lag);
         let now = Instant::now();
         for w in self.open.values_mut() {
             if w.due <= now {
@@ -463,13 +469,10 @@ impl Thread {
 #[derive(Default)]
 struct Behind {
     warned: bool,
-    /// The last batch's figure.
-    lag: Duration,
 }
 
 impl Behind {
     fn update(&mut self, lag: Duration, open: usize) {
-        self.lag = lag;
         if !self.warned && lag >= BEHIND_WARN {
             self.warned = true;
             warn!(behind = ?lag, open, "recordings are written behind the calls: the disk or the cores cannot keep up, and frames wait in memory");
@@ -662,7 +665,7 @@ mod tests {
             progress: std::sync::Arc::new(Progress::new()),
         };
         let r = rec.create(&path).unwrap();
-        let mut thread = Thread::new(rx, Duration::ZERO);
+        let mut thread = Thread::new(rx, rec.progress.clone(), Duration::ZERO);
         assert_eq!(thread.step(), Taken::Emptied);
         for w in thread.open.values_mut() {
             w.due = Instant::now();
@@ -674,7 +677,7 @@ mod tests {
         assert_eq!(thread.step(), Taken::Cut);
         let frames = hound::WavReader::open(&path).unwrap().len() / 2 / FRAME_SAMPLES as u32;
         assert!((1..1000).contains(&frames), "{frames} frames in the header");
-        assert!(thread.behind.lag >= Duration::from_secs(3));
+        assert!(rec.behind() >= Duration::from_secs(3), "{:?}", rec.behind());
         let mut batches = 1;
         while thread.step() == Taken::Cut {
             batches += 1;
