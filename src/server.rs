@@ -139,7 +139,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         config: config.clone(),
         prompts,
         ports: PortPool::new(media.rtp_ip, media.rtp_port_min, media.rtp_port_max),
-        recorder: Recorder::start(&config.resolve(&media.recordings_dir)),
+        recorder: Recorder::start(
+            &config.resolve(&media.recordings_dir),
+            media.recording_queue_mib << 20,
+        ),
         store: writer,
         acd: acd.clone(),
         sip: sip.handle(),

@@ -82,6 +82,8 @@ fn check_recording(server: &Server, call: &serde_json::Value, greeting: &str, se
     let bytes = std::fs::read(path).unwrap();
     let sum = sha256_hex(&bytes);
     assert_eq!(call["recording_sha256"].as_str(), Some(sum.as_str()));
+    // Nothing was left out of it.
+    assert!(call["recording_lost_ms"].is_null(), "{call}");
     // The API serves it, whole and by range.
     let url = call["recording_url"].as_str().unwrap();
     let (status, headers, body) = server.get_bytes(url, None);
@@ -164,6 +166,7 @@ fn calls_to_112_and_119_are_answered_recorded_and_open_incidents() {
         health["recordings_behind_ms"].as_u64().unwrap() < 2000,
         "{health}"
     );
+    assert_eq!(health["recordings_lost_ms"], 0, "{health}");
 }
 
 #[test]

@@ -292,6 +292,7 @@ fn consult_then_conference_then_complete() {
     assert_eq!(t["requested_by"], "siti");
     assert_eq!(t["outcome"], "conference_completed");
     assert!(t["recording_sha256"].is_string(), "{t}");
+    assert!(t["recording_lost_ms"].is_null(), "{t}");
     let conference = detail["events"]
         .as_array()
         .unwrap()

@@ -33,7 +33,7 @@ use crate::sip::request::{Location, Replaces};
 use crate::sip::{
     AgentFailure, AgentLeg, AgentLegEvent, CallKind, IncomingCall, LegEnd, LegEvent, SipHandle,
 };
-use crate::store::{now_ms, NewCall, NewIncident, StoreCmd, StoreWriter};
+use crate::store::{now_ms, NewCall, NewIncident, RecordingOutcome, StoreCmd, StoreWriter};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -1075,14 +1075,13 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
         close_consult(&s, id, rec);
     }
     if let Some(rec) = recording {
-        let (sha256, error) = finish_recording(rec).await;
-        if let Some(e) = &error {
+        let outcome = finish_recording(rec).await;
+        if let Some(e) = &outcome.error {
             error!(error = %e, "recording was not closed cleanly");
         }
         s.store.send(StoreCmd::RecordingClosed {
             id: call_id.clone(),
-            sha256,
-            error,
+            outcome,
         });
     }
 }
@@ -1559,19 +1558,27 @@ fn reanswer(a: &mut AgentSide, offer: Option<&[u8]>) -> (String, sdp::Direction)
 }
 
 /// Closes a recording and sums it: (SHA-256, error).
-async fn finish_recording(
-    rec: crate::media::recorder::Recording,
-) -> (Option<String>, Option<String>) {
-    match rec.close().await {
-        Ok(closed) => {
-            let p = closed.path.clone();
-            match tokio::task::spawn_blocking(move || sha256_file(&p)).await {
-                Ok(Ok(sum)) => (Some(sum), None),
-                Ok(Err(e)) => (None, Some(e.to_string())),
-                Err(e) => (None, Some(e.to_string())),
+async fn finish_recording(rec: crate::media::recorder::Recording) -> RecordingOutcome {
+    let closed = match rec.close().await {
+        Ok(closed) => closed,
+        Err(e) => {
+            return RecordingOutcome {
+                error: Some(e.to_string()),
+                ..Default::default()
             }
         }
+    };
+    let lost_ms = (closed.lost_samples > 0).then(|| closed.lost_ms() as i64);
+    let p = closed.path.clone();
+    let (sha256, error) = match tokio::task::spawn_blocking(move || sha256_file(&p)).await {
+        Ok(Ok(sum)) => (Some(sum), None),
+        Ok(Err(e)) => (None, Some(e.to_string())),
         Err(e) => (None, Some(e.to_string())),
+    };
+    RecordingOutcome {
+        sha256,
+        error,
+        lost_ms,
     }
 }
 
@@ -1579,11 +1586,10 @@ async fn finish_recording(
 fn close_consult(s: &Arc<Services>, transfer: String, rec: crate::media::recorder::Recording) {
     let store = s.store.clone();
     tokio::spawn(async move {
-        let (sha256, error) = finish_recording(rec).await;
+        let outcome = finish_recording(rec).await;
         store.send(StoreCmd::TransferRecording {
             id: transfer,
-            sha256,
-            error,
+            outcome,
         });
     });
 }

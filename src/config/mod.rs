@@ -118,6 +118,13 @@ pub struct MediaSection {
     /// (a dead trunk leg must not hold a queue place forever).
     #[serde(default = "default_rtp_timeout", with = "humantime_serde")]
     pub rtp_timeout: Duration,
+    /// At most this many MiB of recorded audio wait in memory for the
+    /// disk; past that, audio is left out of recordings (silence stands
+    /// in, each call's record says how much) rather than memory growing
+    /// until the process is killed with every call. 512 MiB is 16 s of a
+    /// hung disk at 1,000 calls.
+    #[serde(default = "default_recording_queue_mib")]
+    pub recording_queue_mib: usize,
 }
 
 /// `[webphone]`: how browsers reach our media (ICE over UDP, DTLS-SRTP).
@@ -154,6 +161,10 @@ fn default_connect_timeout() -> Duration {
 
 fn default_rtp_timeout() -> Duration {
     Duration::from_secs(60)
+}
+
+fn default_recording_queue_mib() -> usize {
+    512
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -691,6 +702,16 @@ fn check_server(file: &Path, s: &ServerFile) -> Result<(), ConfigError> {
             "expected a range of at least 2 ports",
         ));
     }
+    if !(16..=1 << 20).contains(&m.recording_queue_mib) {
+        return Err(ConfigError::invalid(
+            file,
+            "media.recording_queue_mib",
+            format!(
+                "expected 16 to 1048576 (MiB of audio waiting for the disk), found {}",
+                m.recording_queue_mib
+            ),
+        ));
+    }
     for (i, url) in s.webphone.ice_servers.iter().enumerate() {
         if !["stun:", "stuns:", "turn:", "turns:"]
             .iter()
@@ -816,6 +837,39 @@ url = "sqlite::memory:"
         let msg = err.to_string();
         assert!(msg.contains("key `media.rtp_port_min`"), "{msg}");
         assert!(msg.contains("line 6"), "{msg}");
+    }
+
+    /// A bound that would leave audio out of recordings under ordinary
+    /// load is refused, naming the key.
+    #[test]
+    fn recording_queue_bound_is_checked() {
+        let text = |mib: usize| {
+            format!(
+                r#"
+[sip]
+public_ip = "127.0.0.1"
+udp = ["127.0.0.1:5060"]
+[media]
+rtp_ip = "127.0.0.1"
+rtp_port_min = 20000
+rtp_port_max = 30000
+prompts_dir = "p"
+recordings_dir = "r"
+recording_queue_mib = {mib}
+[http]
+listen = "127.0.0.1:1"
+[database]
+url = "sqlite::memory:"
+"#
+            )
+        };
+        let file = Path::new("f.toml");
+        let small = parse_str::<ServerFile>(file, &text(4)).unwrap();
+        let msg = check_server(file, &small).unwrap_err().to_string();
+        assert!(msg.contains("media.recording_queue_mib"), "{msg}");
+        let fine = parse_str::<ServerFile>(file, &text(64)).unwrap();
+        check_server(file, &fine).unwrap();
+        assert_eq!(fine.media.recording_queue_mib, 64);
     }
 
     #[test]

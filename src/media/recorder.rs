@@ -37,14 +37,26 @@
 //! carries the moment its tick made it, and once the oldest frame a batch
 //! takes is `BEHIND_WARN` old the thread warns, and says again when it has
 //! caught up (`Recorder::behind` reads the figure).
+//!
+//! That memory has a bound (`[media] recording_queue_mib`): a disk that
+//! hangs would otherwise fill memory at 32 KB a second per call until the
+//! kernel killed the process, and every call with it. Once the queue
+//! holds that much, a call's frames are left out instead of queued: its
+//! `Recording` counts them, and when there is room again it queues one
+//! `Gap` in their place, which the thread writes as silence, so the file
+//! keeps the call's timeline. The first frame left out is logged as an
+//! error; every recording says how much of it was left out
+//! (`Closed::lost_samples`, stored with the call), and `Recorder::lost`
+//! sums it for `/healthz`. Losing audio from a recording is bad; losing
+//! the calls is worse.
 
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
@@ -101,6 +113,12 @@ enum Msg {
         /// When the session's tick made it.
         at: Instant,
     },
+    /// This many frames were left out (the queue was full): silence
+    /// stands in for them.
+    Gap {
+        id: u64,
+        frames: u64,
+    },
     Close {
         id: u64,
         reply: Option<tokio::sync::oneshot::Sender<Result<Closed, RecordError>>>,
@@ -111,6 +129,8 @@ struct Open {
     path: PathBuf,
     wav: hound::WavWriter<BufWriter<File>>,
     frames: u64,
+    /// Of `frames`, those written as silence for frames left out.
+    lost: u64,
     dirty: bool,
     failed: Option<String>,
     /// When this file is next written out (`sync`).
@@ -123,14 +143,79 @@ pub struct Closed {
     pub path: PathBuf,
     /// Samples per channel written.
     pub samples: u64,
+    /// Of `samples`, those that are silence standing in for audio left
+    /// out while the recorder's queue was full.
+    pub lost_samples: u64,
+}
+
+impl Closed {
+    /// `lost_samples` in milliseconds.
+    pub fn lost_ms(&self) -> u64 {
+        self.lost_samples / 8
+    }
 }
 
 /// Handle to the recorder thread; cheap to clone.
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<Msg>,
-    next_id: std::sync::Arc<AtomicU64>,
-    progress: std::sync::Arc<Progress>,
+    next_id: Arc<AtomicU64>,
+    progress: Arc<Progress>,
+    queue: Arc<Queue>,
+}
+
+/// How many frames wait for the thread, against the bound.
+struct Queue {
+    /// Frames queued and not yet taken (the thread takes its count off
+    /// once per batch).
+    frames: AtomicUsize,
+    limit: usize,
+    /// Set by the first frame left out, cleared by the thread once the
+    /// queue has room again: one error per episode, not per frame.
+    full: AtomicBool,
+    /// Frames left out of recordings since the start.
+    lost: AtomicU64,
+}
+
+impl Queue {
+    fn new(limit_bytes: usize) -> Queue {
+        Queue {
+            frames: AtomicUsize::new(0),
+            limit: (limit_bytes / std::mem::size_of::<Msg>()).max(1),
+            full: AtomicBool::new(false),
+            lost: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes a place for one frame, unless the queue is at its bound.
+    fn admit(&self) -> bool {
+        if self.frames.load(Ordering::Relaxed) >= self.limit {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+            if !self.full.swap(true, Ordering::Relaxed) {
+                error!(
+                    limit_mib = (self.limit * std::mem::size_of::<Msg>()) >> 20,
+                    "the recorder's queue is full (the disk or the cores cannot keep up): audio is left out of recordings, silence stands in for it, and each call's record says how much"
+                );
+            }
+            return false;
+        }
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// The thread took `n` frames off the queue.
+    fn taken(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let left = self.frames.fetch_sub(n, Ordering::Relaxed) - n;
+        if left < self.limit / 2 && self.full.swap(false, Ordering::Relaxed) {
+            warn!(
+                lost_ms = self.lost.load(Ordering::Relaxed) * 20,
+                "the recorder's queue has room again; recordings are whole from here"
+            );
+        }
+    }
 }
 
 /// What the thread last said about itself, for `Recorder::behind`.
@@ -169,10 +254,14 @@ impl Recorder {
     /// Starts the recorder thread, and the thread that syncs the
     /// filesystem holding `dir` (the recordings folder) every
     /// `DURABLE_EVERY`.
-    pub fn start(dir: &Path) -> Recorder {
+    /// At most `queue_bytes` of frames wait for it in memory; past that,
+    /// audio is left out of recordings (see the module's comment).
+    pub fn start(dir: &Path, queue_bytes: usize) -> Recorder {
         let (tx, rx) = mpsc::channel();
-        let progress = std::sync::Arc::new(Progress::new());
+        let progress = Arc::new(Progress::new());
+        let queue = Arc::new(Queue::new(queue_bytes));
         let told = progress.clone();
+        let taken = queue.clone();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let syncer = Syncer {
             dir: dir.to_path_buf(),
@@ -202,7 +291,7 @@ impl Recorder {
         std::thread::Builder::new()
             .name("siaga-recorder".into())
             .spawn(move || {
-                run(Thread::new(rx, told, CUT_AFTER));
+                run(Thread::new(rx, told, taken, CUT_AFTER));
                 // Everything is finished: durable before the thread ends.
                 if let Err(e) = syncer.sync() {
                     error!(folder = %syncer.dir.display(), error = %e, "recordings cannot be synced to disk");
@@ -212,9 +301,22 @@ impl Recorder {
             .expect("spawn recorder thread");
         Recorder {
             tx,
-            next_id: std::sync::Arc::new(AtomicU64::new(1)),
+            next_id: Arc::new(AtomicU64::new(1)),
             progress,
+            queue,
         }
+    }
+
+    /// Audio left out of recordings since the start (the queue was full),
+    /// summed over every recording.
+    pub fn lost(&self) -> Duration {
+        Duration::from_millis(self.queue.lost.load(Ordering::Relaxed) * 20)
+    }
+
+    /// Whether audio is being left out now: the queue is at its bound
+    /// and has not yet drained to half of it.
+    pub fn losing(&self) -> bool {
+        self.queue.full.load(Ordering::Relaxed)
     }
 
     /// How far behind the calls the thread writes: the age of the oldest
@@ -265,6 +367,7 @@ impl Recorder {
             path: path.to_path_buf(),
             wav,
             frames: 0,
+            lost: 0,
             dirty: false,
             failed: None,
             due: Instant::now() + SYNC_EVERY,
@@ -278,7 +381,9 @@ impl Recorder {
         Ok(Recording {
             id,
             tx: self.tx.clone(),
+            queue: self.queue.clone(),
             path: path.to_path_buf(),
+            missing: 0,
             closed: false,
         })
     }
@@ -288,7 +393,11 @@ impl Recorder {
 pub struct Recording {
     id: u64,
     tx: mpsc::Sender<Msg>,
+    queue: Arc<Queue>,
     path: PathBuf,
+    /// Frames left out since the last one queued: a `Gap` goes before
+    /// the next frame that finds room, or before the close.
+    missing: u64,
     closed: bool,
 }
 
@@ -297,8 +406,14 @@ impl Recording {
         &self.path
     }
 
-    /// Queues one frame, made by the tick at `at`; never blocks.
-    pub fn write(&self, left: [i16; FRAME_SAMPLES], right: [i16; FRAME_SAMPLES], at: Instant) {
+    /// Queues one frame, made by the tick at `at`; never blocks. With the
+    /// queue at its bound, the frame is left out and counted.
+    pub fn write(&mut self, left: [i16; FRAME_SAMPLES], right: [i16; FRAME_SAMPLES], at: Instant) {
+        if !self.queue.admit() {
+            self.missing += 1;
+            return;
+        }
+        self.send_gap();
         let _ = self.tx.send(Msg::Frame {
             id: self.id,
             frame: (left, right),
@@ -306,9 +421,19 @@ impl Recording {
         });
     }
 
+    fn send_gap(&mut self) {
+        if self.missing > 0 {
+            let _ = self.tx.send(Msg::Gap {
+                id: self.id,
+                frames: std::mem::take(&mut self.missing),
+            });
+        }
+    }
+
     /// Finishes the file and returns what was written.
     pub async fn close(mut self) -> Result<Closed, RecordError> {
         self.closed = true;
+        self.send_gap();
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.tx
             .send(Msg::Close {
@@ -323,6 +448,7 @@ impl Recording {
 impl Drop for Recording {
     fn drop(&mut self) {
         if !self.closed {
+            self.send_gap();
             let _ = self.tx.send(Msg::Close {
                 id: self.id,
                 reply: None,
@@ -383,7 +509,9 @@ struct Thread {
     open: HashMap<u64, Box<Open>>,
     behind: Behind,
     /// Where each batch leaves its lag, for `Recorder::behind`.
-    progress: std::sync::Arc<Progress>,
+    progress: Arc<Progress>,
+    /// Told how many frames each batch took.
+    queue: Arc<Queue>,
     /// The longest a batch takes messages before the thread rewrites
     /// the headers that are due and says how far behind it is: a queue
     /// that never empties must not stop either.
@@ -398,7 +526,8 @@ const CUT_AFTER: Duration = Duration::from_millis(100);
 impl Thread {
     fn new(
         rx: mpsc::Receiver<Msg>,
-        progress: std::sync::Arc<Progress>,
+        progress: Arc<Progress>,
+        queue: Arc<Queue>,
         cut_after: Duration,
     ) -> Thread {
         Thread {
@@ -406,6 +535,7 @@ impl Thread {
             open: HashMap::new(),
             behind: Behind::default(),
             progress,
+            queue,
             cut_after,
         }
     }
@@ -416,6 +546,7 @@ impl Thread {
         let until = taken + self.cut_after;
         let mut oldest: Option<Instant> = None;
         let mut count = 0u32;
+        let mut frames = 0usize;
         let outcome = loop {
             count = count.wrapping_add(1);
             if count.is_multiple_of(CLOCK_EVERY) && Instant::now() >= until {
@@ -426,9 +557,15 @@ impl Thread {
                     self.open.insert(id, writer);
                 }
                 Ok(Msg::Frame { id, frame, at }) => {
+                    frames += 1;
                     oldest = Some(oldest.map_or(at, |o| o.min(at)));
                     if let Some(w) = self.open.get_mut(&id) {
                         write_frame(w, &frame);
+                    }
+                }
+                Ok(Msg::Gap { id, frames }) => {
+                    if let Some(w) = self.open.get_mut(&id) {
+                        write_silence(w, frames);
                     }
                 }
                 Ok(Msg::Close { id, reply }) => {
@@ -444,6 +581,7 @@ impl Thread {
                 }
                 Err(mpsc::TryRecvError::Empty) => break Taken::Emptied,
                 Err(mpsc::TryRecvError::Disconnected) => {
+                    self.queue.taken(frames);
                     for (_, w) in self.open.drain() {
                         let _ = finish(*w);
                     }
@@ -451,6 +589,7 @@ impl Thread {
                 }
             }
         };
+        self.queue.taken(frames);
         let lag = oldest.map_or(Duration::ZERO, |o| taken.saturating_duration_since(o));
         self.behind.update(lag, self.open.len());
         self.progress.batch_done(lag);
@@ -504,6 +643,34 @@ fn write_frame(w: &mut Open, frame: &StereoFrame) {
     }
 }
 
+/// Silence for `frames` frames left out, so the file keeps the call's
+/// timeline.
+fn write_silence(w: &mut Open, frames: u64) {
+    if w.failed.is_some() || frames == 0 {
+        return;
+    }
+    let mut written = 0;
+    let result = (|| {
+        while written < frames {
+            let n = (frames - written).min(50);
+            let mut samples = w.wav.get_i16_writer(n as u32 * 2 * FRAME_SAMPLES as u32);
+            for _ in 0..n * 2 * FRAME_SAMPLES as u64 {
+                samples.write_sample(0);
+            }
+            samples.flush()?;
+            written += n;
+        }
+        Ok::<(), hound::Error>(())
+    })();
+    w.frames += written;
+    w.lost += written;
+    w.dirty = true;
+    if let Err(e) = result {
+        error!(path = %w.path.display(), error = %e, "recording write failed");
+        w.failed = Some(e.to_string());
+    }
+}
+
 /// Writes out what is buffered and rewrites the header: the file is
 /// playable as it stands (`Syncer` makes it durable).
 fn sync(w: &mut Open) {
@@ -542,6 +709,7 @@ fn finish(w: Open) -> Result<Closed, RecordError> {
         path,
         wav,
         frames,
+        lost,
         failed,
         ..
     } = w;
@@ -553,9 +721,13 @@ fn finish(w: Open) -> Result<Closed, RecordError> {
         path: path.clone(),
         message: e.to_string(),
     })?;
+    if lost > 0 {
+        warn!(path = %path.display(), lost_ms = lost * 20, "recording finished with audio left out");
+    }
     Ok(Closed {
         path,
         samples: frames * FRAME_SAMPLES as u64,
+        lost_samples: lost * FRAME_SAMPLES as u64,
     })
 }
 
@@ -567,8 +739,8 @@ mod tests {
     async fn writes_stereo_and_checksums() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a/b/call.wav");
-        let rec = Recorder::start(dir.path());
-        let r = rec.open(&path).await.unwrap();
+        let rec = Recorder::start(dir.path(), 64 << 20);
+        let mut r = rec.open(&path).await.unwrap();
         for i in 0..50 {
             r.write([i; FRAME_SAMPLES], [-i; FRAME_SAMPLES], Instant::now());
         }
@@ -591,8 +763,8 @@ mod tests {
     async fn header_is_current_while_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("live.wav");
-        let rec = Recorder::start(dir.path());
-        let r = rec.open(&path).await.unwrap();
+        let rec = Recorder::start(dir.path(), 64 << 20);
+        let mut r = rec.open(&path).await.unwrap();
         for _ in 0..10 {
             r.write([1; FRAME_SAMPLES], [2; FRAME_SAMPLES], Instant::now());
         }
@@ -607,8 +779,8 @@ mod tests {
     #[tokio::test]
     async fn says_how_far_behind_it_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let rec = Recorder::start(dir.path());
-        let r = rec.open(&dir.path().join("late.wav")).await.unwrap();
+        let rec = Recorder::start(dir.path(), 64 << 20);
+        let mut r = rec.open(&dir.path().join("late.wav")).await.unwrap();
         assert!(
             rec.behind() < Duration::from_millis(500),
             "{:?}",
@@ -661,11 +833,12 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let rec = Recorder {
             tx,
-            next_id: std::sync::Arc::new(AtomicU64::new(1)),
-            progress: std::sync::Arc::new(Progress::new()),
+            next_id: Arc::new(AtomicU64::new(1)),
+            progress: Arc::new(Progress::new()),
+            queue: Arc::new(Queue::new(64 << 20)),
         };
-        let r = rec.create(&path).unwrap();
-        let mut thread = Thread::new(rx, rec.progress.clone(), Duration::ZERO);
+        let mut r = rec.create(&path).unwrap();
+        let mut thread = Thread::new(rx, rec.progress.clone(), rec.queue.clone(), Duration::ZERO);
         assert_eq!(thread.step(), Taken::Emptied);
         for w in thread.open.values_mut() {
             w.due = Instant::now();
@@ -696,9 +869,71 @@ mod tests {
         assert_eq!(thread.step(), Taken::Gone);
     }
 
+    /// A queue at its bound leaves frames out instead of growing: the
+    /// recording counts them, silence stands in for them (the file keeps
+    /// the call's length and timeline), the close says how much, and the
+    /// recorder tells it while it lasts.
+    #[tokio::test]
+    async fn a_full_queue_leaves_frames_out_and_silence_keeps_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bounded.wav");
+        let (tx, rx) = mpsc::channel();
+        let rec = Recorder {
+            tx,
+            next_id: Arc::new(AtomicU64::new(1)),
+            progress: Arc::new(Progress::new()),
+            queue: Arc::new(Queue::new(10 * std::mem::size_of::<Msg>())),
+        };
+        let mut r = rec.create(&path).unwrap();
+        let mut thread = Thread::new(rx, rec.progress.clone(), rec.queue.clone(), CUT_AFTER);
+        let frame = |v: i16| ([v; FRAME_SAMPLES], [-v; FRAME_SAMPLES]);
+        // The thread takes nothing (a hung disk) while 100 frames come:
+        // 10 are queued, 90 left out.
+        for v in 1..=100 {
+            let (left, right) = frame(v);
+            r.write(left, right, Instant::now());
+        }
+        assert!(rec.losing());
+        assert_eq!(rec.lost(), Duration::from_millis(90 * 20));
+        assert_eq!(thread.step(), Taken::Emptied);
+        assert!(!rec.losing(), "the queue has room again");
+        // Room again: the gap goes first, then 10 frames; then the queue
+        // fills once more and the call's last 5 frames are left out.
+        for v in 101..=115 {
+            let (left, right) = frame(v);
+            r.write(left, right, Instant::now());
+        }
+        assert!(rec.losing());
+        let closing = tokio::spawn(r.close());
+        tokio::task::yield_now().await;
+        assert_eq!(thread.step(), Taken::Emptied);
+        let closed = closing.await.unwrap().unwrap();
+        assert_eq!(closed.samples, 115 * FRAME_SAMPLES as u64);
+        assert_eq!(closed.lost_samples, 95 * FRAME_SAMPLES as u64);
+        assert_eq!(closed.lost_ms(), 1_900);
+        assert_eq!(rec.lost(), Duration::from_millis(1_900));
+
+        let mut reader = hound::WavReader::open(&path).unwrap();
+        let s: Vec<i16> = reader.samples::<i16>().map(|s| s.unwrap()).collect();
+        assert_eq!(s.len(), 2 * 115 * FRAME_SAMPLES);
+        // Each frame's first left and right sample, in the file's order.
+        let at = |f: usize| (s[2 * FRAME_SAMPLES * f], s[2 * FRAME_SAMPLES * f + 1]);
+        let expected: Vec<(i16, i16)> = (1..=10)
+            .map(|v| (v, -v))
+            .chain(std::iter::repeat_n((0, 0), 90))
+            .chain((101..=110).map(|v| (v, -v)))
+            .chain(std::iter::repeat_n((0, 0), 5))
+            .collect();
+        let found: Vec<(i16, i16)> = (0..115).map(at).collect();
+        assert_eq!(found, expected);
+        assert!(s[2 * FRAME_SAMPLES * 10..2 * FRAME_SAMPLES * 100]
+            .iter()
+            .all(|&x| x == 0));
+    }
+
     #[tokio::test]
     async fn unwritable_path_is_an_error() {
-        let rec = Recorder::start(Path::new("/tmp"));
+        let rec = Recorder::start(Path::new("/tmp"), 64 << 20);
         let err = match rec.open(Path::new("/proc/no/such/dir/x.wav")).await {
             Err(e) => e,
             Ok(_) => panic!("opened an impossible path"),

@@ -520,7 +520,7 @@ impl Session {
                         &mix(&left, &fa),
                         &mut scratch.out,
                     );
-                    if let Some(rec) = &self.consult_rec {
+                    if let Some(rec) = &mut self.consult_rec {
                         rec.write(fa, fb, now);
                     }
                 }
@@ -552,7 +552,7 @@ impl Session {
                     // Agent and dispatcher, as they were relayed.
                     if let (Some(a), Some(b)) = (self.agent.as_mut(), self.second.as_mut()) {
                         let (fa, fb) = (a.take_frame(), b.take_frame());
-                        if let Some(rec) = &self.consult_rec {
+                        if let Some(rec) = &mut self.consult_rec {
                             rec.write(fa, fb, now);
                         }
                     }
@@ -563,7 +563,7 @@ impl Session {
                 }
             }
         }
-        if let Some(rec) = &self.recording {
+        if let Some(rec) = &mut self.recording {
             rec.write(left, right, now);
         }
 

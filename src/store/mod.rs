@@ -7,7 +7,7 @@
 
 mod writer;
 
-pub use writer::{Changed, StoreCmd, StoreWriter};
+pub use writer::{Changed, RecordingOutcome, StoreCmd, StoreWriter};
 
 use crate::ids::{CallId, IncidentId};
 use serde::Serialize;
@@ -114,6 +114,8 @@ pub struct CallRow {
     pub recording_path: Option<String>,
     pub recording_sha256: Option<String>,
     pub recording_error: Option<String>,
+    /// Audio left out of the recording (ms; silence stands in for it).
+    pub recording_lost_ms: Option<i64>,
     pub agent_id: Option<String>,
     pub agent_answered_at: Option<i64>,
     /// `inbound`, or `callback` for a call siaga placed to a caller.
@@ -177,7 +179,7 @@ pub struct Store {
 
 macro_rules! call_columns {
     () => {
-        "id, incident_id, sip_call_id, from_uri, to_uri, caller_number, dialed, service, route, queue, source, transport, trunk, status, arrived_at, answered_at, ended_at, wait_ms, end_cause, codec, recording_path, recording_sha256, recording_error, agent_id, agent_answered_at, direction, callback_of, requested_by"
+        "id, incident_id, sip_call_id, from_uri, to_uri, caller_number, dialed, service, route, queue, source, transport, trunk, status, arrived_at, answered_at, ended_at, wait_ms, end_cause, codec, recording_path, recording_sha256, recording_error, recording_lost_ms, agent_id, agent_answered_at, direction, callback_of, requested_by"
     };
 }
 macro_rules! incident_columns {
@@ -492,8 +494,11 @@ mod tests {
                 },
                 StoreCmd::RecordingClosed {
                     id: c3_id.clone(),
-                    sha256: Some("ab".into()),
-                    error: None,
+                    outcome: RecordingOutcome {
+                        sha256: Some("ab".into()),
+                        error: None,
+                        lost_ms: Some(1_240),
+                    },
                 },
             ])
             .await
@@ -501,6 +506,7 @@ mod tests {
         let row = store.get_call("c3").await.unwrap().unwrap();
         assert_eq!(row.status, "ended");
         assert_eq!(row.recording_sha256.as_deref(), Some("ab"));
+        assert_eq!(row.recording_lost_ms, Some(1_240));
         assert_eq!(row.recording_path.as_deref(), Some("/r/c3.wav"));
         assert_eq!(store.call_events("c3").await.unwrap().len(), 1);
 

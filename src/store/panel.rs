@@ -615,6 +615,7 @@ pub struct TransferRow {
     pub recording_path: Option<String>,
     pub recording_sha256: Option<String>,
     pub recording_error: Option<String>,
+    pub recording_lost_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -631,7 +632,7 @@ pub struct NewTransfer {
 impl Store {
     pub async fn transfers_of_call(&self, call_id: &str) -> Result<Vec<TransferRow>, StoreError> {
         Ok(sqlx::query_as::<_, TransferRow>(
-            "SELECT id, call_id, incident_id, from_agent, agency, to_agent, requested_by, started_at, answered_at, ended_at, outcome, recording_path, recording_sha256, recording_error \
+            "SELECT id, call_id, incident_id, from_agent, agency, to_agent, requested_by, started_at, answered_at, ended_at, outcome, recording_path, recording_sha256, recording_error, recording_lost_ms \
              FROM transfers WHERE call_id = $1 ORDER BY started_at",
         )
         .bind(call_id)

@@ -4,7 +4,7 @@
 //! begins or commits; `Store::apply` does.
 
 use super::panel::{audit, IncidentUpdate, NewTransfer};
-use super::{CallId, IncidentRow, NewCall, NewIncident, StoreError, RECENT};
+use super::{CallId, IncidentRow, NewCall, NewIncident, RecordingOutcome, StoreError, RECENT};
 use sqlx::AnyConnection;
 
 /// Opens the incident (with the caller's history counted) and the call
@@ -163,14 +163,14 @@ pub(super) async fn call_ended(
 pub(super) async fn recording_closed(
     conn: &mut AnyConnection,
     id: &CallId,
-    sha256: Option<&str>,
-    error: Option<&str>,
+    outcome: &RecordingOutcome,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE calls SET recording_sha256 = $1, recording_error = COALESCE($2, recording_error) WHERE id = $3",
+        "UPDATE calls SET recording_sha256 = $1, recording_error = COALESCE($2, recording_error), recording_lost_ms = $3 WHERE id = $4",
     )
-    .bind(sha256)
-    .bind(error)
+    .bind(outcome.sha256.as_deref())
+    .bind(outcome.error.as_deref())
+    .bind(outcome.lost_ms)
     .bind(id.as_str())
     .execute(&mut *conn)
     .await?;
@@ -280,14 +280,14 @@ pub(super) async fn transfer_ended(
 pub(super) async fn transfer_recording(
     conn: &mut AnyConnection,
     id: &str,
-    sha256: Option<&str>,
-    error: Option<&str>,
+    outcome: &RecordingOutcome,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE transfers SET recording_sha256 = $1, recording_error = COALESCE($2, recording_error) WHERE id = $3",
+        "UPDATE transfers SET recording_sha256 = $1, recording_error = COALESCE($2, recording_error), recording_lost_ms = $3 WHERE id = $4",
     )
-    .bind(sha256)
-    .bind(error)
+    .bind(outcome.sha256.as_deref())
+    .bind(outcome.error.as_deref())
+    .bind(outcome.lost_ms)
     .bind(id)
     .execute(&mut *conn)
     .await?;

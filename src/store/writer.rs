@@ -46,8 +46,7 @@ pub enum StoreCmd {
     },
     RecordingClosed {
         id: CallId,
-        sha256: Option<String>,
-        error: Option<String>,
+        outcome: RecordingOutcome,
     },
     TransferStarted(Box<super::NewTransfer>),
     TransferAnswered {
@@ -65,8 +64,7 @@ pub enum StoreCmd {
     },
     TransferRecording {
         id: String,
-        sha256: Option<String>,
-        error: Option<String>,
+        outcome: RecordingOutcome,
     },
     /// The incident goes to an agency (a transfer from the phone).
     AssignAgency {
@@ -89,6 +87,16 @@ enum Queued {
     Cmd(StoreCmd),
     /// Answered once everything queued before it is written.
     Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// How a recording ended: its checksum, or why it has none, and how much
+/// audio was left out of it (the recorder's queue was full).
+#[derive(Debug, Clone, Default)]
+pub struct RecordingOutcome {
+    pub sha256: Option<String>,
+    pub error: Option<String>,
+    /// None when nothing was left out.
+    pub lost_ms: Option<i64>,
 }
 
 /// Where call tasks send their records; never blocks.
@@ -291,8 +299,8 @@ async fn apply_on(conn: &mut AnyConnection, cmd: &StoreCmd) -> Result<(), StoreE
             wait_ms,
             cause,
         } => records::call_ended(conn, id, *at, *wait_ms, cause).await,
-        StoreCmd::RecordingClosed { id, sha256, error } => {
-            records::recording_closed(conn, id, sha256.as_deref(), error.as_deref()).await
+        StoreCmd::RecordingClosed { id, outcome } => {
+            records::recording_closed(conn, id, outcome).await
         }
         StoreCmd::TransferStarted(t) => records::transfer_started(conn, t).await,
         StoreCmd::TransferAnswered {
@@ -332,8 +340,8 @@ async fn apply_on(conn: &mut AnyConnection, cmd: &StoreCmd) -> Result<(), StoreE
                 .await
                 .map(|_| ())
         }
-        StoreCmd::TransferRecording { id, sha256, error } => {
-            records::transfer_recording(conn, id, sha256.as_deref(), error.as_deref()).await
+        StoreCmd::TransferRecording { id, outcome } => {
+            records::transfer_recording(conn, id, outcome).await
         }
     }
 }
