@@ -67,10 +67,14 @@ fn every_benchmark_scenario_runs_and_loses_nothing() {
     );
 
     // /healthz answered while each ran, and five calls leave the
-    // recorder nowhere near behind (it says `behind` from 2 s).
+    // recorder nowhere near behind (it says `behind` from 2 s), the
+    // recordings durable within a sync or two, and nothing left out.
     for r in [rate, conc, surge] {
         let behind = r["recorder_behind_ms_max"].as_u64();
         assert!(behind.is_some_and(|ms| ms < 2000), "{r}");
+        let unsynced = r["recorder_unsynced_ms_max"].as_u64();
+        assert!(unsynced.is_some_and(|ms| ms < 2000), "{r}");
+        assert_eq!(r["recordings_lost_ms"], 0, "{r}");
     }
 
     // Every run says what state the machine was in before it.

@@ -167,6 +167,10 @@ fn calls_to_112_and_119_are_answered_recorded_and_open_incidents() {
         "{health}"
     );
     assert_eq!(health["recordings_lost_ms"], 0, "{health}");
+    assert!(
+        health["recordings_unsynced_ms"].as_u64().unwrap() < 2000,
+        "{health}"
+    );
 }
 
 #[test]

@@ -340,29 +340,37 @@ max_wait = "3600s"
         def poll():
             while self._sampling:
                 time.sleep(1)
-                self.behind.append(self.recorder_behind_ms())
+                self.behind.append(self.recorder_health())
 
         self._poller = threading.Thread(target=poll, daemon=True)
         self._poller.start()
 
-    def recorder_behind_ms(self):
-        """What /healthz says of how far behind the calls recordings are
-        written; None when it does not answer within a second."""
+    def recorder_health(self):
+        """What /healthz says of the recordings: how far behind the calls
+        they are written, how long since they were last made durable, and
+        how much audio was left out of them (the recorder's queue full);
+        None when it does not answer within a second."""
         try:
             c = http.client.HTTPConnection("127.0.0.1", HTTP, timeout=1)
             c.request("GET", "/healthz")
             body = json.loads(c.getresponse().read())
             c.close()
-            return body["recordings_behind_ms"]
+            return (
+                body["recordings_behind_ms"],
+                body["recordings_unsynced_ms"],
+                body["recordings_lost_ms"],
+            )
         except (OSError, ValueError, KeyError, http.client.HTTPException):
             return None
 
     def health_summary(self):
-        """The recorder's worst lag while sampling, and how often /healthz
-        did not answer."""
+        """The recorder's worst figures while sampling, and how often
+        /healthz did not answer."""
         seen = [b for b in self.behind if b is not None]
         return {
-            "recorder_behind_ms_max": max(seen, default=None),
+            "recorder_behind_ms_max": max((b[0] for b in seen), default=None),
+            "recorder_unsynced_ms_max": max((b[1] for b in seen), default=None),
+            "recordings_lost_ms": max((b[2] for b in seen), default=None),
             "healthz_unanswered": len(self.behind) - len(seen),
         }
 

@@ -74,6 +74,9 @@ const BATCH_EVERY: Duration = Duration::from_millis(10);
 /// How far behind the calls the thread may write before it warns; it
 /// says it has caught up below `CAUGHT_UP`.
 pub const BEHIND_WARN: Duration = Duration::from_secs(2);
+/// How long since the last sync that succeeded before the thread says
+/// recordings are not durable (eight syncs missed).
+pub const UNSYNCED_WARN: Duration = Duration::from_secs(2);
 const CAUGHT_UP: Duration = Duration::from_millis(500);
 
 /// One 20 ms stereo frame: left (caller) and right (us/agent).
@@ -226,6 +229,9 @@ struct Progress {
     lag_ms: AtomicU64,
     /// When (ms after `epoch`) the thread last finished a batch.
     done_ms: AtomicU64,
+    /// When (ms after `epoch`) the last sync that succeeded began: what
+    /// was written before then is on the disk.
+    synced_ms: AtomicU64,
 }
 
 impl Progress {
@@ -234,7 +240,18 @@ impl Progress {
             epoch: Instant::now(),
             lag_ms: AtomicU64::new(0),
             done_ms: AtomicU64::new(0),
+            synced_ms: AtomicU64::new(0),
         }
+    }
+
+    fn synced(&self, began: Instant) {
+        let at = began.saturating_duration_since(self.epoch).as_millis() as u64;
+        self.synced_ms.store(at, Ordering::Relaxed);
+    }
+
+    fn unsynced(&self) -> Duration {
+        let synced = Duration::from_millis(self.synced_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(synced)
     }
 
     fn batch_done(&self, lag: Duration) {
@@ -261,6 +278,7 @@ impl Recorder {
         let progress = Arc::new(Progress::new());
         let queue = Arc::new(Queue::new(queue_bytes));
         let told = progress.clone();
+        let durable = progress.clone();
         let taken = queue.clone();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let syncer = Syncer {
@@ -274,7 +292,12 @@ impl Recorder {
                 let mut failing = false;
                 while !stopped.load(Ordering::Relaxed) {
                     std::thread::sleep(DURABLE_EVERY);
-                    match periodic.sync() {
+                    let began = Instant::now();
+                    let synced = periodic.sync();
+                    if synced.is_ok() {
+                        durable.synced(began);
+                    }
+                    match synced {
                         Err(e) if !failing => {
                             failing = true;
                             error!(folder = %periodic.dir.display(), error = %e, "recordings cannot be synced to disk");
@@ -325,6 +348,14 @@ impl Recorder {
     /// near zero when it keeps up.
     pub fn behind(&self) -> Duration {
         self.progress.behind()
+    }
+
+    /// How long since what was written was last made durable: about
+    /// `DURABLE_EVERY` when the disk keeps up; growing while a sync
+    /// hangs (a dead disk) or fails, when a power cut would lose that
+    /// much of every open recording.
+    pub fn unsynced(&self) -> Duration {
+        self.progress.unsynced()
     }
 
     /// Creates the WAV file (and its folders), on the blocking pool, and
@@ -592,6 +623,8 @@ impl Thread {
         self.queue.taken(frames);
         let lag = oldest.map_or(Duration::ZERO, |o| taken.saturating_duration_since(o));
         self.behind.update(lag, self.open.len());
+        self.behind
+            .durable(self.progress.unsynced(), self.open.len());
         self.progress.batch_done(lag);
         let now = Instant::now();
         for w in self.open.values_mut() {
@@ -604,10 +637,12 @@ impl Thread {
     }
 }
 
-/// Whether the thread has said it is behind.
+/// Whether the thread has said it is behind, or that recordings have
+/// not been made durable for a while.
 #[derive(Default)]
 struct Behind {
     warned: bool,
+    unsynced: bool,
 }
 
 impl Behind {
@@ -618,6 +653,18 @@ impl Behind {
         } else if self.warned && lag < CAUGHT_UP {
             self.warned = false;
             info!(open, "recordings have caught up with the calls");
+        }
+    }
+
+    /// Told by the recorder thread, not the syncing one: a sync that
+    /// hangs holds its own thread.
+    fn durable(&mut self, unsynced: Duration, open: usize) {
+        if !self.unsynced && unsynced >= UNSYNCED_WARN {
+            self.unsynced = true;
+            error!(unsynced = ?unsynced, open, "recordings have not been made durable for a while (the disk does not finish its syncs): a power cut would lose that much of every open recording");
+        } else if self.unsynced && unsynced < CAUGHT_UP {
+            self.unsynced = false;
+            info!(open, "recordings are made durable again");
         }
     }
 }
@@ -815,12 +862,38 @@ mod tests {
             epoch: Instant::now().checked_sub(Duration::from_secs(3)).unwrap(),
             lag_ms: AtomicU64::new(0),
             done_ms: AtomicU64::new(0),
+            synced_ms: AtomicU64::new(0),
         };
         assert!(progress.behind() >= Duration::from_secs(3));
         progress.batch_done(Duration::ZERO);
         assert!(progress.behind() < Duration::from_millis(100));
         progress.batch_done(Duration::from_secs(4));
         assert!(progress.behind() >= Duration::from_secs(4));
+        // Likewise a sync that has not come back for three seconds.
+        assert!(progress.unsynced() >= Duration::from_secs(3));
+        progress.synced(Instant::now());
+        assert!(progress.unsynced() < Duration::from_millis(100));
+    }
+
+    /// The syncing thread keeps telling when it last made the files
+    /// durable: about every `DURABLE_EVERY`, never near the warning.
+    #[tokio::test]
+    async fn says_when_it_last_made_recordings_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Recorder::start(dir.path(), 64 << 20);
+        let mut r = rec.open(&dir.path().join("durable.wav")).await.unwrap();
+        // Longer than the warning: a thread that never told would fail.
+        let mut worst = Duration::ZERO;
+        for _ in 0..25 {
+            r.write([1; FRAME_SAMPLES], [2; FRAME_SAMPLES], Instant::now());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            worst = worst.max(rec.unsynced());
+        }
+        assert!(worst < UNSYNCED_WARN, "{worst:?}");
+        // A time since, not a constant: samples 100 ms apart over syncs
+        // 250 ms apart catch one at least 150 ms old.
+        assert!(worst >= Duration::from_millis(100), "{worst:?}");
+        r.close().await.unwrap();
     }
 
     /// A queue that never empties does not hold up the thread's other

@@ -74,10 +74,13 @@ pub struct IncidentDetail {
 pub async fn healthz(State(s): State<AppState>) -> Response {
     let db = s.store.ping().await.is_ok();
     let behind = s.recorder.behind();
+    let unsynced = s.recorder.unsynced();
     let recordings = if s.recorder.losing() {
         "losing"
     } else if behind >= crate::media::recorder::BEHIND_WARN {
         "behind"
+    } else if unsynced >= crate::media::recorder::UNSYNCED_WARN {
+        "unsynced"
     } else {
         "ok"
     };
@@ -86,6 +89,7 @@ pub async fn healthz(State(s): State<AppState>) -> Response {
         "database": if db { "ok" } else { "unavailable" },
         "recordings": recordings,
         "recordings_behind_ms": behind.as_millis() as u64,
+        "recordings_unsynced_ms": unsynced.as_millis() as u64,
         "recordings_lost_ms": s.recorder.lost().as_millis() as u64,
     });
     // Calls are taken even when the database is down or recordings are
