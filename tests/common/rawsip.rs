@@ -20,6 +20,27 @@ impl RawSip {
         self.sock.local_addr().unwrap()
     }
 
+    /// Asks for a receive buffer of `bytes` (as root, past
+    /// `net.core.rmem_max`): a client reading a burst of answers on a
+    /// busy machine must not be the one that drops them.
+    pub fn receive_buffer(&self, bytes: usize) {
+        use std::os::fd::AsRawFd;
+        let want = bytes as libc::c_int;
+        // SAFETY: a valid socket and an int-sized option read from a local.
+        let set = |opt| unsafe {
+            libc::setsockopt(
+                self.sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&want as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if set(libc::SO_RCVBUFFORCE) != 0 {
+            set(libc::SO_RCVBUF);
+        }
+    }
+
     pub fn send(&self, msg: &str) {
         self.sock.send_to(msg.as_bytes(), self.server).unwrap();
     }
@@ -209,4 +230,17 @@ pub fn register_digest(
     let h2 = Algorithm::Md5.hash(&format!("REGISTER:{uri}"));
     let resp = Algorithm::Md5.hash(&format!("{h1}:{nonce}:{nc}:c0ffee:auth:{h2}"));
     format!("Digest username=\"{user}\", realm=\"siaga\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm=MD5, qop=auth, nc={nc}, cnonce=\"c0ffee\"")
+}
+
+/// Datagrams the kernel dropped at the UDP socket bound to `port` on
+/// 127.0.0.1 (its receive buffer full), from `/proc/net/udp`.
+pub fn udp_drops(port: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        (w.get(1) == Some(&local.as_str()))
+            .then(|| w.last()?.parse().ok())
+            .flatten()
+    })
 }
