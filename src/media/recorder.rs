@@ -194,7 +194,8 @@ impl Queue {
     fn admit(&self) -> bool {
         if self.frames.load(Ordering::Relaxed) >= self.limit {
             self.lost.fetch_add(1, Ordering::Relaxed);
-            if !self.full.swap(true, Ordering::Relaxed) {
+            // Read first: every frame left out need not write the flag.
+            if !self.full.load(Ordering::Relaxed) && !self.full.swap(true, Ordering::Relaxed) {
                 error!(
                     limit_mib = (self.limit * std::mem::size_of::<Msg>()) >> 20,
                     "the recorder's queue is full (the disk or the cores cannot keep up): audio is left out of recordings, silence stands in for it, and each call's record says how much"
