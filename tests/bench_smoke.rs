@@ -54,8 +54,16 @@ fn every_benchmark_scenario_runs_and_loses_nothing() {
     assert_eq!(conc["rtp"]["packets_lost"], 0, "{conc}");
 
     let surge = &results[2];
+    // Five short calls flood in while they wait: each answered, recorded
+    // and gone again before the end.
     assert_eq!(surge["waiting_at_end"], 5, "{surge}");
-    assert_eq!(surge["recordings_verified"], 5, "{surge}");
+    assert_eq!(
+        (&surge["flood"]["sipp_ok"], &surge["flood"]["sipp_failed"]),
+        (&5.into(), &0.into()),
+        "{surge}"
+    );
+    assert_eq!(surge["records"], 10, "{surge}");
+    assert_eq!(surge["recordings_verified"], 10, "{surge}");
     assert!(
         // Five callers, three seconds each at least, 50 packets a second.
         surge["prompts"]["packets"].as_u64().unwrap() >= 5 * 3 * 50,

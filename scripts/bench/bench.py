@@ -46,6 +46,9 @@ SIP, CALLERS, HTTP = 5460, 5461, 8460
 AGENT_SIP = (5463, 5465, 5467, 5469)
 AGENT_RTP = (6000, 6010, 6020, 6030)
 PROBE_BASE = 40000
+# A flood onto a surge: short calls from another SIPp, their RTP to one
+# socket that nobody reads (the kernel drops what does not fit).
+FLOOD, FLOOD_SINK = 5471, 5472
 PASSWORD = "bench-sandi"
 HZ = os.sysconf("SC_CLK_TCK")
 # Every process started here, ended at exit whatever happened, so a failed
@@ -493,6 +496,27 @@ def callers(root, count, rate, hold_ms, rtp_ports, limit_s, tag):
     )
 
 
+def flood(root, rate, seconds, hold_ms, limit_s):
+    """Short calls to 112 at `rate` for `seconds`, each hanging up after
+    `hold_ms` (prank and silent calls), from a SIPp of their own in
+    `root`/flood; their RTP goes to FLOOD_SINK."""
+    folder = Path(root) / "flood"
+    folder.mkdir()
+    count = max(1, int(rate * seconds))
+    inf = folder / "flood.csv"
+    inf.write_text(f"SEQUENTIAL\n{FLOOD_SINK}\n")
+    proc = spawn(
+        ["sipp", f"127.0.0.1:{SIP}", "-timeout", f"{int(limit_s)}s", "-sf", str(BENCH / "sipp" / "caller.xml"),
+         "-inf", str(inf), "-i", "127.0.0.1", "-p", str(FLOOD), "-mi", "127.0.0.1",
+         "-r", str(rate), "-m", str(count), "-l", str(count), "-d", str(hold_ms), "-nostdin",
+         "-trace_stat", "-fd", "1", "-trace_rtt", "-rtt_freq", "1", "-max_socket", "10000"],
+        cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    proc.folder = folder
+    proc.count = count
+    return proc
+
+
 def sipp_outcome(proc, root):
     proc.communicate()
     stats = sorted(glob.glob(f"{root}/caller_*_.csv"))
@@ -581,6 +605,8 @@ def drop_summary(seen):
             out["agents_echo"] += n
         elif port >= PROBE_BASE:
             out["probe"] += n
+        elif port == FLOOD_SINK:
+            out["flood_sink"] = out.get("flood_sink", 0) + n
         else:
             out["other"] += n
     return out
@@ -771,31 +797,53 @@ def concurrency(binary, probe_bin, calls, rate, hold):
         s.teardown(uas)
 
 
-def surge(binary, probe_bin, calls, rate, hold):
+def surge(binary, probe_bin, calls, rate, hold, flood_rate=0, flood_seconds=10, flood_hold_ms=2000):
     """No agent free: `calls` callers wait hearing prompts, recorded; the
-    probe is each caller's phone and times the prompts' packets."""
+    probe is each caller's phone and times the prompts' packets. With
+    `flood_rate`, 5 s after the queue has filled, short calls come at that
+    rate for `flood_seconds` (each `flood_hold_ms` long) while the callers
+    wait: what those already waiting hear through a flood."""
     ramp = calls / rate
+    if flood_rate and 5 + flood_seconds + flood_hold_ms / 1000 + 5 > hold:
+        raise SystemExit("the flood must end 5 s before the hold does: a longer --hold")
     s = Siaga(binary, 0)
+    sink = None
     try:
         before = machine(s.root)
         s.start()
         p = probe(probe_bin, calls, ramp + hold, root=s.root)
         s.sample(others=[p.pid])
+        began = time.monotonic()
         c = callers(s.root, calls, rate, int((ramp + hold + 3) * 1000), [PROBE_BASE + 2 * i for i in range(calls)],
                     ramp + hold + 120, "surge")
+        f = None
+        if flood_rate:
+            sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sink.bind(("127.0.0.1", FLOOD_SINK))
+            time.sleep(max(0.0, began + ramp + 5 - time.monotonic()))
+            f = flood(s.root, flood_rate, flood_seconds, flood_hold_ms, hold + 120)
         got = probe_result(p)
         plateau_rss = s.rss()
         _, queues = s.api("GET", "/api/queues")
         waiting = sum(len(q["waiting"]) for q in queues)
+        flooded = {}
+        if f:
+            fok, ffailed, frtt = sipp_outcome(f, f.folder)
+            flooded = {"flood": {
+                "rate": flood_rate, "seconds": flood_seconds, "hold_ms": flood_hold_ms, "calls": f.count,
+                "sipp_ok": fok, "sipp_failed": ffailed,
+                "trying_ms_p50": round(quantile(frtt[1], 0.5), 2), "trying_ms_p99": round(quantile(frtt[1], 0.99), 2),
+                "ok_ms_p50": round(quantile(frtt[2], 0.5), 2), "ok_ms_p99": round(quantile(frtt[2], 0.99), 2),
+            }}
         ok, failed, rtt = sipp_outcome(c, s.root)
         samples = s.stop_sampling()
         s.stop()
         rows, rec = s.verify()
         plateau = [x for x in samples if ramp + 1 < x[0] < ramp + hold]
         return {
-            "scenario": "surge", "calls": calls, "rate": rate, "hold_s": hold,
+            "scenario": "surge", "calls": calls, "rate": rate, "hold_s": hold, **flooded,
             "waiting_at_end": waiting, "sipp_ok": ok, "sipp_failed": failed,
-            "recordings_verified": rec["recordings_verified"], "prompts": got["prompts"],
+            "records": rec["calls"], "recordings_verified": rec["recordings_verified"], "prompts": got["prompts"],
             "udp_drops": drop_summary(s.drops),
             "mib_per_call": round((plateau_rss - s.idle_rss) / 2**20 / calls, 3),
             "recording_s_p1": rec["recording_s_p1"], "recording_s_p50": rec["recording_s_p50"],
@@ -804,6 +852,8 @@ def surge(binary, probe_bin, calls, rate, hold):
             "machine": before,
         }
     finally:
+        if sink:
+            sink.close()
         s.teardown()
 
 
@@ -822,6 +872,9 @@ def main():
     a.add_argument("--calls", type=int, default=1000)
     a.add_argument("--rate", type=int, default=100)
     a.add_argument("--hold", type=float, default=30)
+    a.add_argument("--flood-rate", type=int, default=0, help="short calls a second onto the waiting callers")
+    a.add_argument("--flood-seconds", type=float, default=10)
+    a.add_argument("--flood-hold-ms", type=int, default=2000)
     sub.add_parser("smoke")
     args = ap.parse_args()
     for tool in ("sipp", "cargo"):
@@ -833,12 +886,13 @@ def main():
     elif args.cmd == "concurrency":
         out = [concurrency(binary, probe_bin, args.calls, args.rate, args.hold)]
     elif args.cmd == "surge":
-        out = [surge(binary, probe_bin, args.calls, args.rate, args.hold)]
+        out = [surge(binary, probe_bin, args.calls, args.rate, args.hold,
+                     args.flood_rate, args.flood_seconds, args.flood_hold_ms)]
     else:
         out = [
             setup_rate(binary, probe_bin, [5], 2, 500),
             concurrency(binary, probe_bin, 5, 5, 3),
-            surge(binary, probe_bin, 5, 5, 3),
+            surge(binary, probe_bin, 5, 5, 12, flood_rate=5, flood_seconds=1, flood_hold_ms=1000),
         ]
     for o in out:
         print(json.dumps(o))
