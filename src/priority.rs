@@ -2,7 +2,8 @@
 //! runs favoured (a lower nice value), so it runs when it wakes instead of
 //! waiting behind work that does have a queue (the recorder, the store,
 //! the panel). A favoured thread still takes only what it needs; the rest
-//! keeps the remainder.
+//! keeps the remainder. Only work whose amount the calls bound is
+//! favoured: the media threads'. SIP's is not (see below).
 //!
 //! Raising a priority needs root or `CAP_SYS_NICE`. Without it siaga says
 //! so once and runs every thread at the normal priority.
@@ -13,16 +14,17 @@ use tracing::warn;
 /// and a late one is a gap the caller hears.
 pub const MEDIA: libc::c_int = -10;
 
-/// SIP's reader and runtime threads: a caller's phone (and the trunk)
-/// waits for 100 Trying, and retransmits the INVITE when it comes late,
-/// which adds load just when there is most of it. The same as the media
-/// threads: neither can wait for the other, and every INVITE is an
-/// emergency call that will need its media too, so under a flood the two
-/// share the cores evenly while the recorder, the store and the panel
-/// wait. (At nice -5, 100 Trying p99 at 500 calls/s was 2.9–14.3 ms; at
-/// -10, 2.7–3.4 ms; prompts for 2,000 waiting callers had no gap with
-/// either, even with INVITEs arriving at 200/s; see BENCHMARKS.md.)
-pub const SIP: libc::c_int = -10;
+// SIP's threads are not favoured. At nice -10 they gave 100 Trying p99
+// of 2.7–3.4 ms at 500 calls/s (31.7–69.4 ms at the normal priority, on
+// the same evening). But SIP's work has no bound: a flood of 700 short
+// calls a second onto 2,000 waiting callers, with SIP at nice -10, left
+// the recorder 6.7 s behind in one of three runs (3,436 s of audio left
+// out of recordings at its bound), made gaps for the waiting callers
+// (131 and 2,282 in two runs) and slowed answers (200 OK p50 up to
+// 1.2 s), while at the normal priority three runs lost no audio, had 0,
+// 35 and 0 gaps and answered at p50 28–264 ms. A late 100 Trying costs
+// a retransmission after 500 ms; lost audio and prompt gaps cost more.
+// See BENCHMARKS.md, "A flood onto a surge".
 
 /// Gives the calling thread the nice value `nice`.
 pub fn favour_this_thread(nice: libc::c_int) {
@@ -34,7 +36,7 @@ pub fn favour_this_thread(nice: libc::c_int) {
     if failed {
         let e = std::io::Error::last_os_error();
         TOLD.call_once(|| {
-            warn!(error = %e, "media and SIP threads run at normal priority; grant CAP_SYS_NICE for steadier prompts and quicker answers under load")
+            warn!(error = %e, "media threads run at normal priority; grant CAP_SYS_NICE for steadier prompts under load")
         });
     }
 }

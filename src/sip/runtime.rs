@@ -1,7 +1,8 @@
 //! The SIP runtime: the endpoint's timers, the task feeding it what the
 //! reader threads parsed, the dispatcher of new transactions and the
 //! server transactions' tasks (which send 100 Trying) run on a thread of
-//! their own, apart from the call tasks, favoured (`priority::SIP`).
+//! their own, apart from the call tasks, at the normal priority (see
+//! `priority` for why not favoured).
 //!
 //! On the main runtime, an INVITE's hops (reader to endpoint, endpoint to
 //! dispatcher, dispatcher to the task sending 100 Trying) each waited in
@@ -28,7 +29,6 @@ where
         Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("siaga-sip")
-            .on_thread_start(|| crate::priority::favour_this_thread(crate::priority::SIP))
             .enable_all()
             .build()
             .expect("cannot start the SIP runtime's thread")
@@ -38,15 +38,17 @@ where
 
 #[cfg(test)]
 mod tests {
-    use crate::priority::{expected, nices_of, SIP};
+    use crate::priority::nices_of;
 
-    /// SIP's threads run at `priority::SIP` where the process may raise a
-    /// thread's priority (root here), at the normal one elsewhere.
+    /// SIP's threads run at the normal priority, not favoured like the
+    /// media threads: a flood's SIP work has no bound, and favoured it
+    /// starved the recorder and the waiting callers' prompts (see
+    /// `priority`).
     #[tokio::test]
-    async fn sip_threads_are_favoured_where_allowed() {
+    async fn sip_threads_are_not_favoured() {
         super::spawn(async {}).await.unwrap();
         let nices = nices_of("siaga-sip");
         assert!(!nices.is_empty(), "no SIP thread found");
-        assert!(nices.iter().all(|&n| n == expected(SIP)), "{nices:?}");
+        assert!(nices.iter().all(|&n| n == 0), "{nices:?}");
     }
 }

@@ -151,10 +151,7 @@ impl SipStack {
             let stop = cancel.clone();
             std::thread::Builder::new()
                 .name("siaga-sip-read".into())
-                .spawn(move || {
-                    crate::priority::favour_this_thread(crate::priority::SIP);
-                    read_udp(reader, tx, stop)
-                })
+                .spawn(move || read_udp(reader, tx, stop))
                 .map_err(|e| SipError::Listen {
                     addr: bound,
                     message: e.to_string(),
