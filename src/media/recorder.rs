@@ -642,30 +642,53 @@ impl Thread {
 /// not been made durable for a while.
 #[derive(Default)]
 struct Behind {
-    warned: bool,
-    unsynced: bool,
+    lag: Alarm,
+    unsynced: Alarm,
 }
 
 impl Behind {
     fn update(&mut self, lag: Duration, open: usize) {
-        if !self.warned && lag >= BEHIND_WARN {
-            self.warned = true;
-            warn!(behind = ?lag, open, "recordings are written behind the calls: the disk or the cores cannot keep up, and frames wait in memory");
-        } else if self.warned && lag < CAUGHT_UP {
-            self.warned = false;
-            info!(open, "recordings have caught up with the calls");
+        match self.lag.crossed(lag, BEHIND_WARN, CAUGHT_UP) {
+            Some(true) => {
+                warn!(behind = ?lag, open, "recordings are written behind the calls: the disk or the cores cannot keep up, and frames wait in memory")
+            }
+            Some(false) => info!(open, "recordings have caught up with the calls"),
+            None => {}
         }
     }
 
     /// Told by the recorder thread, not the syncing one: a sync that
     /// hangs holds its own thread.
     fn durable(&mut self, unsynced: Duration, open: usize) {
-        if !self.unsynced && unsynced >= UNSYNCED_WARN {
-            self.unsynced = true;
-            error!(unsynced = ?unsynced, open, "recordings have not been made durable for a while (the disk does not finish its syncs): a power cut would lose that much of every open recording");
-        } else if self.unsynced && unsynced < CAUGHT_UP {
-            self.unsynced = false;
-            info!(open, "recordings are made durable again");
+        match self.unsynced.crossed(unsynced, UNSYNCED_WARN, CAUGHT_UP) {
+            Some(true) => {
+                error!(unsynced = ?unsynced, open, "recordings have not been made durable for a while (the disk does not finish its syncs): a power cut would lose that much of every open recording")
+            }
+            Some(false) => info!(open, "recordings are made durable again"),
+            None => {}
+        }
+    }
+}
+
+/// A warning said once when a figure reaches its mark, and the all-clear
+/// once it has fallen well below.
+#[derive(Default)]
+struct Alarm {
+    on: bool,
+}
+
+impl Alarm {
+    /// `Some(true)` when `value` has just reached `high`, `Some(false)`
+    /// when it has just fallen below `low`.
+    fn crossed(&mut self, value: Duration, high: Duration, low: Duration) -> Option<bool> {
+        if !self.on && value >= high {
+            self.on = true;
+            Some(true)
+        } else if self.on && value < low {
+            self.on = false;
+            Some(false)
+        } else {
+            None
         }
     }
 }
@@ -1003,6 +1026,20 @@ mod tests {
         assert!(s[2 * FRAME_SAMPLES * 10..2 * FRAME_SAMPLES * 100]
             .iter()
             .all(|&x| x == 0));
+    }
+
+    /// A warning once at the mark, quiet while the figure hovers between
+    /// the marks, the all-clear once below the lower one.
+    #[test]
+    fn an_alarm_says_each_crossing_once() {
+        let ms = Duration::from_millis;
+        let mut alarm = Alarm::default();
+        let seen: Vec<Option<bool>> = [100, 2000, 3000, 1000, 2500, 400, 300, 2000]
+            .into_iter()
+            .map(|v| alarm.crossed(ms(v), ms(2000), ms(500)))
+            .collect();
+        let (on, off) = (Some(true), Some(false));
+        assert_eq!(seen, [None, on, None, None, None, off, None, on]);
     }
 
     #[tokio::test]
