@@ -595,9 +595,12 @@ impl Thread {
                         write_frame(w, &frame);
                     }
                 }
-                Ok(Msg::Gap { id, frames }) => {
+                Ok(Msg::Gap {
+                    id,
+                    frames: left_out,
+                }) => {
                     if let Some(w) = self.open.get_mut(&id) {
-                        write_silence(w, frames);
+                        write_silence(w, left_out);
                     }
                 }
                 Ok(Msg::Close { id, reply }) => {
