@@ -69,6 +69,9 @@ const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// sync writes back little at a time (a burst of a second's recordings
 /// made prompts late).
 const DURABLE_EVERY: Duration = Duration::from_millis(250);
+/// How long a call waits for its recording's file to be created before
+/// it goes on unrecorded (see `Recorder::open_within`).
+pub const OPEN_WITHIN: Duration = Duration::from_secs(5);
 /// How often the thread takes what was queued for it.
 const BATCH_EVERY: Duration = Duration::from_millis(10);
 /// How far behind the calls the thread may write before it warns; it
@@ -95,6 +98,8 @@ pub enum RecordError {
     Write { path: PathBuf, message: String },
     #[error("the recorder thread is gone")]
     RecorderGone,
+    #[error("creating recording {path} took over {waited:?}: the disk does not answer")]
+    Slow { path: PathBuf, waited: Duration },
     #[error("cannot checksum {path}: {source}")]
     Checksum {
         path: PathBuf,
@@ -360,13 +365,26 @@ impl Recorder {
     }
 
     /// Creates the WAV file (and its folders), on the blocking pool, and
-    /// hands it to the thread.
+    /// hands it to the thread; an error after `OPEN_WITHIN`.
     pub async fn open(&self, path: &Path) -> Result<Recording, RecordError> {
+        self.open_within(path, OPEN_WITHIN).await
+    }
+
+    /// A call waits at most `limit` for its file: creating one can hang
+    /// on a dead disk (a hard NFS mount, a failing drive's retries), and
+    /// an answered caller must not wait in silence for it. A file created
+    /// later is closed at once, empty.
+    async fn open_within(&self, path: &Path, limit: Duration) -> Result<Recording, RecordError> {
         let this = self.clone();
-        let path = path.to_path_buf();
-        tokio::task::spawn_blocking(move || this.create(&path))
-            .await
-            .map_err(|_| RecordError::RecorderGone)?
+        let owned = path.to_path_buf();
+        let created = tokio::task::spawn_blocking(move || this.create(&owned));
+        match tokio::time::timeout(limit, created).await {
+            Ok(done) => done.map_err(|_| RecordError::RecorderGone)?,
+            Err(_) => Err(RecordError::Slow {
+                path: path.to_path_buf(),
+                waited: limit,
+            }),
+        }
     }
 
     fn create(&self, path: &Path) -> Result<Recording, RecordError> {
@@ -1043,6 +1061,33 @@ mod tests {
             .collect();
         let (on, off) = (Some(true), Some(false));
         assert_eq!(seen, [None, on, None, None, None, off, None, on]);
+    }
+
+    /// A file whose creation hangs (here a FIFO, whose open waits for a
+    /// reader, as a dead disk's would for the disk) is an error after
+    /// the limit, not a wait without end.
+    #[tokio::test]
+    async fn a_file_that_cannot_be_created_in_time_is_an_error() {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hung.wav");
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let rec = Recorder::start(dir.path(), 64 << 20);
+        let err = match rec.open_within(&path, Duration::from_millis(200)).await {
+            Err(e) => e,
+            Ok(_) => panic!("a FIFO without a reader was opened for writing"),
+        };
+        assert!(matches!(err, RecordError::Slow { .. }), "{err}");
+        // A reader lets the late creation finish; its file is dropped.
+        let _reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     #[tokio::test]
