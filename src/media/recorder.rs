@@ -62,6 +62,8 @@ use tracing::{error, info, warn};
 
 /// Samples per channel in one 20 ms frame at 8 kHz.
 pub const FRAME_SAMPLES: usize = 160;
+/// How long one frame lasts, in ms.
+const FRAME_MS: u64 = 20;
 /// How often each file's buffered audio is written out and its header
 /// rewritten.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
@@ -212,6 +214,11 @@ impl Queue {
         true
     }
 
+    /// Audio left out so far, summed over recordings.
+    fn lost(&self) -> Duration {
+        Duration::from_millis(FRAME_MS * self.lost.load(Ordering::Relaxed))
+    }
+
     /// The thread took `n` frames off the queue.
     fn taken(&self, n: usize) {
         if n == 0 {
@@ -220,7 +227,7 @@ impl Queue {
         let left = self.frames.fetch_sub(n, Ordering::Relaxed) - n;
         if left < self.limit / 2 && self.full.swap(false, Ordering::Relaxed) {
             warn!(
-                lost_ms = self.lost.load(Ordering::Relaxed) * 20,
+                lost = ?self.lost(),
                 "the recorder's queue has room again; recordings are whole from here"
             );
         }
@@ -339,7 +346,7 @@ impl Recorder {
     /// Audio left out of recordings since the start (the queue was full),
     /// summed over every recording.
     pub fn lost(&self) -> Duration {
-        Duration::from_millis(self.queue.lost.load(Ordering::Relaxed) * 20)
+        self.queue.lost()
     }
 
     /// Whether audio is being left out now: the queue is at its bound
@@ -738,29 +745,15 @@ fn write_frame(w: &mut Open, frame: &StereoFrame) {
 /// Silence for `frames` frames left out, so the file keeps the call's
 /// timeline.
 fn write_silence(w: &mut Open, frames: u64) {
-    if w.failed.is_some() || frames == 0 {
-        return;
-    }
-    let mut written = 0;
-    let result = (|| {
-        while written < frames {
-            let n = (frames - written).min(50);
-            let mut samples = w.wav.get_i16_writer(n as u32 * 2 * FRAME_SAMPLES as u32);
-            for _ in 0..n * 2 * FRAME_SAMPLES as u64 {
-                samples.write_sample(0);
-            }
-            samples.flush()?;
-            written += n;
+    const SILENCE: StereoFrame = ([0; FRAME_SAMPLES], [0; FRAME_SAMPLES]);
+    let before = w.frames;
+    for _ in 0..frames {
+        if w.failed.is_some() {
+            break;
         }
-        Ok::<(), hound::Error>(())
-    })();
-    w.frames += written;
-    w.lost += written;
-    w.dirty = true;
-    if let Err(e) = result {
-        error!(path = %w.path.display(), error = %e, "recording write failed");
-        w.failed = Some(e.to_string());
+        write_frame(w, &SILENCE);
     }
+    w.lost += w.frames - before;
 }
 
 /// Writes out what is buffered and rewrites the header: the file is
@@ -814,7 +807,7 @@ fn finish(w: Open) -> Result<Closed, RecordError> {
         message: e.to_string(),
     })?;
     if lost > 0 {
-        warn!(path = %path.display(), lost_ms = lost * 20, "recording finished with audio left out");
+        warn!(path = %path.display(), lost_ms = lost * FRAME_MS, "recording finished with audio left out");
     }
     Ok(Closed {
         path,
