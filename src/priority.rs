@@ -63,14 +63,22 @@ pub fn nices_of(prefix: &str) -> Vec<i32> {
     nices
 }
 
-/// What `nice` comes to here: itself where the test runs as root, the
-/// normal priority elsewhere.
+/// What `nice` comes to here: itself where the test runs as root; where
+/// it may not raise a priority, what its threads inherit (`own_nice`).
 #[cfg(test)]
 pub fn expected(nice: libc::c_int) -> i32 {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         nice
     } else {
-        0
+        own_nice()
     }
+}
+
+/// The calling thread's nice value: what threads it starts inherit, and
+/// not 0 when the tests run under `nice`.
+#[cfg(test)]
+pub fn own_nice() -> i32 {
+    // SAFETY: gettid and getpriority take and return plain integers.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
 }
