@@ -482,18 +482,24 @@ class AgentsUas:
             p.kill()
 
 
+def caller_sipp(cwd, port, inf, rate, count, hold_ms, limit_s, extra=()):
+    """SIPp dialing 112 from `port` with caller.xml, its RTP ports from
+    `inf`, `count` calls at `rate`, each `hold_ms` long; stats in `cwd`."""
+    return spawn(
+        ["sipp", f"127.0.0.1:{SIP}", "-timeout", f"{int(limit_s)}s", "-sf", str(BENCH / "sipp" / "caller.xml"),
+         "-inf", str(inf), "-i", "127.0.0.1", "-p", str(port), "-mi", "127.0.0.1",
+         "-r", str(rate), "-m", str(count), "-l", str(count), "-d", str(hold_ms), "-nostdin",
+         "-trace_stat", "-fd", "1", "-trace_rtt", "-rtt_freq", "1", *extra, "-max_socket", "10000"],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
 def callers(root, count, rate, hold_ms, rtp_ports, limit_s, tag):
     """SIPp callers dialing 112; caller i's RTP is at rtp_ports[i]."""
     inf = Path(root) / f"callers-{tag}.csv"
     inf.write_text("SEQUENTIAL\n" + "".join(f"{p}\n" for p in rtp_ports))
-    return spawn(
-        ["sipp", f"127.0.0.1:{SIP}", "-timeout", f"{int(limit_s)}s", "-sf", str(BENCH / "sipp" / "caller.xml"),
-         "-inf", str(inf), "-i", "127.0.0.1", "-p", str(CALLERS), "-mi", "127.0.0.1",
-         "-r", str(rate), "-m", str(count), "-l", str(count), "-d", str(hold_ms), "-nostdin",
-         "-trace_stat", "-fd", "1", "-trace_rtt", "-rtt_freq", "1", "-trace_err", "-trace_logs", "-log_file", str(Path(root) / "answers.log"),
-         "-max_socket", "10000"],
-        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    return caller_sipp(root, CALLERS, inf, rate, count, hold_ms, limit_s,
+                       ["-trace_err", "-trace_logs", "-log_file", str(Path(root) / "answers.log")])
 
 
 def flood(root, rate, seconds, hold_ms, limit_s):
@@ -505,13 +511,7 @@ def flood(root, rate, seconds, hold_ms, limit_s):
     count = max(1, int(rate * seconds))
     inf = folder / "flood.csv"
     inf.write_text(f"SEQUENTIAL\n{FLOOD_SINK}\n")
-    proc = spawn(
-        ["sipp", f"127.0.0.1:{SIP}", "-timeout", f"{int(limit_s)}s", "-sf", str(BENCH / "sipp" / "caller.xml"),
-         "-inf", str(inf), "-i", "127.0.0.1", "-p", str(FLOOD), "-mi", "127.0.0.1",
-         "-r", str(rate), "-m", str(count), "-l", str(count), "-d", str(hold_ms), "-nostdin",
-         "-trace_stat", "-fd", "1", "-trace_rtt", "-rtt_freq", "1", "-max_socket", "10000"],
-        cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    proc = caller_sipp(folder, FLOOD, inf, rate, count, hold_ms, limit_s)
     proc.folder = folder
     proc.count = count
     return proc
