@@ -33,7 +33,7 @@ fn every_benchmark_scenario_runs_and_loses_nothing() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
-    assert_eq!(results.len(), 3, "{stdout}");
+    assert_eq!(results.len(), 4, "{stdout}");
 
     let rate = &results[0]["rates"][0];
     assert_eq!(rate["calls"], 10, "{rate}");
@@ -85,8 +85,23 @@ fn every_benchmark_scenario_runs_and_loses_nothing() {
         assert_eq!(r["recordings_lost_ms"], 0, "{r}");
     }
 
+    // The floor (no siaga): five calls' packets through a do-nothing
+    // relay, each one forwarded twice and back at the probe.
+    let floor = &results[3]["runs"][0];
+    assert_eq!(floor["calls"], 5, "{floor}");
+    let sent = floor["probe_sent"].as_u64().unwrap();
+    assert!(sent >= 5 * 50, "{floor}");
+    assert_eq!(floor["relay_forwarded"].as_u64(), Some(2 * sent), "{floor}");
+    assert_eq!(floor["echoed"].as_u64(), Some(sent), "{floor}");
+    assert_eq!(floor["lost"], 0, "{floor}");
+
     // Every run says what state the machine was in before it.
-    for m in [&rate["machine"], &conc["machine"], &surge["machine"]] {
+    for m in [
+        &rate["machine"],
+        &conc["machine"],
+        &surge["machine"],
+        &floor["machine"],
+    ] {
         assert!(m["spin_ms"].as_f64().unwrap() > 0.0, "{m}");
         assert!(m["fdatasync_ms_p50"].as_f64().unwrap() >= 0.0, "{m}");
         let storage = m["storage"].as_str().unwrap_or_default();

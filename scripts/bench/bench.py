@@ -10,7 +10,12 @@ against the call record. Not part of the test suite (a smoke run is:
   bench.py setup-rate [--rates 50,100,200] [--seconds 10] [--hold-ms 1000]
   bench.py concurrency [--calls 500] [--rate 100] [--hold 60]
   bench.py surge [--calls 1000] [--rate 100] [--hold 30]
+  bench.py floor [--calls 1000,2000,3000] [--seconds 10] [--nap-us 200]
   bench.py smoke
+
+`floor` runs no siaga: it is what the concurrency scenario's packets cost
+this machine's kernel when a relay and its peers do nothing else
+(rtp-probe's loopback-floor), the floor under any relay here.
 
 SIAGA_BIN picks the binary (default: target/release/siaga, built first).
 Ports: SIP 5460 (siaga), 5461 (callers), 5463 (agents), HTTP 8460,
@@ -131,9 +136,10 @@ def quantile(values, f):
     return v[min(len(v) - 1, int((len(v) - 1) * f))]
 
 
-def build():
+def build(siaga=True):
+    """The binaries: siaga's (unless not needed) and the bench peers'."""
     binary = os.environ.get("SIAGA_BIN")
-    if not binary:
+    if not binary and siaga:
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
         binary = str(REPO / "target" / "release" / "siaga")
     probe_dir = BENCH / "rtp-probe"
@@ -144,6 +150,24 @@ def build():
         check=True,
     )
     return binary, str(target / "release" / "rtp-probe")
+
+
+def floor(probe_bin, calls, seconds, nap_us):
+    """The concurrency scenario's packets with nothing else done: a
+    do-nothing relay between a do-nothing probe and echo, `calls` at a time
+    (scripts/bench/rtp-probe/src/bin/loopback-floor.rs)."""
+    binary = str(Path(probe_bin).with_name("loopback-floor"))
+    runs = []
+    for n in calls:
+        with tempfile.TemporaryDirectory(prefix="siaga-floor-") as root:
+            before = machine(root)
+        out = subprocess.run([binary, "--calls", str(n), "--seconds", str(seconds), "--nap-us", str(nap_us)],
+                             capture_output=True, text=True, check=True, timeout=seconds + 60)
+        run = json.loads(out.stdout)
+        run["loss_pct"] = round(100 * run["lost"] / max(1, run["probe_sent"]), 4)
+        run["machine"] = before
+        runs.append(run)
+    return {"scenario": "floor", "runs": runs}
 
 
 class Siaga:
@@ -875,12 +899,16 @@ def main():
     a.add_argument("--flood-rate", type=int, default=0, help="short calls a second onto the waiting callers")
     a.add_argument("--flood-seconds", type=float, default=10)
     a.add_argument("--flood-hold-ms", type=int, default=2000)
+    a = sub.add_parser("floor")
+    a.add_argument("--calls", default="1000,2000,3000")
+    a.add_argument("--seconds", type=float, default=10)
+    a.add_argument("--nap-us", type=int, default=200)
     sub.add_parser("smoke")
     args = ap.parse_args()
     for tool in ("sipp", "cargo"):
         if not shutil.which(tool):
             raise SystemExit(f"needs {tool} (sipp: apt-get install sip-tester)")
-    binary, probe_bin = build()
+    binary, probe_bin = build(siaga=args.cmd != "floor")
     if args.cmd == "setup-rate":
         out = [setup_rate(binary, probe_bin, [int(r) for r in args.rates.split(",")], args.seconds, args.hold_ms)]
     elif args.cmd == "concurrency":
@@ -888,11 +916,14 @@ def main():
     elif args.cmd == "surge":
         out = [surge(binary, probe_bin, args.calls, args.rate, args.hold,
                      args.flood_rate, args.flood_seconds, args.flood_hold_ms)]
+    elif args.cmd == "floor":
+        out = [floor(probe_bin, [int(n) for n in args.calls.split(",")], args.seconds, args.nap_us)]
     else:
         out = [
             setup_rate(binary, probe_bin, [5], 2, 500),
             concurrency(binary, probe_bin, 5, 5, 3),
             surge(binary, probe_bin, 5, 5, 12, flood_rate=5, flood_seconds=1, flood_hold_ms=1000),
+            floor(probe_bin, [5], 2, 200),
         ]
     for o in out:
         print(json.dumps(o))
