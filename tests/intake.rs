@@ -183,6 +183,39 @@ fn a_call_over_tcp_is_taken_like_udp() {
     check_recording(&server, &c, "greeting-112", 2.5);
 }
 
+/// A recordings folder that cannot take files (here a plain file in its
+/// place) costs the recording, never the call: the caller is answered and
+/// stays for the whole call, and the record has no path and says why.
+/// Once the folder is back, the next call is recorded whole.
+#[test]
+fn a_recording_that_cannot_be_made_leaves_the_call_whole_and_says_why() {
+    let server = Server::start(Setup::default());
+    let folder = server.root.path().join("recordings");
+    std::fs::remove_dir_all(&folder).unwrap();
+    std::fs::write(&folder, b"not a folder").unwrap();
+
+    let id = tone_call(&server, "112", 3000, false);
+    let c = server.wait_call_done(&id, Duration::from_secs(10));
+    assert_eq!(c["end_cause"], "caller_bye", "{c}");
+    assert!(c["wait_ms"].as_i64().unwrap() >= 2500, "{c}");
+    assert!(c["recording_path"].is_null(), "{c}");
+    assert!(c["recording_url"].is_null(), "{c}");
+    let error = c["recording_error"].as_str().unwrap_or_default();
+    assert!(error.contains("cannot create recording"), "{c}");
+    assert!(
+        server.log().contains("recording could not start"),
+        "{}",
+        server.log()
+    );
+
+    std::fs::remove_file(&folder).unwrap();
+    std::fs::create_dir(&folder).unwrap();
+    let id = tone_call(&server, "112", 3000, false);
+    let c = server.wait_call_done(&id, Duration::from_secs(10));
+    assert!(c["recording_error"].is_null(), "{c}");
+    check_recording(&server, &c, "greeting-112", 3.0);
+}
+
 /// RFC 3261 §9.2: CANCEL before the final response gets 200, the INVITE
 /// 487; the caller is on record as having left before answer.
 #[test]

@@ -7,7 +7,7 @@ use super::Services;
 use crate::acd::Requested;
 use crate::media::prompts::{tone, Segment};
 use crate::media::sdp::{self, LocalAudio};
-use crate::media::session::{MediaCommand, MediaEvent, MediaParams};
+use crate::media::session::{CallRecording, MediaCommand, MediaEvent, MediaParams};
 use crate::sip::request::InviteInfo;
 use crate::sip::routing::FeatureCode;
 use crate::sip::{LegEvent, ServerLeg};
@@ -74,7 +74,7 @@ pub(super) async fn run(
     let (cmd_tx, media) = crate::media::reactor::start(
         rtp,
         MediaParams::new(&n, offer.addr, Duration::from_secs(10)),
-        None,
+        CallRecording::Off,
         ev_tx,
     );
     let _ = cmd_tx.send(MediaCommand::Play(confirmation));

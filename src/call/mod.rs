@@ -26,9 +26,9 @@ use crate::media::ports::PortPool;
 use crate::media::ports::RtpSocket;
 use crate::media::prompts::{Prompts, Segment};
 use crate::media::reactor::MediaControl;
-use crate::media::recorder::{sha256_file, Recorder};
+use crate::media::recorder::{sha256_file, Held, RecordError, Recorder, Recording};
 use crate::media::sdp::{self, LocalAudio, Negotiated};
-use crate::media::session::{MediaCommand, MediaEvent, MediaParams};
+use crate::media::session::{CallRecording, MediaCommand, MediaEvent, MediaParams};
 use crate::sip::request::{Location, Replaces};
 use crate::sip::{
     AgentFailure, AgentLeg, AgentLegEvent, CallKind, IncomingCall, LegEnd, LegEvent, SipHandle,
@@ -372,27 +372,27 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
         .config
         .resolve(&s.config.server.media.recordings_dir)
         .join(paths::recording_path(arrived_ms, &call_id));
-    let (recording, recording_error) = match s.recorder.open(&path).await {
-        Ok(r) => (Some(r), None),
-        Err(e) => {
-            // Loud, stored on the call, and the call goes on.
-            error!(error = %e, "recording could not start; the call continues unrecorded");
-            (None, Some(e.to_string()))
-        }
-    };
+    // The caller hears the greeting at once; the file is created beside
+    // it (on a busy or failing disk that can take up to `OPEN_WITHIN`),
+    // and the session holds the call's first frames for it meanwhile.
+    let mut opening = Some({
+        let recorder = s.recorder.clone();
+        let path = path.clone();
+        tokio::spawn(async move { recorder.open(&path).await })
+    });
     s.store.send(StoreCmd::Answered {
         id: call_id.clone(),
         at: answered_ms,
         codec: codec.to_string(),
-        recording_path: recording.as_ref().map(|r| r.path().display().to_string()),
-        recording_error,
+        recording_path: Some(path.display().to_string()),
+        recording_error: None,
     });
 
     let (ev_tx, mut media_events) = mpsc::unbounded_channel();
     let (cmd_tx, media) = crate::media::reactor::start(
         rtp,
         MediaParams::new(&negotiated, remote_addr, s.config.server.media.rtp_timeout),
-        recording,
+        CallRecording::Pending(Held::default()),
         ev_tx,
     );
     let greeting = s
@@ -499,7 +499,18 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                 None => std::future::pending().await,
             }
         };
+        let opened = async {
+            match opening.as_mut() {
+                Some(o) => o.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            done = opened => {
+                opening = None;
+                let recording = recording_opened(&s, &call_id, done);
+                let _ = cmd_tx.send(MediaCommand::Record(recording));
+            }
             ctl = controls.recv() => {
                 let Some(ctl) = ctl else { continue };
                 match ctl {
@@ -1062,7 +1073,15 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
             return;
         }
     };
-    let recording = finished.recording;
+    let mut recording = finished.recording;
+    // The call ended before its file was made: it gets what the session
+    // held, and silence for the rest of the call.
+    if let Some(o) = opening.take() {
+        recording = recording_opened(&s, &call_id, o.await);
+        if let (Some(rec), Some(held)) = (recording.as_mut(), finished.held) {
+            held.write_to(rec);
+        }
+    }
     // A consultation still recording at the end, or whose close was not
     // read before the end.
     while let Ok(ev) = media_events.try_recv() {
@@ -1555,6 +1574,27 @@ fn reanswer(a: &mut AgentSide, offer: Option<&[u8]>) -> (String, sdp::Direction)
         None => sdp::offer_preferring(&again, a.law, direction),
     };
     (answer, dir)
+}
+
+/// The call's recording once `Recorder::open` is done, or None with the
+/// error logged and stored on the call (which goes on unrecorded).
+fn recording_opened(
+    s: &Services,
+    call_id: &CallId,
+    done: Result<Result<Recording, RecordError>, tokio::task::JoinError>,
+) -> Option<Recording> {
+    let error = match done {
+        Ok(Ok(rec)) => return Some(rec),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    // Loud, stored on the call, and the call goes on.
+    error!(error = %error, "recording could not start; the call continues unrecorded");
+    s.store.send(StoreCmd::RecordingFailed {
+        id: call_id.clone(),
+        error,
+    });
+    None
 }
 
 /// Closes a recording and sums it: (SHA-256, error).

@@ -26,8 +26,9 @@
 //! been: the call sees its media end, the other calls on the thread go on.
 
 use super::ports::RtpSocket;
-use super::recorder::Recording;
-use super::session::{Finished, Leg, MediaCommand, MediaEvent, MediaParams, Scratch, Session};
+use super::session::{
+    CallRecording, Finished, Leg, MediaCommand, MediaEvent, MediaParams, Scratch, Session,
+};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use std::collections::HashMap;
@@ -136,7 +137,7 @@ impl Drop for MediaControl {
 pub fn start(
     rtp: RtpSocket,
     params: MediaParams,
-    recording: Option<Recording>,
+    recording: CallRecording,
     events: mpsc::UnboundedSender<MediaEvent>,
 ) -> (MediaControl, oneshot::Receiver<Finished>) {
     let (tx, commands) = mpsc::unbounded_channel();
@@ -603,12 +604,16 @@ mod tests {
     }
 
     fn started(ports: (u16, u16)) -> Started {
+        started_recording(ports, CallRecording::Off)
+    }
+
+    fn started_recording(ports: (u16, u16), recording: CallRecording) -> Started {
         let pool = PortPool::new("127.0.0.1".parse().unwrap(), ports.0, ports.1);
         let rtp = pool.allocate().unwrap();
         let ours = SocketAddr::from(([127, 0, 0, 1], rtp.port));
         let caller = peer();
         let (events, heard) = mpsc::unbounded_channel();
-        let (cmd, finished) = start(rtp, params(caller.local_addr().unwrap()), None, events);
+        let (cmd, finished) = start(rtp, params(caller.local_addr().unwrap()), recording, events);
         Started {
             pool,
             ours,
@@ -676,6 +681,67 @@ mod tests {
         assert!(stats.packets_out >= 10);
     }
 
+    /// A call's media starts before its recording's file exists; the
+    /// frames made meanwhile are held and go to the file first, so the
+    /// recording starts at the answer: here with the whole of a 400 ms
+    /// tone that began 200 ms before the file was there.
+    #[tokio::test]
+    async fn a_recording_made_late_starts_at_the_answer() {
+        use crate::media::recorder::{Held, Recorder};
+        let Started {
+            cmd,
+            finished,
+            caller,
+            ..
+        } = started_recording((42500, 42599), CallRecording::Pending(Held::default()));
+        cmd.send(MediaCommand::Play(vec![Segment::Audio(tone(1000.0, 400))]))
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("late.wav");
+        let rec = Recorder::start(dir.path(), 64 << 20)
+            .open(&path)
+            .await
+            .unwrap();
+        cmd.send(MediaCommand::Record(Some(rec))).unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        cmd.send(MediaCommand::Stop).unwrap();
+        let done = tokio::time::timeout(Duration::from_secs(5), finished).await;
+        let done = done.expect("the session never stopped").unwrap();
+        assert!(done.held.is_none());
+        let closed = done.recording.expect("no recording").close().await.unwrap();
+        assert_eq!(closed.lost_samples, 0);
+        assert!(closed.samples >= 28 * 160, "{} samples", closed.samples);
+
+        // What the caller heard, the right channel, frame by frame.
+        let mut reader = hound::WavReader::open(&path).unwrap();
+        let s: Vec<i16> = reader.samples::<i16>().map(|s| s.unwrap()).collect();
+        let loud: Vec<bool> = s
+            .chunks(2 * 160)
+            .map(|f| {
+                f.iter()
+                    .skip(1)
+                    .step_by(2)
+                    .map(|x| i64::from(*x).abs())
+                    .sum::<i64>()
+                    / 160
+                    > 1000
+            })
+            .collect();
+        // The session may tick once before it takes the `Play`.
+        let first = loud.iter().position(|&l| l);
+        assert!(
+            first <= Some(1),
+            "the file does not start with the tone: {loud:?}"
+        );
+        let n = loud.iter().filter(|&&l| l).count();
+        assert!(
+            (19..=21).contains(&n),
+            "{n} loud frames of a 400 ms tone: {loud:?}"
+        );
+        drop(caller);
+    }
+
     /// The media threads run at `priority::MEDIA` where the process may
     /// raise a thread's priority (root here), at the normal one elsewhere.
     #[tokio::test]
@@ -739,7 +805,7 @@ mod tests {
         let session = Session::new(
             rtp,
             params(caller.local_addr().unwrap()),
-            None,
+            CallRecording::Off,
             commands,
             told,
             Instant::now(),

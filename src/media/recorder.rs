@@ -29,7 +29,8 @@
 //! headers being kept current. Files are created off the async
 //! runtime (`open` runs on the blocking pool): creating a file can wait on
 //! the filesystem, and a runtime thread waiting there stalls every call's
-//! SIP and media with it.
+//! SIP and media with it. Nor does the call wait: its media starts at the
+//! answer, and `Held` keeps its first frames until the file exists.
 //!
 //! Frames wait in memory until the thread takes them, so a thread that
 //! falls behind (a slow disk, or cores busy with the media threads, which
@@ -487,6 +488,13 @@ impl Recording {
         }
     }
 
+    /// `frames` of the call that never reached this recording: silence
+    /// stands in for them, counted as left out, as for a full queue.
+    fn left_out(&mut self, frames: u64) {
+        self.missing += frames;
+        self.queue.lost.fetch_add(frames, Ordering::Relaxed);
+    }
+
     /// Finishes the file and returns what was written.
     pub async fn close(mut self) -> Result<Closed, RecordError> {
         self.closed = true;
@@ -510,6 +518,56 @@ impl Drop for Recording {
                 id: self.id,
                 reply: None,
             });
+        }
+    }
+}
+
+/// Most frames `Held` keeps: the call's first second (32 KB).
+pub const HELD_MAX: usize = 50;
+
+/// A call's first frames, made while its recording's file is still being
+/// created: the call's media starts at the answer, not when the disk has
+/// made a file, so a caller never waits in silence for the disk. Up to
+/// `HELD_MAX` frames are kept and the ones after them counted; `write_to`
+/// hands them to the recording once it exists, so the file starts at the
+/// answer and says how much of the call it is missing. Nothing is
+/// allocated unless a frame has to wait.
+#[derive(Debug, Default)]
+pub struct Held {
+    frames: Vec<(StereoFrame, Instant)>,
+    missed: u64,
+}
+
+impl Held {
+    /// One frame, made by the tick at `at`.
+    pub fn keep(&mut self, left: [i16; FRAME_SAMPLES], right: [i16; FRAME_SAMPLES], at: Instant) {
+        if self.frames.len() < HELD_MAX {
+            if self.frames.capacity() == 0 {
+                self.frames.reserve_exact(HELD_MAX);
+            }
+            self.frames.push(((left, right), at));
+        } else {
+            self.missed += 1;
+        }
+    }
+
+    /// Frames made so far, kept or not.
+    pub fn len(&self) -> u64 {
+        self.frames.len() as u64 + self.missed
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Queues what was kept, then the count of what was not (written as
+    /// silence before the next frame, or at the close).
+    pub fn write_to(self, rec: &mut Recording) {
+        for ((left, right), at) in self.frames {
+            rec.write(left, right, at);
+        }
+        if self.missed > 0 {
+            rec.left_out(self.missed);
         }
     }
 }
@@ -1040,6 +1098,58 @@ mod tests {
         assert!(s[2 * FRAME_SAMPLES * 10..2 * FRAME_SAMPLES * 100]
             .iter()
             .all(|&x| x == 0));
+    }
+
+    /// A file made late: the first `HELD_MAX` frames held for it come
+    /// first, silence stands for those after them (counted as left out,
+    /// in the recording and in the recorder's sum), then the rest.
+    #[tokio::test]
+    async fn held_frames_start_the_file_and_those_not_held_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("late.wav");
+        let (tx, rx) = mpsc::channel();
+        let rec = Recorder {
+            tx,
+            next_id: Arc::new(AtomicU64::new(1)),
+            progress: Arc::new(Progress::new()),
+            queue: Arc::new(Queue::new(1 << 20)),
+        };
+        let mut thread = Thread::new(rx, rec.progress.clone(), rec.queue.clone(), CUT_AFTER);
+        let frame = |v: i16| ([v; FRAME_SAMPLES], [-v; FRAME_SAMPLES]);
+        let mut held = Held::default();
+        assert!(held.is_empty());
+        let made = HELD_MAX as i16 + 7;
+        for v in 1..=made {
+            let (left, right) = frame(v);
+            held.keep(left, right, Instant::now());
+        }
+        assert_eq!(held.len(), made as u64);
+
+        let mut r = rec.create(&path).unwrap();
+        held.write_to(&mut r);
+        for v in 1001..=1003 {
+            let (left, right) = frame(v);
+            r.write(left, right, Instant::now());
+        }
+        let closing = tokio::spawn(r.close());
+        tokio::task::yield_now().await;
+        assert_eq!(thread.step(), Taken::Emptied);
+        let closed = closing.await.unwrap().unwrap();
+        let frames = HELD_MAX + 7 + 3;
+        assert_eq!(closed.samples, (frames * FRAME_SAMPLES) as u64);
+        assert_eq!(closed.lost_ms(), 7 * 20);
+        assert_eq!(rec.lost(), Duration::from_millis(7 * 20));
+        assert!(!rec.losing(), "a late file is not a full queue");
+
+        let mut reader = hound::WavReader::open(&path).unwrap();
+        let s: Vec<i16> = reader.samples::<i16>().map(|s| s.unwrap()).collect();
+        let at = |f: usize| (s[2 * FRAME_SAMPLES * f], s[2 * FRAME_SAMPLES * f + 1]);
+        let expected: Vec<(i16, i16)> = (1..=HELD_MAX as i16)
+            .map(|v| (v, -v))
+            .chain(std::iter::repeat_n((0, 0), 7))
+            .chain((1001..=1003).map(|v| (v, -v)))
+            .collect();
+        assert_eq!((0..frames).map(at).collect::<Vec<_>>(), expected);
     }
 
     /// A warning once at the mark, quiet while the figure hovers between

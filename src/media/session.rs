@@ -29,7 +29,7 @@
 use super::g711::Law;
 use super::ports::{Batch, RtpSocket, BATCH};
 use super::prompts::{Clip, Player, Segment};
-use super::recorder::{Recording, FRAME_SAMPLES};
+use super::recorder::{Held, Recording, FRAME_SAMPLES};
 use bytes::Buf;
 use rtc::rtp::Header;
 use rtc::shared::marshal::{Marshal, MarshalSize, Unmarshal};
@@ -78,6 +78,9 @@ pub enum MediaCommand {
     /// Drop what is queued (the background keeps playing).
     Clear,
     Background(Option<Clip>),
+    /// The call's recording, now that its file exists (None: it could
+    /// not be made). What was held until then goes to it first.
+    Record(Option<Recording>),
     /// Relay between the caller and this agent leg; prompts stop.
     Bridge {
         rtp: RtpSocket,
@@ -113,6 +116,7 @@ impl std::fmt::Debug for MediaCommand {
             MediaCommand::Play(_) => "Play",
             MediaCommand::Clear => "Clear",
             MediaCommand::Background(_) => "Background",
+            MediaCommand::Record(_) => "Record",
             MediaCommand::Bridge { .. } => "Bridge",
             MediaCommand::Unbridge => "Unbridge",
             MediaCommand::Hold(_) => "Hold",
@@ -342,6 +346,15 @@ pub enum MediaEvent {
     ConsultClosed(Option<Recording>),
 }
 
+/// The call's recording, as the session feeds it.
+pub enum CallRecording {
+    /// None is made (a feature code's confirmation).
+    Off,
+    /// Its file is being created; frames are held until it is.
+    Pending(Held),
+    On(Recording),
+}
+
 /// What a finished session reports.
 #[derive(Debug, Default, Clone)]
 pub struct MediaStats {
@@ -354,6 +367,8 @@ pub struct MediaStats {
 pub struct Finished {
     pub stats: MediaStats,
     pub recording: Option<Recording>,
+    /// What was held for a recording whose file did not exist yet.
+    pub held: Option<Held>,
     /// A consultation's recording still open at the stop.
     pub consult: Option<Recording>,
 }
@@ -392,7 +407,7 @@ impl Leg {
 pub struct Session {
     rtp: RtpSocket,
     params: MediaParams,
-    recording: Option<Recording>,
+    recording: CallRecording,
     commands: mpsc::UnboundedReceiver<MediaCommand>,
     events: mpsc::UnboundedSender<MediaEvent>,
     stats: MediaStats,
@@ -414,7 +429,7 @@ impl Session {
     pub fn new(
         rtp: RtpSocket,
         params: MediaParams,
-        recording: Option<Recording>,
+        recording: CallRecording,
         commands: mpsc::UnboundedReceiver<MediaCommand>,
         events: mpsc::UnboundedSender<MediaEvent>,
         now: Instant,
@@ -563,8 +578,10 @@ impl Session {
                 }
             }
         }
-        if let Some(rec) = &mut self.recording {
-            rec.write(left, right, now);
+        match &mut self.recording {
+            CallRecording::On(rec) => rec.write(left, right, now),
+            CallRecording::Pending(held) => held.keep(left, right, now),
+            CallRecording::Off => {}
         }
 
         if !self.caller.timed_out
@@ -725,6 +742,16 @@ impl Session {
             MediaCommand::Play(segments) => self.player.enqueue(segments),
             MediaCommand::Clear => self.player.clear(),
             MediaCommand::Background(clip) => self.player.set_background(clip),
+            MediaCommand::Record(recording) => {
+                let held = match std::mem::replace(&mut self.recording, CallRecording::Off) {
+                    CallRecording::Pending(held) => held,
+                    _ => Held::default(),
+                };
+                if let Some(mut rec) = recording {
+                    held.write_to(&mut rec);
+                    self.recording = CallRecording::On(rec);
+                }
+            }
             MediaCommand::Bridge { rtp, params } => {
                 self.player.clear();
                 self.held = false;
@@ -807,9 +834,15 @@ impl Session {
                 "ignored malformed or unexpected RTP packets"
             );
         }
+        let (recording, held) = match self.recording {
+            CallRecording::On(rec) => (Some(rec), None),
+            CallRecording::Pending(held) => (None, Some(held)),
+            CallRecording::Off => (None, None),
+        };
         Finished {
             stats: self.stats,
-            recording: self.recording,
+            recording,
+            held,
             consult: self.consult_rec,
         }
     }
@@ -822,7 +855,10 @@ impl MediaCommand {
     pub fn moves_legs(&self) -> bool {
         !matches!(
             self,
-            MediaCommand::Play(_) | MediaCommand::Clear | MediaCommand::Background(_)
+            MediaCommand::Play(_)
+                | MediaCommand::Clear
+                | MediaCommand::Background(_)
+                | MediaCommand::Record(_)
         )
     }
 }

@@ -160,6 +160,20 @@ pub(super) async fn call_ended(
     Ok(())
 }
 
+/// The call's recording was not made: its path goes, the reason stays.
+pub(super) async fn recording_failed(
+    conn: &mut AnyConnection,
+    id: &CallId,
+    error: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE calls SET recording_path = NULL, recording_error = $1 WHERE id = $2")
+        .bind(error)
+        .bind(id.as_str())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 pub(super) async fn recording_closed(
     conn: &mut AnyConnection,
     id: &CallId,

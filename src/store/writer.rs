@@ -44,6 +44,11 @@ pub enum StoreCmd {
         wait_ms: Option<i64>,
         cause: String,
     },
+    /// The call's recording could not be made after all: no file, and why.
+    RecordingFailed {
+        id: CallId,
+        error: String,
+    },
     RecordingClosed {
         id: CallId,
         outcome: RecordingOutcome,
@@ -299,6 +304,7 @@ async fn apply_on(conn: &mut AnyConnection, cmd: &StoreCmd) -> Result<(), StoreE
             wait_ms,
             cause,
         } => records::call_ended(conn, id, *at, *wait_ms, cause).await,
+        StoreCmd::RecordingFailed { id, error } => records::recording_failed(conn, id, error).await,
         StoreCmd::RecordingClosed { id, outcome } => {
             records::recording_closed(conn, id, outcome).await
         }
