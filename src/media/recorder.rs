@@ -1038,6 +1038,20 @@ mod tests {
         assert_eq!(thread.step(), Taken::Gone);
     }
 
+    /// A recorder whose thread the test drives by hand (`Thread::step`),
+    /// with a queue of `queue_bytes`.
+    fn by_hand(queue_bytes: usize) -> (Recorder, Thread) {
+        let (tx, rx) = mpsc::channel();
+        let rec = Recorder {
+            tx,
+            next_id: Arc::new(AtomicU64::new(1)),
+            progress: Arc::new(Progress::new()),
+            queue: Arc::new(Queue::new(queue_bytes)),
+        };
+        let thread = Thread::new(rx, rec.progress.clone(), rec.queue.clone(), CUT_AFTER);
+        (rec, thread)
+    }
+
     /// A queue at its bound leaves frames out instead of growing: the
     /// recording counts them, silence stands in for them (the file keeps
     /// the call's length and timeline), the close says how much, and the
@@ -1046,15 +1060,8 @@ mod tests {
     async fn a_full_queue_leaves_frames_out_and_silence_keeps_time() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bounded.wav");
-        let (tx, rx) = mpsc::channel();
-        let rec = Recorder {
-            tx,
-            next_id: Arc::new(AtomicU64::new(1)),
-            progress: Arc::new(Progress::new()),
-            queue: Arc::new(Queue::new(10 * std::mem::size_of::<Msg>())),
-        };
+        let (rec, mut thread) = by_hand(10 * std::mem::size_of::<Msg>());
         let mut r = rec.create(&path).unwrap();
-        let mut thread = Thread::new(rx, rec.progress.clone(), rec.queue.clone(), CUT_AFTER);
         let frame = |v: i16| ([v; FRAME_SAMPLES], [-v; FRAME_SAMPLES]);
         // The thread takes nothing (a hung disk) while 100 frames come:
         // 10 are queued, 90 left out.
@@ -1107,14 +1114,7 @@ mod tests {
     async fn held_frames_start_the_file_and_those_not_held_are_counted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("late.wav");
-        let (tx, rx) = mpsc::channel();
-        let rec = Recorder {
-            tx,
-            next_id: Arc::new(AtomicU64::new(1)),
-            progress: Arc::new(Progress::new()),
-            queue: Arc::new(Queue::new(1 << 20)),
-        };
-        let mut thread = Thread::new(rx, rec.progress.clone(), rec.queue.clone(), CUT_AFTER);
+        let (rec, mut thread) = by_hand(1 << 20);
         let frame = |v: i16| ([v; FRAME_SAMPLES], [-v; FRAME_SAMPLES]);
         let mut held = Held::default();
         assert!(held.is_empty());

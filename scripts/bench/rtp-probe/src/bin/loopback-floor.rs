@@ -37,6 +37,17 @@ fn check(r: libc::c_int, what: &str) -> io::Result<libc::c_int> {
     Ok(r)
 }
 
+/// 127.0.0.1:`port`, as the socket calls take it.
+fn loopback(port: u16) -> libc::sockaddr_in {
+    let mut a: libc::sockaddr_in = unsafe { mem::zeroed() };
+    a.sin_family = libc::AF_INET as libc::sa_family_t;
+    a.sin_addr.s_addr = u32::from_be_bytes([127, 0, 0, 1]).to_be();
+    a.sin_port = port.to_be();
+    a
+}
+
+const ADDR_LEN: libc::socklen_t = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+
 /// A non-blocking UDP socket on 127.0.0.1, an ephemeral port.
 fn udp() -> io::Result<(RawFd, u16)> {
     unsafe {
@@ -48,18 +59,12 @@ fn udp() -> io::Result<(RawFd, u16)> {
             ),
             "socket",
         )?;
-        let mut a: libc::sockaddr_in = mem::zeroed();
-        a.sin_family = libc::AF_INET as libc::sa_family_t;
-        a.sin_addr.s_addr = u32::from_be_bytes([127, 0, 0, 1]).to_be();
+        let mut a = loopback(0);
         check(
-            libc::bind(
-                fd,
-                &a as *const _ as *const libc::sockaddr,
-                mem::size_of::<libc::sockaddr_in>() as u32,
-            ),
+            libc::bind(fd, &a as *const _ as *const libc::sockaddr, ADDR_LEN),
             "bind",
         )?;
-        let mut len = mem::size_of::<libc::sockaddr_in>() as u32;
+        let mut len = ADDR_LEN;
         check(
             libc::getsockname(fd, &mut a as *mut _ as *mut libc::sockaddr, &mut len),
             "getsockname",
@@ -69,17 +74,10 @@ fn udp() -> io::Result<(RawFd, u16)> {
 }
 
 fn connect(fd: RawFd, port: u16) -> io::Result<()> {
+    let a = loopback(port);
     unsafe {
-        let mut a: libc::sockaddr_in = mem::zeroed();
-        a.sin_family = libc::AF_INET as libc::sa_family_t;
-        a.sin_addr.s_addr = u32::from_be_bytes([127, 0, 0, 1]).to_be();
-        a.sin_port = port.to_be();
         check(
-            libc::connect(
-                fd,
-                &a as *const _ as *const libc::sockaddr,
-                mem::size_of::<libc::sockaddr_in>() as u32,
-            ),
+            libc::connect(fd, &a as *const _ as *const libc::sockaddr, ADDR_LEN),
             "connect",
         )?;
     }
