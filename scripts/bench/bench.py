@@ -691,6 +691,14 @@ def storage(root):
     return "loop, direct I/O" if dio == "1" else "loop, buffered"
 
 
+def answer_times(rtt):
+    """INVITE->100 Trying and INVITE->200 OK, p50 and p99 (ms), from
+    `sipp_outcome`'s or the wire's times."""
+    q = lambda times, f: round(quantile(times, f), 3)
+    return {"trying_ms_p50": q(rtt[1], 0.5), "trying_ms_p99": q(rtt[1], 0.99),
+            "ok_ms_p50": q(rtt[2], 0.5), "ok_ms_p99": q(rtt[2], 0.99)}
+
+
 def cpu_summary(samples, skip_first=1):
     cpu = [s[1] for s in samples[skip_first:]] or [0]
     return {
@@ -763,8 +771,7 @@ def setup_rate(binary, probe_bin, rates, seconds, hold_ms):
                 "failed_pct": round(100 * bad / count, 3),
                 "rtp_lost": media["packets_lost"], "rtp_returned": media["packets_returned"],
                 "udp_drops": drop_summary(s.drops),
-                "trying_ms_p50": round(quantile(rtt[1], 0.5), 3), "trying_ms_p99": round(quantile(rtt[1], 0.99), 3),
-                "ok_ms_p50": round(quantile(rtt[2], 0.5), 3), "ok_ms_p99": round(quantile(rtt[2], 0.99), 3),
+                **answer_times(rtt),
                 **cpu_summary(samples), **s.health_summary(),
                 "machine": before,
             }
@@ -855,9 +862,7 @@ def surge(binary, probe_bin, calls, rate, hold, flood_rate=0, flood_seconds=10, 
             fok, ffailed, frtt = sipp_outcome(f, f.folder)
             flooded = {"flood": {
                 "rate": flood_rate, "seconds": flood_seconds, "hold_ms": flood_hold_ms, "calls": f.count,
-                "sipp_ok": fok, "sipp_failed": ffailed,
-                "trying_ms_p50": round(quantile(frtt[1], 0.5), 2), "trying_ms_p99": round(quantile(frtt[1], 0.99), 2),
-                "ok_ms_p50": round(quantile(frtt[2], 0.5), 2), "ok_ms_p99": round(quantile(frtt[2], 0.99), 2),
+                "sipp_ok": fok, "sipp_failed": ffailed, **answer_times(frtt),
             }}
         ok, failed, rtt = sipp_outcome(c, s.root)
         samples = s.stop_sampling()

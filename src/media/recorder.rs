@@ -201,7 +201,7 @@ impl Queue {
     /// Takes a place for one frame, unless the queue is at its bound.
     fn admit(&self) -> bool {
         if self.frames.load(Ordering::Relaxed) >= self.limit {
-            self.lost.fetch_add(1, Ordering::Relaxed);
+            self.left_out(1);
             // Read first: every frame left out need not write the flag.
             if !self.full.load(Ordering::Relaxed) && !self.full.swap(true, Ordering::Relaxed) {
                 error!(
@@ -213,6 +213,11 @@ impl Queue {
         }
         self.frames.fetch_add(1, Ordering::Relaxed);
         true
+    }
+
+    /// Counts `frames` left out of a recording, for `lost`.
+    fn left_out(&self, frames: u64) {
+        self.lost.fetch_add(frames, Ordering::Relaxed);
     }
 
     /// Audio left out so far, summed over recordings.
@@ -492,7 +497,7 @@ impl Recording {
     /// stands in for them, counted as left out, as for a full queue.
     fn left_out(&mut self, frames: u64) {
         self.missing += frames;
-        self.queue.lost.fetch_add(frames, Ordering::Relaxed);
+        self.queue.left_out(frames);
     }
 
     /// Finishes the file and returns what was written.
