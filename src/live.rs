@@ -94,6 +94,12 @@ pub enum LiveEvent {
         incident: IncidentRow,
         previous_agency: Option<String>,
     },
+    /// What the agency an incident moved away from is told of it: that it
+    /// left, and nothing of what it holds now (`web::live::shown`). Never
+    /// broadcast, only made per user from `Incident`.
+    IncidentLeft {
+        incident_id: String,
+    },
     Figures(Figures),
     /// Where a warm transfer stands: ringing, talking, conference,
     /// completed, or how it ended (cancelled, no_answer...).

@@ -412,6 +412,53 @@ fn non_emergency_and_untrusted_invites_are_refused() {
         liar.final_status(Duration::from_secs(3)).map(|x| x.0),
         Some(403)
     );
+    // Nor does a `received=` of the sender's own making beside its true
+    // sent-by (no rport), nor a copy of the header our reader stamps the
+    // real source in: each is refused, and the answer comes back here,
+    // to the datagram's real source, not to the trunk the request names.
+    let shapes = [
+        (";rport", ";received=127.0.0.1".to_string()),
+        (
+            "Max-Forwards: 70\r\n",
+            "Max-Forwards: 70\r\nX-Siaga-Source: 127.0.0.1:5060\r\nx-siaga-source: 127.0.0.1:5060\r\n"
+                .to_string(),
+        ),
+        (
+            "Max-Forwards: 70\r\n",
+            "Max-Forwards: 70\r\nP-Asserted-Identity: <sip:0811@127.0.0.1>\r\n".to_string(),
+        ),
+    ];
+    for (i, (from, to)) in shapes.iter().enumerate() {
+        let call_id = format!("ne-spoof-{i}");
+        let msg = rawsip::invite(
+            liar.local(),
+            server.sip,
+            "112",
+            &call_id,
+            &format!("z9hG4bK-{call_id}"),
+            4000,
+        );
+        assert!(msg.contains(from));
+        liar.send(&msg.replacen(from, to, 1));
+        assert_eq!(
+            liar.final_status(Duration::from_secs(3)).map(|x| x.0),
+            Some(403),
+            "spoofing shape {i}: {to}"
+        );
+    }
+    // A REGISTER with a forged `received=` is answered at its real source
+    // too: the registrar and its guard see the sender as it is.
+    let reg = rawsip::register(liar.local(), server.sip, "ct-01", 1, None).replacen(
+        ";rport",
+        ";received=127.0.0.1",
+        1,
+    );
+    liar.send(&reg);
+    assert_eq!(
+        liar.final_status(Duration::from_secs(3)).map(|x| x.0),
+        Some(401),
+        "the REGISTER's challenge reaches its real source"
+    );
 
     let (_, calls) = server.get("/api/calls");
     assert_eq!(calls.as_array().unwrap().len(), 0);

@@ -13,6 +13,11 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(15);
 
+/// Script that sets `id` to the incident the call card shows, or null
+/// while its link still holds the page's placeholder (`#`): a wait on it
+/// ends only once the incident is loaded.
+const SHOWN_INCIDENT: &str = "const h = document.querySelector('#incident-link').getAttribute('href') || ''; const id = h.startsWith('/incidents/') ? h.slice('/incidents/'.length) : null;";
+
 fn setup() -> Setup {
     Setup {
         agents: true,
@@ -53,7 +58,15 @@ fn call_taker_incident_pops_up_and_reaches_the_agency() {
     let phone = ct01_phone(&server);
 
     let b = Browser::start("call_taker");
-    b.login(&base(&server), "siti", TEST_PASSWORD, "/calltaker");
+    // A `next=` that a browser reads as another host (`/\evil.example/`)
+    // is no place to go after the login: the user's home is.
+    b.login_at(
+        &base(&server),
+        "/login?next=/%5Cevil.example/",
+        "siti",
+        TEST_PASSWORD,
+        "/calltaker",
+    );
     // Ready from the panel.
     b.click("#btn-ready");
     b.wait_for(
@@ -81,7 +94,7 @@ fn call_taker_incident_pops_up_and_reaches_the_agency() {
     let incident_id = b
         .wait_for(
             "incident loaded",
-            "return document.querySelector('#incident-link').getAttribute('href').replace('/incidents/', '')",
+            &format!("{SHOWN_INCIDENT} return id"),
             WAIT,
         )
         .as_str()
@@ -175,7 +188,9 @@ fn call_taker_incident_pops_up_and_reaches_the_agency() {
     let second = b
         .wait_for(
             "second incident",
-            &format!("const h = document.querySelector('#incident-link').getAttribute('href').replace('/incidents/', ''); return h !== '{incident_id}' && h"),
+            // The form's list of open incidents to link to comes a moment
+            // after the incident itself.
+            &format!("{SHOWN_INCIDENT} return id !== '{incident_id}' && !!document.querySelector('#f-link option[value=\"{incident_id}\"]') && id"),
             WAIT,
         )
         .as_str()
@@ -277,7 +292,14 @@ fn supervisor_sees_queue_and_figures_live_and_calls_back() {
     });
     server.add_user("sup", "supervisor", &[]);
     let b = Browser::start("supervisor");
-    b.login(&base(&server), "sup", TEST_PASSWORD, "/supervisor");
+    // Nor one that is another host once the URL parser drops its tab.
+    b.login_at(
+        &base(&server),
+        "/login?next=/%09/evil.example/",
+        "sup",
+        TEST_PASSWORD,
+        "/supervisor",
+    );
     b.wait_for(
         "figures",
         "return document.querySelector('#fig-calls').textContent === '0'",
@@ -556,6 +578,45 @@ fn logins_and_roles_guard_every_route() {
     // The health probe needs nothing.
     let (status, health) = server.json_as("", "GET", "/healthz", None);
     assert_eq!((status, health["status"].clone()), (200, Value::from("ok")));
+
+    // DNS rebinding: a page of another site whose name points here reaches
+    // nothing, the login included; our own names do.
+    let login = format!(r#"{{"username":"siti","password":"{TEST_PASSWORD}"}}"#);
+    let port = server.http.port();
+    for host in [
+        "evil.example".to_string(),
+        format!("evil.example:{port}"),
+        format!("localhost.evil.example:{port}"),
+    ] {
+        assert_eq!(
+            status_for_host(&server, &host, "/api/login", &login),
+            421,
+            "{host}"
+        );
+    }
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
+        assert_eq!(
+            status_for_host(&server, &host, "/api/login", &login),
+            200,
+            "{host}"
+        );
+    }
+}
+
+/// The status of a POST of `json` to `path` with `Host: host`.
+fn status_for_host(server: &Server, host: &str, path: &str, json: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(server.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+        json.len()
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap()
 }
 
 fn http_with_origin(

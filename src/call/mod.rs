@@ -127,7 +127,11 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
     let arrived_ms = now_ms();
     info!(dialed = ?info.dialed, caller = ?info.caller_number, queue = %route.queue, "emergency call arrived");
 
-    let location = info.location.clone().unwrap_or_default();
+    let location = info
+        .pidf
+        .as_deref()
+        .and_then(crate::sip::request::parse_pidf)
+        .unwrap_or_default();
     let location_text = location.text.clone();
     s.store.send(StoreCmd::NewCall(Box::new((
         NewCall {

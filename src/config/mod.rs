@@ -183,6 +183,44 @@ pub struct HttpSection {
     /// WITA 8, WIT 9.
     #[serde(default = "default_utc_offset")]
     pub utc_offset_hours: i8,
+    /// The host names the panel answers to (the `Host` a browser sends,
+    /// without its port). A name not listed gets 421: a page from another
+    /// site whose name was made to point here (DNS rebinding) reaches
+    /// nothing. Empty (the default): the listen address and `localhost`;
+    /// with an unspecified listen address (0.0.0.0), any IP address too.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+}
+
+impl HttpSection {
+    /// Whether a request's `Host` (with or without a port) is one the
+    /// panel answers to (`allowed_hosts`).
+    pub fn host_allowed(&self, host: &str) -> bool {
+        let name = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => host.rsplit_once(':').map_or(host, |(h, p)| {
+                if p.bytes().all(|b| b.is_ascii_digit()) {
+                    h
+                } else {
+                    host
+                }
+            }),
+        };
+        if name.is_empty() {
+            return false;
+        }
+        if !self.allowed_hosts.is_empty() {
+            return self
+                .allowed_hosts
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(name));
+        }
+        let listen = self.listen.ip();
+        match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip == listen || listen.is_unspecified(),
+            Err(_) => name.eq_ignore_ascii_case("localhost"),
+        }
+    }
 }
 
 fn default_session_ttl() -> Duration {
@@ -795,6 +833,31 @@ mod tests {
     }
 
     /// The example config in the repository must always load.
+    /// DNS rebinding: only the names the panel is reached by pass.
+    #[test]
+    fn the_panel_answers_only_to_its_own_host_names() {
+        let mut h: HttpSection = toml::from_str("listen = \"127.0.0.1:8112\"").unwrap();
+        for ok in ["127.0.0.1:8112", "127.0.0.1", "localhost:8112", "LOCALHOST"] {
+            assert!(h.host_allowed(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8112",
+            "10.0.0.1:8112",
+            "",
+            ":8112",
+            "[::1]:8112",
+        ] {
+            assert!(!h.host_allowed(bad), "{bad}");
+        }
+        h.listen = "0.0.0.0:8112".parse().unwrap();
+        assert!(h.host_allowed("10.0.0.1:8112") && h.host_allowed("[::1]:8112"));
+        assert!(!h.host_allowed("evil.example"));
+        h.allowed_hosts = vec!["panel.112.depok.go.id".into()];
+        assert!(h.host_allowed("Panel.112.depok.go.id:443"));
+        assert!(!h.host_allowed("10.0.0.1") && !h.host_allowed("localhost"));
+    }
+
     #[test]
     fn example_config_loads() {
         let c = Config::load(&root()).expect("example config");

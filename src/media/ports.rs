@@ -1,5 +1,7 @@
 //! RTP port pool: even ports from the configured range, each bound as a
-//! non-blocking UDP socket. A port taken by another program is skipped,
+//! non-blocking UDP socket. Each search starts at a random place in the
+//! range: ports handed out in order told a stranger where the next call's
+//! media would be. A port taken by another program is skipped,
 //! not fatal. The sockets belong to no runtime: the media reactor watches
 //! the ones it relays, and the browser gateway wraps its own for tokio.
 //!
@@ -22,7 +24,6 @@ pub enum PortError {
 }
 
 struct State {
-    next: u16,
     in_use: HashSet<u16>,
 }
 
@@ -159,7 +160,6 @@ impl PortPool {
             min,
             max,
             state: Arc::new(Mutex::new(State {
-                next: min,
                 in_use: HashSet::new(),
             })),
         }
@@ -169,18 +169,15 @@ impl PortPool {
         self.ip
     }
 
-    /// Binds the next free even port.
+    /// Binds a free even port: the first free one from a random place in
+    /// the range on.
     pub fn allocate(&self) -> Result<RtpSocket, PortError> {
         let slots = (u32::from(self.max) - u32::from(self.min)) / 2 + 1;
-        for _ in 0..slots {
+        let start = rand::random_range(0..slots);
+        for k in 0..slots {
             let port = {
                 let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                let port = s.next;
-                s.next = if u32::from(port) + 2 > u32::from(self.max) {
-                    self.min
-                } else {
-                    port + 2
-                };
+                let port = (u32::from(self.min) + 2 * ((start + k) % slots)) as u16;
                 if s.in_use.contains(&port) {
                     continue;
                 }
@@ -285,6 +282,20 @@ mod tests {
             let err = rtp.recv_batch(&mut batch).unwrap_err();
             assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
         }
+    }
+
+    /// Where the next call's media will be cannot be told from the last:
+    /// 20 ports from a range of 500 are not handed out in order.
+    #[test]
+    fn ports_are_drawn_at_random() {
+        let pool = PortPool::new("127.0.0.1".parse().unwrap(), 43000, 43999);
+        let held: Vec<RtpSocket> = (0..20).map(|_| pool.allocate().unwrap()).collect();
+        let ports: Vec<u16> = held.iter().map(|s| s.port).collect();
+        assert!(ports
+            .iter()
+            .all(|p| p % 2 == 0 && (43000..=43999).contains(p)));
+        let in_order = ports.windows(2).filter(|w| w[1] == w[0] + 2).count();
+        assert!(in_order < 5, "{ports:?}");
     }
 
     #[test]

@@ -742,6 +742,99 @@ mod tests {
         drop(caller);
     }
 
+    /// RTP hijack: a stranger who finds a live call's ports and sends
+    /// loud audio to both (the caller's and the agent's) is never relayed,
+    /// hears nothing, and is not in the recording; the real peers, latched
+    /// first, go on as before.
+    #[tokio::test]
+    async fn a_strangers_rtp_is_neither_relayed_nor_recorded_on_either_leg() {
+        use crate::media::recorder::{Held, Recorder};
+        let Started {
+            pool,
+            ours,
+            caller,
+            cmd,
+            finished,
+            ..
+        } = started_recording((42600, 42699), CallRecording::Pending(Held::default()));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hijack.wav");
+        let rec = Recorder::start(dir.path(), 64 << 20)
+            .open(&path)
+            .await
+            .unwrap();
+        cmd.send(MediaCommand::Record(Some(rec))).unwrap();
+        let agent = peer();
+        let rtp = pool.allocate().unwrap();
+        let theirs = SocketAddr::from(([127, 0, 0, 1], rtp.port));
+        cmd.send(MediaCommand::Bridge {
+            rtp,
+            params: params(agent.local_addr().unwrap()),
+        })
+        .unwrap();
+        // The real peers speak first (quiet, 0x55) and are latched.
+        assert!(relayed(&caller, ours, &agent, 0x55), "caller to agent");
+        assert!(relayed(&agent, theirs, &caller, 0x54), "agent to caller");
+
+        // A byte whose A-law value is loud: what the stranger sends.
+        let loud = (0..=255u8)
+            .find(|&b| {
+                let mut x = [0i16; 1];
+                Law::Alaw.decode_into(&[b], &mut x);
+                x[0].unsigned_abs() > 20_000
+            })
+            .unwrap();
+        let stranger = peer();
+        let strange = |seq: u16| {
+            let mut p = packet(seq, loud);
+            p[8..12].copy_from_slice(&0xBAD_u32.to_be_bytes());
+            p
+        };
+        let mut buf = [0u8; 2048];
+        let (mut at_agent, mut at_caller) = (0, 0);
+        for seq in 0..50u16 {
+            stranger.send_to(&strange(seq), ours).unwrap();
+            stranger.send_to(&strange(seq), theirs).unwrap();
+            // The stranger forging the real caller's stream (its SSRC)
+            // from its own address fares no better.
+            stranger.send_to(&packet(seq, loud), ours).unwrap();
+            caller.send_to(&packet(200 + seq, 0x55), ours).unwrap();
+            agent.send_to(&packet(200 + seq, 0x54), theirs).unwrap();
+            for (sock, count) in [(&agent, &mut at_agent), (&caller, &mut at_caller)] {
+                while let Ok(n) = sock.recv(&mut buf) {
+                    assert!(
+                        n < 12 || !buf[12..n].contains(&loud),
+                        "the stranger was relayed"
+                    );
+                    *count += 1;
+                }
+            }
+        }
+        assert!(at_agent >= 25 && at_caller >= 25, "{at_agent} {at_caller}");
+        assert!(
+            stranger.recv(&mut buf).is_err(),
+            "the stranger heard the call"
+        );
+
+        cmd.send(MediaCommand::Stop).unwrap();
+        let done = tokio::time::timeout(Duration::from_secs(5), finished).await;
+        let done = done.expect("the session never stopped").unwrap();
+        assert!(
+            (1..=150).contains(&done.stats.strangers),
+            "{}",
+            done.stats.strangers
+        );
+        let closed = done.recording.expect("no recording").close().await.unwrap();
+        assert!(closed.samples >= 50 * 160, "{} samples", closed.samples);
+        let mut reader = hound::WavReader::open(&path).unwrap();
+        let most = reader
+            .samples::<i16>()
+            .map(|s| s.unwrap().unsigned_abs())
+            .max()
+            .unwrap();
+        assert!(most < 20_000, "the stranger's audio is in the recording");
+    }
+
     /// The media threads run at `priority::MEDIA` where the process may
     /// raise a thread's priority (root here), at the normal one elsewhere.
     #[tokio::test]

@@ -44,6 +44,59 @@ use tracing::{debug, warn};
 /// latency when the caller's clock runs faster than ours.
 const MAX_BUFFERED: usize = FRAME_SAMPLES * 10;
 
+/// How long a latched source's stream must have been silent before a new
+/// stream (SSRC) from the same source is taken: a phone that restarts its
+/// stream loses at most this much; a sender forging the source address
+/// cannot cut into a live stream.
+const RESTART_AFTER: Duration = Duration::from_millis(250);
+
+/// Whose RTP a leg takes, and where the leg's RTP goes (symmetric RTP,
+/// RFC 4961). A packet from the address the peer's SDP named is always
+/// taken; otherwise the leg latches once, to the first source it hears
+/// (a phone behind NAT sends from an address its SDP cannot know). Once
+/// latched it takes only that source, and only that source's stream
+/// (RFC 3550's SSRC): a stranger who finds the port is neither heard nor
+/// recorded, and what it sends moves nothing (RTP hijack).
+#[derive(Debug, Clone)]
+struct Latch {
+    /// The address the SDP named.
+    offered: Option<SocketAddr>,
+    /// Where this leg's RTP goes: `offered` until a source is latched.
+    remote: Option<SocketAddr>,
+    /// The source and stream taken, and when its last packet came.
+    latched: Option<(SocketAddr, u32, Instant)>,
+}
+
+impl Latch {
+    fn new(offered: Option<SocketAddr>) -> Latch {
+        Latch {
+            offered,
+            remote: offered,
+            latched: None,
+        }
+    }
+
+    /// Whether a packet from `from` with `ssrc` belongs to this leg; if so
+    /// the leg is latched to it.
+    fn admit(&mut self, from: SocketAddr, ssrc: u32, now: Instant) -> bool {
+        let take = match self.latched {
+            None => true,
+            Some((addr, current, last)) if addr == from => {
+                ssrc == current || now.saturating_duration_since(last) >= RESTART_AFTER
+            }
+            Some(_) => Some(from) == self.offered,
+        };
+        if take {
+            if self.latched.is_none_or(|(a, c, _)| (a, c) != (from, ssrc)) {
+                debug!(%from, ssrc, "rtp latched");
+            }
+            self.latched = Some((from, ssrc, now));
+            self.remote = Some(from);
+        }
+        take
+    }
+}
+
 /// What the media leg was negotiated with.
 #[derive(Debug, Clone)]
 pub struct MediaParams {
@@ -134,7 +187,7 @@ impl std::fmt::Debug for MediaCommand {
 struct AgentSide {
     rtp: RtpSocket,
     params: MediaParams,
-    remote: Option<SocketAddr>,
+    latch: Latch,
     header: Header,
     /// What this leg sent, decoded, waiting for the next tick.
     heard: VecDeque<i16>,
@@ -143,7 +196,7 @@ struct AgentSide {
 impl AgentSide {
     fn new(rtp: RtpSocket, params: MediaParams) -> AgentSide {
         AgentSide {
-            remote: params.remote,
+            latch: Latch::new(params.remote),
             header: new_header(params.pt),
             params,
             rtp,
@@ -290,8 +343,8 @@ pub const MAX_READ: usize = 32;
 
 /// What the caller's packets tell the session.
 struct CallerIn {
-    /// Where the caller's RTP comes from, where theirs goes (symmetric).
-    remote: Option<SocketAddr>,
+    /// Whose RTP is the caller's, and where theirs goes (symmetric).
+    latch: Latch,
     /// The caller's audio, decoded, waiting for the next tick.
     heard: VecDeque<i16>,
     last_rx: Instant,
@@ -314,24 +367,25 @@ impl CallerIn {
             stats.bad_packets += 1;
             return None;
         };
+        if h.payload_type != params.pt && Some(h.payload_type) != params.dtmf_pt {
+            stats.bad_packets += 1;
+            return None;
+        }
+        if !self.latch.admit(from, h.ssrc, now) {
+            stats.strangers += 1;
+            return None;
+        }
         if h.payload_type == params.pt {
             stats.packets_in += 1;
             self.last_rx = now;
             self.timed_out = false;
-            if self.remote != Some(from) {
-                debug!(%from, "rtp latched to the caller's source");
-                self.remote = Some(from);
-            }
             let n = payload.len().min(decoded.len());
             params.law.decode_into(&payload[..n], &mut decoded[..n]);
             keep(&mut self.heard, &decoded[..n]);
             Some(&payload[..n])
-        } else if Some(h.payload_type) == params.dtmf_pt {
+        } else {
             stats.packets_in += 1;
             self.last_rx = now;
-            None
-        } else {
-            stats.bad_packets += 1;
             None
         }
     }
@@ -361,6 +415,8 @@ pub struct MediaStats {
     pub packets_in: u64,
     pub packets_out: u64,
     pub bad_packets: u64,
+    /// Packets from a source or stream that is not the leg's (`Latch`).
+    pub strangers: u64,
 }
 
 /// What a session hands back when it stops.
@@ -436,7 +492,7 @@ impl Session {
     ) -> Session {
         Session {
             caller: CallerIn {
-                remote: params.remote,
+                latch: Latch::new(params.remote),
                 heard: VecDeque::with_capacity(MAX_BUFFERED + FRAME_SAMPLES),
                 last_rx: now,
                 timed_out: false,
@@ -493,7 +549,7 @@ impl Session {
             // what queued since the last tick (a flood waits for the next).
             self.readable(Leg::Caller, now, scratch);
         }
-        let remote = self.caller.remote;
+        let remote = self.caller.latch.remote;
         let left = take_frame(&mut self.caller.heard);
         let mut right = [0i16; FRAME_SAMPLES];
         match mode {
@@ -521,7 +577,7 @@ impl Session {
                     }
                     send_frame(
                         &a.rtp,
-                        a.remote,
+                        a.latch.remote,
                         &mut a.header,
                         a.params.law,
                         &mix(&left, &fb),
@@ -529,7 +585,7 @@ impl Session {
                     );
                     send_frame(
                         &b.rtp,
-                        b.remote,
+                        b.latch.remote,
                         &mut b.header,
                         b.params.law,
                         &mix(&left, &fa),
@@ -620,7 +676,7 @@ impl Session {
             for i in 0..n {
                 match leg {
                     Leg::Caller => self.on_caller(i, now, scratch),
-                    leg => self.on_agent_leg(leg, i, scratch),
+                    leg => self.on_agent_leg(leg, i, now, scratch),
                 }
             }
             if n < BATCH {
@@ -659,7 +715,7 @@ impl Session {
             let n = payload.len();
             forward(
                 &a.rtp,
-                a.remote,
+                a.latch.remote,
                 &mut a.header,
                 a.params.law,
                 self.params.law,
@@ -673,7 +729,7 @@ impl Session {
     /// A packet on the agent's or the dispatcher's leg: relayed to the
     /// caller (the agent, in talk) or to the other of the two (consult),
     /// kept for the recording or the mix.
-    fn on_agent_leg(&mut self, leg: Leg, i: usize, scratch: &mut Scratch) {
+    fn on_agent_leg(&mut self, leg: Leg, i: usize, now: Instant, scratch: &mut Scratch) {
         let mode = self.mode();
         let (this, other) = match leg {
             Leg::Agent => (self.agent.as_mut(), self.second.as_mut()),
@@ -695,7 +751,10 @@ impl Session {
         if h.payload_type != this.params.pt {
             return;
         }
-        this.remote = Some(from);
+        if !this.latch.admit(from, h.ssrc, now) {
+            self.stats.strangers += 1;
+            return;
+        }
         let n = payload.len().min(decoded.len());
         this.params
             .law
@@ -706,7 +765,7 @@ impl Session {
                 this.keep(decoded);
                 forward(
                     &self.rtp,
-                    self.caller.remote,
+                    self.caller.latch.remote,
                     &mut self.header,
                     self.params.law,
                     this.params.law,
@@ -721,7 +780,7 @@ impl Session {
                 if let Some(o) = other {
                     forward(
                         &o.rtp,
-                        o.remote,
+                        o.latch.remote,
                         &mut o.header,
                         o.params.law,
                         this.params.law,
@@ -866,6 +925,49 @@ impl MediaCommand {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 4961 symmetric RTP without hijack: the first source is latched
+    /// (NAT), the SDP's address wins it back from a stranger who came
+    /// first, no other source moves it, and a new stream from the latched
+    /// source is taken only after the old one fell silent.
+    #[test]
+    fn a_leg_latches_once_and_only_the_sdp_address_moves_it() {
+        let sdp: SocketAddr = "10.0.0.5:4000".parse().unwrap();
+        let nat: SocketAddr = "192.0.2.7:61000".parse().unwrap();
+        let stranger: SocketAddr = "192.0.2.66:5000".parse().unwrap();
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+
+        let mut l = Latch::new(Some(sdp));
+        assert_eq!(l.remote, Some(sdp));
+        assert!(l.admit(nat, 1, ms(0)), "the first source is latched");
+        assert_eq!(l.remote, Some(nat));
+        assert!(!l.admit(stranger, 1, ms(5)));
+        assert!(!l.admit(stranger, 9, ms(400)));
+        assert_eq!(l.remote, Some(nat));
+        // Same source, another stream, while the first is live: refused;
+        // once the first has been silent RESTART_AFTER, taken.
+        assert!(l.admit(nat, 1, ms(20)));
+        assert!(!l.admit(nat, 2, ms(40)));
+        assert!(l.admit(nat, 1, ms(60)));
+        assert!(l.admit(nat, 2, ms(60) + RESTART_AFTER));
+        assert!(!l.admit(nat, 1, ms(60) + RESTART_AFTER));
+
+        // A stranger who came first loses the leg to the SDP's address.
+        let mut l = Latch::new(Some(sdp));
+        assert!(l.admit(stranger, 7, ms(0)));
+        assert!(l.admit(sdp, 1, ms(10)));
+        assert_eq!(l.remote, Some(sdp));
+        assert!(!l.admit(stranger, 7, ms(20)));
+        assert!(!l.admit(stranger, 1, ms(1_000)));
+
+        // No SDP address (late offer not yet answered): the first source.
+        let mut l = Latch::new(None);
+        assert_eq!(l.remote, None);
+        assert!(l.admit(nat, 3, ms(0)));
+        assert!(!l.admit(stranger, 3, ms(1)));
+        assert_eq!(l.remote, Some(nat));
+    }
 
     #[test]
     fn a_frame_is_taken_in_order_across_the_buffers_wrap_and_padded_with_silence() {

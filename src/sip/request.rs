@@ -3,7 +3,7 @@
 
 use crate::config::dialplan::DialedTarget;
 use rsipstack::sip::{Request, Scheme, Uri};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 /// Where the caller is, from PIDF-LO (RFC 4119, RFC 5491).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -26,7 +26,9 @@ pub struct InviteInfo {
     pub caller_number: Option<String>,
     /// The Geolocation header (RFC 6442) as received.
     pub geolocation: Option<String>,
-    pub location: Option<Location>,
+    /// The PIDF-LO body part, unread: the call task reads it
+    /// (`parse_pidf`), not the dispatcher every request passes through.
+    pub pidf: Option<String>,
     pub sdp: Option<Vec<u8>>,
     pub source: SocketAddr,
     pub transport: &'static str,
@@ -271,39 +273,74 @@ fn boundary_of(content_type: &str) -> Option<String> {
     })
 }
 
-/// Inner text of every element whose local name is `local` (any prefix).
-fn elements<'a>(xml: &'a str, local: &str) -> Vec<&'a str> {
-    let mut out = Vec::new();
-    let mut rest = xml;
-    while let Some(start) = rest.find('<') {
-        rest = &rest[start + 1..];
-        let Some(end) = rest.find('>') else { break };
-        let tag = &rest[..end];
-        if tag.starts_with('/')
-            || tag.starts_with('?')
-            || tag.starts_with('!')
-            || tag.ends_with('/')
-        {
-            continue;
-        }
-        let name = tag.split_whitespace().next().unwrap_or("");
-        let name_local = name.rsplit(':').next().unwrap_or(name);
-        if name_local == local {
-            let body = &rest[end + 1..];
-            let close = format!("</{name}>");
-            if let Some(c) = body.find(&close) {
-                out.push(&body[..c]);
+/// The largest PIDF-LO siaga reads. A location object is a few hundred
+/// bytes to a few KB (RFC 5491's examples, a telco's AML relay); past this
+/// the body is not read at all.
+pub const PIDF_MAX_BYTES: usize = 16 * 1024;
+/// How deep the elements of a PIDF-LO may nest (RFC 5491's deepest shapes
+/// are under ten).
+const PIDF_MAX_DEPTH: usize = 32;
+
+/// Reads a PIDF-LO document: a geodetic point or circle centre (the first
+/// `pos`, "lat lon") and/or a civic address (the leaf values of the first
+/// `civicAddress`, in document order), whatever the prefixes. One pass of
+/// `quick-xml`'s reader over at most `PIDF_MAX_BYTES`: linear in the
+/// body, no entity expansion; a malformed document gives what was read
+/// before the fault.
+pub fn parse_pidf(xml: &str) -> Option<Location> {
+    use quick_xml::escape::resolve_predefined_entity;
+    use quick_xml::events::Event;
+    if xml.len() > PIDF_MAX_BYTES {
+        return None;
+    }
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut depth = 0usize;
+    // Character data since the last tag, kept only inside what we read.
+    let mut text = String::new();
+    let (mut pos, mut pos_at) = (None::<String>, None::<usize>);
+    let (mut civic, mut civic_at, mut civic_done) = (Vec::<String>::new(), None::<usize>, false);
+    while let Ok(event) = reader.read_event() {
+        if matches!(event, Event::Start(_) | Event::End(_) | Event::Empty(_)) {
+            let leaf = std::mem::take(&mut text);
+            if matches!(event, Event::End(_)) && pos_at == Some(depth) {
+                pos = Some(leaf);
+                pos_at = None;
+            } else if civic_at.is_some() && !leaf.trim().is_empty() {
+                civic.push(leaf.trim().to_string());
             }
         }
+        let reading = pos_at.is_some() || civic_at.is_some();
+        match event {
+            Event::Start(e) => {
+                depth += 1;
+                if depth > PIDF_MAX_DEPTH {
+                    break;
+                }
+                match e.local_name().as_ref() {
+                    "pos" if pos.is_none() && pos_at.is_none() => pos_at = Some(depth),
+                    "civicAddress" if !civic_done && civic_at.is_none() => civic_at = Some(depth),
+                    _ => {}
+                }
+            }
+            Event::End(_) => {
+                if civic_at == Some(depth) {
+                    civic_at = None;
+                    civic_done = true;
+                }
+                depth = depth.saturating_sub(1);
+            }
+            Event::Text(t) if reading => text.push_str(&t.xml10_content()),
+            Event::CData(t) if reading => text.push_str(&t.xml10_content()),
+            Event::GeneralRef(r) if reading => match r.resolve_char_ref() {
+                Ok(Some(c)) => text.push(c),
+                _ => text.push_str(resolve_predefined_entity(&r.xml10_content()).unwrap_or("")),
+            },
+            Event::Eof => break,
+            _ => {}
+        }
     }
-    out
-}
-
-/// Reads a PIDF-LO document: a geodetic point or circle centre
-/// (`gml:pos`, "lat lon") and/or a civic address.
-pub fn parse_pidf(xml: &str) -> Option<Location> {
     let mut loc = Location::default();
-    if let Some(pos) = elements(xml, "pos").first() {
+    if let Some(pos) = pos {
         let mut it = pos.split_whitespace().filter_map(|v| v.parse::<f64>().ok());
         if let (Some(lat), Some(lon)) = (it.next(), it.next()) {
             if (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon) {
@@ -312,47 +349,62 @@ pub fn parse_pidf(xml: &str) -> Option<Location> {
             }
         }
     }
-    if let Some(civic) = elements(xml, "civicAddress").first() {
-        // The leaf values in document order (A1..A6, RD, HNO, PC, LOC...).
-        let mut parts = Vec::new();
-        let mut rest = *civic;
-        while let Some(gt) = rest.find('>') {
-            rest = &rest[gt + 1..];
-            let text = rest.split('<').next().unwrap_or("").trim();
-            if !text.is_empty() {
-                parts.push(text.to_string());
-            }
-        }
-        if !parts.is_empty() {
-            loc.text = Some(parts.join(", "));
-        }
+    if !civic.is_empty() {
+        loc.text = Some(civic.join(", "));
     }
     (loc != Location::default()).then_some(loc)
 }
 
-/// The source of a request, from the top Via as the transport stamped it
-/// with `received`/`rport` (RFC 3261 §18.2.1, RFC 3581).
-pub fn source_from_via(via_value: &str) -> Option<SocketAddr> {
-    let first = via_value.split(',').next()?.trim();
-    let (_proto, rest) = first.split_once(char::is_whitespace)?;
-    let mut params = rest.split(';');
-    let sent_by = params.next()?.trim();
-    let (mut host, mut port) = match sent_by.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || sent_by.starts_with('[') => (
-            h.trim_matches(['[', ']']).to_string(),
-            p.parse().unwrap_or(5060),
-        ),
-        _ => (sent_by.trim_matches(['[', ']']).to_string(), 5060),
+/// The header our UDP reader writes on each request it hands the
+/// endpoint: the datagram's real source address. Only `stamp_udp_source`
+/// writes it, after taking off any header of that name the sender put
+/// there, so its value is never a claim from the network.
+const SOURCE_HEADER: &str = "X-Siaga-Source";
+
+/// Readies a request that arrived over UDP from `source` for the endpoint.
+/// The sender's own `received` is taken off the top Via first: only the
+/// receiving server writes it (RFC 3261 §18.2.1), and rsipstack keeps one
+/// that was already there when the Via's sent-by matches the packet, so a
+/// forged one would both name a trunk and send our responses to whoever it
+/// names. Then the Via gets its `received`/`rport` as the RFCs say (for
+/// routing responses), and the real source goes into `SOURCE_HEADER`,
+/// which is what trunk matching, P-Asserted-Identity, the guard and the
+/// records trust (`udp_source`).
+pub fn stamp_udp_source(
+    msg: rsipstack::sip::SipMessage,
+    source: SocketAddr,
+) -> Result<rsipstack::sip::SipMessage, String> {
+    use rsipstack::sip::{prelude::HeadersExt, prelude::ToTypedHeader, Header, Param, SipMessage};
+    use rsipstack::transport::SipConnection;
+    let SipMessage::Request(mut req) = msg else {
+        return Ok(msg);
     };
-    for p in params {
-        match p.trim().split_once('=') {
-            Some(("received", v)) => host = v.to_string(),
-            Some(("rport", v)) => port = v.parse().unwrap_or(port),
-            _ => {}
-        }
-    }
-    let ip: IpAddr = host.parse().ok()?;
-    Some(SocketAddr::new(ip, port))
+    let text = |e: rsipstack::sip::Error| e.to_string();
+    req.via_header_mut()
+        .map_err(text)?
+        .update_first_value(|via| {
+            let mut typed = via.typed()?;
+            typed.params.retain(|p| !matches!(p, Param::Received(_)));
+            Ok(typed.into())
+        })
+        .map_err(text)?;
+    let SipMessage::Request(mut req) =
+        SipConnection::update_msg_received(req.into(), source, rsipstack::sip::Transport::Udp)
+            .map_err(|e| e.to_string())?
+    else {
+        unreachable!("update_msg_received keeps a request a request")
+    };
+    req.headers
+        .retain(|h| !h.name().eq_ignore_ascii_case(SOURCE_HEADER));
+    req.headers
+        .push(Header::Other(SOURCE_HEADER.into(), source.to_string()));
+    Ok(req.into())
+}
+
+/// The real source of a request that came over UDP, as our reader stamped
+/// it (`stamp_udp_source`). None for a request that did not pass it.
+pub fn udp_source(req: &Request) -> Option<SocketAddr> {
+    header_value(req, SOURCE_HEADER)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -482,33 +534,52 @@ mod tests {
         );
     }
 
-    /// The transport stamps the real source into the top Via; trunk checks
-    /// rely on it, so a Via that lies about its host must not fool us.
-    #[test]
-    fn source_is_the_received_address() {
-        let r = invite("sip:112@h");
-        let stamped = rsipstack::transport::SipConnection::update_msg_received(
-            r.into(),
-            "127.0.0.1:40000".parse().unwrap(),
-            rsipstack::sip::Transport::Udp,
-        )
-        .unwrap();
-        let SipMessage::Request(r) = stamped else {
-            panic!()
+    fn stamped(raw: &str, source: &str) -> Request {
+        let msg = SipMessage::try_from(raw.replace('\n', "\r\n").as_str()).unwrap();
+        let SipMessage::Request(r) = stamp_udp_source(msg, source.parse().unwrap()).unwrap() else {
+            panic!("a request")
         };
-        let via = header_value(&r, "via").unwrap();
-        assert_eq!(
-            source_from_via(&via),
-            Some("127.0.0.1:40000".parse().unwrap())
+        r
+    }
+
+    const SPOOF: &str = "INVITE sip:112@h SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.9:5060;received=10.0.0.1;branch=z9hG4bK1
+X-Siaga-Source: 10.0.0.1:5060
+x-siaga-source: 10.0.0.1:5061
+From: <sip:a@h>;tag=1
+To: <sip:112@h>
+Call-ID: c1
+CSeq: 1 INVITE
+Contact: <sip:a@127.0.0.9>
+Max-Forwards: 70
+Content-Length: 0
+
+";
+
+    /// Trust comes from the datagram's source, whatever the request says:
+    /// a `received=` of the sender's own making (with sent-by equal to the
+    /// packet's source, which rsipstack leaves alone) and a copy of our own
+    /// stamp are both ignored, and the Via routes responses to the sender.
+    #[test]
+    fn the_source_is_the_datagrams_never_the_requests_claim() {
+        let r = stamped(SPOOF, "127.0.0.9:5060");
+        assert_eq!(udp_source(&r), Some("127.0.0.9:5060".parse().unwrap()));
+        assert_eq!(header_values(&r, SOURCE_HEADER).count(), 1);
+        let via = header_value(&r, "Via").unwrap();
+        assert!(!via.contains("received"), "{via}");
+
+        // A sent-by that differs: the Via gets the real received/rport.
+        let r = stamped(
+            &SPOOF.replace("127.0.0.9:5060;received=10.0.0.1", "10.0.0.1:5060;rport"),
+            "127.0.0.9:40000",
         );
-        assert_eq!(
-            source_from_via("SIP/2.0/UDP 10.0.0.1:5080;branch=z9"),
-            Some("10.0.0.1:5080".parse().unwrap())
-        );
-        assert_eq!(
-            source_from_via("SIP/2.0/TCP [::1]:5080;branch=z9"),
-            Some("[::1]:5080".parse().unwrap())
-        );
+        assert_eq!(udp_source(&r), Some("127.0.0.9:40000".parse().unwrap()));
+        let via = header_value(&r, "Via").unwrap();
+        assert!(via.contains("received=127.0.0.9"), "{via}");
+        assert!(via.contains("rport=40000"), "{via}");
+
+        // A request that did not pass the reader has no source at all.
+        assert_eq!(udp_source(&invite("sip:112@h")), None);
     }
 
     const PIDF: &str = r#"<?xml version="1.0"?>
@@ -529,6 +600,53 @@ mod tests {
         );
         assert_eq!(parse_pidf("<presence/>"), None);
         assert_eq!(parse_pidf("<gml:pos>999 999</gml:pos>"), None);
+    }
+
+    /// Hostile PIDF-LO: thousands of unclosed `<gml:pos>` (the old scan
+    /// searched for a close tag once per open tag), a body past the size
+    /// bound, nesting past the depth bound, and a close tag that does not
+    /// match: none reads a location, none panics. What comes before a
+    /// fault is kept; references are resolved, not expanded.
+    #[test]
+    fn pidf_lo_from_a_hostile_sender() {
+        let open_tags = "<gml:pos>".repeat(7_000);
+        assert!(open_tags.len() > PIDF_MAX_BYTES);
+        assert_eq!(parse_pidf(&open_tags), None);
+        let under = "<gml:pos>".repeat(PIDF_MAX_BYTES / 9 - 1);
+        assert!(under.len() <= PIDF_MAX_BYTES);
+        assert_eq!(parse_pidf(&under), None);
+        let deep = format!(
+            "{}<gml:pos>1 2</gml:pos>{}",
+            "<a>".repeat(PIDF_MAX_DEPTH),
+            "</a>".repeat(PIDF_MAX_DEPTH)
+        );
+        assert_eq!(parse_pidf(&deep), None);
+        let shallow = deep.replacen("<a>", "", 1).replacen("</a>", "", 1);
+        assert_eq!(parse_pidf(&shallow).and_then(|l| l.latitude), Some(1.0));
+        // A fault after the point: the point stays.
+        let broken = "<p><gml:pos>-6.4 106.8</gml:pos><ca:civicAddress><ca:RD>X</ca:A1>";
+        let l = parse_pidf(broken).unwrap();
+        assert_eq!(
+            (l.latitude, l.longitude, l.text),
+            (Some(-6.4), Some(106.8), None)
+        );
+        // Character and predefined references, CDATA; an unknown entity
+        // (no DTD is read) adds nothing.
+        let civic = "<civicAddress><RD>Jl. A &amp; B &#x26; C</RD><HNO><![CDATA[12<b>]]></HNO><LOC>&bomb;</LOC></civicAddress>";
+        assert_eq!(
+            parse_pidf(civic).and_then(|l| l.text).as_deref(),
+            Some("Jl. A & B & C, 12<b>")
+        );
+        for junk in [
+            "",
+            "<",
+            "</x>",
+            "<?xml",
+            "<!DOCTYPE x [<!ENTITY a \"b\">]><x>&a;</x>",
+            "\u{0}<pos>",
+        ] {
+            assert_eq!(parse_pidf(junk), None, "{junk:?}");
+        }
     }
 
     #[test]

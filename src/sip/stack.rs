@@ -327,7 +327,7 @@ fn read_udp(socket: std::net::UdpSocket, tx: mpsc::Sender<Received>, cancel: Can
                     continue;
                 }
             };
-            let msg = match SipConnection::update_msg_received(msg, source, Transport::Udp) {
+            let msg = match request::stamp_udp_source(msg, source) {
                 Ok(m) => m,
                 Err(e) => {
                     debug!(%source, error = %e, "dropped a message without a usable Via");
@@ -447,8 +447,7 @@ impl Dispatcher {
                 .ok()?;
             return Some((remote, transport));
         }
-        let via = header_value(&tx.original, "Via")?;
-        Some((request::source_from_via(&via)?, transport))
+        Some((request::udp_source(&tx.original)?, transport))
     }
 
     async fn invite(&self, mut tx: Transaction) {
@@ -534,7 +533,7 @@ impl Dispatcher {
             dialed,
             caller_number,
             geolocation: header_value(req, "Geolocation"),
-            location: pidf.as_deref().and_then(request::parse_pidf),
+            pidf,
             sdp,
             source,
             transport,

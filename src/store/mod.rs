@@ -682,12 +682,26 @@ mod tests {
         assert_eq!(store.search_incidents(&since).await.unwrap().len(), 2);
         assert_eq!(
             store
-                .incidents_of_number("0812", "i3", 10)
+                .incidents_of_number("0812", "i3", None, 10)
                 .await
                 .unwrap()
                 .len(),
             2
         );
+        // A dispatcher's view: only their agency's, none of another's.
+        // (i3 is damkar's.)
+        for (except, agency, n) in [
+            ("i3", "damkar", 0),
+            ("i2", "damkar", 1),
+            ("i2", "polri", 0),
+            ("i2", "(none)", 0),
+        ] {
+            let rows = store
+                .incidents_of_number("0812", except, Some(agency), 10)
+                .await
+                .unwrap();
+            assert_eq!(rows.len(), n, "{except} {agency}");
+        }
 
         // c2 joins i3: i2 has no call left and is merged into i3.
         let out = store.link_call("c2", "i3", "siti", t + 30).await.unwrap();

@@ -439,22 +439,26 @@ impl Store {
             .await?)
     }
 
-    /// Earlier incidents from the same number, newest first.
+    /// Earlier incidents from the same number, newest first; with
+    /// `agency`, only that agency's (a dispatcher's view).
     pub async fn incidents_of_number(
         &self,
         number: &str,
         except: &str,
+        agency: Option<&str>,
         limit: i64,
     ) -> Result<Vec<IncidentRow>, StoreError> {
         let q = concat!(
             "SELECT ",
             incident_columns!(),
             " FROM incidents WHERE caller_number = $1 AND id <> $2",
-            " ORDER BY created_at DESC, id DESC LIMIT $3"
+            " AND ($3 IS NULL OR agency = $3)",
+            " ORDER BY created_at DESC, id DESC LIMIT $4"
         );
         Ok(sqlx::query_as::<_, IncidentRow>(q)
             .bind(number)
             .bind(except)
+            .bind(agency)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?)

@@ -171,8 +171,8 @@ pub async fn list_incidents(
     Extension(user): Extension<User>,
     Query(mut f): Query<IncidentFilter>,
 ) -> Result<Json<Vec<IncidentRow>>, ApiError> {
-    if user.role == Role::Dispatcher {
-        f.agency = user.agency.clone().or(Some("-none-".into()));
+    if let Some(mine) = user.agency_filter() {
+        f.agency = Some(mine.into());
     }
     Ok(Json(s.store.search_incidents(&f).await?))
 }
@@ -201,7 +201,11 @@ pub async fn incident_detail(
     let calls = s.store.calls_of_incident(id).await?;
     let audit = s.store.incident_audit(id).await?;
     let history = match &incident.caller_number {
-        Some(n) => s.store.incidents_of_number(n, id, 10).await?,
+        Some(n) => {
+            s.store
+                .incidents_of_number(n, id, user.agency_filter(), 10)
+                .await?
+        }
         None => Vec::new(),
     };
     Ok(IncidentDetail {

@@ -97,9 +97,21 @@ impl User {
     }
 
     /// Whether this user may see what belongs to `agency`: everyone but a
-    /// dispatcher sees every agency; a dispatcher only their own.
+    /// dispatcher sees every agency; a dispatcher only their own. Every
+    /// check of a dispatcher's view goes through here or `agency_filter`.
     pub fn sees_agency(&self, agency: Option<&str>) -> bool {
-        self.role != Role::Dispatcher || (agency.is_some() && agency == self.agency.as_deref())
+        match self.agency_filter() {
+            None => true,
+            Some(mine) => agency == Some(mine),
+        }
+    }
+
+    /// The one agency whose records a query may return to this user, or
+    /// None for every agency: a dispatcher's own agency. A dispatcher
+    /// without one gets `(none)`, which no agency id can be (config allows
+    /// letters, digits, `-` and `_`), so they see nothing.
+    pub fn agency_filter(&self) -> Option<&str> {
+        (self.role == Role::Dispatcher).then(|| self.agency.as_deref().unwrap_or("(none)"))
     }
 }
 

@@ -13,6 +13,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Extension;
+use std::borrow::Cow;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
@@ -45,7 +46,7 @@ async fn run(s: AppState, user: User, headers: HeaderMap, mut socket: WebSocket)
         tokio::select! {
             ev = events.recv() => match ev {
                 Ok(ev) => {
-                    if visible(&user, &ev) {
+                    if let Some(ev) = shown(&user, &ev) {
                         let text = match serde_json::to_string(&*ev) {
                             Ok(t) => t,
                             Err(_) => continue,
@@ -165,10 +166,12 @@ async fn snapshot(s: &AppState, user: &User) -> serde_json::Value {
     })
 }
 
-/// What of the broadcast this user may see.
-pub fn visible(user: &User, ev: &LiveEvent) -> bool {
+/// What of the broadcast this user may see: the event itself, a part of
+/// it, or nothing. The one place that decides a panel's live view; a
+/// dispatcher's share is `User::sees_agency`'s, as in the API.
+pub fn shown<'e>(user: &User, ev: &'e LiveEvent) -> Option<Cow<'e, LiveEvent>> {
     let everything = user.is(&[Role::Supervisor, Role::Admin]);
-    match ev {
+    let whole = match ev {
         LiveEvent::Queues { .. } => true,
         LiveEvent::CallBridged(b) => everything || user.agent_id.as_deref() == Some(&b.agent_id),
         LiveEvent::CallEnded { agent_id, .. } => {
@@ -178,9 +181,18 @@ pub fn visible(user: &User, ev: &LiveEvent) -> bool {
             incident,
             previous_agency,
         } => {
-            user.sees_agency(incident.agency.as_deref())
-                || (previous_agency.is_some() && user.sees_agency(previous_agency.as_deref()))
+            if user.sees_agency(incident.agency.as_deref()) {
+                true
+            } else if previous_agency.is_some() && user.sees_agency(previous_agency.as_deref()) {
+                // The agency it left learns only that it left.
+                return Some(Cow::Owned(LiveEvent::IncidentLeft {
+                    incident_id: incident.id.clone(),
+                }));
+            } else {
+                false
+            }
         }
+        LiveEvent::IncidentLeft { .. } => false,
         LiveEvent::Figures(_) => everything,
         LiveEvent::Transfer {
             agent_id,
@@ -191,9 +203,10 @@ pub fn visible(user: &User, ev: &LiveEvent) -> bool {
             everything
                 || (user.agent_id.is_some()
                     && (user.agent_id == *agent_id || user.agent_id == *dispatcher))
-                || (user.role == Role::Dispatcher && user.agency.as_deref() == Some(agency))
+                || (user.role == Role::Dispatcher && user.sees_agency(Some(agency)))
         }
-    }
+    };
+    whole.then_some(Cow::Borrowed(ev))
 }
 
 #[cfg(test)]
@@ -201,6 +214,10 @@ mod tests {
     use super::*;
     use crate::live::BridgedCall;
     use crate::store::IncidentRow;
+
+    fn visible(user: &User, ev: &LiveEvent) -> bool {
+        shown(user, ev).is_some()
+    }
 
     fn user(role: Role, agent: Option<&str>, agency: Option<&str>) -> User {
         User {
@@ -282,10 +299,18 @@ mod tests {
             previous_agency: None,
         };
         assert!(visible(&damkar, &fire));
-        assert!(
-            visible(&damkar, &moved_away),
-            "the agency it left hears of it"
-        );
+        // The agency it left hears that it left, not what it holds now.
+        assert!(matches!(
+            shown(&damkar, &moved_away).as_deref(),
+            Some(LiveEvent::IncidentLeft { incident_id }) if incident_id == "i"
+        ));
+        let polri = user(Role::Dispatcher, None, Some("polri"));
+        assert!(matches!(
+            shown(&polri, &moved_away).as_deref(),
+            Some(LiveEvent::Incident { .. })
+        ));
+        let left = shown(&damkar, &moved_away).unwrap();
+        assert!(!visible(&polri, &left), "never passed on as it is");
         assert!(!visible(&damkar, &unassigned));
         assert!(visible(&siti, &unassigned));
         let figures = LiveEvent::Figures(Default::default());

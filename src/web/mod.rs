@@ -89,8 +89,35 @@ pub fn app(state: AppState) -> Router {
         ));
     public
         .merge(private)
+        .layer(middleware::from_fn_with_state(state.clone(), known_host))
         .layer(middleware::map_response(security_headers))
         .with_state(state)
+}
+
+/// Answers only requests for a host the panel is reached by
+/// (`http.allowed_hosts`): a site whose name was pointed at this address
+/// (DNS rebinding) gets 421 before any handler, the login's among them.
+/// `/healthz` answers whatever the name (probes use their own).
+async fn known_host(
+    axum::extract::State(s): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    if req.uri().path() == "/healthz" || s.config.server.http.host_allowed(host) {
+        return next.run(req).await;
+    }
+    warn!(host, "request for a host the panel does not answer to");
+    (
+        axum::http::StatusCode::MISDIRECTED_REQUEST,
+        "Alamat host ini tidak dilayani panel siaga.",
+    )
+        .into_response()
 }
 
 /// Pages and API alike: no framing, no sniffing, scripts only from us.

@@ -218,7 +218,13 @@ impl Browser {
 
     /// Logs in through the login page; waits for the role's home page.
     pub fn login(&self, base: &str, user: &str, password: &str, home: &str) {
-        self.goto(&format!("{base}/login"));
+        self.login_at(base, "/login", user, password, home);
+    }
+
+    /// Logs in on the login page at `login` (a `next=` of its own, say),
+    /// and waits until the browser is at `home` on `base`.
+    pub fn login_at(&self, base: &str, login: &str, user: &str, password: &str, home: &str) {
+        self.goto(&format!("{base}{login}"));
         self.type_into("#username", user);
         self.type_into("#password", password);
         self.click("#login");

@@ -33,6 +33,6 @@
   });
 
   siaga.live((ev) => {
-    if (ev.type === "snapshot" || ev.type === "incident") load().catch(() => {});
+    if (ev.type === "snapshot" || ev.type === "incident" || ev.type === "incident_left") load().catch(() => {});
   });
 })();

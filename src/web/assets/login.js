@@ -16,7 +16,13 @@ document.getElementById("login-form").addEventListener("submit", async (e) => {
     err.textContent = r.status === 401 ? "Nama pengguna atau kata sandi salah." : (data.error || "Gagal masuk.");
     return;
   }
+  // Only a path of our own origin, as the browser itself reads it (a
+  // backslash or a tab can make "/..." another host): never an open redirect.
   const next = new URLSearchParams(location.search).get("next");
-  // Only our own paths: never an open redirect.
-  location.href = next && next.startsWith("/") && !next.startsWith("//") ? next : data.home;
+  let to = data.home;
+  if (next && next.startsWith("/")) {
+    const u = new URL(next, location.origin);
+    if (u.origin === location.origin) to = u.pathname + u.search + u.hash;
+  }
+  location.href = to;
 });
