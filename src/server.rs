@@ -66,11 +66,13 @@ impl Running {
                 warn!(calls = tracker.len(), "calls did not end in time");
             }
         }
+        // Durable first (the journal), then the database if it is there.
+        self.services.store.journaled().await;
         if tokio::time::timeout(Duration::from_secs(10), self.services.store.flush())
             .await
             .is_err()
         {
-            warn!("the database did not take every record before exit; they are lost");
+            warn!("the database did not take every record before exit; they wait in the journal for the next start");
         }
         self.shutdown.cancel();
         drop(self.stack);
@@ -96,7 +98,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let writer = {
         let live = live.clone();
         let store = store.clone();
-        StoreWriter::spawn(store.clone(), move |changed| match changed {
+        let journal = config.resolve(&config.server.database.journal_dir);
+        StoreWriter::spawn(store.clone(), Some(journal), move |changed| match changed {
             Changed::Calls => live.calls_changed(),
             Changed::Incident(id) => {
                 let (live, store) = (live.clone(), store.clone());

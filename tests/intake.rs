@@ -779,6 +779,88 @@ fn a_locked_database_does_not_delay_or_drop_calls() {
     check_recording(&server, &c, "greeting-112", 3.0);
 }
 
+/// Nothing acknowledged is lost because the database is away: with the
+/// database refusing writes, a call is taken, then the process is killed
+/// (-9); restarted with the database still away, another call is taken,
+/// then the process is stopped (SIGTERM). Once the database is back and
+/// the process starts again, both calls, their incidents and their
+/// recordings' checksums are there: the journal held them.
+#[test]
+fn records_taken_while_the_database_is_away_survive_kill_9_and_sigterm() {
+    use sqlx::Connection;
+    let mut server = Server::start(Setup::default());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    sqlx::any::install_default_drivers();
+    let mut blocker = rt
+        .block_on(sqlx::AnyConnection::connect(&server.database_url()))
+        .unwrap();
+    rt.block_on(sqlx::query("BEGIN EXCLUSIVE").execute(&mut blocker))
+        .unwrap();
+    let journal = server.root.path().join("data/journal/records.journal");
+    // The journal holds `n` calls once their recordings' closes are in.
+    let journaled = |n: usize| {
+        for _ in 0..200 {
+            let text = std::fs::read_to_string(&journal).unwrap_or_default();
+            if text.matches("\"RecordingClosed\"").count() >= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{n} calls never reached the journal");
+    };
+    let call = |server: &Server, n: usize| {
+        let r = Sipp::new(CALLER_TONE).run(
+            "uac_tone.xml",
+            server.sip,
+            &["-s", "112", "-d", "1500"],
+            Duration::from_secs(20),
+        );
+        assert_eq!(r.code, Some(0), "call {n}:\n{}\n{}", r.output, server.log());
+        journaled(n);
+    };
+
+    call(&server, 1);
+    server.kill9();
+    server.spawn();
+    call(&server, 2);
+    server.terminate();
+    assert!(
+        server.wait_exit(Duration::from_secs(60)).is_some(),
+        "no exit after SIGTERM:\n{}",
+        server.log()
+    );
+    let held: i64 = rt
+        .block_on(sqlx::query_scalar("SELECT COUNT(*) FROM calls").fetch_one(&mut blocker))
+        .unwrap();
+    assert_eq!(held, 0, "the database took nothing while it was away");
+
+    rt.block_on(sqlx::query("ROLLBACK").execute(&mut blocker))
+        .unwrap();
+    drop(blocker);
+    server.spawn();
+    let mut calls = Vec::new();
+    for _ in 0..200 {
+        let (_, all) = server.get("/api/calls");
+        calls = all.as_array().cloned().unwrap_or_default();
+        if calls.len() == 2 && calls.iter().all(|c| c["recording_sha256"].is_string()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(calls.len(), 2, "{calls:?}\n{}", server.log());
+    for c in &calls {
+        assert_eq!(c["end_cause"], "caller_bye", "{c}");
+        let path = c["recording_path"].as_str().unwrap();
+        let sum = sha256_hex(&std::fs::read(path).unwrap());
+        assert_eq!(c["recording_sha256"].as_str(), Some(sum.as_str()), "{c}");
+        let (status, incident) = server.get(&format!(
+            "/api/incidents/{}",
+            c["incident_id"].as_str().unwrap()
+        ));
+        assert_eq!(status, 200, "{incident}");
+    }
+}
+
 /// Two callers wait: after the greeting the first hears "... antrean nomor
 /// satu", the second "... nomor dua" (positions from the ACD).
 #[test]

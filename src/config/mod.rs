@@ -240,6 +240,14 @@ fn default_utc_offset() -> i8 {
 pub struct DatabaseSection {
     /// `sqlite://path?mode=rwc` (embedded default) or `postgres://...`.
     pub url: String,
+    /// Where call records wait, durable, until the database has them
+    /// (`store::journal`): on this node's own disk, never shared.
+    #[serde(default = "default_journal_dir")]
+    pub journal_dir: PathBuf,
+}
+
+fn default_journal_dir() -> PathBuf {
+    PathBuf::from("data/journal")
 }
 
 /// A telco gateway (or a trusted network) allowed to deliver emergency calls

@@ -5,12 +5,13 @@
 //! which applies them in order and retries while the database is slow or
 //! down, so the records catch up afterwards.
 
+mod journal;
 mod writer;
 
 pub use writer::{Changed, RecordingOutcome, StoreCmd, StoreWriter};
 
 use crate::ids::{CallId, IncidentId};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor, FromRow};
 use std::path::Path;
@@ -59,7 +60,7 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewIncident {
     pub id: IncidentId,
     pub service: String,
@@ -71,7 +72,7 @@ pub struct NewIncident {
     pub created_at: i64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewCall {
     pub id: CallId,
     pub incident_id: IncidentId,
@@ -275,6 +276,45 @@ impl Store {
         .await?)
     }
 
+    /// The last record of journal `journal` the database holds (0: none).
+    pub async fn journal_applied(&self, journal: &str) -> Result<u64, StoreError> {
+        let seq: Option<i64> =
+            sqlx::query_scalar("SELECT applied_seq FROM journal_state WHERE journal = $1")
+                .bind(journal)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(seq.unwrap_or(0).max(0) as u64)
+    }
+
+    /// Ended calls whose recording has neither a checksum nor an error:
+    /// the process stopped between the call's end and its recording's
+    /// close (the end is written first).
+    pub async fn unchecked_recordings(&self) -> Result<Vec<OpenCall>, StoreError> {
+        Ok(sqlx::query_as::<_, OpenCall>(
+            "SELECT id, recording_path FROM calls WHERE ended_at IS NOT NULL \
+             AND recording_path IS NOT NULL AND recording_sha256 IS NULL AND recording_error IS NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Gives a recording found without a checksum its checksum, or why it
+    /// has none.
+    pub async fn recording_repaired(
+        &self,
+        id: &str,
+        sha256: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE calls SET recording_sha256 = $1, recording_error = $2 WHERE id = $3")
+            .bind(sha256)
+            .bind(error)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn mark_interrupted(
         &self,
         id: &str,
@@ -472,37 +512,60 @@ mod tests {
         assert_eq!(inc.latitude, Some(-6.4));
 
         store
-            .apply(&[
-                StoreCmd::Answered {
-                    id: c3_id.clone(),
-                    at: t + 5,
-                    codec: "PCMA".into(),
-                    recording_path: Some("/r/c3.wav".into()),
-                    recording_error: None,
-                },
-                StoreCmd::Event {
-                    id: c3_id.clone(),
-                    at: t + 6,
-                    kind: "overflow".into(),
-                    detail: Some("a -> b".into()),
-                },
-                StoreCmd::Ended {
-                    id: c3_id.clone(),
-                    at: t + 10,
-                    wait_ms: Some(5),
-                    cause: "caller_bye".into(),
-                },
-                StoreCmd::RecordingClosed {
+            .apply_marked(
+                &[
+                    StoreCmd::Answered {
+                        id: c3_id.clone(),
+                        at: t + 5,
+                        codec: "PCMA".into(),
+                        recording_path: Some("/r/c3.wav".into()),
+                        recording_error: None,
+                    },
+                    StoreCmd::Event {
+                        id: c3_id.clone(),
+                        at: t + 6,
+                        kind: "overflow".into(),
+                        detail: Some("a -> b".into()),
+                    },
+                    StoreCmd::Ended {
+                        id: c3_id.clone(),
+                        at: t + 10,
+                        wait_ms: Some(5),
+                        cause: "caller_bye".into(),
+                    },
+                ],
+                Some(("j1", 7)),
+            )
+            .await
+            .unwrap();
+        // Ended, its recording not closed yet: what a stop between the two
+        // leaves, and the start-up repair looks for.
+        let unchecked: Vec<String> = store
+            .unchecked_recordings()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(unchecked, vec!["c3".to_string()]);
+        assert_eq!(store.journal_applied("j1").await.unwrap(), 7);
+        assert_eq!(store.journal_applied("j2").await.unwrap(), 0);
+        store
+            .apply_marked(
+                &[StoreCmd::RecordingClosed {
                     id: c3_id.clone(),
                     outcome: RecordingOutcome {
                         sha256: Some("ab".into()),
                         error: None,
                         lost_ms: Some(1_240),
                     },
-                },
-            ])
+                }],
+                Some(("j1", 8)),
+            )
             .await
             .unwrap();
+        assert!(store.unchecked_recordings().await.unwrap().is_empty());
+        assert_eq!(store.journal_applied("j1").await.unwrap(), 8);
         let row = store.get_call("c3").await.unwrap().unwrap();
         assert_eq!(row.status, "ended");
         assert_eq!(row.recording_sha256.as_deref(), Some("ab"));
@@ -557,7 +620,7 @@ mod tests {
     /// database refuses for good (here a second call with the same id) is
     /// skipped alone, and what came before and after it is written.
     async fn batch_with_a_refused_record(store: &Store, t: i64) {
-        let writer = StoreWriter::spawn(store.clone(), |_| {});
+        let writer = StoreWriter::spawn(store.clone(), None, |_| {});
         let (c9, i9) = call("c9", "i9", "0899", t);
         let (dup, dup_inc) = call("c9", "i9b", "0899", t);
         writer.send(StoreCmd::NewCall(Box::new((c9, i9))));

@@ -622,7 +622,7 @@ pub struct TransferRow {
     pub recording_lost_ms: Option<i64>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewTransfer {
     pub id: String,
     pub call_id: String,

@@ -380,3 +380,20 @@ pub(super) async fn update_incident(
         .await?;
     Ok(Some(after))
 }
+
+/// Notes that the database holds journal `journal` up to record `seq`.
+pub(super) async fn journal_applied(
+    conn: &mut AnyConnection,
+    journal: &str,
+    seq: u64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO journal_state (journal, applied_seq) VALUES ($1, $2) \
+         ON CONFLICT (journal) DO UPDATE SET applied_seq = excluded.applied_seq",
+    )
+    .bind(journal)
+    .bind(seq as i64)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

@@ -1,19 +1,28 @@
 //! The store writer: applies call records in order, off the call path.
 //!
-//! A record the database refuses for good (a constraint it breaks) is
-//! logged and skipped; while the database is down or busy, the writer waits
-//! and tries the same record again, so nothing is lost and order is kept.
+//! Two stages. The first appends each batch to the journal and makes it
+//! durable (`journal`), whatever the database does; the second writes
+//! the batch to the database. A record the database refuses for good (a
+//! constraint it breaks) is logged and skipped; while the database is down
+//! or busy, the second stage waits and tries the same record again, so
+//! order is kept, and the records behind it wait in the journal: a process
+//! killed or stopped meanwhile loses none of them, the next start replays
+//! them.
 
+use super::journal::{Journal, Pending};
 use super::{now_ms, records, NewCall, NewIncident, Store, StoreError};
 use crate::ids::CallId;
 use crate::media::recorder::sha256_file;
+use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum StoreCmd {
     NewCall(Box<(NewCall, NewIncident)>),
     Answered {
@@ -92,11 +101,13 @@ enum Queued {
     Cmd(StoreCmd),
     /// Answered once everything queued before it is written.
     Flush(tokio::sync::oneshot::Sender<()>),
+    /// Answered once everything queued before it is journaled.
+    Journaled(tokio::sync::oneshot::Sender<()>),
 }
 
 /// How a recording ended: its checksum, or why it has none, and how much
 /// audio was left out of it (the recorder's queue was full).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RecordingOutcome {
     pub sha256: Option<String>,
     pub error: Option<String>,
@@ -111,13 +122,37 @@ pub struct StoreWriter {
 }
 
 impl StoreWriter {
-    /// Starts the writer. It first runs migrations and closes the records
-    /// of calls a previous process left open, then applies commands.
-    /// `on_change` runs after each write that changes what the day's
-    /// figures count (a call arrived, was answered, ended) or an incident.
-    pub fn spawn(store: Store, on_change: impl Fn(Changed) + Send + 'static) -> StoreWriter {
+    /// Starts the writer with its journal in `journal_dir` (None: no
+    /// journal, records wait in memory only; for tests of the store). It
+    /// first runs migrations, replays what the journal holds that the
+    /// database lacks, closes the records of calls a previous process left
+    /// open and repairs recordings left without a checksum, then applies
+    /// commands. `on_change` runs after each write that changes what the
+    /// day's figures count (a call arrived, was answered, ended) or an
+    /// incident. A journal that cannot be opened is logged; the calls go
+    /// on, their records then wait in memory only.
+    pub fn spawn(
+        store: Store,
+        journal_dir: Option<PathBuf>,
+        on_change: impl Fn(Changed) + Send + 'static,
+    ) -> StoreWriter {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(store, rx, on_change));
+        let (journal, pending) = match journal_dir.as_deref().map(Journal::open) {
+            Some(Ok((j, pending))) => {
+                info!(path = %j.path().display(), waiting = pending.len(), "records journal open");
+                (Some(j), pending)
+            }
+            Some(Err(e)) => {
+                error!(error = %e, "the records journal cannot be opened; records wait in memory only");
+                (None, Vec::new())
+            }
+            None => (None, Vec::new()),
+        };
+        let applied = Arc::new(AtomicU64::new(0));
+        let id = journal.as_ref().map(|j| j.id().to_string());
+        let (staged_tx, staged) = mpsc::unbounded_channel();
+        tokio::spawn(journal_stage(rx, journal, Arc::clone(&applied), staged_tx));
+        tokio::spawn(run(store, staged, id, pending, applied, on_change));
         StoreWriter { tx }
     }
 
@@ -134,6 +169,15 @@ impl StoreWriter {
             let _ = rx.await;
         }
     }
+
+    /// Waits until every record sent before this call is durable: in the
+    /// journal, or in the database where there is no journal.
+    pub async fn journaled(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Queued::Journaled(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
 }
 
 /// Most records in one transaction. A batch is whatever has queued up
@@ -141,33 +185,135 @@ impl StoreWriter {
 /// and in a surge one commit (one fsync) carries hundreds.
 const BATCH: usize = 256;
 
-async fn run(
-    store: Store,
+/// A batch on its way to the database: its records, the journal's number
+/// of the first (None: not journaled), and who waits for it.
+enum Staged {
+    Batch {
+        cmds: Vec<StoreCmd>,
+        first: Option<u64>,
+    },
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The first stage: takes what queued (up to `BATCH`), appends it to the
+/// journal durably (on the blocking pool), hands it to the database stage.
+async fn journal_stage(
     mut rx: mpsc::UnboundedReceiver<Queued>,
-    on_change: impl Fn(Changed) + Send + 'static,
+    mut journal: Option<Journal>,
+    applied: Arc<AtomicU64>,
+    out: mpsc::UnboundedSender<Staged>,
 ) {
-    if let Err(e) = retry("start-up", || startup(&store)).await {
-        error!(error = %e, "closing interrupted calls failed; going on");
-    }
     let mut batch: Vec<StoreCmd> = Vec::with_capacity(BATCH);
     while let Some(first) = rx.recv().await {
-        let mut flush = None;
+        let mut wait = None;
         match first {
             Queued::Cmd(cmd) => batch.push(cmd),
-            Queued::Flush(done) => flush = Some(done),
+            other => wait = Some(other),
         }
-        // Take what else is waiting, up to a flush (answered once all
-        // before it is written).
-        while flush.is_none() && batch.len() < BATCH {
+        while wait.is_none() && batch.len() < BATCH {
             match rx.try_recv() {
                 Ok(Queued::Cmd(cmd)) => batch.push(cmd),
-                Ok(Queued::Flush(done)) => flush = Some(done),
+                Ok(other) => wait = Some(other),
                 Err(_) => break,
             }
         }
-        write(&store, &batch).await;
-        for cmd in batch.drain(..) {
-            match &cmd {
+        let mut cmds = std::mem::take(&mut batch);
+        let mut first = None;
+        if let Some(j) = journal.take_if(|_| !cmds.is_empty()) {
+            let done = applied.load(Ordering::Acquire);
+            // The file's writes and fsync go to the blocking pool; the
+            // journal and the batch come back with the outcome.
+            let (back, cmds_back, result) = tokio::task::spawn_blocking(move || {
+                let mut j = j;
+                let r = j.append(&cmds, done);
+                (j, cmds, r)
+            })
+            .await
+            .expect("journal append does not panic");
+            journal = Some(back);
+            cmds = cmds_back;
+            match result {
+                Ok(n) => first = Some(n),
+                Err(e) => {
+                    error!(error = %e, "records could not be journaled; they wait in memory only")
+                }
+            }
+        }
+        if out.send(Staged::Batch { cmds, first }).is_err() {
+            return;
+        }
+        match wait {
+            Some(Queued::Flush(done)) => {
+                let _ = out.send(Staged::Flush(done));
+            }
+            Some(Queued::Journaled(done)) if journal.is_some() => {
+                let _ = done.send(());
+            }
+            Some(Queued::Journaled(done)) => {
+                let _ = out.send(Staged::Flush(done));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The second stage: the database.
+async fn run(
+    store: Store,
+    mut staged: mpsc::UnboundedReceiver<Staged>,
+    journal: Option<String>,
+    pending: Pending,
+    applied: Arc<AtomicU64>,
+    on_change: impl Fn(Changed) + Send + 'static,
+) {
+    if let Err(e) = retry("migrations", || store.migrate()).await {
+        error!(error = %e, "migrations failed; going on");
+    }
+    // What a previous process journaled that the database lacks, first,
+    // in order: before the interrupted calls are closed (a call that ended
+    // while the database was away has its end in here).
+    if let Some(id) = &journal {
+        let held = match retry("journal", || store.journal_applied(id)).await {
+            Ok(n) => n,
+            Err(e) => {
+                error!(error = %e, "cannot tell what the database holds of the journal; replaying it all");
+                0
+            }
+        };
+        let todo: Vec<&(u64, StoreCmd)> = pending.iter().filter(|(s, _)| *s > held).collect();
+        if !todo.is_empty() {
+            info!(
+                records = todo.len(),
+                "replaying journaled records the database lacks"
+            );
+        }
+        for chunk in todo.chunks(BATCH) {
+            let cmds: Vec<StoreCmd> = chunk.iter().map(|(_, c)| c.clone()).collect();
+            write(&store, &cmds, Some((id, chunk[0].0))).await;
+        }
+        applied.store(
+            pending.last().map_or(0, |(s, _)| *s).max(held),
+            Ordering::Release,
+        );
+    }
+    if let Err(e) = retry("start-up", || startup(&store)).await {
+        error!(error = %e, "closing interrupted calls failed; going on");
+    }
+    while let Some(next) = staged.recv().await {
+        let (cmds, first) = match next {
+            Staged::Batch { cmds, first } => (cmds, first),
+            Staged::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
+        let mark = journal.as_deref().zip(first);
+        write(&store, &cmds, mark).await;
+        if let Some(first) = first {
+            applied.store(first + cmds.len() as u64 - 1, Ordering::Release);
+        }
+        for cmd in &cmds {
+            match cmd {
                 StoreCmd::NewCall(_) | StoreCmd::AgentAnswered { .. } | StoreCmd::Ended { .. } => {
                     on_change(Changed::Calls)
                 }
@@ -177,25 +323,33 @@ async fn run(
                 _ => {}
             }
         }
-        if let Some(done) = flush {
-            let _ = done.send(());
-        }
     }
 }
 
 /// Writes a batch in one transaction, waiting out a database that is
-/// down or busy. Should the database refuse one record for good, the
-/// batch is written again one record at a time, so only that one is
-/// skipped and the order holds.
-async fn write(store: &Store, batch: &[StoreCmd]) {
+/// down or busy; with `mark` (the journal and the number of the batch's
+/// first record), the database notes in the same transaction that it
+/// holds the journal up to the batch's last. Should the database refuse
+/// one record for good, the batch is written again one record at a time,
+/// so only that one is skipped and the order holds.
+async fn write(store: &Store, batch: &[StoreCmd], mark: Option<(&str, u64)>) {
     if batch.is_empty() {
         return;
     }
-    if retry("call records", || store.apply(batch)).await.is_ok() {
+    let last = mark.map(|(id, first)| (id, first + batch.len() as u64 - 1));
+    if retry("call records", || store.apply_marked(batch, last))
+        .await
+        .is_ok()
+    {
         return;
     }
-    for cmd in batch {
-        if let Err(e) = retry("call record", || store.apply(std::slice::from_ref(cmd))).await {
+    for (i, cmd) in batch.iter().enumerate() {
+        let one = mark.map(|(id, first)| (id, first + i as u64));
+        if let Err(e) = retry("call record", || {
+            store.apply_marked(std::slice::from_ref(cmd), one)
+        })
+        .await
+        {
             error!(error = %e, "database refused a record; skipped");
         }
     }
@@ -204,9 +358,22 @@ async fn write(store: &Store, batch: &[StoreCmd]) {
 impl Store {
     /// Applies records in order, in one transaction: all or none.
     pub async fn apply(&self, cmds: &[StoreCmd]) -> Result<(), StoreError> {
+        self.apply_marked(cmds, None).await
+    }
+
+    /// `apply`, and with `journal` notes in the same transaction that the
+    /// database holds that journal up to that record.
+    pub async fn apply_marked(
+        &self,
+        cmds: &[StoreCmd],
+        journal: Option<(&str, u64)>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
         for cmd in cmds {
             apply_on(&mut tx, cmd).await?;
+        }
+        if let Some((id, seq)) = journal {
+            records::journal_applied(&mut tx, id, seq).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -214,10 +381,10 @@ impl Store {
 }
 
 /// Tries `op` until it succeeds or fails for good (that error is returned).
-async fn retry<F, Fut>(what: &str, mut op: F) -> Result<(), StoreError>
+async fn retry<T, F, Fut>(what: &str, mut op: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), StoreError>>,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
     let mut delay = Duration::from_millis(100);
     let mut attempts = 0u32;
@@ -227,11 +394,11 @@ where
             Err(_) => Err(StoreError::Db(sqlx::Error::PoolTimedOut)),
         };
         match result {
-            Ok(()) => {
+            Ok(v) => {
                 if attempts > 0 {
                     info!(what, attempts, "database is back; records written");
                 }
-                return Ok(());
+                return Ok(v);
             }
             Err(e) if e.is_transient() => {
                 attempts += 1;
@@ -247,7 +414,6 @@ where
 }
 
 async fn startup(store: &Store) -> Result<(), StoreError> {
-    store.migrate().await?;
     for call in store.open_calls().await? {
         let path = call.recording_path.map(PathBuf::from);
         let (sha, note) = match path {
@@ -263,6 +429,21 @@ async fn startup(store: &Store) -> Result<(), StoreError> {
         warn!(call_id = %call.id, "closing the record of a call interrupted by a restart");
         store
             .mark_interrupted(&call.id, now_ms(), sha.as_deref(), note)
+            .await?;
+    }
+    for call in store.unchecked_recordings().await? {
+        let Some(path) = call.recording_path.map(PathBuf::from) else {
+            continue;
+        };
+        let shown = path.display().to_string();
+        let (sha, error) = match tokio::task::spawn_blocking(move || sha256_file(&path)).await {
+            Ok(Ok(sum)) => (Some(sum), None),
+            Ok(Err(e)) => (None, Some(format!("recording missing at restart: {e}"))),
+            Err(e) => (None, Some(format!("recording not checked at restart: {e}"))),
+        };
+        warn!(call_id = %call.id, path = %shown, ok = sha.is_some(), "a recording left without its checksum by a stop; checked now");
+        store
+            .recording_repaired(&call.id, sha.as_deref(), error.as_deref())
             .await?;
     }
     Ok(())
