@@ -194,12 +194,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         logins: Default::default(),
         phones: Some(phones),
     });
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-    });
+    // SIP's sockets, the RTP pool (a descriptor a port, twice over for
+    // browser calls' gateways) and the recorder's files come first.
+    let media = &config.server.media;
+    let rtp_ports = (u64::from(media.rtp_port_max) - u64::from(media.rtp_port_min)) / 2 + 1;
+    let limits = web::serve::Limits {
+        max_connections: web::serve::raise_fd_limit(
+            config.server.http.max_connections,
+            2 * rtp_ports + 1024,
+        ),
+        header_read_timeout: config.server.http.header_read_timeout,
+    };
+    tokio::spawn(web::serve::serve(listener, app, limits, shutdown.clone()));
     info!(%http, "HTTP API listening");
     Ok(Running {
         sip: sip.addrs.clone(),

@@ -861,6 +861,88 @@ fn records_taken_while_the_database_is_away_survive_kill_9_and_sigterm() {
     }
 }
 
+/// Connections held open on the panel take nothing from the calls: past
+/// `max_connections` a new one is closed at once, a request whose head
+/// never comes is closed after `header_read_timeout`, the process runs
+/// with its open-file limit raised as far as allowed, and a 112 call made
+/// meanwhile is answered.
+#[test]
+fn idle_http_connections_do_not_starve_calls() {
+    use std::io::{Read, Write};
+    let server = Server::start(Setup {
+        http_extra: Some("max_connections = 40\nheader_read_timeout = \"5s\"\n".into()),
+        ..Setup::default()
+    });
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
+    let files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect::<Vec<_>>();
+    assert_eq!(
+        files[0], files[1],
+        "soft limit raised to the hard one: {limits}"
+    );
+
+    // What the server sent on this connection before it closed it (EOF
+    // or reset), waiting up to 10 s; None if it was still open then.
+    let until_closed = |c: &mut std::net::TcpStream| -> Option<Vec<u8>> {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let (mut got, mut buf) = (Vec::new(), [0u8; 512]);
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => return Some(got),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(got),
+                Err(_) => return None,
+            }
+        }
+    };
+    let mut held: Vec<std::net::TcpStream> = Vec::new();
+    for _ in 0..40 {
+        let mut c = std::net::TcpStream::connect(server.http).unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            .unwrap();
+        held.push(c);
+    }
+    // Past the cap a whole request is not served: closed at once. (The
+    // held ones are within their header timeout, so the cap decides.)
+    let mut over = std::net::TcpStream::connect(server.http).unwrap();
+    over.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert_eq!(
+        until_closed(&mut over).map(|b| String::from_utf8_lossy(&b).into_owned()),
+        Some(String::new()),
+        "a connection past the cap was served"
+    );
+
+    let r = Sipp::new(CALLER_TONE).run(
+        "uac_tone.xml",
+        server.sip,
+        &["-s", "112", "-d", "1000"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        r.code,
+        Some(0),
+        "the call beside the held connections:\n{}",
+        r.output
+    );
+
+    // Their heads never came: each is closed by the header timeout.
+    for (i, c) in held.iter_mut().enumerate() {
+        assert!(
+            until_closed(c).is_some(),
+            "held connection {i} was never closed"
+        );
+    }
+    let (status, _) = server.get("/healthz");
+    assert_eq!(status, 200, "the panel serves again");
+}
+
 /// Two callers wait: after the greeting the first hears "... antrean nomor
 /// satu", the second "... nomor dua" (positions from the ACD).
 #[test]

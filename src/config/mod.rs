@@ -190,6 +190,30 @@ pub struct HttpSection {
     /// with an unspecified listen address (0.0.0.0), any IP address too.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// Most panel connections open at once (browsers, API clients); one
+    /// past this is closed at once. Lowered at start when the open-file
+    /// limit leaves less room beside SIP and media (`web::serve`).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A request's head must arrive within this; a keep-alive connection
+    /// idle this long is closed too.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A request must be answered within this.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+fn default_max_connections() -> usize {
+    512
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl HttpSection {

@@ -4,14 +4,15 @@
 
 use super::{ApiError, AppState};
 use crate::store::{now_ms, UserRow};
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -234,37 +235,191 @@ pub fn url_encode(s: &str) -> String {
     out
 }
 
-/// Failed logins per user name: after `MAX_FAILURES` in a row, that name
-/// is refused for `LOCKOUT`, whatever password comes (a guessing brake
-/// that cannot lock anyone out for long).
-#[derive(Clone, Default)]
+/// Brakes on password guessing, decided before the password is checked:
+/// every attempt counts as a failure from the moment it starts (and is
+/// taken back if it succeeds), so parallel guesses cannot all slip past.
+///
+/// - One name from one address: `PAIR_MAX` failures, then that pair waits
+///   out `WINDOW`. A stranger locks only themselves out this way.
+/// - One address, any names: `ADDRESS_MAX` failures, then it waits
+///   (spraying names).
+/// - One name, from addresses it never logged in from: past `NAME_MAX`
+///   failures, one attempt per `NAME_PACE` (guessing from many addresses).
+///   Addresses where the name logged in before are never slowed by this,
+///   so a stranger cannot keep staff out of their own desk.
+///
+/// Pure: time comes in as an argument.
+#[derive(Debug, Default)]
 pub struct LoginGuard {
-    failures: Arc<Mutex<HashMap<String, (u32, Instant)>>>,
+    pairs: HashMap<(String, IpAddr), Count>,
+    addresses: HashMap<IpAddr, Count>,
+    names: HashMap<String, NameCount>,
+    /// Addresses each name logged in from, and when last.
+    known: HashMap<String, HashMap<IpAddr, Instant>>,
+    last_purge: Option<Instant>,
 }
 
-const MAX_FAILURES: u32 = 5;
-const LOCKOUT: Duration = Duration::from_secs(5 * 60);
+#[derive(Debug, Clone, Copy)]
+struct Count {
+    n: u32,
+    last: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct NameCount {
+    n: u32,
+    last: Instant,
+    /// The last attempt let through once the name was being paced.
+    paced: Option<Instant>,
+}
+
+const PAIR_MAX: u32 = 5;
+const ADDRESS_MAX: u32 = 20;
+const NAME_MAX: u32 = 20;
+const WINDOW: Duration = Duration::from_secs(5 * 60);
+const NAME_PACE: Duration = Duration::from_secs(5);
+/// How long an address stays known for a name after its last login.
+const KNOWN_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Why an attempt was refused before its password was looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Too many failures of this name from this address.
+    Pair,
+    /// Too many failures from this address.
+    Address,
+    /// This name is being guessed from many addresses: one try at a time.
+    Paced,
+}
 
 impl LoginGuard {
-    fn locked(&self, username: &str) -> bool {
-        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(username)
-            .is_some_and(|(n, at)| *n >= MAX_FAILURES && at.elapsed() < LOCKOUT)
+    /// Counts an attempt of `name` from `ip` as a failure, unless a brake
+    /// refuses it first.
+    pub fn begin(&mut self, name: &str, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
+        self.purge(now);
+        let live = |c: Option<&Count>| {
+            c.filter(|c| now.saturating_duration_since(c.last) < WINDOW)
+                .map_or(0, |c| c.n)
+        };
+        if live(self.pairs.get(&(name.to_string(), ip))) >= PAIR_MAX {
+            return Err(Refusal::Pair);
+        }
+        if live(self.addresses.get(&ip)) >= ADDRESS_MAX {
+            return Err(Refusal::Address);
+        }
+        let known = self
+            .known
+            .get(name)
+            .and_then(|a| a.get(&ip))
+            .is_some_and(|at| now.saturating_duration_since(*at) < KNOWN_FOR);
+        if !known {
+            let entry = self.names.entry(name.to_string()).or_insert(NameCount {
+                n: 0,
+                last: now,
+                paced: None,
+            });
+            if now.saturating_duration_since(entry.last) >= WINDOW {
+                *entry = NameCount {
+                    n: 0,
+                    last: now,
+                    paced: None,
+                };
+            }
+            if entry.n >= NAME_MAX {
+                if entry
+                    .paced
+                    .is_some_and(|p| now.saturating_duration_since(p) < NAME_PACE)
+                {
+                    return Err(Refusal::Paced);
+                }
+                entry.paced = Some(now);
+            }
+            entry.n += 1;
+            entry.last = now;
+        }
+        for c in [
+            self.pairs
+                .entry((name.to_string(), ip))
+                .or_insert(Count { n: 0, last: now }),
+            self.addresses
+                .entry(ip)
+                .or_insert(Count { n: 0, last: now }),
+        ] {
+            if now.saturating_duration_since(c.last) >= WINDOW {
+                c.n = 0;
+            }
+            c.n += 1;
+            c.last = now;
+        }
+        Ok(())
     }
 
-    fn failed(&self, username: &str) {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, (_, at)| at.elapsed() < LOCKOUT);
-        let e = map
-            .entry(username.to_string())
-            .or_insert((0, Instant::now()));
-        e.0 += 1;
-        e.1 = Instant::now();
+    /// The attempt begun for `name` from `ip` succeeded: it was no
+    /// failure, that pair starts clean, and the address is known.
+    pub fn succeeded(&mut self, name: &str, ip: IpAddr, now: Instant) {
+        self.pairs.remove(&(name.to_string(), ip));
+        if let Some(c) = self.addresses.get_mut(&ip) {
+            c.n = c.n.saturating_sub(1);
+        }
+        let was_known = self.known.get(name).is_some_and(|a| a.contains_key(&ip));
+        if !was_known {
+            if let Some(c) = self.names.get_mut(name) {
+                c.n = c.n.saturating_sub(1);
+            }
+        }
+        self.known
+            .entry(name.to_string())
+            .or_default()
+            .insert(ip, now);
     }
 
-    fn succeeded(&self, username: &str) {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(username);
+    /// Forgets counts older than the window, at most once a second, so a
+    /// spray of names from many addresses does not grow the maps for good.
+    fn purge(&mut self, now: Instant) {
+        if self
+            .last_purge
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_purge = Some(now);
+        let fresh = |last: Instant| now.saturating_duration_since(last) < WINDOW;
+        self.pairs.retain(|_, c| fresh(c.last));
+        self.addresses.retain(|_, c| fresh(c.last));
+        self.names.retain(|_, c| fresh(c.last));
+        self.known.retain(|_, a| {
+            a.retain(|_, at| now.saturating_duration_since(*at) < KNOWN_FOR);
+            !a.is_empty()
+        });
+    }
+}
+
+/// Password checks running at once at most: Argon2id takes 19 MiB and
+/// about 50 ms of a core each, so 500 logins at once once took 4.3 GB.
+/// Beyond these, a login waits its turn up to `VERIFY_WAIT`, then is told
+/// to try again; every login, for a known name or not, takes a turn.
+const VERIFY_AT_ONCE: usize = 2;
+const VERIFY_WAIT: Duration = Duration::from_secs(5);
+
+/// The login's shared state: the guard and the password checks' turns.
+#[derive(Clone)]
+pub struct Logins {
+    guard: Arc<Mutex<LoginGuard>>,
+    verifying: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Logins {
+    fn default() -> Self {
+        Logins {
+            guard: Arc::default(),
+            verifying: Arc::new(tokio::sync::Semaphore::new(VERIFY_AT_ONCE)),
+        }
+    }
+}
+
+impl Logins {
+    fn guard(&self) -> std::sync::MutexGuard<'_, LoginGuard> {
+        self.guard.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -277,6 +432,7 @@ pub struct Login {
 /// `POST /api/login`: a session cookie for a right user name and password.
 pub async fn login(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     Json(login): Json<Login>,
 ) -> Result<Response, ApiError> {
@@ -284,11 +440,26 @@ pub async fn login(
         return Err(ApiError::Forbidden);
     }
     let name = login.username.trim().to_string();
-    if state.logins.locked(&name) {
+    // The TCP peer: what the per-address brakes count (never a header).
+    let ip = peer.map_or(IpAddr::from([0, 0, 0, 0]), |Extension(ConnectInfo(a))| {
+        a.ip()
+    });
+    if let Err(why) = state.logins.guard().begin(&name, ip, Instant::now()) {
+        tracing::warn!(username = %name, %ip, ?why, "panel login refused before its password was checked");
         return Err(ApiError::TooMany(
-            "too many failed logins for this user; wait five minutes".into(),
+            "Terlalu banyak percobaan masuk yang gagal; tunggu beberapa menit.".into(),
         ));
     }
+    let Ok(_turn) = tokio::time::timeout(
+        VERIFY_WAIT,
+        Arc::clone(&state.logins.verifying).acquire_owned(),
+    )
+    .await
+    else {
+        return Err(ApiError::TooMany(
+            "Panel sedang sibuk memeriksa kata sandi; coba lagi sebentar.".into(),
+        ));
+    };
     let row = state.store.user_by_username(&name).await?;
     // Verify against something even for an unknown name, so the time
     // taken does not tell which names exist.
@@ -300,16 +471,16 @@ pub async fn login(
     let ok = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
         .await
         .unwrap_or(false);
+    drop(_turn);
     let user = match row {
         Some(r) if ok && r.disabled == 0 => User::from_row(r),
         _ => None,
     };
     let Some(user) = user else {
-        state.logins.failed(&name);
-        tracing::warn!(username = %name, "panel login refused");
+        tracing::warn!(username = %name, %ip, "panel login refused");
         return Err(ApiError::Unauthorized);
     };
-    state.logins.succeeded(&name);
+    state.logins.guard().succeeded(&name, ip, Instant::now());
     let token = hex::encode(rand::random::<[u8; 32]>());
     let now = now_ms();
     let ttl = state.config.server.http.session_ttl;
@@ -407,15 +578,58 @@ mod tests {
         assert!(!same_origin(&h));
     }
 
+    /// Five failures of one name from one address stop that pair, not the
+    /// name elsewhere nor the address for other names; spraying names from
+    /// one address stops the address; guessing one name from many
+    /// addresses paces strangers to one try per NAME_PACE, never the desk
+    /// the name logs in from. Attempts count before the check: parallel
+    /// ones cannot slip past.
     #[test]
-    fn guard_locks_after_failures() {
-        let g = LoginGuard::default();
-        for _ in 0..MAX_FAILURES {
-            assert!(!g.locked("u"));
-            g.failed("u");
+    fn login_brakes_stop_guessers_not_staff() {
+        let t0 = Instant::now();
+        let ip = |n: u8| IpAddr::from([10, 0, 0, n]);
+        let mut g = LoginGuard::default();
+        // Staff log in at their desk once.
+        g.begin("sup", ip(1), t0).unwrap();
+        g.succeeded("sup", ip(1), t0);
+
+        // Thirty at once from one address: five begin, the rest refused.
+        let started = (0..30)
+            .filter(|_| g.begin("sup", ip(66), t0).is_ok())
+            .count();
+        assert_eq!(started, PAIR_MAX as usize);
+        assert_eq!(g.begin("sup", ip(66), t0), Err(Refusal::Pair));
+        // The name is not locked for its desk, nor the address for others.
+        assert!(g.begin("sup", ip(1), t0).is_ok());
+        g.succeeded("sup", ip(1), t0);
+        assert!(g.begin("siti", ip(66), t0).is_ok());
+        // The window passes: the pair may try again.
+        assert!(g.begin("sup", ip(66), t0 + WINDOW).is_ok());
+
+        // Spraying names from one address.
+        let t1 = t0 + 2 * WINDOW;
+        let mut refused = None;
+        for k in 0..100 {
+            if let Err(r) = g.begin(&format!("name{k}"), ip(77), t1) {
+                refused = Some((k, r));
+                break;
+            }
         }
-        assert!(g.locked("u"));
-        assert!(!g.locked("v"));
+        assert_eq!(refused, Some((ADDRESS_MAX as usize, Refusal::Address)));
+
+        // One name from many addresses: paced after NAME_MAX.
+        let t2 = t1 + 2 * WINDOW;
+        for k in 0..NAME_MAX as u8 {
+            g.begin("sup", ip(100 + k), t2).unwrap();
+        }
+        assert!(g.begin("sup", ip(200), t2).is_ok(), "one paced try");
+        assert_eq!(g.begin("sup", ip(201), t2), Err(Refusal::Paced));
+        assert!(g.begin("sup", ip(202), t2 + NAME_PACE).is_ok());
+        // The desk is never paced.
+        for _ in 0..3 {
+            assert!(g.begin("sup", ip(1), t2).is_ok());
+            g.succeeded("sup", ip(1), t2);
+        }
     }
 
     #[test]

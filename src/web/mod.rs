@@ -8,6 +8,7 @@ pub use api::{new_user, UserRequest};
 pub mod auth;
 mod live;
 mod pages;
+pub mod serve;
 
 use crate::acd::runtime::AcdHandle;
 use crate::config::Config;
@@ -30,7 +31,7 @@ pub struct AppState {
     pub acd: AcdHandle,
     pub config: Arc<Config>,
     pub live: Live,
-    pub logins: auth::LoginGuard,
+    pub logins: auth::Logins,
     /// Places call-backs to abandoned callers; absent where no call
     /// machinery runs (router tests).
     pub callbacks: Option<crate::call::Callbacks>,
@@ -90,6 +91,12 @@ pub fn app(state: AppState) -> Router {
     public
         .merge(private)
         .layer(middleware::from_fn_with_state(state.clone(), known_host))
+        // A request's handler answers within this (a body trickled in
+        // slowly ends here); a WebSocket's upgrade answers at once.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            state.config.server.http.request_timeout,
+        ))
         .layer(middleware::map_response(security_headers))
         .with_state(state)
 }

@@ -60,6 +60,8 @@ pub struct Setup {
     pub trunk_outbound: Option<String>,
     /// Replaces sip-config/agencies.toml.
     pub agencies: Option<String>,
+    /// More keys for the `[http]` section.
+    pub http_extra: Option<String>,
 }
 
 impl Default for Setup {
@@ -73,6 +75,7 @@ impl Default for Setup {
             agents: false,
             trunk_outbound: None,
             agencies: None,
+            http_extra: None,
         }
     }
 }
@@ -209,7 +212,7 @@ rtp_timeout = "{}"
 
 [http]
 listen = "127.0.0.1:0"
-
+{}
 [database]
 url = "sqlite://{}/db/siaga.db?mode=rwc"
 
@@ -221,6 +224,7 @@ sources = [{sources}]
                 rtp_base + 3000,
                 repo().join("prompts").display(),
                 setup.rtp_timeout,
+                setup.http_extra.as_deref().unwrap_or_default(),
                 root.display(),
                 setup
                     .trunk_outbound
@@ -309,6 +313,11 @@ sources = [{sources}]
             }
         }
         self.child = Some(child);
+    }
+
+    /// The running process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// SIGKILL, as a crash would.
