@@ -93,6 +93,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         Ok(Err(e)) => tracing::warn!(error = %e, "database not ready; serving calls anyway"),
         Err(_) => tracing::warn!("database slow to answer; serving calls anyway"),
     }
+    // What /healthz says of the database, kept current beside the
+    // writer's own findings (a database idle of writes is probed too).
+    {
+        let store = store.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = stop.cancelled() => return,
+                }
+                store.probe(std::time::Duration::from_millis(1500)).await;
+            }
+        });
+    }
     let live = Live::new();
     first_admin(&config, &store).await;
     let writer = {

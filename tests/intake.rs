@@ -207,6 +207,9 @@ fn a_recording_that_cannot_be_made_leaves_the_call_whole_and_says_why() {
         "{}",
         server.log()
     );
+    // The health probe tells it, not "ok".
+    let (_, health) = server.get("/healthz");
+    assert_eq!(health["recordings"], "failing", "{health}");
 
     std::fs::remove_file(&folder).unwrap();
     std::fs::create_dir(&folder).unwrap();
@@ -759,6 +762,17 @@ fn a_locked_database_does_not_delay_or_drop_calls() {
         Some(0),
         "nothing could be written yet"
     );
+    // The health probe says so (it answers without asking the database).
+    let database = |server: &Server| server.get("/healthz").1["database"].clone();
+    let mut seen = database(&server);
+    for _ in 0..100 {
+        if seen == "blocked" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        seen = database(&server);
+    }
+    assert_eq!(seen, "blocked");
 
     rt.block_on(sqlx::query("ROLLBACK").execute(&mut blocker))
         .unwrap();
@@ -776,6 +790,15 @@ fn a_locked_database_does_not_delay_or_drop_calls() {
     }
     let c = found.expect("records caught up after the database came back");
     assert_eq!(c["end_cause"], "caller_bye");
+    let mut seen = database(&server);
+    for _ in 0..100 {
+        if seen == "ok" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        seen = database(&server);
+    }
+    assert_eq!(seen, "ok", "the database is back");
     check_recording(&server, &c, "greeting-112", 3.0);
 }
 

@@ -1606,10 +1606,18 @@ async fn finish_recording(rec: crate::media::recorder::Recording) -> RecordingOu
     let closed = match rec.close().await {
         Ok(closed) => closed,
         Err(e) => {
+            // Audio after a failed write is not in the file: say how much.
+            let lost_ms = match &e {
+                crate::media::recorder::RecordError::Write { unwritten_ms, .. } => {
+                    Some(*unwritten_ms as i64)
+                }
+                _ => None,
+            };
             return RecordingOutcome {
                 error: Some(e.to_string()),
+                lost_ms,
                 ..Default::default()
-            }
+            };
         }
     };
     let lost_ms = (closed.lost_samples > 0).then(|| closed.lost_ms() as i64);

@@ -97,8 +97,13 @@ pub enum RecordError {
     },
     #[error("cannot write WAV header for {path}: {source}")]
     Header { path: PathBuf, source: hound::Error },
-    #[error("recording {path} failed while writing: {message}")]
-    Write { path: PathBuf, message: String },
+    #[error("recording {path} failed while writing: {message} ({unwritten_ms} ms not recorded)")]
+    Write {
+        path: PathBuf,
+        message: String,
+        /// Audio that came after the failure, not in the file.
+        unwritten_ms: u64,
+    },
     #[error("the recorder thread is gone")]
     RecorderGone,
     #[error("creating recording {path} took over {waited:?}: the disk does not answer")]
@@ -144,6 +149,10 @@ struct Open {
     lost: u64,
     dirty: bool,
     failed: Option<String>,
+    /// Frames that came after the file failed: audio not recorded.
+    unwritten: u64,
+    /// Whether `Queue::failing` counts this file.
+    counted_failing: bool,
     /// When this file is next written out (`sync`).
     due: Instant,
 }
@@ -184,8 +193,11 @@ struct Queue {
     /// Set by the first frame left out, cleared by the thread once the
     /// queue has room again: one error per episode, not per frame.
     full: AtomicBool,
-    /// Frames left out of recordings since the start.
+    /// Frames left out of recordings since the start, or not written
+    /// because their file failed (a full or broken disk).
     lost: AtomicU64,
+    /// Open recordings whose writes failed.
+    failing: AtomicU64,
 }
 
 impl Queue {
@@ -195,6 +207,7 @@ impl Queue {
             limit: (limit_bytes / std::mem::size_of::<Msg>()).max(1),
             full: AtomicBool::new(false),
             lost: AtomicU64::new(0),
+            failing: AtomicU64::new(0),
         }
     }
 
@@ -213,6 +226,14 @@ impl Queue {
         }
         self.frames.fetch_add(1, Ordering::Relaxed);
         true
+    }
+
+    /// Counts a file whose writes failed in `failing`, once.
+    fn note_failing(&self, w: &mut Open) {
+        if w.failed.is_some() && !w.counted_failing {
+            w.counted_failing = true;
+            self.failing.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts `frames` left out of a recording, for `lost`.
@@ -251,6 +272,9 @@ struct Progress {
     /// When (ms after `epoch`) the last sync that succeeded began: what
     /// was written before then is on the disk.
     synced_ms: AtomicU64,
+    /// When (ms after `epoch`, plus one; 0: never) a recording's file
+    /// last could not be made.
+    open_failed_ms: AtomicU64,
 }
 
 impl Progress {
@@ -260,6 +284,24 @@ impl Progress {
             lag_ms: AtomicU64::new(0),
             done_ms: AtomicU64::new(0),
             synced_ms: AtomicU64::new(0),
+            open_failed_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn open_failed(&self) {
+        let at = self.epoch.elapsed().as_millis() as u64 + 1;
+        self.open_failed_ms.store(at, Ordering::Relaxed);
+    }
+
+    /// How long since a file last could not be made (None: never).
+    fn since_open_failed(&self) -> Option<Duration> {
+        match self.open_failed_ms.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(
+                self.epoch
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(at - 1)),
+            ),
         }
     }
 
@@ -355,6 +397,17 @@ impl Recorder {
         self.queue.lost()
     }
 
+    /// Whether recordings are failing now: an open recording's writes
+    /// failed, or a file could not be made in the last `FAILING_FOR` (a
+    /// full, read-only or broken disk).
+    pub fn failing(&self) -> bool {
+        self.queue.failing.load(Ordering::Relaxed) > 0
+            || self
+                .progress
+                .since_open_failed()
+                .is_some_and(|d| d < FAILING_FOR)
+    }
+
     /// Whether audio is being left out now: the queue is at its bound
     /// and has not yet drained to half of it.
     pub fn losing(&self) -> bool {
@@ -391,13 +444,17 @@ impl Recorder {
         let this = self.clone();
         let owned = path.to_path_buf();
         let created = tokio::task::spawn_blocking(move || this.create(&owned));
-        match tokio::time::timeout(limit, created).await {
+        let result = match tokio::time::timeout(limit, created).await {
             Ok(done) => done.map_err(|_| RecordError::RecorderGone)?,
             Err(_) => Err(RecordError::Slow {
                 path: path.to_path_buf(),
                 waited: limit,
             }),
+        };
+        if result.is_err() {
+            self.progress.open_failed();
         }
+        result
     }
 
     fn create(&self, path: &Path) -> Result<Recording, RecordError> {
@@ -433,6 +490,8 @@ impl Recorder {
             lost: 0,
             dirty: false,
             failed: None,
+            unwritten: 0,
+            counted_failing: false,
             due: Instant::now() + SYNC_EVERY,
         };
         self.tx
@@ -526,6 +585,9 @@ impl Drop for Recording {
         }
     }
 }
+
+/// How long a file that could not be made keeps `Recorder::failing` set.
+pub const FAILING_FOR: Duration = Duration::from_secs(30);
 
 /// Most frames `Held` keeps: the call's first second (32 KB).
 pub const HELD_MAX: usize = 50;
@@ -680,7 +742,10 @@ impl Thread {
                     frames += 1;
                     oldest = Some(oldest.map_or(at, |o| o.min(at)));
                     if let Some(w) = self.open.get_mut(&id) {
-                        write_frame(w, &frame);
+                        if !write_frame(w, &frame) {
+                            self.queue.left_out(1);
+                        }
+                        self.queue.note_failing(w);
                     }
                 }
                 Ok(Msg::Gap {
@@ -689,10 +754,14 @@ impl Thread {
                 }) => {
                     if let Some(w) = self.open.get_mut(&id) {
                         write_silence(w, left_out);
+                        self.queue.note_failing(w);
                     }
                 }
                 Ok(Msg::Close { id, reply }) => {
                     if let Some(w) = self.open.remove(&id) {
+                        if w.counted_failing {
+                            self.queue.failing.fetch_sub(1, Ordering::Relaxed);
+                        }
                         let result = finish(*w);
                         if let Err(e) = &result {
                             error!(error = %e, "recording could not be finished");
@@ -723,6 +792,7 @@ impl Thread {
             if w.due <= now {
                 w.due = now + SYNC_EVERY;
                 sync(w);
+                self.queue.note_failing(w);
             }
         }
         outcome
@@ -784,9 +854,12 @@ impl Alarm {
     }
 }
 
-fn write_frame(w: &mut Open, frame: &StereoFrame) {
+/// Returns false when the frame is not in the file (the file failed, now
+/// or before): that much audio is lost.
+fn write_frame(w: &mut Open, frame: &StereoFrame) -> bool {
     if w.failed.is_some() {
-        return;
+        w.unwritten += 1;
+        return false;
     }
     let mut samples = w.wav.get_i16_writer(2 * FRAME_SAMPLES as u32);
     for i in 0..FRAME_SAMPLES {
@@ -797,10 +870,13 @@ fn write_frame(w: &mut Open, frame: &StereoFrame) {
         Ok(()) => {
             w.frames += 1;
             w.dirty = true;
+            true
         }
         Err(e) => {
             error!(path = %w.path.display(), error = %e, "recording write failed");
             w.failed = Some(e.to_string());
+            w.unwritten += 1;
+            false
         }
     }
 }
@@ -812,6 +888,7 @@ fn write_silence(w: &mut Open, frames: u64) {
     let before = w.frames;
     for _ in 0..frames {
         if w.failed.is_some() {
+            // Already counted as left out; not written either.
             break;
         }
         write_frame(w, &SILENCE);
@@ -859,15 +936,21 @@ fn finish(w: Open) -> Result<Closed, RecordError> {
         frames,
         lost,
         failed,
+        unwritten,
         ..
     } = w;
     if let Some(message) = failed {
-        return Err(RecordError::Write { path, message });
+        return Err(RecordError::Write {
+            path,
+            message,
+            unwritten_ms: unwritten * FRAME_MS,
+        });
     }
     // Durable at the next sync (`Syncer`), as the open files are.
     wav.finalize().map_err(|e| RecordError::Write {
         path: path.clone(),
         message: e.to_string(),
+        unwritten_ms: 0,
     })?;
     if lost > 0 {
         warn!(path = %path.display(), lost_ms = lost * FRAME_MS, "recording finished with audio left out");
@@ -964,6 +1047,7 @@ mod tests {
             lag_ms: AtomicU64::new(0),
             done_ms: AtomicU64::new(0),
             synced_ms: AtomicU64::new(0),
+            open_failed_ms: AtomicU64::new(0),
         };
         assert!(progress.behind() >= Duration::from_secs(3));
         progress.batch_done(Duration::ZERO);
@@ -974,6 +1058,80 @@ mod tests {
         assert!(progress.unsynced() >= Duration::from_secs(3));
         progress.synced(Instant::now());
         assert!(progress.unsynced() < Duration::from_millis(100));
+    }
+
+    /// A file whose writes start failing (here a disk that fills up: a
+    /// 64 KiB tmpfs, two seconds of a call) is told, not hidden: `failing`
+    /// while it is open, the audio after the failure counted as lost (in
+    /// `lost` and on the close's error), and `failing` clears once the
+    /// file is closed. Mounting needs root, which the suite runs as.
+    #[tokio::test]
+    async fn a_disk_that_fills_up_is_told_and_its_lost_audio_counted() {
+        struct Mounted(PathBuf);
+        impl Drop for Mounted {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(&self.0).status();
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small");
+        std::fs::create_dir(&small).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(&small)
+            .status()
+            .is_ok_and(|s| s.success());
+        // SAFETY: geteuid has no preconditions.
+        if !mounted && unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: mounting a small disk needs root");
+            return;
+        }
+        assert!(mounted, "root could not mount a tmpfs");
+        let _unmount = Mounted(small.clone());
+        let recorder = Recorder::start(&small, 64 << 20);
+        let mut rec = recorder.open(&small.join("full.wav")).await.unwrap();
+        assert!(!recorder.failing());
+        let frame = [1000i16; FRAME_SAMPLES];
+        // Frames until the file's first write-out (once a second) fails.
+        let mut sent = 0u64;
+        for _ in 0..200 {
+            for _ in 0..5 {
+                rec.write(frame, frame, Instant::now());
+                sent += 1;
+            }
+            if recorder.failing() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(recorder.failing(), "a failed write is not told");
+        for _ in 0..10 {
+            rec.write(frame, frame, Instant::now());
+            sent += 1;
+        }
+        let err = rec.close().await.unwrap_err();
+        let RecordError::Write { unwritten_ms, .. } = err else {
+            panic!("{err}");
+        };
+        assert!(unwritten_ms >= 10 * FRAME_MS, "{unwritten_ms} ms");
+        assert!(unwritten_ms <= sent * FRAME_MS);
+        assert_eq!(recorder.lost(), Duration::from_millis(unwritten_ms));
+        assert!(!recorder.failing(), "the failed file is closed");
+    }
+
+    /// A file that cannot be made keeps `failing` set for FAILING_FOR.
+    #[tokio::test]
+    async fn a_file_that_cannot_be_made_is_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let recorder = Recorder::start(dir.path(), 64 << 20);
+        let blocked = dir.path().join("plain-file");
+        std::fs::write(&blocked, b"x").unwrap();
+        assert!(recorder.open(&blocked.join("a.wav")).await.is_err());
+        assert!(recorder.failing());
+        assert!(recorder
+            .progress
+            .since_open_failed()
+            .is_some_and(|d| d < FAILING_FOR));
     }
 
     /// The syncing thread keeps telling when it last made the files

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor, FromRow};
 use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,23 @@ impl StoreError {
             }
             StoreError::Migrate(_) => true,
             StoreError::Folder { .. } => true,
+        }
+    }
+
+    /// What this error says of the database: it answered and refused
+    /// (`Blocked`), or it could not be reached (`Down`).
+    pub fn db_state(&self) -> DbState {
+        match self {
+            StoreError::Db(sqlx::Error::Database(_)) => DbState::Blocked,
+            StoreError::Db(
+                sqlx::Error::ColumnDecode { .. }
+                | sqlx::Error::ColumnNotFound(_)
+                | sqlx::Error::TypeNotFound { .. }
+                | sqlx::Error::Decode(_)
+                | sqlx::Error::Encode(_)
+                | sqlx::Error::RowNotFound,
+            ) => DbState::Ok,
+            _ => DbState::Down,
         }
     }
 }
@@ -176,6 +195,59 @@ pub const RECENT: Duration = Duration::from_secs(24 * 3600);
 pub struct Store {
     pool: AnyPool,
     sqlite: bool,
+    health: DbHealth,
+}
+
+/// What `/healthz` says of the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DbState {
+    Ok,
+    /// It answers, but writes cannot commit (a lock held, a full disk, a
+    /// read-only database).
+    Blocked,
+    /// It cannot be reached.
+    Down,
+}
+
+/// The database's state as the parts that use it last saw it: the store
+/// writer (its writes) and the prober (`Store::probe`, every few
+/// seconds). Read without touching the database, so `/healthz` answers at
+/// once whatever the database does.
+#[derive(Clone, Debug, Default)]
+pub struct DbHealth {
+    writer: Arc<AtomicU8>,
+    prober: Arc<AtomicU8>,
+}
+
+impl DbHealth {
+    fn code(s: DbState) -> u8 {
+        s as u8
+    }
+
+    fn of(code: u8) -> DbState {
+        match code {
+            0 => DbState::Ok,
+            1 => DbState::Blocked,
+            _ => DbState::Down,
+        }
+    }
+
+    /// The worse of what the writer and the prober saw last.
+    pub fn state(&self) -> DbState {
+        Self::of(self.writer.load(Ordering::Relaxed))
+            .max(Self::of(self.prober.load(Ordering::Relaxed)))
+    }
+
+    /// What the writer saw: a write that committed, or why it did not.
+    pub(crate) fn writer_saw(&self, result: Result<(), &StoreError>) {
+        let state = result.map_or_else(StoreError::db_state, |()| DbState::Ok);
+        self.writer.store(Self::code(state), Ordering::Relaxed);
+    }
+
+    fn prober_saw(&self, state: DbState) {
+        self.prober.store(Self::code(state), Ordering::Relaxed);
+    }
 }
 
 macro_rules! call_columns {
@@ -228,7 +300,35 @@ impl Store {
         Ok(Store {
             pool,
             sqlite: is_sqlite,
+            health: DbHealth::default(),
         })
+    }
+
+    /// The database's state as last seen (no query made).
+    pub fn health(&self) -> &DbHealth {
+        &self.health
+    }
+
+    /// Tries a write transaction (begun, then rolled back) within
+    /// `within`, and notes what it found: `Ok`; `Blocked` when it answers
+    /// reads but no write could begin (SQLite's lock held) or it refused;
+    /// `Down` when it cannot be reached. The writer notes its own writes.
+    pub async fn probe(&self, within: Duration) -> DbState {
+        let attempt = async {
+            let tx = self.write_tx().await?;
+            tx.rollback().await?;
+            Ok::<(), StoreError>(())
+        };
+        let state = match tokio::time::timeout(within, attempt).await {
+            Ok(Ok(())) => DbState::Ok,
+            Ok(Err(e)) => e.db_state(),
+            Err(_) => match tokio::time::timeout(within, self.ping()).await {
+                Ok(Ok(())) => DbState::Blocked,
+                _ => DbState::Down,
+            },
+        };
+        self.health.prober_saw(state);
+        state
     }
 
     /// A transaction that writes. On SQLite it takes the write lock at

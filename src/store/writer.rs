@@ -266,14 +266,14 @@ async fn run(
     applied: Arc<AtomicU64>,
     on_change: impl Fn(Changed) + Send + 'static,
 ) {
-    if let Err(e) = retry("migrations", || store.migrate()).await {
+    if let Err(e) = retry(&store, "migrations", || store.migrate()).await {
         error!(error = %e, "migrations failed; going on");
     }
     // What a previous process journaled that the database lacks, first,
     // in order: before the interrupted calls are closed (a call that ended
     // while the database was away has its end in here).
     if let Some(id) = &journal {
-        let held = match retry("journal", || store.journal_applied(id)).await {
+        let held = match retry(&store, "journal", || store.journal_applied(id)).await {
             Ok(n) => n,
             Err(e) => {
                 error!(error = %e, "cannot tell what the database holds of the journal; replaying it all");
@@ -296,7 +296,7 @@ async fn run(
             Ordering::Release,
         );
     }
-    if let Err(e) = retry("start-up", || startup(&store)).await {
+    if let Err(e) = retry(&store, "start-up", || startup(&store)).await {
         error!(error = %e, "closing interrupted calls failed; going on");
     }
     while let Some(next) = staged.recv().await {
@@ -337,7 +337,7 @@ async fn write(store: &Store, batch: &[StoreCmd], mark: Option<(&str, u64)>) {
         return;
     }
     let last = mark.map(|(id, first)| (id, first + batch.len() as u64 - 1));
-    if retry("call records", || store.apply_marked(batch, last))
+    if retry(store, "call records", || store.apply_marked(batch, last))
         .await
         .is_ok()
     {
@@ -345,7 +345,7 @@ async fn write(store: &Store, batch: &[StoreCmd], mark: Option<(&str, u64)>) {
     }
     for (i, cmd) in batch.iter().enumerate() {
         let one = mark.map(|(id, first)| (id, first + i as u64));
-        if let Err(e) = retry("call record", || {
+        if let Err(e) = retry(store, "call record", || {
             store.apply_marked(std::slice::from_ref(cmd), one)
         })
         .await
@@ -381,7 +381,7 @@ impl Store {
 }
 
 /// Tries `op` until it succeeds or fails for good (that error is returned).
-async fn retry<T, F, Fut>(what: &str, mut op: F) -> Result<T, StoreError>
+async fn retry<T, F, Fut>(store: &Store, what: &str, mut op: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,
@@ -393,6 +393,11 @@ where
             Ok(r) => r,
             Err(_) => Err(StoreError::Db(sqlx::Error::PoolTimedOut)),
         };
+        // A record refused for good says nothing against the database.
+        store.health().writer_saw(match &result {
+            Err(e) if e.is_transient() => Err(e),
+            _ => Ok(()),
+        });
         match result {
             Ok(v) => {
                 if attempts > 0 {
