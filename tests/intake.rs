@@ -966,6 +966,79 @@ fn idle_http_connections_do_not_starve_calls() {
     assert_eq!(status, 200, "the panel serves again");
 }
 
+/// INVITEs that are answered and never ACKed each hold an RTP port for
+/// 32 s: one trusted source sending many cannot take the pool from
+/// another's callers. Past its bound its new INVITEs get 503 (with
+/// Retry-After); another trunk's caller is answered; an ACK gives a place
+/// back.
+#[test]
+fn one_sources_unacked_invites_cannot_take_another_sources_ports() {
+    let server = Server::start(Setup {
+        trunk_sources: vec!["127.0.0.1".into(), "127.0.0.2".into()],
+        sip_extra: Some("unconfirmed_per_source = 5\n".into()),
+        ..Setup::default()
+    });
+    let flood = RawSip::new(server.sip, "127.0.0.1");
+    // The final answer to this call's INVITE (past retransmitted 200s of
+    // the calls left unACKed).
+    let answer = |sip: &RawSip, call_id: &str| -> (u16, String) {
+        loop {
+            let msg = sip
+                .wait_for("SIP/2.0", Duration::from_secs(5))
+                .expect("an answer");
+            let code = status_of(&msg).unwrap_or(0);
+            if header(&msg, "Call-ID") == Some(call_id) && code >= 200 {
+                return (code, msg);
+            }
+        }
+    };
+    let invite = |sip: &RawSip, call_id: &str, rtp: u16| {
+        sip.send(&rawsip::invite(
+            sip.local(),
+            server.sip,
+            "112",
+            call_id,
+            &format!("z9hG4bK-{call_id}"),
+            rtp,
+        ));
+    };
+    let mut oks = Vec::new();
+    for i in 0..8 {
+        let call_id = format!("noack-{i}");
+        invite(&flood, &call_id, 4000);
+        let (code, msg) = answer(&flood, &call_id);
+        if i < 5 {
+            assert_eq!(code, 200, "INVITE {i} within the bound");
+            oks.push((call_id, msg));
+        } else {
+            assert_eq!(code, 503, "INVITE {i} past the bound");
+            assert_eq!(header(&msg, "Retry-After"), Some("5"));
+        }
+    }
+    // Another trunk's caller is answered.
+    let other = RawSip::new(server.sip, "127.0.0.2");
+    invite(&other, "other-trunk", 4002);
+    assert_eq!(answer(&other, "other-trunk").0, 200);
+    // An ACK confirms one of the five: the source has a place again.
+    let (call_id, ok) = &oks[0];
+    let dialog = rawsip::Dialog::from_ok(server.sip, flood.local(), call_id, ok);
+    flood.send(&dialog.request("ACK", 1, "z9hG4bK-noack-ack", None));
+    let mut answered = None;
+    for k in 0..50 {
+        let call_id = format!("after-ack-{k}");
+        invite(&flood, &call_id, 4000);
+        match answer(&flood, &call_id).0 {
+            200 => {
+                answered = Some(k);
+                break;
+            }
+            code => assert_eq!(code, 503),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(answered.is_some(), "the ACK gave no place back");
+}
+
 /// Two callers wait: after the greeting the first hears "... antrean nomor
 /// satu", the second "... nomor dua" (positions from the ACD).
 #[test]

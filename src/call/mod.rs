@@ -577,7 +577,7 @@ pub(crate) async fn converse(s: Arc<Services>, c: Conversation) {
                             c_leg.reject(403, "No call to transfer");
                             continue;
                         }
-                        let consult = match Consultation::new(&s, c_leg, offer.as_deref()) {
+                        let consult = match Consultation::new(&s, *c_leg, offer.as_deref()) {
                             Ok(c) => c,
                             Err((c_leg, code, reason)) => {
                                 warn!(code, "the phone's consultation cannot be taken");

@@ -46,7 +46,7 @@ pub enum Control {
     Consult {
         agent: String,
         agency: String,
-        leg: ServerLeg,
+        leg: Box<ServerLeg>,
         offer: Option<Vec<u8>>,
     },
 }
@@ -87,7 +87,7 @@ pub(crate) async fn hand_consultation(
     let consult = Control::Consult {
         agent,
         agency,
-        leg,
+        leg: Box::new(leg),
         offer,
     };
     if let Err(Control::Consult { leg, .. }) = s.controls.hand(&call, consult) {

@@ -86,6 +86,15 @@ pub struct SipSection {
     /// ended; new calls are refused with 503 meanwhile, so trunks fail over.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Most calls one source may have answered and not yet confirmed by
+    /// an ACK (each holds an RTP port until then); past it, its new
+    /// INVITEs get 503 (`sip::unconfirmed`). A healthy trunk holds a few.
+    #[serde(default = "default_unconfirmed_per_source")]
+    pub unconfirmed_per_source: usize,
+}
+
+fn default_unconfirmed_per_source() -> usize {
+    200
 }
 
 fn default_digest_algorithms() -> Vec<String> {

@@ -12,6 +12,7 @@ pub mod routing;
 pub mod runtime;
 pub mod salvage;
 mod stack;
+pub mod unconfirmed;
 
 pub use accounts::RegistrationEvent;
 pub use stack::{

@@ -16,6 +16,13 @@ pub struct Binding {
     pub expires_at: Instant,
 }
 
+/// Most contacts one agent may have bound at once (a desk phone, a
+/// softphone, a spare). A new one past this takes the place of the one
+/// that expires soonest: an agent binding thousands (once, 9,000, after
+/// which the real phone's REGISTER got no 200: the answer lists every
+/// binding) only pushes out its own.
+pub const MAX_BINDINGS: usize = 10;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegisterError {
     /// 423 Interval Too Brief, with our minimum.
@@ -50,7 +57,7 @@ impl Registrar {
         now: Instant,
     ) -> Result<u32, RegisterError> {
         let list = self.bindings.entry(agent.to_string()).or_default();
-        list.retain(|b| b.contact != contact);
+        list.retain(|b| b.contact != contact && b.expires_at > now);
         if expires == 0 {
             if list.is_empty() {
                 self.bindings.remove(agent);
@@ -61,6 +68,11 @@ impl Registrar {
             return Err(RegisterError::TooBrief(self.min_expires));
         }
         let granted = expires.min(self.max_expires);
+        if list.len() >= MAX_BINDINGS {
+            if let Some(soonest) = (0..list.len()).min_by_key(|&i| list[i].expires_at) {
+                list.swap_remove(soonest);
+            }
+        }
         list.push(Binding {
             contact: contact.to_string(),
             source,
@@ -130,6 +142,32 @@ mod tests {
 
     fn addr() -> SocketAddr {
         "127.0.0.1:5080".parse().unwrap()
+    }
+
+    /// Nine thousand contacts from one agent keep at most MAX_BINDINGS;
+    /// the phone that registers next is bound (the soonest to expire made
+    /// way) and is the one calls go to.
+    #[test]
+    fn an_agent_cannot_bind_without_bound() {
+        let t0 = Instant::now();
+        let mut r = Registrar::new(60, 3600);
+        for i in 0..9_000u32 {
+            let contact = format!("sip:junk{i}@10.9.9.9");
+            r.register("ct-01", &contact, 3600, addr(), "udp", t0).unwrap();
+        }
+        assert_eq!(r.bindings("ct-01", t0).len(), MAX_BINDINGS);
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(
+            r.register("ct-01", "sip:ct-01@1.2.3.4", 3600, addr(), "udp", later),
+            Ok(3600)
+        );
+        let now = r.bindings("ct-01", later);
+        assert_eq!(now.len(), MAX_BINDINGS);
+        assert!(now.iter().any(|(c, _)| c == "sip:ct-01@1.2.3.4"));
+        assert_eq!(
+            r.lookup("ct-01", later).map(|b| b.contact.as_str()),
+            Some("sip:ct-01@1.2.3.4")
+        );
     }
 
     #[test]

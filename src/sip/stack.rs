@@ -13,6 +13,7 @@ use super::registrar::Binding;
 use super::request::{self, header_value, InviteInfo};
 use super::routing::{self, AgentRequest, FeatureCode, InviteDecision, MethodDecision};
 use super::salvage;
+use super::unconfirmed::{Place, Unconfirmed};
 use crate::config::{Config, Route};
 use rsipstack::dialog::dialog::{
     DialogState, DialogStateReceiver, TerminatedReason, TransactionHandle,
@@ -171,6 +172,8 @@ impl SipStack {
             addrs: addrs.clone(),
         };
         let dispatcher = Dispatcher {
+            unconfirmed: Unconfirmed::new(config.server.sip.unconfirmed_per_source),
+            refusal_logged: Default::default(),
             config,
             layer: layer.clone(),
             addrs: addrs.clone(),
@@ -377,6 +380,9 @@ struct Dispatcher {
     calls: mpsc::UnboundedSender<IncomingCall>,
     draining: Arc<AtomicBool>,
     accounts: Arc<Accounts>,
+    unconfirmed: Unconfirmed,
+    /// When a refusal for too many unconfirmed calls was last logged.
+    refusal_logged: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Dispatcher {
@@ -539,6 +545,22 @@ impl Dispatcher {
             transport,
         };
 
+        // Until its ACK comes, the call holds a port on this source's
+        // account (`unconfirmed`); a source past its bound waits.
+        let Some(place) = self.unconfirmed.admit(source.ip()) else {
+            {
+                let mut logged = crate::lock(&self.refusal_logged);
+                if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    warn!(%source, bound = self.config.server.sip.unconfirmed_per_source, "a source holds too many calls not yet confirmed by an ACK; refusing its new ones with 503");
+                    *logged = Some(std::time::Instant::now());
+                }
+            }
+            let headers = vec![Header::Other("Retry-After".into(), "5".into())];
+            let _ = tx
+                .reply_with(StatusCode::ServiceUnavailable, headers, None)
+                .await;
+            return;
+        };
         let contact = self.contact(transport);
         let (state_tx, states) = self.layer.new_dialog_state_channel();
         let dialog = match self
@@ -564,6 +586,7 @@ impl Dispatcher {
             states,
             layer: self.layer.clone(),
             confirmed: false,
+            unconfirmed: Some(place),
         };
         if self.calls.send(IncomingCall { leg, info, kind }).is_err() {
             warn!("no call handler is running");
@@ -1021,6 +1044,9 @@ pub struct ServerLeg {
     states: DialogStateReceiver,
     layer: Arc<DialogLayer>,
     confirmed: bool,
+    /// This call's place among its source's unconfirmed ones: given back
+    /// at the ACK, or when the leg goes.
+    unconfirmed: Option<Place>,
 }
 
 impl ServerLeg {
@@ -1065,6 +1091,7 @@ impl ServerLeg {
             match state {
                 DialogState::Confirmed(..) if !self.confirmed => {
                     self.confirmed = true;
+                    self.unconfirmed = None;
                     let ack_body = self
                         .dialog
                         .last_remote_ack()

@@ -62,6 +62,8 @@ pub struct Setup {
     pub agencies: Option<String>,
     /// More keys for the `[http]` section.
     pub http_extra: Option<String>,
+    /// More keys for the `[sip]` section.
+    pub sip_extra: Option<String>,
 }
 
 impl Default for Setup {
@@ -76,6 +78,7 @@ impl Default for Setup {
             trunk_outbound: None,
             agencies: None,
             http_extra: None,
+            sip_extra: None,
         }
     }
 }
@@ -201,6 +204,7 @@ tcp = ["127.0.0.1:0"]
 public_ip = "127.0.0.1"
 shutdown_grace = "{}"
 digest_algorithms = ["MD5"]
+{}
 
 [media]
 rtp_ip = "127.0.0.1"
@@ -221,6 +225,7 @@ name = "test-trunk"
 sources = [{sources}]
 {}"#,
                 setup.shutdown_grace,
+                setup.sip_extra.as_deref().unwrap_or_default(),
                 rtp_base + 3000,
                 repo().join("prompts").display(),
                 setup.rtp_timeout,
