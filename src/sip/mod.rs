@@ -5,6 +5,8 @@
 
 pub mod accounts;
 pub mod digest;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod guard;
 pub mod registrar;
 pub mod request;

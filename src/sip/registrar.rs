@@ -153,7 +153,8 @@ mod tests {
         let mut r = Registrar::new(60, 3600);
         for i in 0..9_000u32 {
             let contact = format!("sip:junk{i}@10.9.9.9");
-            r.register("ct-01", &contact, 3600, addr(), "udp", t0).unwrap();
+            r.register("ct-01", &contact, 3600, addr(), "udp", t0)
+                .unwrap();
         }
         assert_eq!(r.bindings("ct-01", t0).len(), MAX_BINDINGS);
         let later = t0 + Duration::from_secs(1);

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SipError {
@@ -310,30 +310,18 @@ fn read_udp(socket: std::net::UdpSocket, tx: mpsc::Sender<Received>, cancel: Can
                 }
             };
             let raw = &buf[..len];
-            if raw.iter().all(|b| b.is_ascii_whitespace()) {
-                // RFC 5626 keep-alive: answer a double CRLF with a CRLF.
-                if raw == b"\r\n\r\n" {
-                    let _ = socket.send_to(b"\r\n", source);
-                }
-                continue;
-            }
-            let msg = match SipMessage::try_from(raw) {
-                Ok(msg) => msg,
-                Err(e) => {
-                    match salvage::reply_for_unparsable(raw) {
-                        Some(reply) => {
-                            info!(%source, error = %e, "answered an unparsable request");
-                            let _ = socket.send_to(&reply, source);
-                        }
-                        None => debug!(%source, error = %e, len, "dropped an unparsable datagram"),
-                    }
+            // A parser's panic (ours or rsipstack's) costs this datagram,
+            // never the reader every call comes in through.
+            let taken = std::panic::catch_unwind(|| take_datagram(raw, source));
+            let msg = match taken {
+                Ok(Datagram::Message(msg)) => msg,
+                Ok(Datagram::Answer(reply)) => {
+                    let _ = socket.send_to(&reply, source);
                     continue;
                 }
-            };
-            let msg = match request::stamp_udp_source(msg, source) {
-                Ok(m) => m,
-                Err(e) => {
-                    debug!(%source, error = %e, "dropped a message without a usable Via");
+                Ok(Datagram::Dropped) => continue,
+                Err(_) => {
+                    error!(%source, len, "a datagram made the SIP parser panic; dropped");
                     continue;
                 }
             };
@@ -345,6 +333,51 @@ fn read_udp(socket: std::net::UdpSocket, tx: mpsc::Sender<Received>, cancel: Can
             if tx.blocking_send(Received { msg, from }).is_err() {
                 return;
             }
+        }
+    }
+}
+
+/// What the UDP reader does with one datagram.
+pub(crate) enum Datagram {
+    /// A message for the endpoint, its top Via and source stamped.
+    Message(SipMessage),
+    /// Bytes to send back at once (a keep-alive's CRLF, a 400 or 501 for
+    /// a request the parser refuses).
+    Answer(Vec<u8>),
+    Dropped,
+}
+
+/// One datagram from `source`, as the reader takes it: no socket, no
+/// clock, so the fuzzer drives exactly this (`sip::fuzz`).
+pub(crate) fn take_datagram(raw: &[u8], source: SocketAddr) -> Datagram {
+    if raw.iter().all(|b| b.is_ascii_whitespace()) {
+        // RFC 5626 keep-alive: answer a double CRLF with a CRLF.
+        return if raw == b"\r\n\r\n" {
+            Datagram::Answer(b"\r\n".to_vec())
+        } else {
+            Datagram::Dropped
+        };
+    }
+    let msg = match SipMessage::try_from(raw) {
+        Ok(msg) => msg,
+        Err(e) => {
+            return match salvage::reply_for_unparsable(raw) {
+                Some(reply) => {
+                    info!(%source, error = %e, "answered an unparsable request");
+                    Datagram::Answer(reply)
+                }
+                None => {
+                    debug!(%source, error = %e, len = raw.len(), "dropped an unparsable datagram");
+                    Datagram::Dropped
+                }
+            };
+        }
+    };
+    match request::stamp_udp_source(msg, source) {
+        Ok(m) => Datagram::Message(m),
+        Err(e) => {
+            debug!(%source, error = %e, "dropped a message without a usable Via");
+            Datagram::Dropped
         }
     }
 }
