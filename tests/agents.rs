@@ -109,8 +109,7 @@ fn a_softphone_agent_answers_and_both_voices_are_in_one_recording() {
     );
 
     // The caller's voice reached the agent's phone.
-    std::thread::sleep(Duration::from_millis(500));
-    let heard = agent.heard();
+    let heard = agent.heard_at_least(8000);
     assert_eq!(heard.len(), 1, "baresip log:\n{}", agent.log());
     let mut r = hound::WavReader::open(&heard[0]).unwrap();
     let got: Vec<i16> = r.samples::<i16>().map(|s| s.unwrap()).collect();
@@ -379,8 +378,10 @@ fn a_caller_leaving_while_the_agent_rings_cancels_the_ringing() {
     let c = call(&server, "112", 2000);
     assert!(c["agent_id"].is_null());
     server.wait_agent("ct-01", "ready again", |a| a["state"] == "ready");
-    std::thread::sleep(Duration::from_millis(300));
-    let log = agent.log();
+    let log = agent.log_when(|log| {
+        (log.contains("Incoming call") || log.contains("incoming call"))
+            && (log.contains("terminated") || log.contains("closed"))
+    });
     assert!(
         log.contains("Incoming call") || log.contains("incoming call"),
         "{log}"

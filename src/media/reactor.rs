@@ -592,6 +592,24 @@ mod tests {
         )
     }
 
+    /// A recording called `name` in a folder of its own (gone with the
+    /// returned guard), on a recorder of its own.
+    async fn new_recording(
+        name: &str,
+    ) -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        crate::media::recorder::Recording,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        let rec = crate::media::recorder::Recorder::start(dir.path(), 64 << 20)
+            .open(&path)
+            .await
+            .unwrap();
+        (dir, path, rec)
+    }
+
     /// A session on the reactor for a caller at a fresh socket.
     struct Started {
         pool: PortPool,
@@ -687,7 +705,7 @@ mod tests {
     /// tone that began 200 ms before the file was there.
     #[tokio::test]
     async fn a_recording_made_late_starts_at_the_answer() {
-        use crate::media::recorder::{Held, Recorder};
+        use crate::media::recorder::Held;
         let Started {
             cmd,
             finished,
@@ -697,12 +715,7 @@ mod tests {
         cmd.send(MediaCommand::Play(vec![Segment::Audio(tone(1000.0, 400))]))
             .unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("late.wav");
-        let rec = Recorder::start(dir.path(), 64 << 20)
-            .open(&path)
-            .await
-            .unwrap();
+        let (_dir, path, rec) = new_recording("late.wav").await;
         cmd.send(MediaCommand::Record(Some(rec))).unwrap();
         tokio::time::sleep(Duration::from_millis(400)).await;
         cmd.send(MediaCommand::Stop).unwrap();
@@ -748,7 +761,7 @@ mod tests {
     /// first, go on as before.
     #[tokio::test]
     async fn a_strangers_rtp_is_neither_relayed_nor_recorded_on_either_leg() {
-        use crate::media::recorder::{Held, Recorder};
+        use crate::media::recorder::Held;
         let Started {
             pool,
             ours,
@@ -757,12 +770,7 @@ mod tests {
             finished,
             ..
         } = started_recording((42600, 42699), CallRecording::Pending(Held::default()));
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hijack.wav");
-        let rec = Recorder::start(dir.path(), 64 << 20)
-            .open(&path)
-            .await
-            .unwrap();
+        let (_dir, path, rec) = new_recording("hijack.wav").await;
         cmd.send(MediaCommand::Record(Some(rec))).unwrap();
         let agent = peer();
         let rtp = pool.allocate().unwrap();

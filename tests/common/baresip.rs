@@ -147,6 +147,36 @@ impl Baresip {
         std::fs::read_to_string(self.dir.path().join("baresip.log")).unwrap_or_default()
     }
 
+    /// Its log once `done` holds for it (baresip writes it as it goes);
+    /// the log as it is after 10 s otherwise, for the caller to assert on.
+    pub fn log_when(&self, done: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if done(&log) || Instant::now() >= end {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What `heard` gives once one file holds at least `samples` samples
+    /// (baresip finishes the file's header when the call ends); what
+    /// there is after 10 s otherwise.
+    pub fn heard_at_least(&self, samples: u32) -> Vec<PathBuf> {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let heard = self.heard();
+            let long_enough = heard
+                .iter()
+                .any(|p| hound::WavReader::open(p).is_ok_and(|r| r.duration() >= samples));
+            if long_enough || Instant::now() >= end {
+                return heard;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The decoded audio it received in its calls (sndfile's `*-dec.wav`).
     pub fn heard(&self) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
