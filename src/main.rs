@@ -211,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
             println!("database schema is current");
         }
         Command::Serve => {
+            siaga::server::return_large_blocks();
             let config = siaga::config::Config::load(&cli.config_root)?;
             let grace = config.server.sip.shutdown_grace;
             let shutdown = CancellationToken::new();
