@@ -131,8 +131,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let writer = {
         let live = live.clone();
         let store = store.clone();
-        let journal = config.resolve(&config.server.database.journal_dir);
-        StoreWriter::spawn(store.clone(), Some(journal), move |changed| match changed {
+        let places = crate::store::Places {
+            journal: Some(config.resolve(&config.server.database.journal_dir)),
+            recordings: Some(config.resolve(&config.server.media.recordings_dir)),
+        };
+        StoreWriter::spawn(store.clone(), places, move |changed| match changed {
             Changed::Calls => live.calls_changed(),
             Changed::Incident(id) => {
                 let (live, store) = (live.clone(), store.clone());

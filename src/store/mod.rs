@@ -8,7 +8,7 @@
 mod journal;
 mod writer;
 
-pub use writer::{Changed, RecordingOutcome, StoreCmd, StoreWriter};
+pub use writer::{orphan_recordings, Changed, Places, RecordingOutcome, StoreCmd, StoreWriter};
 
 use crate::ids::{CallId, IncidentId};
 use serde::{Deserialize, Serialize};
@@ -376,6 +376,15 @@ impl Store {
         .await?)
     }
 
+    /// Whether a call with this id is on record.
+    pub async fn call_exists(&self, id: &str) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM calls WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
     /// The last record of journal `journal` the database holds (0: none).
     pub async fn journal_applied(&self, journal: &str) -> Result<u64, StoreError> {
         let seq: Option<i64> =
@@ -558,6 +567,50 @@ mod tests {
         lifecycle(&url).await;
     }
 
+    /// At start, a recording in a recent day folder whose call has no
+    /// record is found (a transfer's too); one whose call is on record is
+    /// not, nor one in a folder untouched for longer than asked.
+    #[tokio::test]
+    async fn recordings_no_record_names_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/db/s.db?mode=rwc", dir.path().display());
+        let store = Store::lazy(&url).unwrap();
+        store.migrate().await.unwrap();
+        let (c, i) = call("known", "ik", "0812", now_ms());
+        store
+            .apply(&[StoreCmd::NewCall(Box::new((c, i)))])
+            .await
+            .unwrap();
+        let rec = dir.path().join("recordings");
+        let today = rec.join("2026/12/03");
+        let old = rec.join("2025/01/01");
+        for d in [&today, &old] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        for f in [
+            "known.wav",
+            "known-transfer-1.wav",
+            "stray.wav",
+            "stray-transfer-2.wav",
+            "notes.txt",
+        ] {
+            std::fs::write(today.join(f), b"RIFF").unwrap();
+        }
+        std::fs::write(old.join("ancient.wav"), b"RIFF").unwrap();
+        let long_ago = std::time::SystemTime::now() - Duration::from_secs(30 * 24 * 3600);
+        std::fs::File::open(&old)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        let found = orphan_recordings(&store, &rec, Duration::from_secs(2 * 24 * 3600))
+            .await
+            .unwrap();
+        assert_eq!(
+            found,
+            vec![today.join("stray-transfer-2.wav"), today.join("stray.wav")]
+        );
+    }
+
     /// The same against PostgreSQL, in a database made for this run.
     /// `scripts/test` starts a local server and sets SIAGA_TEST_POSTGRES
     /// (a URL whose user may create databases) and SIAGA_REQUIRE_POSTGRES.
@@ -720,7 +773,7 @@ mod tests {
     /// database refuses for good (here a second call with the same id) is
     /// skipped alone, and what came before and after it is written.
     async fn batch_with_a_refused_record(store: &Store, t: i64) {
-        let writer = StoreWriter::spawn(store.clone(), None, |_| {});
+        let writer = StoreWriter::spawn(store.clone(), Places::default(), |_| {});
         let (c9, i9) = call("c9", "i9", "0899", t);
         let (dup, dup_inc) = call("c9", "i9b", "0899", t);
         writer.send(StoreCmd::NewCall(Box::new((c9, i9))));

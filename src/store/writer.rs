@@ -115,6 +115,16 @@ pub struct RecordingOutcome {
     pub lost_ms: Option<i64>,
 }
 
+/// Where the writer keeps what is not in the database.
+#[derive(Debug, Clone, Default)]
+pub struct Places {
+    /// The records journal's folder (None: no journal; store tests).
+    pub journal: Option<PathBuf>,
+    /// The recordings folder, looked through at start for recordings no
+    /// record names (None: not looked at).
+    pub recordings: Option<PathBuf>,
+}
+
 /// Where call tasks send their records; never blocks.
 #[derive(Clone)]
 pub struct StoreWriter {
@@ -133,11 +143,11 @@ impl StoreWriter {
     /// on, their records then wait in memory only.
     pub fn spawn(
         store: Store,
-        journal_dir: Option<PathBuf>,
+        places: Places,
         on_change: impl Fn(Changed) + Send + 'static,
     ) -> StoreWriter {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (journal, pending) = match journal_dir.as_deref().map(Journal::open) {
+        let (journal, pending) = match places.journal.as_deref().map(Journal::open) {
             Some(Ok((j, pending))) => {
                 info!(path = %j.path().display(), waiting = pending.len(), "records journal open");
                 (Some(j), pending)
@@ -152,7 +162,15 @@ impl StoreWriter {
         let id = journal.as_ref().map(|j| j.id().to_string());
         let (staged_tx, staged) = mpsc::unbounded_channel();
         tokio::spawn(journal_stage(rx, journal, Arc::clone(&applied), staged_tx));
-        tokio::spawn(run(store, staged, id, pending, applied, on_change));
+        tokio::spawn(run(
+            store,
+            staged,
+            id,
+            pending,
+            applied,
+            places.recordings,
+            on_change,
+        ));
         StoreWriter { tx }
     }
 
@@ -264,6 +282,7 @@ async fn run(
     journal: Option<String>,
     pending: Pending,
     applied: Arc<AtomicU64>,
+    recordings: Option<PathBuf>,
     on_change: impl Fn(Changed) + Send + 'static,
 ) {
     if let Err(e) = retry(&store, "migrations", || store.migrate()).await {
@@ -298,6 +317,22 @@ async fn run(
     }
     if let Err(e) = retry(&store, "start-up", || startup(&store)).await {
         error!(error = %e, "closing interrupted calls failed; going on");
+    }
+    if let Some(dir) = recordings {
+        match orphan_recordings(&store, &dir, RECENT_FOLDERS).await {
+            Ok(found) => {
+                for path in found.iter().take(50) {
+                    error!(path = %path.display(), "a recording on disk that no call record names");
+                }
+                if found.len() > 50 {
+                    error!(
+                        more = found.len() - 50,
+                        "more recordings that no call record names"
+                    );
+                }
+            }
+            Err(e) => warn!(error = %e, "recordings not checked against the records"),
+        }
     }
     while let Some(next) = staged.recv().await {
         let (cmds, first) = match next {
@@ -452,6 +487,70 @@ async fn startup(store: &Store) -> Result<(), StoreError> {
             .await?;
     }
     Ok(())
+}
+
+/// Day folders (YYYY/MM/DD) changed this recently are looked through at
+/// start: a stop leaves its orphans in the last day's folder or two.
+const RECENT_FOLDERS: Duration = Duration::from_secs(2 * 24 * 3600);
+
+/// The recordings in day folders changed within `recent` whose call (the
+/// file's name, before any `-transfer-N`) has no record: after a replay of
+/// the journal there should be none, so each is told at error.
+pub async fn orphan_recordings(
+    store: &Store,
+    dir: &std::path::Path,
+    recent: Duration,
+) -> Result<Vec<PathBuf>, StoreError> {
+    let root = dir.to_path_buf();
+    let files = tokio::task::spawn_blocking(move || recent_recordings(&root, recent))
+        .await
+        .unwrap_or_default();
+    let mut orphans = Vec::new();
+    for path in files {
+        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        let call = stem.split("-transfer-").next().unwrap_or(stem);
+        if !store.call_exists(call).await? {
+            orphans.push(path);
+        }
+    }
+    Ok(orphans)
+}
+
+/// `*.wav` in the day folders (three levels down) changed within `recent`.
+fn recent_recordings(root: &std::path::Path, recent: Duration) -> Vec<PathBuf> {
+    let fresh = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().map_or(true, |age| age < recent))
+    };
+    let subdirs = |p: &std::path::Path| -> Vec<PathBuf> {
+        std::fs::read_dir(p)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for year in subdirs(root) {
+        for month in subdirs(&year) {
+            for day in subdirs(&month).into_iter().filter(|d| fresh(d)) {
+                if let Ok(rd) = std::fs::read_dir(&day) {
+                    out.extend(
+                        rd.flatten()
+                            .map(|e| e.path())
+                            .filter(|p| p.extension().is_some_and(|x| x == "wav")),
+                    );
+                }
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 async fn apply_on(conn: &mut AnyConnection, cmd: &StoreCmd) -> Result<(), StoreError> {
