@@ -105,7 +105,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     // Migrate before serving so the API finds its tables; a database that
     // is down must not keep calls out, so this is bounded and the store
     // writer keeps trying in the background.
-    match tokio::time::timeout(std::time::Duration::from_secs(5), store.migrate()).await {
+    match tokio::time::timeout(std::time::Duration::from_secs(2), store.migrate()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "database not ready; serving calls anyway"),
         Err(_) => tracing::warn!("database slow to answer; serving calls anyway"),
@@ -127,7 +127,25 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         });
     }
     let live = Live::new();
-    first_admin(&config, &store).await;
+    // A fresh database gets its first admin before READY, so the password
+    // file is there when the operator looks; a database that does not
+    // answer must not hold the calls back for it: then it is done once
+    // the database answers.
+    if tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        first_admin(&config, &store),
+    )
+    .await
+    .is_err()
+    {
+        let (config, store) = (config.clone(), store.clone());
+        tokio::spawn(async move {
+            while store.ping().await.is_err() {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
+            first_admin(&config, &store).await;
+        });
+    }
     let writer = {
         let live = live.clone();
         let store = store.clone();
