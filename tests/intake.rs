@@ -956,6 +956,64 @@ fn idle_http_connections_do_not_starve_calls() {
     assert_eq!(status, 200, "the panel serves again");
 }
 
+/// A SIP/TCP connection that sends nothing is closed after
+/// `sip.tcp_idle_timeout`; one that keeps sending CRLF keep-alives is not.
+#[test]
+fn idle_sip_tcp_connections_are_closed() {
+    use std::io::{Read, Write};
+    let server = Server::start(Setup {
+        sip_extra: Some("tcp_idle_timeout = \"2s\"\n".into()),
+        ..Setup::default()
+    });
+    let mut idle = std::net::TcpStream::connect(server.sip_tcp).unwrap();
+    let mut alive = std::net::TcpStream::connect(server.sip_tcp).unwrap();
+    let beat = alive.try_clone().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let beating = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut beat = beat;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if beat.write_all(b"\r\n\r\n").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
+    // Whether the server closed the connection within `within` (anything
+    // it sends before, a keep-alive's CRLF, is read past).
+    let closed = |c: &mut std::net::TcpStream, within: Duration| {
+        let end = std::time::Instant::now() + within;
+        let mut buf = [0u8; 64];
+        loop {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            c.set_read_timeout(Some(left)).unwrap();
+            match c.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    };
+    assert!(
+        closed(&mut idle, Duration::from_secs(15)),
+        "an idle SIP/TCP connection was kept"
+    );
+    // The one sending a keep-alive every half second is kept past the
+    // timeout twice over.
+    assert!(
+        !closed(&mut alive, Duration::from_secs(4)),
+        "a connection sending keep-alives was closed"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    beating.join().unwrap();
+}
+
 /// INVITEs that are answered and never ACKed each hold an RTP port for
 /// 32 s: one trusted source sending many cannot take the pool from
 /// another's callers. Past its bound its new INVITEs get 503 (with

@@ -91,6 +91,15 @@ pub struct SipSection {
     /// INVITEs get 503 (`sip::unconfirmed`). A healthy trunk holds a few.
     #[serde(default = "default_unconfirmed_per_source")]
     pub unconfirmed_per_source: usize,
+    /// A SIP/TCP connection that sends nothing for this long is closed.
+    /// Phones on TCP keep theirs open with CRLF keep-alives (RFC 5626) or
+    /// their REGISTER refreshes; keep this above both.
+    #[serde(default = "default_tcp_idle_timeout", with = "humantime_serde")]
+    pub tcp_idle_timeout: Duration,
+}
+
+fn default_tcp_idle_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_unconfirmed_per_source() -> usize {

@@ -92,6 +92,10 @@ impl SipStack {
         cancel: CancellationToken,
     ) -> Result<SipStack, SipError> {
         let transport_layer = TransportLayer::new(cancel.child_token());
+        // A TCP connection that sends nothing (not even RFC 5626's CRLF
+        // keep-alive) for this long is closed: idle ones held open would
+        // take descriptors from the calls.
+        transport_layer.set_stream_idle_timeout(config.server.sip.tcp_idle_timeout);
         // rsipstack's own UDP reader is given a cancelled token so it stops
         // at once; the socket stays registered for sending.
         let parked = CancellationToken::new();

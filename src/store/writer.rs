@@ -132,12 +132,12 @@ pub struct StoreWriter {
 }
 
 impl StoreWriter {
-    /// Starts the writer with its journal in `journal_dir` (None: no
+    /// Starts the writer with its journal in `places.journal` (None: no
     /// journal, records wait in memory only; for tests of the store). It
     /// first runs migrations, replays what the journal holds that the
     /// database lacks, closes the records of calls a previous process left
-    /// open and repairs recordings left without a checksum, then applies
-    /// commands. `on_change` runs after each write that changes what the
+    /// open, repairs recordings left without a checksum and tells those in
+    /// `places.recordings` no record names, then applies commands. `on_change` runs after each write that changes what the
     /// day's figures count (a call arrived, was answered, ended) or an
     /// incident. A journal that cannot be opened is logged; the calls go
     /// on, their records then wait in memory only.
