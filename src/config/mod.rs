@@ -88,9 +88,12 @@ pub struct SipSection {
     pub shutdown_grace: Duration,
     /// Most calls one source may have answered and not yet confirmed by
     /// an ACK (each holds an RTP port until then); past it, its new
-    /// INVITEs get 503 (`sip::unconfirmed`). A healthy trunk holds a few.
-    #[serde(default = "default_unconfirmed_per_source")]
-    pub unconfirmed_per_source: usize,
+    /// INVITEs get 503 (`sip::unconfirmed`). Unset: half the RTP port
+    /// pool, so no one source can take all of it from the others, while a
+    /// proxy in front (all calls from one address) still has room for
+    /// every call it sets up at once. See `SipSection::unconfirmed_bound`.
+    #[serde(default)]
+    pub unconfirmed_per_source: Option<usize>,
     /// A SIP/TCP connection that sends nothing for this long is closed.
     /// Phones on TCP keep theirs open with CRLF keep-alives (RFC 5626) or
     /// their REGISTER refreshes; keep this above both.
@@ -100,10 +103,6 @@ pub struct SipSection {
 
 fn default_tcp_idle_timeout() -> Duration {
     Duration::from_secs(300)
-}
-
-fn default_unconfirmed_per_source() -> usize {
-    200
 }
 
 fn default_digest_algorithms() -> Vec<String> {
@@ -232,6 +231,18 @@ fn default_header_read_timeout() -> Duration {
 
 fn default_request_timeout() -> Duration {
     Duration::from_secs(30)
+}
+
+impl ServerFile {
+    /// `sip.unconfirmed_per_source`, or half the RTP port pool.
+    pub fn unconfirmed_bound(&self) -> usize {
+        self.sip.unconfirmed_per_source.unwrap_or_else(|| {
+            let ports =
+                (usize::from(self.media.rtp_port_max) - usize::from(self.media.rtp_port_min)) / 2
+                    + 1;
+            (ports / 2).max(1)
+        })
+    }
 }
 
 impl HttpSection {

@@ -176,7 +176,7 @@ impl SipStack {
             addrs: addrs.clone(),
         };
         let dispatcher = Dispatcher {
-            unconfirmed: Unconfirmed::new(config.server.sip.unconfirmed_per_source),
+            unconfirmed: Unconfirmed::new(config.server.unconfirmed_bound()),
             refusal_logged: Default::default(),
             config,
             layer: layer.clone(),
@@ -588,7 +588,7 @@ impl Dispatcher {
             {
                 let mut logged = crate::lock(&self.refusal_logged);
                 if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                    warn!(%source, bound = self.config.server.sip.unconfirmed_per_source, "a source holds too many calls not yet confirmed by an ACK; refusing its new ones with 503");
+                    warn!(%source, bound = self.config.server.unconfirmed_bound(), "a source holds too many calls not yet confirmed by an ACK; refusing its new ones with 503");
                     *logged = Some(std::time::Instant::now());
                 }
             }
