@@ -43,7 +43,24 @@
     $("saved-msg").textContent = "";
     showTransfer(null);
     document.title = "Panggilan " + (b.caller_number || "") + " · siaga";
-    try { await loadIncident(b.incident_id); } catch (e) { $("saved-msg").textContent = "Insiden belum dapat dimuat: " + e.message; }
+    // The call reaches the panel before its records reach the database
+    // (calls never wait on it): while the incident is not there yet, ask
+    // again, for as long as this call is the one shown.
+    for (let tries = 0; ; tries++) {
+      try {
+        await loadIncident(b.incident_id);
+        $("saved-msg").textContent = "";
+        return;
+      } catch (e) {
+        const stillThisCall = current && current.call_id === b.call_id;
+        if (e.status !== 404 || tries >= 120 || !stillThisCall) {
+          if (stillThisCall) $("saved-msg").textContent = "Insiden belum dapat dimuat: " + e.message;
+          return;
+        }
+        $("saved-msg").textContent = "Memuat insiden…";
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
   }
 
   function tick() {

@@ -14,7 +14,11 @@ const siaga = {
       throw new Error("not logged in");
     }
     const data = await r.json().catch(() => ({}));
-    if (!r.ok) throw new Error(data.error || ("HTTP " + r.status));
+    if (!r.ok) {
+      const e = new Error(data.error || ("HTTP " + r.status));
+      e.status = r.status;
+      throw e;
+    }
     return data;
   },
 
