@@ -884,6 +884,27 @@ fn records_taken_while_the_database_is_away_survive_kill_9_and_sigterm() {
     }
 }
 
+/// What the server sent on `c` before it closed it (EOF or reset), if it
+/// did within `within`; None while it is still open then.
+fn closed_within(c: &mut std::net::TcpStream, within: Duration) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let end = std::time::Instant::now() + within;
+    let (mut got, mut buf) = (Vec::new(), [0u8; 512]);
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        c.set_read_timeout(Some(left)).unwrap();
+        match c.read(&mut buf) {
+            Ok(0) => return Some(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(got),
+            Err(_) => return None,
+        }
+    }
+}
+
 /// Connections held open on the panel take nothing from the calls: past
 /// `max_connections` a new one is closed at once, a request whose head
 /// never comes is closed after `header_read_timeout`, the process runs
@@ -891,7 +912,7 @@ fn records_taken_while_the_database_is_away_survive_kill_9_and_sigterm() {
 /// meanwhile is answered.
 #[test]
 fn idle_http_connections_do_not_starve_calls() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let server = Server::start(Setup {
         http_extra: Some("max_connections = 40\nheader_read_timeout = \"5s\"\n".into()),
         ..Setup::default()
@@ -910,20 +931,6 @@ fn idle_http_connections_do_not_starve_calls() {
         "soft limit raised to the hard one: {limits}"
     );
 
-    // What the server sent on this connection before it closed it (EOF
-    // or reset), waiting up to 10 s; None if it was still open then.
-    let until_closed = |c: &mut std::net::TcpStream| -> Option<Vec<u8>> {
-        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let (mut got, mut buf) = (Vec::new(), [0u8; 512]);
-        loop {
-            match c.read(&mut buf) {
-                Ok(0) => return Some(got),
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(got),
-                Err(_) => return None,
-            }
-        }
-    };
     let mut held: Vec<std::net::TcpStream> = Vec::new();
     for _ in 0..40 {
         let mut c = std::net::TcpStream::connect(server.http).unwrap();
@@ -937,7 +944,8 @@ fn idle_http_connections_do_not_starve_calls() {
     over.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         .unwrap();
     assert_eq!(
-        until_closed(&mut over).map(|b| String::from_utf8_lossy(&b).into_owned()),
+        closed_within(&mut over, Duration::from_secs(10))
+            .map(|b| String::from_utf8_lossy(&b).into_owned()),
         Some(String::new()),
         "a connection past the cap was served"
     );
@@ -948,7 +956,7 @@ fn idle_http_connections_do_not_starve_calls() {
     // Their heads never came: each is closed by the header timeout.
     for (i, c) in held.iter_mut().enumerate() {
         assert!(
-            until_closed(c).is_some(),
+            closed_within(c, Duration::from_secs(10)).is_some(),
             "held connection {i} was never closed"
         );
     }
@@ -960,7 +968,7 @@ fn idle_http_connections_do_not_starve_calls() {
 /// `sip.tcp_idle_timeout`; one that keeps sending CRLF keep-alives is not.
 #[test]
 fn idle_sip_tcp_connections_are_closed() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let server = Server::start(Setup {
         sip_extra: Some("tcp_idle_timeout = \"2s\"\n".into()),
         ..Setup::default()
@@ -981,33 +989,14 @@ fn idle_sip_tcp_connections_are_closed() {
             }
         })
     };
-    // Whether the server closed the connection within `within` (anything
-    // it sends before, a keep-alive's CRLF, is read past).
-    let closed = |c: &mut std::net::TcpStream, within: Duration| {
-        let end = std::time::Instant::now() + within;
-        let mut buf = [0u8; 64];
-        loop {
-            let left = end.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            c.set_read_timeout(Some(left)).unwrap();
-            match c.read(&mut buf) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-                Err(_) => return false,
-            }
-        }
-    };
     assert!(
-        closed(&mut idle, Duration::from_secs(15)),
+        closed_within(&mut idle, Duration::from_secs(15)).is_some(),
         "an idle SIP/TCP connection was kept"
     );
     // The one sending a keep-alive every half second is kept past the
     // timeout twice over.
     assert!(
-        !closed(&mut alive, Duration::from_secs(4)),
+        closed_within(&mut alive, Duration::from_secs(4)).is_none(),
         "a connection sending keep-alives was closed"
     );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
