@@ -728,12 +728,10 @@ fn check_config_names_file_and_key() {
     );
 }
 
-/// While the database refuses writes (held by another writer), calls are
-/// answered and recorded all the same; the records catch up afterwards.
-#[test]
-fn a_locked_database_does_not_delay_or_drop_calls() {
+/// Holds the server's SQLite database's write lock (another writer's
+/// exclusive transaction) until the returned connection rolls back.
+fn lock_database(server: &Server) -> (tokio::runtime::Runtime, sqlx::AnyConnection) {
     use sqlx::Connection;
-    let server = Server::start(Setup::default());
     let rt = tokio::runtime::Runtime::new().unwrap();
     sqlx::any::install_default_drivers();
     let mut blocker = rt
@@ -741,6 +739,15 @@ fn a_locked_database_does_not_delay_or_drop_calls() {
         .unwrap();
     rt.block_on(sqlx::query("BEGIN EXCLUSIVE").execute(&mut blocker))
         .unwrap();
+    (rt, blocker)
+}
+
+/// While the database refuses writes (held by another writer), calls are
+/// answered and recorded all the same; the records catch up afterwards.
+#[test]
+fn a_locked_database_does_not_delay_or_drop_calls() {
+    let server = Server::start(Setup::default());
+    let (rt, mut blocker) = lock_database(&server);
 
     let started = std::time::Instant::now();
     let sipp = Sipp::new(CALLER_TONE);
@@ -811,15 +818,8 @@ fn a_locked_database_does_not_delay_or_drop_calls() {
 /// recordings' checksums are there: the journal held them.
 #[test]
 fn records_taken_while_the_database_is_away_survive_kill_9_and_sigterm() {
-    use sqlx::Connection;
     let mut server = Server::start(Setup::default());
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    sqlx::any::install_default_drivers();
-    let mut blocker = rt
-        .block_on(sqlx::AnyConnection::connect(&server.database_url()))
-        .unwrap();
-    rt.block_on(sqlx::query("BEGIN EXCLUSIVE").execute(&mut blocker))
-        .unwrap();
+    let (rt, mut blocker) = lock_database(&server);
     let journal = server.root.path().join("data/journal/records.journal");
     // The journal holds `n` calls once their recordings' closes are in.
     let journaled = |n: usize| {
