@@ -11,7 +11,8 @@ use common::{background_call, Server, Setup, TEST_PASSWORD};
 use serde_json::Value;
 use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(15);
+// A deadline for a condition the page must reach; only a failure waits it out.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// Script that sets `id` to the incident the call card shows, or null
 /// while its link still holds the page's placeholder (`#`): a wait on it
@@ -607,7 +608,7 @@ fn logins_and_roles_guard_every_route() {
 fn status_for_host(server: &Server, host: &str, path: &str, json: &str) -> u16 {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(server.http).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(common::HTTP_HANG)).unwrap();
     write!(
         s,
         "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",

@@ -464,6 +464,12 @@ impl Drop for Server {
     }
 }
 
+/// How long a test's HTTP client waits for an answer before it calls the
+/// peer hung. A guard against a hang, not a measure of speed: a WebDriver
+/// session start launches Chromium, which on two busy cores took over
+/// 10 s in CI.
+pub const HTTP_HANG: Duration = Duration::from_secs(120);
+
 /// A minimal HTTP/1.1 client over std (no extra client in the test
 /// build): `head` is extra header lines, each ending in CRLF.
 pub fn http_request(
@@ -475,7 +481,7 @@ pub fn http_request(
 ) -> (u16, Vec<(String, String)>, Vec<u8>) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(HTTP_HANG)).unwrap();
     let body = json.unwrap_or("");
     let content = if json.is_some() {
         format!(
