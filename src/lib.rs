@@ -6,6 +6,7 @@ pub mod acd;
 pub mod call;
 pub mod config;
 pub mod ids;
+pub mod leg;
 pub mod live;
 pub mod media;
 pub(crate) mod priority;

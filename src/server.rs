@@ -208,6 +208,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         live: live.clone(),
         controls: Default::default(),
         phones: phones.clone(),
+        rules: Arc::new(crate::call::machine::Rules::of(&config)),
     });
     live.spawn_feeds(
         acd.clone(),

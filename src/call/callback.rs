@@ -7,10 +7,10 @@
 
 use super::{converse, CallerLeg, Conversation, Services};
 use crate::ids::{CallId, IncidentId};
+use crate::leg::{AgentFailure, AgentLegEvent};
 use crate::media::sdp::{self, LocalAudio};
 use crate::sip::request::Location;
-use crate::sip::{AgentFailure, AgentLegEvent};
-use crate::store::{now_ms, CallRow, Store, StoreCmd};
+use crate::store::{now_ms, CallRow, Store};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -82,7 +82,7 @@ impl Callbacks {
             .cloned()
             .ok_or_else(|| format!("the call's route `{}` is no longer configured", of.route))?;
         {
-            let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+            let mut busy = crate::lock(&self.busy);
             if !busy.insert(of.id.clone()) {
                 return Err("this caller is being called back already".into());
             }
@@ -112,10 +112,7 @@ impl Callbacks {
     }
 
     fn release(&self, of: &str) {
-        self.busy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(of);
+        crate::lock(&self.busy).remove(of);
     }
 
     async fn run(
@@ -127,21 +124,13 @@ impl Callbacks {
         route: crate::config::Route,
     ) {
         let s = &self.services;
-        let end = |cause: &str| {
-            s.store.send(StoreCmd::Ended {
-                id: call_id.clone(),
-                at: now_ms(),
-                wait_ms: None,
-                cause: cause.to_string(),
-            });
-        };
+        let unended = super::Unended::new(s, &call_id);
         let started_ms = now_ms();
         let rtp = match s.ports.allocate() {
             Ok(r) => r,
             Err(e) => {
                 warn!(error = %e, "no RTP port for a call-back");
-                end("no_media_port");
-                return;
+                return unended.end("no_media_port", None);
             }
         };
         let local = LocalAudio::new(s.config.server.sip.public_ip, rtp.port);
@@ -152,8 +141,7 @@ impl Callbacks {
             Ok(l) => l,
             Err(e) => {
                 warn!(error = %e, %uri, "call-back INVITE failed");
-                end("callback_failed");
-                return;
+                return unended.end("callback_failed", None);
             }
         };
         let deadline = tokio::time::Instant::now() + RING_LIMIT;
@@ -165,29 +153,25 @@ impl Callbacks {
                     AgentLegEvent::Answered { sdp: body } => break body,
                     AgentLegEvent::Failed(f) => {
                         info!(failure = ?f, "the caller did not take the call-back");
-                        end(match f {
+                        return unended.end(match f {
                             AgentFailure::NoAnswer => "callback_no_answer",
                             AgentFailure::Declined => "callback_declined",
                             AgentFailure::Unreachable => "callback_unreachable",
-                        });
-                        return;
+                        }, None);
                     }
                     AgentLegEvent::ReOffer { responder, .. } => responder.reject(491).await,
                     AgentLegEvent::Ended | AgentLegEvent::Lost => {
-                        end("callback_failed");
-                        return;
+                        return unended.end("callback_failed", None);
                     }
                 },
                 _ = tokio::time::sleep_until(deadline) => {
                     info!("the caller did not answer the call-back");
                     leg.end().await;
-                    end("callback_no_answer");
-                    return;
+                    return unended.end("callback_no_answer", None);
                 }
                 _ = s.hangup_all.cancelled() => {
                     leg.end().await;
-                    end("shutdown");
-                    return;
+                    return unended.end("shutdown", None);
                 }
             }
         };
@@ -197,8 +181,7 @@ impl Callbacks {
                 Err(e) => {
                     warn!(error = %e, "call-back answered without usable audio; hanging up");
                     leg.end().await;
-                    end("bad_sdp");
-                    return;
+                    return unended.end("bad_sdp", None);
                 }
             };
         info!("the caller answered the call-back");
@@ -207,6 +190,7 @@ impl Callbacks {
         let arrived = Instant::now()
             .checked_sub(waited)
             .unwrap_or_else(Instant::now);
+        unended.hand_over();
         converse(
             s.clone(),
             Conversation {

@@ -5,12 +5,13 @@
 
 use super::Services;
 use crate::acd::Requested;
+use crate::leg::LegEvent;
 use crate::media::prompts::{tone, Segment};
 use crate::media::sdp::{self, LocalAudio};
 use crate::media::session::{CallRecording, MediaCommand, MediaEvent, MediaParams};
 use crate::sip::request::InviteInfo;
 use crate::sip::routing::FeatureCode;
-use crate::sip::{LegEvent, ServerLeg};
+use crate::sip::ServerLeg;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;

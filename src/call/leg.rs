@@ -3,7 +3,8 @@
 //! them apart but for what a browser cannot do (be told of a REFER's
 //! outcome: it never sends one).
 
-use crate::sip::{AgentLeg, AgentLegEvent};
+use crate::leg::AgentLegEvent;
+use crate::sip::AgentLeg;
 use crate::webphone::BrowserLeg;
 
 pub(crate) enum Leg {

@@ -1,7 +1,6 @@
 //! Warm transfer: the panel or the agent's phone asks a call to hand its
-//! caller to an agency's dispatchers. The call task runs it (see
-//! `converse`); this holds the requests and what a transfer in progress
-//! keeps.
+//! caller to an agency's dispatchers. The call's machine decides (see
+//! `machine::transfer`); this carries the requests to the call.
 //!
 //! From the phone it comes two ways: a blind REFER to the agency, or an
 //! attended transfer (RFC 5589 §7) — the phone holds the call, dials the
@@ -9,16 +8,10 @@
 //! to the call it belongs to as [`Control::Consult`]), then REFERs the
 //! held call with Replaces naming the consultation.
 
-use super::{AgentSide, Services};
-use crate::acd::runtime::AcdNotice;
+use super::Services;
 use crate::ids::CallId;
-use crate::media::ports::RtpSocket;
-use crate::media::sdp::{self, LocalAudio, Negotiated};
-use crate::media::session::MediaParams;
-use crate::sip::request::Replaces;
 use crate::sip::ServerLeg;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
@@ -113,7 +106,7 @@ impl Controls {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<Control>>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.map)
     }
 
     /// Gives a call in progress something to act on; hands it back when
@@ -141,113 +134,5 @@ impl Controls {
             .map_err(|_| "the call is not in progress".to_string())?;
         rx.await
             .unwrap_or_else(|_| Err("the call ended".to_string()))
-    }
-}
-
-/// A transfer in progress.
-pub(crate) struct Transfer {
-    pub id: String,
-    pub seq: u32,
-    pub agency: String,
-    pub queue: String,
-    /// The transfer's own place in the agency's queue.
-    pub acd_id: CallId,
-    pub notices: mpsc::UnboundedReceiver<AcdNotice>,
-    /// Given up (call-taker told) when no dispatcher answered by then.
-    pub deadline: tokio::time::Instant,
-    /// The dispatcher's leg, ringing or answered.
-    pub dispatcher: Option<AgentSide>,
-    pub conference: bool,
-    pub by: String,
-    /// For an attended transfer from the phone: the phone's consultation
-    /// leg, which speaks for the agent while the dispatcher is on.
-    pub consult: Option<Consultation>,
-}
-
-impl Transfer {
-    pub fn talking(&self) -> bool {
-        self.dispatcher.as_ref().is_some_and(|d| d.talking)
-    }
-
-    /// Whether a REFER's Replaces names this transfer's consultation.
-    pub fn replaced_by(&self, r: &Replaces) -> bool {
-        self.consult.as_ref().is_some_and(|c| c.leg.is_named_by(r))
-    }
-
-    /// Ends the consultation leg, if any: BYE once answered; before, a
-    /// final answer (`unanswered`, e.g. 480 when nobody took it).
-    pub async fn end_consult(&mut self, unanswered: (u16, &str)) {
-        if let Some(c) = self.consult.take() {
-            if c.answered {
-                c.leg.hangup().await;
-            } else {
-                c.leg.reject(unanswered.0, unanswered.1);
-            }
-        }
-    }
-}
-
-/// The phone's consultation INVITE, answered once a dispatcher answers.
-pub(crate) struct Consultation {
-    pub leg: ServerLeg,
-    /// Taken by the media session when the dispatcher answers.
-    pub rtp: Option<RtpSocket>,
-    pub local: LocalAudio,
-    pub negotiated: Negotiated,
-    pub remote: Option<SocketAddr>,
-    pub direction: sdp::Direction,
-    pub answered: bool,
-}
-
-impl Consultation {
-    /// Reads the phone's offer and takes a media port; the leg comes back
-    /// with the SIP answer to send when that fails.
-    pub fn new(
-        s: &Services,
-        leg: ServerLeg,
-        offer: Option<&[u8]>,
-    ) -> Result<Consultation, (ServerLeg, u16, &'static str)> {
-        let remote = match offer.map(sdp::parse) {
-            Some(Ok(r)) => r,
-            // Late offers are for trunks; a phone consulting offers.
-            _ => return Err((leg, 488, "Not Acceptable Here")),
-        };
-        let Ok(negotiated) = sdp::negotiate(&remote) else {
-            return Err((leg, 488, "Not Acceptable Here"));
-        };
-        let Ok(rtp) = s.ports.allocate() else {
-            return Err((leg, 503, "Service Unavailable"));
-        };
-        Ok(Consultation {
-            leg,
-            local: LocalAudio::new(s.config.server.sip.public_ip, rtp.port),
-            rtp: Some(rtp),
-            negotiated,
-            remote: remote.addr,
-            direction: remote.direction,
-            answered: false,
-        })
-    }
-
-    /// Answers the phone (a dispatcher is on): the socket and parameters
-    /// the media session uses for the agent until the consultation ends.
-    pub fn answer(&mut self, rtp_timeout: std::time::Duration) -> Option<(RtpSocket, MediaParams)> {
-        let answer = sdp::answer(
-            &self.local,
-            &self.negotiated,
-            sdp::answer_direction(self.direction),
-        );
-        self.leg.answer(answer).ok()?;
-        self.answered = true;
-        let params = MediaParams::new(&self.negotiated, self.remote, rtp_timeout);
-        Some((self.rtp.take()?, params))
-    }
-
-    /// Answers a re-INVITE on the consultation (phones hold it before
-    /// they REFER), keeping what was negotiated.
-    pub fn reanswer(&mut self, offer: Option<&[u8]>) -> String {
-        let dir = sdp::offered_direction(offer);
-        self.local.version += 1;
-        sdp::answer(&self.local, &self.negotiated, sdp::answer_direction(dir))
     }
 }

@@ -18,6 +18,6 @@ pub mod unconfirmed;
 
 pub use accounts::RegistrationEvent;
 pub use stack::{
-    AgentFailure, AgentLeg, AgentLegEvent, CallKind, IncomingCall, LegEnd, LegEvent, Responder,
-    ServerLeg, SipAddrs, SipError, SipHandle, SipStack,
+    AgentLeg, CallKind, DialogName, IncomingCall, ServerLeg, SipAddrs, SipError, SipHandle,
+    SipStack,
 };

@@ -15,6 +15,7 @@ use super::routing::{self, AgentRequest, FeatureCode, InviteDecision, MethodDeci
 use super::salvage;
 use super::unconfirmed::{Place, Unconfirmed};
 use crate::config::{Config, Route};
+use crate::leg::{AgentFailure, AgentLegEvent, Answer, LegEnd, LegEvent, Respond, Responder};
 use rsipstack::dialog::dialog::{
     DialogState, DialogStateReceiver, TerminatedReason, TransactionHandle,
 };
@@ -27,7 +28,9 @@ use rsipstack::transport::tcp_listener::TcpListenerConnection;
 use rsipstack::transport::udp::UdpConnection;
 use rsipstack::transport::{SipAddr, SipConnection, TransportLayer};
 use rsipstack::EndpointBuilder;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -834,42 +837,6 @@ impl SipHandle {
 /// still waiting on their BYEs when the shutdown's time was up.
 const BYE_WAIT: Duration = Duration::from_secs(3);
 
-/// Why an agent leg did not come up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AgentFailure {
-    NoAnswer,
-    Declined,
-    Unreachable,
-}
-
-pub enum AgentLegEvent {
-    /// 100 Trying: the far side is alive.
-    Trying,
-    Ringing,
-    /// 200 OK with the agent's answer.
-    Answered {
-        sdp: Vec<u8>,
-    },
-    Failed(AgentFailure),
-    ReOffer {
-        sdp: Option<Vec<u8>>,
-        responder: Responder,
-    },
-    /// The agent hung up (or the leg died) after answering.
-    Ended,
-    /// The leg is gone after answering without anyone hanging up (the
-    /// browser softphone's tab closed): the caller must not be dropped.
-    Lost,
-    /// The agent's phone asks to transfer the call (REFER, RFC 3515):
-    /// `target` is the Refer-To URI; `replaces` is set for an attended
-    /// transfer (RFC 3891). Answer with `responder`.
-    Refer {
-        target: String,
-        replaces: Option<String>,
-        responder: Responder,
-    },
-}
-
 /// Our INVITE to an agent's phone (we are the UAC).
 pub struct AgentLeg {
     dialog: InviteDialog,
@@ -922,24 +889,26 @@ impl AgentLeg {
                     let sdp = Some(req.body).filter(|b| !b.is_empty());
                     return AgentLegEvent::ReOffer {
                         sdp,
-                        responder: Responder(Some(handle)),
+                        responder: responder(handle),
                     };
                 }
                 DialogState::Refer(_, req, handle) if self.answered => {
                     let Some(refer_to) =
                         header_value(&req, "Refer-To").or_else(|| header_value(&req, "r"))
                     else {
-                        let _ = handle.reply(StatusCode::BadRequest).await;
+                        tokio::spawn(async move {
+                            let _ = handle.reply(StatusCode::BadRequest).await;
+                        });
                         continue;
                     };
                     let (target, replaces) = request::refer_target(&refer_to);
                     return AgentLegEvent::Refer {
                         target,
                         replaces,
-                        responder: Responder(Some(handle)),
+                        responder: responder(handle),
                     };
                 }
-                other => answer_routine(other).await,
+                other => answer_routine(other),
             }
         }
     }
@@ -990,88 +959,53 @@ impl Drop for AgentLeg {
 /// MESSAGE and NOTIFY get 200; REFER gets 603 (only an agent's leg, where
 /// we are the caller, may transfer: `AgentLeg` surfaces it); other states
 /// need no answer.
-async fn answer_routine(state: DialogState) {
-    match state {
+fn answer_routine(state: DialogState) {
+    let (handle, code) = match state {
         DialogState::Info(_, _, h)
         | DialogState::Options(_, _, h)
         | DialogState::Message(_, _, h)
-        | DialogState::Notify(_, _, h) => {
-            let _ = h.reply(StatusCode::OK).await;
-        }
-        DialogState::Refer(_, _, h) => {
-            let _ = h.reply(StatusCode::from(603)).await;
-        }
-        _ => {}
+        | DialogState::Notify(_, _, h) => (h, StatusCode::OK),
+        DialogState::Refer(_, _, h) => (h, StatusCode::from(603)),
+        _ => return,
+    };
+    // Beside the leg's reader, so reading its next event stays cancel-safe.
+    tokio::spawn(async move {
+        let _ = handle.reply(code).await;
+    });
+}
+
+/// A SIP transaction's answer to a request inside a dialog.
+struct InDialog(TransactionHandle);
+
+impl Respond for InDialog {
+    fn respond(self: Box<Self>, answer: Answer) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let _ = match answer {
+                Answer::Sdp(sdp) => {
+                    let headers = vec![Header::ContentType("application/sdp".into())];
+                    self.0
+                        .respond(StatusCode::OK, Some(headers), Some(sdp.into_bytes()))
+                        .await
+                }
+                Answer::Status(code) => self.0.reply(StatusCode::from(code)).await,
+            };
+        })
     }
 }
 
-/// How the caller's leg ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LegEnd {
-    /// CANCEL before we answered.
-    Cancelled,
-    /// BYE from the caller.
-    RemoteBye,
-    /// We answered but no ACK came (RFC 3261 §13.3.1.4): BYE was sent.
-    NoAck,
-    /// We ended it.
-    LocalBye,
-    Other(String),
+fn responder(handle: TransactionHandle) -> Responder {
+    Responder::new(Box::new(InDialog(handle)))
 }
 
-impl LegEnd {
-    pub fn cause(&self) -> &str {
-        match self {
-            LegEnd::Cancelled => "caller_cancel",
-            LegEnd::RemoteBye => "caller_bye",
-            LegEnd::NoAck => "no_ack",
-            LegEnd::LocalBye => "system_bye",
-            LegEnd::Other(s) => s,
-        }
-    }
-}
+/// A server dialog's identity, kept apart from its leg.
+#[derive(Clone)]
+pub struct DialogName(InviteDialog);
 
-/// What happens on the caller's leg.
-pub enum LegEvent {
-    /// The ACK came; it carries the answer when the INVITE had no offer.
-    Confirmed {
-        ack_body: Option<Vec<u8>>,
-    },
-    /// A re-INVITE or UPDATE: answer it with `Responder`.
-    ReOffer {
-        sdp: Option<Vec<u8>>,
-        responder: Responder,
-    },
-    Ended(LegEnd),
-}
-
-/// Answers a re-INVITE or UPDATE (or a REFER). A request that came from
-/// inside siaga (the browser softphone's hold button) has nobody to answer
-/// on the wire: [`Responder::internal`].
-pub struct Responder(Option<TransactionHandle>);
-
-impl Responder {
-    pub fn internal() -> Responder {
-        Responder(None)
-    }
-
-    pub async fn ok_with_sdp(self, sdp: String) {
-        let Some(tx) = self.0 else { return };
-        let headers = vec![Header::ContentType("application/sdp".into())];
-        let _ = tx
-            .respond(StatusCode::OK, Some(headers), Some(sdp.into_bytes()))
-            .await;
-    }
-
-    pub async fn reject(self, code: u16) {
-        let Some(tx) = self.0 else { return };
-        let _ = tx.reply(StatusCode::from(code)).await;
-    }
-
-    /// 202 Accepted (a REFER taken on).
-    pub async fn accept(self) {
-        let Some(tx) = self.0 else { return };
-        let _ = tx.reply(StatusCode::from(202)).await;
+impl DialogName {
+    /// Whether a Replaces header (RFC 3891) names this dialog.
+    pub fn is_named_by(&self, r: &request::Replaces) -> bool {
+        let id = self.0.id();
+        r.names(&id.call_id, &id.local_tag, &id.remote_tag)
     }
 }
 
@@ -1112,10 +1046,10 @@ impl ServerLeg {
         }
     }
 
-    /// Whether a Replaces header (RFC 3891) names this dialog.
-    pub fn is_named_by(&self, r: &request::Replaces) -> bool {
-        let id = self.dialog.id();
-        r.names(&id.call_id, &id.local_tag, &id.remote_tag)
+    /// What answers, later and from elsewhere, whether a Replaces header
+    /// (RFC 3891) names this dialog.
+    pub fn name(&self) -> DialogName {
+        DialogName(self.dialog.clone())
     }
 
     /// The next thing that matters to the call. In-dialog INFO, OPTIONS,
@@ -1123,7 +1057,7 @@ impl ServerLeg {
     pub async fn next_event(&mut self) -> LegEvent {
         loop {
             let Some(state) = self.states.recv().await else {
-                return LegEvent::Ended(LegEnd::Other("dialog_closed".into()));
+                return LegEvent::Ended(LegEnd::Closed);
             };
             match state {
                 DialogState::Confirmed(..) if !self.confirmed => {
@@ -1149,10 +1083,10 @@ impl ServerLeg {
                     let sdp = Some(req.body).filter(|b| !b.is_empty());
                     return LegEvent::ReOffer {
                         sdp,
-                        responder: Responder(Some(handle)),
+                        responder: responder(handle),
                     };
                 }
-                other => answer_routine(other).await,
+                other => answer_routine(other),
             }
         }
     }

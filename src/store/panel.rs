@@ -1,6 +1,8 @@
 //! What the panel keeps: users, sessions, the incident form with its audit
 //! trail, linking calls to incidents, searches, and today's figures.
 
+use super::records::audit;
+pub use super::records::{IncidentUpdate, NewTransfer};
 use super::{CallRow, IncidentRow, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
@@ -70,43 +72,6 @@ pub struct AuditRow {
     pub field: Option<String>,
     pub old_value: Option<String>,
     pub new_value: Option<String>,
-}
-
-/// A change to an incident; `None` leaves a field as it is. A field set
-/// to an empty text is cleared.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IncidentUpdate {
-    pub category: Option<String>,
-    pub priority: Option<i64>,
-    pub address: Option<String>,
-    pub notes: Option<String>,
-    pub agency: Option<String>,
-    pub status: Option<String>,
-}
-
-impl IncidentUpdate {
-    /// The fields named in this change, as (column, new text value).
-    pub(super) fn fields(&self) -> Vec<(&'static str, Option<String>)> {
-        let text = |v: &Option<String>| {
-            v.as_ref()
-                .map(|s| s.trim().to_string())
-                .map(|s| (!s.is_empty()).then_some(s))
-        };
-        let mut out = Vec::new();
-        let mut push = |name: &'static str, v: Option<Option<String>>| {
-            if let Some(v) = v {
-                out.push((name, v));
-            }
-        };
-        push("category", text(&self.category));
-        push("priority", self.priority.map(|p| Some(p.to_string())));
-        push("address", text(&self.address));
-        push("notes", text(&self.notes));
-        push("agency", text(&self.agency));
-        push("status", text(&self.status));
-        out
-    }
 }
 
 /// Filters of the incident list; all optional, all combined.
@@ -576,32 +541,6 @@ async fn end_sessions(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn audit(
-    tx: &mut sqlx::AnyConnection,
-    incident: &str,
-    at: i64,
-    actor: &str,
-    action: &str,
-    field: Option<&str>,
-    old: Option<String>,
-    new: Option<String>,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO incident_audit (incident_id, at, actor, action, field, old_value, new_value) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(incident)
-    .bind(at)
-    .bind(actor)
-    .bind(action)
-    .bind(field)
-    .bind(old)
-    .bind(new)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
 /// A warm transfer of a call to an agency.
 #[derive(Debug, Clone, Serialize, FromRow)]
 pub struct TransferRow {
@@ -620,17 +559,6 @@ pub struct TransferRow {
     pub recording_sha256: Option<String>,
     pub recording_error: Option<String>,
     pub recording_lost_ms: Option<i64>,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct NewTransfer {
-    pub id: String,
-    pub call_id: String,
-    pub incident_id: String,
-    pub from_agent: Option<String>,
-    pub agency: String,
-    pub requested_by: String,
-    pub at: i64,
 }
 
 impl Store {

@@ -3,8 +3,8 @@
 //! commit, one fsync, for a whole batch of calls' records). Nothing here
 //! begins or commits; `Store::apply` does.
 
-use super::panel::{audit, IncidentUpdate, NewTransfer};
 use super::{CallId, IncidentRow, NewCall, NewIncident, RecordingOutcome, StoreError, RECENT};
+use serde::Deserialize;
 use sqlx::AnyConnection;
 
 /// Opens the incident (with the caller's history counted) and the call
@@ -394,6 +394,82 @@ pub(super) async fn journal_applied(
     .bind(journal)
     .bind(seq as i64)
     .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// A change to an incident; `None` leaves a field as it is. A field set
+/// to an empty text is cleared.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentUpdate {
+    pub category: Option<String>,
+    pub priority: Option<i64>,
+    pub address: Option<String>,
+    pub notes: Option<String>,
+    pub agency: Option<String>,
+    pub status: Option<String>,
+}
+
+impl IncidentUpdate {
+    /// The fields named in this change, as (column, new text value).
+    pub(super) fn fields(&self) -> Vec<(&'static str, Option<String>)> {
+        let text = |v: &Option<String>| {
+            v.as_ref()
+                .map(|s| s.trim().to_string())
+                .map(|s| (!s.is_empty()).then_some(s))
+        };
+        let mut out = Vec::new();
+        let mut push = |name: &'static str, v: Option<Option<String>>| {
+            if let Some(v) = v {
+                out.push((name, v));
+            }
+        };
+        push("category", text(&self.category));
+        push("priority", self.priority.map(|p| Some(p.to_string())));
+        push("address", text(&self.address));
+        push("notes", text(&self.notes));
+        push("agency", text(&self.agency));
+        push("status", text(&self.status));
+        out
+    }
+}
+
+/// A warm transfer as it begins, for the record.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NewTransfer {
+    pub id: String,
+    pub call_id: String,
+    pub incident_id: String,
+    pub from_agent: Option<String>,
+    pub agency: String,
+    pub requested_by: String,
+    pub at: i64,
+}
+
+/// One row of an incident's audit trail.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn audit(
+    tx: &mut sqlx::AnyConnection,
+    incident: &str,
+    at: i64,
+    actor: &str,
+    action: &str,
+    field: Option<&str>,
+    old: Option<String>,
+    new: Option<String>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO incident_audit (incident_id, at, actor, action, field, old_value, new_value) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(incident)
+    .bind(at)
+    .bind(actor)
+    .bind(action)
+    .bind(field)
+    .bind(old)
+    .bind(new)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }

@@ -10,9 +10,9 @@
 //! is, payload type mapped between the two negotiations.
 
 use super::{FromTab, Phones, Ring, Settings};
+use crate::leg::{AgentFailure, AgentLegEvent, Responder};
 use crate::media::ports::RtpSocket;
 use crate::media::sdp::{self, Direction, LocalAudio, Negotiated};
-use crate::sip::{AgentFailure, AgentLegEvent, Responder};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
