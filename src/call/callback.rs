@@ -5,6 +5,7 @@
 //! of callers who came later, recorded, bridged to an agent, on the same
 //! incident.
 
+use super::machine::EndCause;
 use super::{converse, CallerLeg, Conversation, Services};
 use crate::ids::{CallId, IncidentId};
 use crate::leg::{AgentFailure, AgentLegEvent};
@@ -124,13 +125,13 @@ impl Callbacks {
         route: crate::config::Route,
     ) {
         let s = &self.services;
-        let unended = super::Unended::new(s, &call_id);
+        let unended = super::Unended::new(&s.store, &call_id);
         let started_ms = now_ms();
         let rtp = match s.ports.allocate() {
             Ok(r) => r,
             Err(e) => {
                 warn!(error = %e, "no RTP port for a call-back");
-                return unended.end("no_media_port", None);
+                return unended.end(EndCause::NoMediaPort, None);
             }
         };
         let local = LocalAudio::new(s.config.server.sip.public_ip, rtp.port);
@@ -141,7 +142,7 @@ impl Callbacks {
             Ok(l) => l,
             Err(e) => {
                 warn!(error = %e, %uri, "call-back INVITE failed");
-                return unended.end("callback_failed", None);
+                return unended.end(EndCause::CallbackFailed, None);
             }
         };
         let deadline = tokio::time::Instant::now() + RING_LIMIT;
@@ -153,25 +154,21 @@ impl Callbacks {
                     AgentLegEvent::Answered { sdp: body } => break body,
                     AgentLegEvent::Failed(f) => {
                         info!(failure = ?f, "the caller did not take the call-back");
-                        return unended.end(match f {
-                            AgentFailure::NoAnswer => "callback_no_answer",
-                            AgentFailure::Declined => "callback_declined",
-                            AgentFailure::Unreachable => "callback_unreachable",
-                        }, None);
+                        return unended.end(EndCause::CallbackNotTaken(f), None);
                     }
                     AgentLegEvent::ReOffer { responder, .. } => responder.reject(491).await,
                     AgentLegEvent::Ended | AgentLegEvent::Lost => {
-                        return unended.end("callback_failed", None);
+                        return unended.end(EndCause::CallbackFailed, None);
                     }
                 },
                 _ = tokio::time::sleep_until(deadline) => {
                     info!("the caller did not answer the call-back");
                     leg.end().await;
-                    return unended.end("callback_no_answer", None);
+                    return unended.end(EndCause::CallbackNotTaken(AgentFailure::NoAnswer), None);
                 }
                 _ = s.hangup_all.cancelled() => {
                     leg.end().await;
-                    return unended.end("shutdown", None);
+                    return unended.end(EndCause::Shutdown, None);
                 }
             }
         };
@@ -181,7 +178,7 @@ impl Callbacks {
                 Err(e) => {
                     warn!(error = %e, "call-back answered without usable audio; hanging up");
                     leg.end().await;
-                    return unended.end("bad_sdp", None);
+                    return unended.end(EndCause::BadSdp, None);
                 }
             };
         info!("the caller answered the call-back");

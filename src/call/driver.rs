@@ -11,13 +11,11 @@
 
 use super::leg::Leg;
 use super::machine::{
-    self, AcdOp, Action, Call, Called, Event, LegId, MediaOp, Now, Place, Placed, ReplyToken,
-    ReplyWith, Request, SdpAnswer, Target,
+    self, AcdOp, Action, Call, Called, EndCause, Event, LegId, MediaOp, Now, Place, Placed,
+    ReplyToken, ReplyWith, Request, SdpAnswer, Target,
 };
 use super::transfer::{transfer_place, Control, Reply};
-use super::{
-    close_consult, finish_recording, paths, record_end, CallerLeg, Conversation, Services,
-};
+use super::{close_consult, finish_recording, paths, CallerLeg, Conversation, Services, Unended};
 use crate::acd::runtime::AcdNotice;
 use crate::ids::{CallId, IncidentId, QueueId, TransferId};
 use crate::leg::{AgentLegEvent, LegEvent, Responder};
@@ -231,8 +229,8 @@ pub(super) struct Driver {
     waiting: HashMap<u64, Waiting>,
     next_token: u64,
     shutdown_told: bool,
-    /// The end record went to the store.
-    end_recorded: bool,
+    /// Puts the end on record should the machine not (a panic).
+    unended: Option<Unended>,
     /// The machine's first actions, carried out as the loop starts.
     first: Vec<Action>,
 }
@@ -289,6 +287,7 @@ impl Driver {
         ));
         let (notice_tx, notices) = mpsc::unbounded_channel();
         let controls = s.controls.register(&c.call_id);
+        let unended = Unended::new(&s.store, &c.call_id);
         let (call, actions) = Call::new(machine::Start {
             id: c.call_id.clone(),
             incident: c.incident_id.clone(),
@@ -334,7 +333,7 @@ impl Driver {
             waiting: HashMap::new(),
             next_token: 0,
             shutdown_told: false,
-            end_recorded: false,
+            unended: Some(unended),
             first: actions,
             s,
         }
@@ -643,7 +642,9 @@ impl Driver {
             Action::Media(op) => self.media_op(op),
             Action::Store(cmd) => {
                 if matches!(*cmd, StoreCmd::Ended { .. }) {
-                    self.end_recorded = true;
+                    if let Some(unended) = self.unended.take() {
+                        unended.hand_over();
+                    }
                 }
                 self.s.store.send(*cmd);
             }
@@ -882,11 +883,11 @@ impl Driver {
             (Target::Agent(agent), Some(binding)) => {
                 info!(%agent, contact = %binding.contact, "ringing agent");
                 let leg = s.sip.call_agent(&binding, &caller, offer, call_info);
-                Leg::Phone(leg.map_err(|_| "INVITE failed")?)
+                Leg::Phone(leg.map_err(invite_failed)?)
             }
             (Target::Center(uri), _) => {
                 let leg = s.sip.call_uri(uri, &caller, offer, call_info);
-                Leg::Phone(leg.map_err(|_| "INVITE failed")?)
+                Leg::Phone(leg.map_err(invite_failed)?)
             }
             (Target::Agent(_), None) => return Err("not registered"),
         };
@@ -954,6 +955,13 @@ impl Driver {
     }
 }
 
+/// Why an INVITE could not be sent, logged whole; the machine hears the
+/// short reason.
+fn invite_failed(e: crate::sip::SipError) -> &'static str {
+    warn!(error = %e, "INVITE not sent");
+    "INVITE failed"
+}
+
 /// The call's recording once `Recorder::open` is done, or why not.
 fn opened(
     done: Result<Result<Recording, RecordError>, tokio::task::JoinError>,
@@ -970,9 +978,9 @@ fn opened(
 /// its end record is written all the same.
 impl Drop for Driver {
     fn drop(&mut self) {
-        if self.end_recorded {
+        let Some(unended) = self.unended.take() else {
             return;
-        }
+        };
         error!("the call's task ended without its end; closing its record");
         self.caller.tell(LegCmd::End { notify: None });
         for (_, h) in self.legs.drain() {
@@ -987,14 +995,9 @@ impl Drop for Driver {
             call_id: self.id.to_string(),
             incident_id: self.incident.to_string(),
             agent_id: None,
-            cause: "internal_error".into(),
+            cause: EndCause::InternalError.as_str().into(),
         });
-        let waited = self.call.waited(Instant::now());
-        record_end(
-            &self.s,
-            &self.id,
-            "internal_error",
-            Some(waited.as_millis() as i64),
-        );
+        let waited = self.call.waited(Instant::now()).as_millis() as i64;
+        unended.end(EndCause::InternalError, Some(waited));
     }
 }

@@ -15,6 +15,7 @@ mod transfer;
 
 pub use callback::Callbacks;
 use driver::converse;
+use machine::EndCause;
 pub use transfer::{Control, Controls};
 
 use crate::acd::runtime::AcdHandle;
@@ -61,31 +62,32 @@ pub struct Services {
     pub rules: Arc<machine::Rules>,
 }
 
-/// A call whose end is not on record yet. Dropped so (a panic before the
-/// call reaches its driver, which has its own), it puts the end on record
-/// as `internal_error`.
+/// A call whose end is not on record yet. Dropped so (its task panicked
+/// or was dropped before the end), it puts the end on record as
+/// `internal_error`: a call's record is closed whatever happens.
 pub(crate) struct Unended {
-    s: Arc<Services>,
+    store: StoreWriter,
     id: CallId,
     armed: bool,
 }
 
 impl Unended {
-    pub fn new(s: &Arc<Services>, id: &CallId) -> Unended {
+    pub fn new(store: &StoreWriter, id: &CallId) -> Unended {
         Unended {
-            s: s.clone(),
+            store: store.clone(),
             id: id.clone(),
             armed: true,
         }
     }
 
     /// Puts the end on record.
-    pub fn end(mut self, cause: &str, wait_ms: Option<i64>) {
-        record_end(&self.s, &self.id, cause, wait_ms);
+    pub fn end(mut self, cause: EndCause, wait_ms: Option<i64>) {
+        record_end(&self.store, &self.id, &cause, wait_ms);
         self.armed = false;
     }
 
-    /// The driver takes the call, and its end, over.
+    /// Someone else put the end on record, or will (the driver takes the
+    /// call over, with an `Unended` of its own).
     pub fn hand_over(mut self) {
         self.armed = false;
     }
@@ -95,18 +97,23 @@ impl Drop for Unended {
     fn drop(&mut self) {
         if self.armed {
             error!(call = %self.id, "a call's task ended before its end was on record");
-            record_end(&self.s, &self.id, "internal_error", None);
+            record_end(&self.store, &self.id, &EndCause::InternalError, None);
         }
     }
 }
 
 /// Puts a call's end on record.
-pub(crate) fn record_end(s: &Services, call: &CallId, cause: &str, wait_ms: Option<i64>) {
-    s.store.send(StoreCmd::Ended {
+pub(crate) fn record_end(
+    store: &StoreWriter,
+    call: &CallId,
+    cause: &EndCause,
+    wait_ms: Option<i64>,
+) {
+    store.send(StoreCmd::Ended {
         id: call.clone(),
         at: now_ms(),
         wait_ms,
-        cause: cause.to_string(),
+        cause: cause.as_str().to_string(),
     });
 }
 
@@ -183,7 +190,7 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
         &location,
         arrived_ms,
     ));
-    let unended = Unended::new(&s, &call_id);
+    let unended = Unended::new(&s.store, &call_id);
 
     // The offer, if the INVITE had one (else we offer in the 200 OK).
     let offer = match info.sdp.as_deref().map(sdp::parse) {
@@ -193,13 +200,13 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
             Err(e) => {
                 warn!(error = %e, "refusing a call whose offer has no G.711");
                 leg.reject(488, "Not Acceptable Here");
-                return unended.end("no_common_codec", None);
+                return unended.end(EndCause::NoCommonCodec, None);
             }
         },
         Some(Err(e)) => {
             warn!(error = %e, "refusing a call with an unreadable offer");
             leg.reject(488, "Not Acceptable Here");
-            return unended.end("bad_sdp", None);
+            return unended.end(EndCause::BadSdp, None);
         }
     };
 
@@ -210,7 +217,7 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
             // another center at once rather than ring into nothing.
             error!(error = %e, "no RTP port for an emergency call");
             leg.reject(503, "Service Unavailable");
-            return unended.end("no_media_port", None);
+            return unended.end(EndCause::NoMediaPort, None);
         }
     };
 
@@ -221,7 +228,7 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
             ev = leg.next_event() => {
                 if let LegEvent::Ended(why) = ev {
                     info!(cause = why.cause(), "caller left before answer");
-                    return unended.end(why.cause(), None);
+                    return unended.end(EndCause::Caller(why), None);
                 }
             }
         }
@@ -234,7 +241,7 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
     };
     if let Err(e) = leg.answer(answer_sdp.clone()) {
         warn!(error = %e, "caller left as we answered");
-        return unended.end("caller_cancel", None);
+        return unended.end(EndCause::Caller(LegEnd::Cancelled), None);
     }
     let answered_ms = now_ms();
 
@@ -249,16 +256,16 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
                 Err(e) => {
                     warn!(error = %e, "ACK carried no usable answer; ending the call");
                     leg.hangup().await;
-                    return unended.end("bad_sdp", Some(0));
+                    return unended.end(EndCause::BadSdp, Some(0));
                 }
             },
             LegEvent::Ended(why) => {
-                return unended.end(why.cause(), Some(0));
+                return unended.end(EndCause::Caller(why), Some(0));
             }
             _ => {
                 warn!("ACK without an answer to our offer; ending the call");
                 leg.hangup().await;
-                return unended.end("bad_sdp", Some(0));
+                return unended.end(EndCause::BadSdp, Some(0));
             }
         },
     };
@@ -440,5 +447,63 @@ fn codec_name(n: &Negotiated) -> &'static str {
     match n.law {
         crate::media::g711::Law::Alaw => "PCMA",
         crate::media::g711::Law::Ulaw => "PCMU",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Places, Store};
+
+    /// A bug in a call's task must not leave its call open on record.
+    #[tokio::test]
+    async fn a_call_task_that_panics_still_puts_its_end_on_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/s.db?mode=rwc", dir.path().display());
+        let store = Store::lazy(&url).unwrap();
+        store.migrate().await.unwrap();
+        let writer = StoreWriter::spawn(store.clone(), Places::default(), |_| {});
+        let id = CallId("c1".into());
+        writer.send(StoreCmd::NewCall(Box::new((
+            NewCall {
+                id: id.clone(),
+                incident_id: IncidentId("i1".into()),
+                sip_call_id: "sip-c1".into(),
+                from_uri: "sip:0812@127.0.0.1".into(),
+                to_uri: "sip:112@127.0.0.1".into(),
+                caller_number: Some("0812".into()),
+                dialed: "112".into(),
+                service: "112".into(),
+                route: "ntpd-112".into(),
+                queue: "ntpd-112".into(),
+                source: "127.0.0.1:5070".into(),
+                transport: "udp".into(),
+                trunk: None,
+                arrived_at: now_ms(),
+            },
+            NewIncident {
+                id: IncidentId("i1".into()),
+                service: "112".into(),
+                caller_number: Some("0812".into()),
+                location_text: None,
+                latitude: None,
+                longitude: None,
+                geolocation: None,
+                created_at: now_ms(),
+            },
+        ))));
+        let (w, call) = (writer.clone(), id.clone());
+        let task = tokio::spawn(async move {
+            let _unended = Unended::new(&w, &call);
+            panic!("a bug in the call's task");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        // One that ended as it should is not closed twice.
+        Unended::new(&writer, &CallId("c2".into())).hand_over();
+        writer.flush().await;
+        let row = store.get_call("c1").await.unwrap().expect("the call");
+        assert_eq!(row.end_cause.as_deref(), Some("internal_error"));
+        assert!(row.ended_at.is_some());
+        assert!(store.get_call("c2").await.unwrap().is_none());
     }
 }

@@ -43,14 +43,22 @@ pub enum SipError {
     #[error("cannot listen for SIP on {addr}: {message}")]
     Listen { addr: SocketAddr, message: String },
     #[error("SIP stack: {0}")]
-    Stack(String),
+    Stack(#[source] Box<rsipstack::Error>),
+    #[error("cannot call `{target}`: {source}")]
+    Target {
+        target: String,
+        #[source]
+        source: rsipstack::sip::Error,
+    },
+    #[error("no SIP listener for {0}")]
+    NoListener(&'static str),
     #[error("the caller leg is gone: {0}")]
-    LegGone(String),
+    LegGone(#[source] Box<rsipstack::Error>),
 }
 
 impl From<rsipstack::Error> for SipError {
     fn from(e: rsipstack::Error) -> Self {
-        SipError::Stack(e.to_string())
+        SipError::Stack(Box::new(e))
     }
 }
 
@@ -800,12 +808,14 @@ impl SipHandle {
         sdp: String,
         headers: Vec<Header>,
     ) -> Result<AgentLeg, SipError> {
-        let callee = rsipstack::sip::Uri::try_from(target)
-            .map_err(|e| SipError::Stack(format!("target `{target}`: {e}")))?;
+        let callee = rsipstack::sip::Uri::try_from(target).map_err(|source| SipError::Target {
+            target: target.to_string(),
+            source,
+        })?;
         let caller_uri = contact_uri(&self.config, &self.addrs, Some(caller), "udp")
-            .ok_or_else(|| SipError::Stack("no UDP listener".into()))?;
+            .ok_or(SipError::NoListener("UDP"))?;
         let contact = contact_uri(&self.config, &self.addrs, None, transport)
-            .ok_or_else(|| SipError::Stack("no listener for the target's transport".into()))?;
+            .ok_or(SipError::NoListener("the target's transport"))?;
         let opt = rsipstack::dialog::invitation::InviteOption {
             caller_display_name: Some(caller.to_string()),
             caller: caller_uri,
@@ -1029,7 +1039,7 @@ impl ServerLeg {
         let headers = vec![Header::ContentType("application/sdp".into())];
         self.dialog
             .accept(Some(headers), Some(sdp.into_bytes()))
-            .map_err(|e| SipError::LegGone(e.to_string()))
+            .map_err(|e| SipError::LegGone(Box::new(e)))
     }
 
     pub fn reject(&self, code: u16, reason: &str) {

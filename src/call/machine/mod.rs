@@ -74,6 +74,18 @@ pub enum EndCause {
     MediaFailed,
     /// The service shut down.
     Shutdown,
+    /// Before the answer: the offer has no G.711.
+    NoCommonCodec,
+    /// The offer (or the ACK's answer) could not be read.
+    BadSdp,
+    /// Every RTP port is in use.
+    NoMediaPort,
+    /// A call-back's INVITE could not be sent, or its leg died.
+    CallbackFailed,
+    /// The called-back caller did not take the call.
+    CallbackNotTaken(AgentFailure),
+    /// The call's task ended before the call did (a panic).
+    InternalError,
 }
 
 impl EndCause {
@@ -85,6 +97,14 @@ impl EndCause {
             EndCause::RtpTimeout => "rtp_timeout",
             EndCause::MediaFailed => "media_failed",
             EndCause::Shutdown => "shutdown",
+            EndCause::NoCommonCodec => "no_common_codec",
+            EndCause::BadSdp => "bad_sdp",
+            EndCause::NoMediaPort => "no_media_port",
+            EndCause::CallbackFailed => "callback_failed",
+            EndCause::CallbackNotTaken(AgentFailure::NoAnswer) => "callback_no_answer",
+            EndCause::CallbackNotTaken(AgentFailure::Declined) => "callback_declined",
+            EndCause::CallbackNotTaken(AgentFailure::Unreachable) => "callback_unreachable",
+            EndCause::InternalError => "internal_error",
         }
     }
 
