@@ -4,6 +4,7 @@
 
 pub mod acd;
 pub mod call;
+pub mod cluster;
 pub mod config;
 pub mod ids;
 pub mod leg;

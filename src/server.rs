@@ -152,6 +152,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let places = crate::store::Places {
             journal: Some(config.resolve(&config.server.database.journal_dir)),
             recordings: Some(config.resolve(&config.server.media.recordings_dir)),
+            node: config.server.cluster.node.clone(),
         };
         StoreWriter::spawn(store.clone(), places, move |changed| match changed {
             Changed::Calls => live.calls_changed(),
@@ -175,7 +176,23 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     ));
     let (calls_tx, calls_rx) = mpsc::unbounded_channel();
     let (reg_tx, mut reg_rx) = mpsc::unbounded_channel::<RegistrationEvent>();
-    let sip = SipStack::start(config.clone(), calls_tx, reg_tx, shutdown.clone()).await?;
+    let leadership = if config.server.database.url.starts_with("sqlite:") {
+        crate::cluster::Leadership::always(&config.server.cluster.node)
+    } else {
+        crate::cluster::spawn(
+            store.clone(),
+            &config.server.cluster,
+            TakeOver(store.clone()),
+        )
+    };
+    let sip = SipStack::start(
+        config.clone(),
+        calls_tx,
+        reg_tx,
+        leadership.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     let to_acd = acd.clone();
     tokio::spawn(async move {
         while let Some(ev) = reg_rx.recv().await {
@@ -209,6 +226,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         controls: Default::default(),
         phones: phones.clone(),
         rules: Arc::new(crate::call::machine::Rules::of(&config)),
+        leadership: leadership.clone(),
     });
     live.spawn_feeds(
         acd.clone(),
@@ -248,6 +266,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         live,
         logins: Default::default(),
         phones: Some(phones),
+        leadership: Some(leadership),
     });
     // SIP's sockets, the RTP pool (a descriptor a port, twice over for
     // browser calls' gateways) and the recorder's files come first.
@@ -329,5 +348,23 @@ async fn first_admin(config: &Config, store: &Store) {
             let _ = std::fs::remove_file(&path);
             warn!(error = %e, "first admin not made");
         }
+    }
+}
+
+/// Taking the lease over from a node that is gone: its calls left open
+/// are closed (`interrupted`, node failure), with their recordings'
+/// checksums where this node can read them.
+struct TakeOver(Store);
+
+impl crate::cluster::OnLead for TakeOver {
+    fn took_over(&self, previous: Option<String>) {
+        let Some(gone) = previous else { return };
+        let store = self.0.clone();
+        tokio::spawn(async move {
+            let whose = crate::store::Whose::Gone(&gone);
+            if let Err(e) = crate::store::close_left_open(&store, whose).await {
+                tracing::error!(error = %e, node = %gone, "the calls of the node taken over could not be closed");
+            }
+        });
     }
 }

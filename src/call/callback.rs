@@ -47,10 +47,16 @@ impl Callbacks {
     /// Places the call-back; returns the new call's id at once (the call
     /// goes on in its own task).
     pub async fn start(&self, of: CallRow, requested_by: &str) -> Result<String, String> {
+        if !self.services.leadership.leads() {
+            return Err("this node stands by: call-backs are placed by the leader".into());
+        }
         if of.direction != "inbound" {
             return Err("only a caller's own call can be called back".into());
         }
-        if of.ended_at.is_none() || of.agent_answered_at.is_some() {
+        // A caller cut off by a node's failure is called back even if an
+        // agent had them: we cut them off.
+        let cut_off = of.end_cause.as_deref() == Some("node_failure");
+        if of.ended_at.is_none() || (of.agent_answered_at.is_some() && !cut_off) {
             return Err(
                 "only an abandoned call (ended before an agent answered) is called back".into(),
             );
@@ -91,7 +97,14 @@ impl Callbacks {
         let call_id = CallId::new();
         if let Err(e) = self
             .store
-            .insert_callback(call_id.as_str(), &of, &uri, requested_by, now_ms())
+            .insert_callback(
+                call_id.as_str(),
+                &of,
+                &uri,
+                requested_by,
+                now_ms(),
+                self.services.leadership.node(),
+            )
             .await
         {
             self.release(&of.id);

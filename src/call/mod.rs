@@ -60,6 +60,8 @@ pub struct Services {
     pub phones: crate::webphone::Phones,
     /// What the configuration says that calls decide on.
     pub rules: Arc<machine::Rules>,
+    /// Whether this node leads (only the leader places call-backs).
+    pub leadership: crate::cluster::Leadership,
 }
 
 /// A call whose end is not on record yet. Dropped so (its task panicked
@@ -182,13 +184,13 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
         .and_then(crate::sip::request::parse_pidf)
         .unwrap_or_default();
     s.store.send(arrival(
-        &call_id,
-        &incident_id,
+        (&call_id, &incident_id),
         &info,
         &route,
         trunk,
         &location,
         arrived_ms,
+        &s.config.server.cluster.node,
     ));
     let unended = Unended::new(&s.store, &call_id);
 
@@ -294,13 +296,13 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
 
 /// The records of a call as it arrives: the call, and its incident.
 fn arrival(
-    call_id: &CallId,
-    incident_id: &IncidentId,
+    (call_id, incident_id): (&CallId, &IncidentId),
     info: &crate::sip::request::InviteInfo,
     route: &crate::config::Route,
     trunk: Option<String>,
     location: &Location,
     arrived_ms: i64,
+    node: &str,
 ) -> StoreCmd {
     StoreCmd::NewCall(Box::new((
         NewCall {
@@ -322,6 +324,7 @@ fn arrival(
             transport: info.transport.to_string(),
             trunk,
             arrived_at: arrived_ms,
+            node: Some(node.to_string()),
         },
         NewIncident {
             id: incident_id.clone(),
@@ -480,6 +483,7 @@ mod tests {
                 transport: "udp".into(),
                 trunk: None,
                 arrived_at: now_ms(),
+                node: None,
             },
             NewIncident {
                 id: IncidentId("i1".into()),

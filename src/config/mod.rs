@@ -58,6 +58,9 @@ pub struct ServerFile {
     pub webphone: WebphoneSection,
     pub http: HttpSection,
     pub database: DatabaseSection,
+    /// This node among the nodes sharing one PostgreSQL (leader/standby).
+    #[serde(default)]
+    pub cluster: ClusterSection,
     #[serde(default, rename = "trunk")]
     pub trunks: Vec<Trunk>,
 }
@@ -297,6 +300,50 @@ pub struct DatabaseSection {
     /// (`store::journal`): on this node's own disk, never shared.
     #[serde(default = "default_journal_dir")]
     pub journal_dir: PathBuf,
+}
+
+/// Leadership among the nodes that share one PostgreSQL: one of them (the
+/// leader) takes calls; the others stand by, ready, and answer 503 until
+/// the leader's lease runs out. With SQLite there is one node, always
+/// leading.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// This node's name, unique among the nodes: its calls are on record
+    /// under it, and only it (or the node that takes its lease over)
+    /// closes them.
+    #[serde(default = "default_node")]
+    pub node: String,
+    /// How long a lease lasts on the database's clock; a leader that has
+    /// not renewed it for that long stops taking calls, and another node
+    /// may take it.
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often the lease is renewed (or, standing by, tried).
+    #[serde(default = "default_renew", with = "humantime_serde")]
+    pub renew: Duration,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            node: default_node(),
+            lease: default_lease(),
+            renew: default_renew(),
+        }
+    }
+}
+
+fn default_node() -> String {
+    "siaga-1".into()
+}
+
+fn default_lease() -> Duration {
+    Duration::from_secs(3)
+}
+
+fn default_renew() -> Duration {
+    Duration::from_secs(1)
 }
 
 fn default_journal_dir() -> PathBuf {
@@ -831,6 +878,27 @@ fn check_server(file: &Path, s: &ServerFile) -> Result<(), ConfigError> {
             file,
             "database.url",
             "expected a `sqlite:` or `postgres:` URL",
+        ));
+    }
+    let c = &s.cluster;
+    if c.node.is_empty()
+        || c.node.len() > 64
+        || !c
+            .node
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(ConfigError::invalid(
+            file,
+            "cluster.node",
+            "expected 1 to 64 letters, digits, `-`, `_` or `.`",
+        ));
+    }
+    if c.renew.is_zero() || c.renew * 2 > c.lease {
+        return Err(ConfigError::invalid(
+            file,
+            "cluster.renew",
+            "expected more than zero and at most half of `cluster.lease`",
         ));
     }
     for (i, t) in s.trunks.iter().enumerate() {

@@ -14,6 +14,7 @@ use super::request::{self, header_value, InviteInfo};
 use super::routing::{self, AgentRequest, FeatureCode, InviteDecision, MethodDecision};
 use super::salvage;
 use super::unconfirmed::{Place, Unconfirmed};
+use crate::cluster::Leadership;
 use crate::config::{Config, Route};
 use crate::leg::{AgentFailure, AgentLegEvent, Answer, LegEnd, LegEvent, Respond, Responder};
 use rsipstack::dialog::dialog::{
@@ -100,6 +101,7 @@ impl SipStack {
         config: Arc<Config>,
         calls: mpsc::UnboundedSender<IncomingCall>,
         registrations: mpsc::UnboundedSender<RegistrationEvent>,
+        leadership: Leadership,
         cancel: CancellationToken,
     ) -> Result<SipStack, SipError> {
         let transport_layer = TransportLayer::new(cancel.child_token());
@@ -194,6 +196,7 @@ impl SipStack {
             addrs: addrs.clone(),
             calls,
             draining: draining.clone(),
+            leadership,
             accounts,
         };
         let stop = cancel.clone();
@@ -427,6 +430,9 @@ struct Dispatcher {
     addrs: SipAddrs,
     calls: mpsc::UnboundedSender<IncomingCall>,
     draining: Arc<AtomicBool>,
+    /// Only the leader takes calls, registrations and probes (a standby
+    /// answers 503, so the front sends them to the leader).
+    leadership: Leadership,
     accounts: Arc<Accounts>,
     unconfirmed: Unconfirmed,
     /// When a refusal for too many unconfirmed calls was last logged.
@@ -458,7 +464,20 @@ impl Dispatcher {
             }
             return;
         }
-        match routing::out_of_dialog(&method) {
+        let decision = routing::out_of_dialog(&method);
+        let asks_leader = matches!(
+            decision,
+            MethodDecision::Invite | MethodDecision::Register | MethodDecision::Options
+        );
+        if asks_leader && !self.leadership.leads() {
+            // Standing by (or the lease unproven): never a call here.
+            let headers = vec![Header::Other("Retry-After".into(), "1".into())];
+            let _ = tx
+                .reply_with(StatusCode::ServiceUnavailable, headers, None)
+                .await;
+            return;
+        }
+        match decision {
             MethodDecision::Invite => self.invite(tx).await,
             MethodDecision::Register => {
                 let Some((source, transport)) = self.source_and_transport(&tx) else {

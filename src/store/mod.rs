@@ -8,7 +8,10 @@
 mod journal;
 mod writer;
 
-pub use writer::{orphan_recordings, Changed, Places, RecordingOutcome, StoreCmd, StoreWriter};
+pub use writer::{
+    close_left_open, orphan_recordings, Changed, Places, RecordingOutcome, StoreCmd, StoreWriter,
+    Whose,
+};
 
 use crate::ids::{CallId, IncidentId};
 use serde::{Deserialize, Serialize};
@@ -107,6 +110,9 @@ pub struct NewCall {
     pub transport: String,
     pub trunk: Option<String>,
     pub arrived_at: i64,
+    /// The node that took the call (`cluster.node`).
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, FromRow)]
@@ -264,7 +270,9 @@ macro_rules! incident_columns {
 // After the column lists: it uses them.
 mod panel;
 pub use panel::*;
+mod lease;
 mod records;
+pub use lease::Held;
 
 impl Store {
     /// A pool that connects on first use, so a database that is down at
@@ -348,18 +356,21 @@ impl Store {
         Ok(())
     }
 
-    /// Callers who hung up before any agent answered and whom no call-back
-    /// has reached yet: the call-back list.
+    /// Callers who hung up before any agent answered, and callers cut off
+    /// by a node's failure (first: we cut them off), whom no call-back has
+    /// reached yet: the call-back list.
     pub async fn list_abandoned(&self, limit: i64) -> Result<Vec<CallRow>, StoreError> {
         let q = concat!(
             "SELECT ",
             call_columns!(),
-            " FROM calls WHERE agent_answered_at IS NULL AND ended_at IS NOT NULL",
-            " AND end_cause IN ('caller_bye', 'caller_cancel') AND direction = 'inbound'",
+            " FROM calls WHERE ended_at IS NOT NULL AND direction = 'inbound'",
+            " AND ((agent_answered_at IS NULL AND end_cause IN ('caller_bye', 'caller_cancel'))",
+            " OR end_cause = 'node_failure')",
             // Once a call-back reached an agent, the caller is served.
             " AND NOT EXISTS (SELECT 1 FROM calls cb WHERE cb.callback_of = calls.id",
             " AND cb.agent_answered_at IS NOT NULL)",
-            " ORDER BY arrived_at DESC LIMIT $1"
+            " ORDER BY CASE WHEN end_cause = 'node_failure' THEN 0 ELSE 1 END, arrived_at DESC",
+            " LIMIT $1"
         );
         Ok(sqlx::query_as::<_, CallRow>(q)
             .bind(limit)
@@ -367,11 +378,15 @@ impl Store {
             .await?)
     }
 
-    /// Calls a previous process left open (it was killed or crashed).
-    pub async fn open_calls(&self) -> Result<Vec<OpenCall>, StoreError> {
+    /// Calls a previous process of `node` left open (it was killed or
+    /// crashed); with `unnamed`, also those on record under no node.
+    pub async fn open_calls(&self, node: &str, unnamed: bool) -> Result<Vec<OpenCall>, StoreError> {
         Ok(sqlx::query_as::<_, OpenCall>(
-            "SELECT id, recording_path FROM calls WHERE ended_at IS NULL AND status <> 'interrupted'",
+            "SELECT id, recording_path FROM calls WHERE ended_at IS NULL AND status <> 'interrupted' \
+             AND (node = $1 OR ($2 = 1 AND node IS NULL))",
         )
+        .bind(node)
+        .bind(i64::from(unnamed))
         .fetch_all(&self.pool)
         .await?)
     }
@@ -398,11 +413,18 @@ impl Store {
     /// Ended calls whose recording has neither a checksum nor an error:
     /// the process stopped between the call's end and its recording's
     /// close (the end is written first).
-    pub async fn unchecked_recordings(&self) -> Result<Vec<OpenCall>, StoreError> {
+    pub async fn unchecked_recordings(
+        &self,
+        node: &str,
+        unnamed: bool,
+    ) -> Result<Vec<OpenCall>, StoreError> {
         Ok(sqlx::query_as::<_, OpenCall>(
             "SELECT id, recording_path FROM calls WHERE ended_at IS NOT NULL \
-             AND recording_path IS NOT NULL AND recording_sha256 IS NULL AND recording_error IS NULL",
+             AND recording_path IS NOT NULL AND recording_sha256 IS NULL AND recording_error IS NULL \
+             AND (node = $1 OR ($2 = 1 AND node IS NULL))",
         )
+        .bind(node)
+        .bind(i64::from(unnamed))
         .fetch_all(&self.pool)
         .await?)
     }
@@ -430,12 +452,13 @@ impl Store {
         at: i64,
         sha256: Option<&str>,
         note: &str,
+        cause: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE calls SET status = $1, end_cause = $2, ended_at = $3, recording_sha256 = $4, recording_error = $5 WHERE id = $6",
         )
         .bind("interrupted")
-        .bind("interrupted_by_restart")
+        .bind(cause)
         .bind(at)
         .bind(sha256)
         .bind(note)
@@ -546,6 +569,7 @@ mod tests {
                 transport: "udp".into(),
                 trunk: Some("t".into()),
                 arrived_at: at,
+                node: None,
             },
             NewIncident {
                 id: IncidentId(inc.into()),
@@ -611,11 +635,11 @@ mod tests {
         );
     }
 
-    /// The same against PostgreSQL, in a database made for this run.
-    /// `scripts/test` starts a local server and sets SIAGA_TEST_POSTGRES
-    /// (a URL whose user may create databases) and SIAGA_REQUIRE_POSTGRES.
-    #[tokio::test]
-    async fn call_lifecycle_on_postgres() {
+    /// A database made for this test on the PostgreSQL `scripts/test`
+    /// starts (SIAGA_TEST_POSTGRES: a URL whose user may create databases;
+    /// SIAGA_REQUIRE_POSTGRES makes its absence a failure), given to `run`
+    /// and dropped after.
+    async fn on_postgres<F: std::future::Future<Output = ()>>(run: impl FnOnce(String) -> F) {
         let Ok(admin_url) = std::env::var("SIAGA_TEST_POSTGRES") else {
             assert!(
                 std::env::var("SIAGA_REQUIRE_POSTGRES").is_err(),
@@ -635,13 +659,90 @@ mod tests {
             .await
             .unwrap();
         let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap();
-        lifecycle(&format!("{base}/{name}")).await;
+        run(format!("{base}/{name}")).await;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE {name} WITH (FORCE)"
         )))
         .execute(&mut admin)
         .await
         .unwrap();
+    }
+
+    /// The same against PostgreSQL.
+    #[tokio::test]
+    async fn call_lifecycle_on_postgres() {
+        on_postgres(|url| async move { lifecycle(&url).await }).await;
+    }
+
+    /// One node leads; another takes the lease only once it has run out,
+    /// under a higher term, and then closes the calls the first left
+    /// open, and none of anyone else's.
+    #[tokio::test]
+    async fn the_lease_changes_hands_only_when_it_runs_out() {
+        on_postgres(|url| async move {
+            let store = Store::lazy(&url).unwrap();
+            store.migrate().await.unwrap();
+            let a = store.try_lead("a", 400).await.unwrap().expect("a leads");
+            assert_eq!(
+                a,
+                Held {
+                    term: 1,
+                    previous: None
+                }
+            );
+            assert_eq!(store.try_lead("b", 400).await.unwrap(), None);
+            assert_eq!(store.try_lead("a", 400).await.unwrap(), Some(a.clone()));
+            assert_eq!(store.try_lead("b", 400).await.unwrap(), None);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let b = store
+                .try_lead("b", 10_000)
+                .await
+                .unwrap()
+                .expect("b takes over");
+            assert_eq!(
+                b,
+                Held {
+                    term: 2,
+                    previous: Some("a".into())
+                }
+            );
+            assert_eq!(store.try_lead("a", 400).await.unwrap(), None, "never two");
+
+            let t = now_ms();
+            for (id, node) in [("ca", Some("a")), ("cb", Some("b")), ("c0", None)] {
+                let (mut c, i) = call(id, &format!("i-{id}"), "0812", t);
+                c.node = node.map(Into::into);
+                store
+                    .apply(&[StoreCmd::NewCall(Box::new((c, i)))])
+                    .await
+                    .unwrap();
+            }
+            close_left_open(&store, Whose::Gone("a")).await.unwrap();
+            let ended = |id: &'static str| {
+                let store = store.clone();
+                async move {
+                    store
+                        .get_call(id)
+                        .await
+                        .unwrap()
+                        .unwrap()
+                        .ended_at
+                        .is_some()
+                }
+            };
+            assert!(ended("ca").await, "the gone node's call is closed");
+            let listed = store.list_abandoned(10).await.unwrap();
+            assert_eq!(listed[0].id, "ca", "cut off by us: first to call back");
+            assert_eq!(listed[0].end_cause.as_deref(), Some("node_failure"));
+            assert!(!ended("cb").await, "the leader's own call goes on");
+            assert!(
+                !ended("c0").await,
+                "an unnamed call is its own node's to close"
+            );
+            close_left_open(&store, Whose::Own("b")).await.unwrap();
+            assert!(ended("c0").await && ended("cb").await);
+        })
+        .await;
     }
 
     async fn lifecycle(url: &str) {
@@ -694,7 +795,7 @@ mod tests {
         // Ended, its recording not closed yet: what a stop between the two
         // leaves, and the start-up repair looks for.
         let unchecked: Vec<String> = store
-            .unchecked_recordings()
+            .unchecked_recordings("", true)
             .await
             .unwrap()
             .into_iter()
@@ -717,7 +818,11 @@ mod tests {
             )
             .await
             .unwrap();
-        assert!(store.unchecked_recordings().await.unwrap().is_empty());
+        assert!(store
+            .unchecked_recordings("", true)
+            .await
+            .unwrap()
+            .is_empty());
         assert_eq!(store.journal_applied("j1").await.unwrap(), 8);
         let row = store.get_call("c3").await.unwrap().unwrap();
         assert_eq!(row.status, "ended");
@@ -727,15 +832,18 @@ mod tests {
         assert_eq!(store.call_events("c3").await.unwrap().len(), 1);
 
         let open: Vec<String> = store
-            .open_calls()
+            .open_calls("", true)
             .await
             .unwrap()
             .into_iter()
             .map(|c| c.id)
             .collect();
         assert_eq!(open, vec!["c1".to_string(), "c2".to_string()]);
-        store.mark_interrupted("c1", t, None, "cut").await.unwrap();
-        assert_eq!(store.open_calls().await.unwrap().len(), 1);
+        store
+            .mark_interrupted("c1", t, None, "cut", "interrupted_by_restart")
+            .await
+            .unwrap();
+        assert_eq!(store.open_calls("", true).await.unwrap().len(), 1);
 
         let calls = store.list_calls(10).await.unwrap();
         assert_eq!(calls[0].id, "c3");

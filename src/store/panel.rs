@@ -489,11 +489,12 @@ impl Store {
         to_uri: &str,
         requested_by: &str,
         at: i64,
+        node: &str,
     ) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
         sqlx::query(
-            "INSERT INTO calls (id, incident_id, sip_call_id, from_uri, to_uri, caller_number, dialed, service, route, queue, source, transport, trunk, status, arrived_at, direction, callback_of, requested_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 'callback', $16, $17)",
+            "INSERT INTO calls (id, incident_id, sip_call_id, from_uri, to_uri, caller_number, dialed, service, route, queue, source, transport, trunk, status, arrived_at, direction, callback_of, requested_by, node) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 'callback', $16, $17, $18)",
         )
         .bind(id)
         .bind(&of.incident_id)
@@ -512,6 +513,7 @@ impl Store {
         .bind(at)
         .bind(&of.id)
         .bind(requested_by)
+        .bind(node)
         .execute(&mut *tx)
         .await?;
         audit(

@@ -50,8 +50,8 @@ pub(super) async fn insert_call(
     .execute(&mut *conn)
     .await?;
     sqlx::query(
-        "INSERT INTO calls (id, incident_id, sip_call_id, from_uri, to_uri, caller_number, dialed, service, route, queue, source, transport, trunk, status, arrived_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        "INSERT INTO calls (id, incident_id, sip_call_id, from_uri, to_uri, caller_number, dialed, service, route, queue, source, transport, trunk, status, arrived_at, node) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
     )
     .bind(call.id.as_str())
     .bind(call.incident_id.as_str())
@@ -68,6 +68,7 @@ pub(super) async fn insert_call(
     .bind(&call.trunk)
     .bind("arriving")
     .bind(call.arrived_at)
+    .bind(&call.node)
     .execute(&mut *conn)
     .await?;
     Ok(())

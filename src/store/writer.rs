@@ -123,6 +123,9 @@ pub struct Places {
     /// The recordings folder, looked through at start for recordings no
     /// record names (None: not looked at).
     pub recordings: Option<PathBuf>,
+    /// This node (`cluster.node`): at start it closes only its own calls
+    /// left open, and those on record under no node.
+    pub node: String,
 }
 
 /// Where call tasks send their records; never blocks.
@@ -162,15 +165,7 @@ impl StoreWriter {
         let id = journal.as_ref().map(|j| j.id().to_string());
         let (staged_tx, staged) = mpsc::unbounded_channel();
         tokio::spawn(journal_stage(rx, journal, Arc::clone(&applied), staged_tx));
-        tokio::spawn(run(
-            store,
-            staged,
-            id,
-            pending,
-            applied,
-            places.recordings,
-            on_change,
-        ));
+        tokio::spawn(run(store, staged, id, pending, applied, places, on_change));
         StoreWriter { tx }
     }
 
@@ -282,9 +277,12 @@ async fn run(
     journal: Option<String>,
     pending: Pending,
     applied: Arc<AtomicU64>,
-    recordings: Option<PathBuf>,
+    places: Places,
     on_change: impl Fn(Changed) + Send + 'static,
 ) {
+    let Places {
+        recordings, node, ..
+    } = places;
     if let Err(e) = retry(&store, "migrations", || store.migrate()).await {
         error!(error = %e, "migrations failed; going on");
     }
@@ -315,7 +313,8 @@ async fn run(
             Ordering::Release,
         );
     }
-    if let Err(e) = retry(&store, "start-up", || startup(&store)).await {
+    let own = Whose::Own(&node);
+    if let Err(e) = retry(&store, "start-up", || close_left_open(&store, own)).await {
         error!(error = %e, "closing interrupted calls failed; going on");
     }
     if let Some(dir) = recordings {
@@ -453,8 +452,23 @@ where
     }
 }
 
-async fn startup(store: &Store) -> Result<(), StoreError> {
-    for call in store.open_calls().await? {
+/// Whose calls a node closes when it finds them open.
+#[derive(Debug, Clone, Copy)]
+pub enum Whose<'a> {
+    /// This node's own, at its start, and those on record under no node.
+    Own(&'a str),
+    /// A node whose lease this node took over: it is gone.
+    Gone(&'a str),
+}
+
+/// Closes the calls a stopped process left open, with their recordings'
+/// checksums; then sums the recordings a stop left without one.
+pub async fn close_left_open(store: &Store, whose: Whose<'_>) -> Result<(), StoreError> {
+    let (node, unnamed) = match whose {
+        Whose::Own(n) => (n, true),
+        Whose::Gone(n) => (n, false),
+    };
+    for call in store.open_calls(node, unnamed).await? {
         let path = call.recording_path.map(PathBuf::from);
         let (sha, note) = match path {
             Some(p) => match tokio::task::spawn_blocking(move || sha256_file(&p)).await {
@@ -466,12 +480,16 @@ async fn startup(store: &Store) -> Result<(), StoreError> {
             },
             None => (None, "process stopped during the call before answer"),
         };
-        warn!(call_id = %call.id, "closing the record of a call interrupted by a restart");
+        let (note, cause) = match whose {
+            Whose::Own(_) => (note.to_string(), "interrupted_by_restart"),
+            Whose::Gone(n) => (format!("node failure ({n}): {note}"), "node_failure"),
+        };
+        warn!(call_id = %call.id, ?whose, "closing the record of a call interrupted by a stop");
         store
-            .mark_interrupted(&call.id, now_ms(), sha.as_deref(), note)
+            .mark_interrupted(&call.id, now_ms(), sha.as_deref(), &note, cause)
             .await?;
     }
-    for call in store.unchecked_recordings().await? {
+    for call in store.unchecked_recordings(node, unnamed).await? {
         let Some(path) = call.recording_path.map(PathBuf::from) else {
             continue;
         };

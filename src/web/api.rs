@@ -87,8 +87,14 @@ pub async fn healthz(State(s): State<AppState>) -> Response {
     } else {
         "ok"
     };
+    let (role, node) = match &s.leadership {
+        Some(l) => (l.role(), Some(l.node())),
+        None => ("leader", None),
+    };
     let body = serde_json::json!({
         "status": "ok",
+        "role": role,
+        "node": node,
         "database": s.store.health().state(),
         "recordings": recordings,
         "recordings_behind_ms": behind.as_millis() as u64,

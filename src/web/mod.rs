@@ -39,6 +39,8 @@ pub struct AppState {
     pub controls: Option<crate::call::Controls>,
     /// The browser softphones; absent likewise.
     pub phones: Option<crate::webphone::Phones>,
+    /// Whether this node leads; absent likewise (it leads).
+    pub leadership: Option<crate::cluster::Leadership>,
 }
 
 /// The router, apart from any socket, so tests can drive it directly.

@@ -64,6 +64,12 @@ pub struct Setup {
     pub http_extra: Option<String>,
     /// More keys for the `[sip]` section.
     pub sip_extra: Option<String>,
+    /// The database (a shared PostgreSQL); an SQLite file of its own if None.
+    pub database_url: Option<String>,
+    /// The `[cluster]` section's keys.
+    pub cluster: Option<String>,
+    /// The test admin is in the (shared) database already.
+    pub admin_exists: bool,
 }
 
 impl Default for Setup {
@@ -79,6 +85,9 @@ impl Default for Setup {
             agencies: None,
             http_extra: None,
             sip_extra: None,
+            database_url: None,
+            cluster: None,
+            admin_exists: false,
         }
     }
 }
@@ -108,7 +117,9 @@ impl Server {
             child: None,
             admin: String::new(),
         };
-        s.add_user("test-admin", "admin", &[]);
+        if !setup.admin_exists {
+            s.add_user("test-admin", "admin", &[]);
+        }
         s.spawn();
         s.admin = s.login("test-admin", TEST_PASSWORD);
         s
@@ -218,7 +229,10 @@ rtp_timeout = "{}"
 listen = "127.0.0.1:0"
 {}
 [database]
-url = "sqlite://{}/db/siaga.db?mode=rwc"
+url = "{}"
+
+[cluster]
+{}
 
 [[trunk]]
 name = "test-trunk"
@@ -230,7 +244,11 @@ sources = [{sources}]
                 repo().join("prompts").display(),
                 setup.rtp_timeout,
                 setup.http_extra.as_deref().unwrap_or_default(),
-                root.display(),
+                setup
+                    .database_url
+                    .clone()
+                    .unwrap_or_else(|| format!("sqlite://{}/db/siaga.db?mode=rwc", root.display())),
+                setup.cluster.as_deref().unwrap_or_default(),
                 setup
                     .trunk_outbound
                     .as_ref()

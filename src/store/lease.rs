@@ -1,0 +1,50 @@
+//! Who leads: one lease row in PostgreSQL, taken or renewed in one
+//! statement, on the database's clock (never a node's). A node holds the
+//! lease while it renews it before it runs out; another node takes it only
+//! once it has run out, and the term goes up by one then (a fencing
+//! token: whatever a node did under an older term is known as the older
+//! leader's).
+
+use super::{Store, StoreError};
+
+/// The lease as this node holds it after taking or renewing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// Raised each time the lease changes hands: a node that finds a term
+    /// other than the one it renewed last has just taken the lease.
+    pub term: i64,
+    /// Who held the lease before the last change of holder (None: nobody
+    /// before, or this node itself).
+    pub previous: Option<String>,
+}
+
+impl Store {
+    /// Takes the lease for `node` (or renews it) for `lease_ms` from now
+    /// on the database's clock. `None`: another node holds it and it has
+    /// not run out. PostgreSQL only.
+    pub async fn try_lead(&self, node: &str, lease_ms: i64) -> Result<Option<Held>, StoreError> {
+        // `previous` names who held it before the last change of holder;
+        // it changes only when the holder does.
+        let row: Option<(i64, Option<String>)> = sqlx::query_as(
+            "WITH clock AS (SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint AS ms) \
+             INSERT INTO leadership (id, node, term, previous, expires_at) \
+             SELECT 1, $1, 1, NULL, clock.ms + $2 FROM clock \
+             ON CONFLICT (id) DO UPDATE SET \
+               term = CASE WHEN leadership.node = EXCLUDED.node THEN leadership.term ELSE leadership.term + 1 END, \
+               previous = CASE WHEN leadership.node = EXCLUDED.node THEN leadership.previous ELSE leadership.node END, \
+               node = EXCLUDED.node, \
+               expires_at = EXCLUDED.expires_at \
+             WHERE leadership.node = EXCLUDED.node \
+                OR leadership.expires_at < (SELECT ms FROM clock) \
+             RETURNING term, previous",
+        )
+        .bind(node)
+        .bind(lease_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(term, previous)| Held {
+            term,
+            previous: previous.filter(|p| p != node),
+        }))
+    }
+}
