@@ -467,35 +467,8 @@ mod tests {
         store.migrate().await.unwrap();
         let writer = StoreWriter::spawn(store.clone(), Places::default(), |_| {});
         let id = CallId("c1".into());
-        writer.send(StoreCmd::NewCall(Box::new((
-            NewCall {
-                id: id.clone(),
-                incident_id: IncidentId("i1".into()),
-                sip_call_id: "sip-c1".into(),
-                from_uri: "sip:0812@127.0.0.1".into(),
-                to_uri: "sip:112@127.0.0.1".into(),
-                caller_number: Some("0812".into()),
-                dialed: "112".into(),
-                service: "112".into(),
-                route: "ntpd-112".into(),
-                queue: "ntpd-112".into(),
-                source: "127.0.0.1:5070".into(),
-                transport: "udp".into(),
-                trunk: None,
-                arrived_at: now_ms(),
-                node: None,
-            },
-            NewIncident {
-                id: IncidentId("i1".into()),
-                service: "112".into(),
-                caller_number: Some("0812".into()),
-                location_text: None,
-                latitude: None,
-                longitude: None,
-                geolocation: None,
-                created_at: now_ms(),
-            },
-        ))));
+        let (c, i) = crate::store::tests::call("c1", "i1", "0812", now_ms());
+        writer.send(StoreCmd::NewCall(Box::new((c, i))));
         let (w, call) = (writer.clone(), id.clone());
         let task = tokio::spawn(async move {
             let _unended = Unended::new(&w, &call);

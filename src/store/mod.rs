@@ -549,10 +549,11 @@ fn sqlite_path(url: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn call(id: &str, inc: &str, number: &str, at: i64) -> (NewCall, NewIncident) {
+    /// A call and its incident, as tests elsewhere in the crate record them.
+    pub(crate) fn call(id: &str, inc: &str, number: &str, at: i64) -> (NewCall, NewIncident) {
         (
             NewCall {
                 id: CallId(id.into()),
