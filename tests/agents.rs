@@ -72,12 +72,23 @@ fn call(server: &Server, service: &str, ms: u32) -> serde_json::Value {
 }
 
 /// The tone is there in every half second from `from` to `to` seconds.
+/// On failure the message says, per 100 ms of that half second, how loud
+/// it was: a gap (silence where the peer sent nothing, or audio lost on
+/// the way) reads apart from a tone drowned by something else.
 fn assert_tone(samples: &[i16], hz: f64, from: f64, to: f64, what: &str) {
     let mut t = from;
     while t + 0.5 <= to {
         let w = &samples[(t * 8000.0) as usize..((t + 0.5) * 8000.0) as usize];
         let r = tone_ratio(w, hz);
-        assert!(r > 0.8, "{what}: {hz} Hz missing at {t:.1}s (ratio {r:.3})");
+        let loudness: Vec<u32> = w
+            .chunks(800)
+            .map(|c| common::audio::rms(c) as u32)
+            .collect();
+        assert!(
+            r > 0.8,
+            "{what}: {hz} Hz missing at {t:.1}s (ratio {r:.3}; rms per 100 ms {loudness:?}; {:.2}s recorded)",
+            samples.len() as f64 / 8000.0
+        );
         t += 0.5;
     }
 }
