@@ -23,6 +23,8 @@ pub struct Leadership(Arc<Inner>);
 
 struct Inner {
     node: String,
+    /// This process, among any started under the same node name.
+    process: String,
     /// What `until_us` counts from.
     epoch: Instant,
     /// The lease is proven until then (µs after `epoch`); 0: not held.
@@ -42,6 +44,7 @@ impl Leadership {
     fn standby(node: &str) -> Leadership {
         Leadership(Arc::new(Inner {
             node: node.to_string(),
+            process: uuid::Uuid::new_v4().to_string(),
             epoch: Instant::now(),
             until_us: AtomicU64::new(0),
             term: AtomicI64::new(0),
@@ -106,8 +109,10 @@ pub fn spawn(store: Store, cluster: &ClusterSection, on_lead: impl OnLead) -> Le
         let mut last_term = None;
         loop {
             let sent = Instant::now();
-            let attempt =
-                tokio::time::timeout(renew, store.try_lead(l.node(), lease.as_millis() as i64));
+            let attempt = tokio::time::timeout(
+                renew,
+                store.try_lead(l.node(), &l.0.process, lease.as_millis() as i64),
+            );
             match attempt.await {
                 Ok(Ok(Some(held))) => {
                     l.held(sent + lease, held.term);

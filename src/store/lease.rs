@@ -19,26 +19,35 @@ pub struct Held {
 }
 
 impl Store {
-    /// Takes the lease for `node` (or renews it) for `lease_ms` from now
-    /// on the database's clock. `None`: another node holds it and it has
-    /// not run out. PostgreSQL only.
-    pub async fn try_lead(&self, node: &str, lease_ms: i64) -> Result<Option<Held>, StoreError> {
+    /// Takes the lease for `process` of `node` (or renews it) for
+    /// `lease_ms` from now on the database's clock. `None`: another holds
+    /// it and it has not run out (another node, or another process under
+    /// this node's name: a restarted one waits for its old lease to run
+    /// out). PostgreSQL only.
+    pub async fn try_lead(
+        &self,
+        node: &str,
+        process: &str,
+        lease_ms: i64,
+    ) -> Result<Option<Held>, StoreError> {
         // `previous` names who held it before the last change of holder;
         // it changes only when the holder does.
         let row: Option<(i64, Option<String>)> = sqlx::query_as(
             "WITH clock AS (SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint AS ms) \
-             INSERT INTO leadership (id, node, term, previous, expires_at) \
-             SELECT 1, $1, 1, NULL, clock.ms + $2 FROM clock \
+             INSERT INTO leadership (id, node, process, term, previous, expires_at) \
+             SELECT 1, $1, $2, 1, NULL, clock.ms + $3 FROM clock \
              ON CONFLICT (id) DO UPDATE SET \
-               term = CASE WHEN leadership.node = EXCLUDED.node THEN leadership.term ELSE leadership.term + 1 END, \
-               previous = CASE WHEN leadership.node = EXCLUDED.node THEN leadership.previous ELSE leadership.node END, \
+               term = CASE WHEN leadership.process = EXCLUDED.process THEN leadership.term ELSE leadership.term + 1 END, \
+               previous = CASE WHEN leadership.process = EXCLUDED.process THEN leadership.previous ELSE leadership.node END, \
                node = EXCLUDED.node, \
+               process = EXCLUDED.process, \
                expires_at = EXCLUDED.expires_at \
-             WHERE leadership.node = EXCLUDED.node \
+             WHERE leadership.process = EXCLUDED.process \
                 OR leadership.expires_at < (SELECT ms FROM clock) \
              RETURNING term, previous",
         )
         .bind(node)
+        .bind(process)
         .bind(lease_ms)
         .fetch_optional(&self.pool)
         .await?;

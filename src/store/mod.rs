@@ -683,7 +683,11 @@ pub(crate) mod tests {
         on_postgres(|url| async move {
             let store = Store::lazy(&url).unwrap();
             store.migrate().await.unwrap();
-            let a = store.try_lead("a", 400).await.unwrap().expect("a leads");
+            let a = store
+                .try_lead("a", "a1", 400)
+                .await
+                .unwrap()
+                .expect("a leads");
             assert_eq!(
                 a,
                 Held {
@@ -691,12 +695,18 @@ pub(crate) mod tests {
                     previous: None
                 }
             );
-            assert_eq!(store.try_lead("b", 400).await.unwrap(), None);
-            assert_eq!(store.try_lead("a", 400).await.unwrap(), Some(a.clone()));
-            assert_eq!(store.try_lead("b", 400).await.unwrap(), None);
+            assert_eq!(store.try_lead("b", "b1", 400).await.unwrap(), None);
+            assert_eq!(
+                store.try_lead("a", "a1", 400).await.unwrap(),
+                Some(a.clone())
+            );
+            // A second process under a's name (a restart, or a name given
+            // twice by mistake) does not lead beside the first.
+            assert_eq!(store.try_lead("a", "a2", 400).await.unwrap(), None);
+            assert_eq!(store.try_lead("b", "b1", 400).await.unwrap(), None);
             tokio::time::sleep(Duration::from_millis(500)).await;
             let b = store
-                .try_lead("b", 10_000)
+                .try_lead("b", "b1", 10_000)
                 .await
                 .unwrap()
                 .expect("b takes over");
@@ -707,7 +717,11 @@ pub(crate) mod tests {
                     previous: Some("a".into())
                 }
             );
-            assert_eq!(store.try_lead("a", 400).await.unwrap(), None, "never two");
+            assert_eq!(
+                store.try_lead("a", "a1", 400).await.unwrap(),
+                None,
+                "never two"
+            );
 
             let t = now_ms();
             for (id, node) in [("ca", Some("a")), ("cb", Some("b")), ("c0", None)] {
