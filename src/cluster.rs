@@ -11,7 +11,7 @@
 
 use crate::config::ClusterSection;
 use crate::store::Store;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::{error, info, warn};
@@ -29,8 +29,6 @@ struct Inner {
     epoch: Instant,
     /// The lease is proven until then (µs after `epoch`); 0: not held.
     until_us: AtomicU64,
-    /// The term of the lease held last (0: none).
-    term: AtomicI64,
 }
 
 impl Leadership {
@@ -47,7 +45,6 @@ impl Leadership {
             process: uuid::Uuid::new_v4().to_string(),
             epoch: Instant::now(),
             until_us: AtomicU64::new(0),
-            term: AtomicI64::new(0),
         }))
     }
 
@@ -74,14 +71,9 @@ impl Leadership {
         }
     }
 
-    pub fn term(&self) -> i64 {
-        self.0.term.load(Ordering::SeqCst)
-    }
-
-    /// The lease is proven until `until` under `term`.
-    fn held(&self, until: Instant, term: i64) {
+    /// The lease is proven until `until`.
+    fn held(&self, until: Instant) {
         let us = until.saturating_duration_since(self.0.epoch).as_micros() as u64;
-        self.0.term.store(term, Ordering::SeqCst);
         self.0.until_us.store(us.max(1), Ordering::SeqCst);
     }
 
@@ -115,7 +107,7 @@ pub fn spawn(store: Store, cluster: &ClusterSection, on_lead: impl OnLead) -> Le
             );
             match attempt.await {
                 Ok(Ok(Some(held))) => {
-                    l.held(sent + lease, held.term);
+                    l.held(sent + lease);
                     if last_term != Some(held.term) {
                         info!(node = l.node(), term = held.term, previous = ?held.previous, "this node leads");
                         on_lead.took_over(held.previous);
@@ -154,10 +146,9 @@ mod tests {
         assert!(!l.leads());
         assert_eq!(l.role(), "standby");
         let now = Instant::now();
-        l.held(now + Duration::from_secs(3), 7);
+        l.held(now + Duration::from_secs(3));
         assert!(l.leads_at(now + Duration::from_millis(2_999)));
         assert!(!l.leads_at(now + Duration::from_secs(3)));
-        assert_eq!(l.term(), 7);
         l.lost();
         assert!(!l.leads_at(now));
         assert!(Leadership::always("b").leads());

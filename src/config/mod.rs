@@ -388,6 +388,15 @@ pub struct AgencyConfig {
     pub transfer_timeout: Duration,
 }
 
+/// The agency whose id is `user`, when it has a dispatcher queue to take
+/// transfers: the user part of a REFER target or of a consultation INVITE.
+pub fn transfer_agency(user: &str, agencies: &[AgencyConfig]) -> Option<String> {
+    agencies
+        .iter()
+        .find(|a| a.id == user && a.queue.is_some())
+        .map(|a| a.id.clone())
+}
+
 fn default_transfer_timeout() -> Duration {
     Duration::from_secs(30)
 }

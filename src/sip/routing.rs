@@ -82,20 +82,10 @@ pub fn agent_request(
         return Some(AgentRequest::Feature(code));
     }
     match dialed? {
-        DialedTarget::Number(user) => {
-            transfer_agency(user, agencies).map(|agency| AgentRequest::Consult { agency })
-        }
+        DialedTarget::Number(user) => crate::config::transfer_agency(user, agencies)
+            .map(|agency| AgentRequest::Consult { agency }),
         DialedTarget::Urn(_) => None,
     }
-}
-
-/// The agency whose id is `user`, when it has a dispatcher queue to take
-/// transfers: the user part of a REFER target or of a consultation INVITE.
-pub fn transfer_agency(user: &str, agencies: &[AgencyConfig]) -> Option<String> {
-    agencies
-        .iter()
-        .find(|a| a.id == user && a.queue.is_some())
-        .map(|a| a.id.clone())
 }
 
 /// What to do with a request outside a dialog, by method.

@@ -175,7 +175,7 @@ impl Call {
                 self.stage = stage;
                 match replaces {
                     Some(named) => self.attended_refer(named, token, now),
-                    None => self.blind_refer(&target, token, now),
+                    None => self.blind_refer(&target, token),
                 }
             }
             Placed::Ended | Placed::Lost => {
@@ -298,7 +298,7 @@ impl Call {
                 } else {
                     info!(agent = %agent.who, "the agent left while the dispatcher rings: blind transfer");
                     self.out.push(super::Action::DropLeg(agent.leg));
-                    self.left_ringing(&mut t, agent, now);
+                    self.left_ringing(&mut t, agent);
                     self.stage = Stage::Handover { transfer: t };
                 }
             }

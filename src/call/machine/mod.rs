@@ -379,10 +379,7 @@ impl Rules {
             .or_else(|| target.strip_prefix("sips:"))?
             .split(['@', ';'])
             .next()?;
-        self.agencies
-            .iter()
-            .find(|a| a.id == user && a.queue.is_some())
-            .map(|a| a.id.clone())
+        crate::config::transfer_agency(user, &self.agencies)
     }
 }
 
@@ -616,7 +613,7 @@ impl Call {
                 agency,
                 offer,
                 port_free,
-            } => self.on_consult(leg, agent, &agency, offer.as_deref(), port_free, now),
+            } => self.on_consult(leg, agent, &agency, offer.as_deref(), port_free),
             Event::Drained => self.drained(now),
             Event::RtpTimeout => {
                 warn!("no RTP from the caller; ending the call");

@@ -185,7 +185,7 @@ impl Call {
         self.media(MediaOp::Conference);
         info!(by = %by, "warm transfer: conference");
         self.event("conference", format!("{} by {by}", t.agency), now);
-        self.news(&t, Some(&agent), "conference", now);
+        self.news(&t, Some(&agent), "conference");
         self.restore(Some(agent), Some(t), now);
     }
 
@@ -197,7 +197,6 @@ impl Call {
         agency: &str,
         offer: Option<&[u8]>,
         port_free: bool,
-        _now: Now,
     ) {
         let ours = matches!(&self.stage, Stage::Talking { agent: a, .. } if a.who == agent);
         if !ours {
@@ -331,7 +330,7 @@ impl Call {
                 info!(agency = %t.agency, by = %p.by, transfer = %t.id, "warm transfer: ringing the agency");
                 self.media(MediaOp::Hold(true));
                 self.begun(&t, Some(&agent), &p.by, now);
-                self.news(&t, Some(&agent), "ringing", now);
+                self.news(&t, Some(&agent), "ringing");
                 self.stage = Stage::Talking {
                     agent,
                     transfer: Some(t),
@@ -345,7 +344,7 @@ impl Call {
                 self.media(MediaOp::Hold(true));
                 self.begun(&t, Some(&agent), &p.by, now);
                 self.assign_agency(&t, &p.by, now);
-                self.news(&t, Some(&agent), "ringing", now);
+                self.news(&t, Some(&agent), "ringing");
                 self.stage = Stage::Talking {
                     agent,
                     transfer: Some(t),
@@ -359,8 +358,8 @@ impl Call {
                 self.begun(&t, Some(&agent), &p.by, now);
                 self.assign_agency(&t, &p.by, now);
                 self.end_leg(agent.leg, Some((200, "OK")));
-                self.left_ringing(&mut t, agent, now);
-                self.news(&t, None, "ringing", now);
+                self.left_ringing(&mut t, agent);
+                self.news(&t, None, "ringing");
                 self.stage = Stage::Handover { transfer: t };
             }
         }
@@ -390,13 +389,13 @@ impl Call {
         } else {
             info!(agent = %by, "attended transfer while the dispatcher rings: the caller waits for them");
             self.end_leg(agent.leg, Some((200, "OK")));
-            self.left_ringing(&mut t, agent, now);
+            self.left_ringing(&mut t, agent);
             self.stage = Stage::Handover { transfer: t };
         }
     }
 
     /// A REFER to an agency's id, from the phone.
-    pub(super) fn blind_refer(&mut self, target: &str, token: ReplyToken, _now: Now) {
+    pub(super) fn blind_refer(&mut self, target: &str, token: ReplyToken) {
         let Some(agency) = self.rules.refer_agency(target) else {
             warn!(%target, "transfer request refused: no agency with a dispatcher queue");
             return self.reply(token, ReplyWith::Status(404));
@@ -422,7 +421,7 @@ impl Call {
                     let leg = self.ring(Target::Agent(id.clone()));
                     let side = self.side(id, t.queue.clone(), leg);
                     t.dispatcher = Dispatcher::Ringing(side);
-                    self.news(&t, agent.as_ref(), "ringing", now);
+                    self.news(&t, agent.as_ref(), "ringing");
                 }
                 Notice::RingTimeout(id) => {
                     if matches!(&t.dispatcher, Dispatcher::Ringing(d) if d.who == id) {
@@ -554,7 +553,7 @@ impl Call {
             codec,
             phone,
         });
-        self.news(&t, agent.as_ref(), "talking", now);
+        self.news(&t, agent.as_ref(), "talking");
         self.restore(agent, Some(t), now);
     }
 
@@ -616,7 +615,7 @@ impl Call {
         if let Some(a) = agent {
             self.media(MediaOp::Complete);
             self.end_leg(a.leg, notify);
-            self.transferred_away(&mut t, &a, now);
+            self.transferred_away(&mut t, &a);
         }
         let Dispatcher::Talking { side, conference } =
             std::mem::replace(&mut t.dispatcher, Dispatcher::None)
@@ -631,7 +630,7 @@ impl Call {
         info!(dispatcher = %side.who, outcome, "warm transfer completed");
         self.transfer_ended(&t, outcome, by, now);
         t.dispatcher = Dispatcher::Talking { side, conference };
-        self.news(&t, None, "completed", now);
+        self.news(&t, None, "completed");
         let Dispatcher::Talking { side, .. } = t.dispatcher else {
             unreachable!("just put back")
         };
@@ -647,14 +646,14 @@ impl Call {
     /// The agent left (hung up, or transferred) while the dispatcher still
     /// rings: the transfer goes on blind, and the caller waits on hold for
     /// whoever answers.
-    pub(super) fn left_ringing(&mut self, t: &mut Transfer, gone: Side, now: Now) {
-        self.transferred_away(t, &gone, now);
+    pub(super) fn left_ringing(&mut self, t: &mut Transfer, gone: Side) {
+        self.transferred_away(t, &gone);
         self.media(MediaOp::Unbridge);
     }
 
     /// The agent is done with a call they transferred: the phone's
     /// consultation (if any) ends, the agent goes to wrap-up, the panel hears.
-    fn transferred_away(&mut self, t: &mut Transfer, gone: &Side, now: Now) {
+    fn transferred_away(&mut self, t: &mut Transfer, gone: &Side) {
         self.end_consult(t, (487, "Request Terminated"));
         self.acd(AcdOp::CallEnded(gone.who.clone(), gone.queue.clone()));
         self.live(LiveEvent::CallEnded {
@@ -663,7 +662,6 @@ impl Call {
             agent_id: Some(gone.who.to_string()),
             cause: "transferred".into(),
         });
-        let _ = now;
     }
 
     /// Ends the consultation leg, if any: BYE once answered; before, a
@@ -719,7 +717,7 @@ impl Call {
         }
         info!(outcome, "warm transfer ended without completing");
         self.transfer_ended(&t, outcome, by, now);
-        self.news(&t, agent, outcome, now);
+        self.news(&t, agent, outcome);
     }
 
     /// A transfer has begun: on record, and the caller hears the hold prompt.
@@ -755,7 +753,7 @@ impl Call {
     }
 
     /// Tells the panel where a transfer stands.
-    fn news(&mut self, t: &Transfer, agent: Option<&Side>, state: &str, _now: Now) {
+    fn news(&mut self, t: &Transfer, agent: Option<&Side>, state: &str) {
         self.live(LiveEvent::Transfer {
             call_id: self.id.to_string(),
             incident_id: self.incident.to_string(),
