@@ -2,18 +2,31 @@
 //! holding the lease (`store::lease`) takes calls; the others run fully
 //! and answer 503 until the lease runs out and one of them takes it.
 //!
-//! A node leads only while it can prove its lease: until the moment it
-//! sent its last successful renewal plus the lease's length. That moment
-//! is measured on this node's monotonic clock and is never later than the
-//! lease's end on the database's clock, so the node stops taking calls
-//! before any other node can take the lease (two leaders never overlap).
-//! With SQLite there is one node, and it always leads.
+//! While the database answers, a leader leads until the moment it sent its
+//! last successful renewal plus the lease's length, measured on its own
+//! monotonic clock, which is never later than the lease's end on the
+//! database's clock: it stops before another node can take the lease.
+//!
+//! When the database does not answer, availability comes first: a leader
+//! leads on (its records wait in its journal) until the database answers
+//! again and says whether the lease is still its own. A 112 center whose
+//! database restarts or is gone a minute keeps taking calls. The price is
+//! a leader cut off from the database alone (not from Kamailio): once its
+//! lease runs out the standby takes it, and both take calls until the old
+//! leader reaches the database and steps down. Kamailio sends each call to
+//! one of them, so no call is answered twice; two answering is better than
+//! none. A standby takes a lapsed lease only after a lease's length in
+//! touch with the database, so that when the database comes back the
+//! leader, renewing every `renew`, keeps its lease rather than losing it
+//! to a race.
+//!
+//! Without a `[cluster]` section there is one node, and it always leads.
 
 use crate::config::ClusterSection;
-use crate::store::Store;
+use crate::store::{Held, Store};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 /// Whether this node leads now; shared by SIP, `/healthz` and the task
@@ -77,6 +90,11 @@ impl Leadership {
         self.0.until_us.store(us.max(1), Ordering::SeqCst);
     }
 
+    /// Leads until told otherwise (the database does not answer).
+    fn held_on(&self) {
+        self.0.until_us.store(u64::MAX, Ordering::SeqCst);
+    }
+
     fn lost(&self) {
         self.0.until_us.store(0, Ordering::SeqCst);
     }
@@ -90,6 +108,93 @@ pub trait OnLead: Send + 'static {
     fn took_over(&self, previous: Option<String>);
 }
 
+/// One renewal's outcome.
+enum Outcome {
+    Held(Held),
+    /// Another process holds the lease, or it lapsed and this one may not
+    /// take it yet.
+    Refused,
+    /// The database did not answer (an error, or no answer within `renew`).
+    Unreachable,
+}
+
+/// What renewals have made of this node: the decisions of the renewing
+/// task, without the database or the clock.
+struct Renewal {
+    lease: Duration,
+    /// The term this node holds; None while standing by.
+    term: Option<i64>,
+    /// Since when every attempt has had an answer from the database.
+    in_touch_since: Option<Instant>,
+    /// Leading on without the database.
+    cut_off: bool,
+}
+
+impl Renewal {
+    fn new(lease: Duration) -> Renewal {
+        Renewal {
+            lease,
+            term: None,
+            in_touch_since: None,
+            cut_off: false,
+        }
+    }
+
+    /// Whether an attempt sent at `sent` may take a lapsed lease.
+    fn may_take(&self, sent: Instant) -> bool {
+        self.in_touch_since
+            .is_some_and(|t| sent.saturating_duration_since(t) >= self.lease)
+    }
+
+    /// Applies the outcome of the attempt sent at `sent` to `l`. Returns
+    /// `Some(previous)` when this node has just taken the lease over.
+    fn after(&mut self, outcome: Outcome, sent: Instant, l: &Leadership) -> Option<Option<String>> {
+        match outcome {
+            Outcome::Held(held) => {
+                self.in_touch_since.get_or_insert(sent);
+                l.held(sent + self.lease);
+                if std::mem::take(&mut self.cut_off) {
+                    info!(
+                        node = l.node(),
+                        "the database answers again and the lease is still this node's"
+                    );
+                }
+                if self.term == Some(held.term) {
+                    return None;
+                }
+                info!(node = l.node(), term = held.term, previous = ?held.previous, "this node leads");
+                self.term = Some(held.term);
+                Some(held.previous)
+            }
+            Outcome::Refused => {
+                self.in_touch_since.get_or_insert(sent);
+                self.cut_off = false;
+                if self.term.take().is_some() {
+                    error!(
+                        node = l.node(),
+                        "another node holds the lease: standing by (calls in progress go on)"
+                    );
+                }
+                l.lost();
+                None
+            }
+            Outcome::Unreachable => {
+                self.in_touch_since = None;
+                if self.term.is_some() {
+                    l.held_on();
+                    if !std::mem::replace(&mut self.cut_off, true) {
+                        error!(
+                            node = l.node(),
+                            "the database does not answer: this node leads on, its records wait in the journal"
+                        );
+                    }
+                }
+                None
+            }
+        }
+    }
+}
+
 /// Takes and renews the lease every `cluster.renew`, for as long as the
 /// process runs. Returns the shared state at once (standing by until the
 /// first renewal succeeds).
@@ -98,36 +203,32 @@ pub fn spawn(store: Store, cluster: &ClusterSection, on_lead: impl OnLead) -> Le
     let l = leadership.clone();
     let (lease, renew) = (cluster.lease, cluster.renew);
     tokio::spawn(async move {
-        let mut last_term = None;
+        let mut renewal = Renewal::new(lease);
         loop {
             let sent = Instant::now();
             let attempt = tokio::time::timeout(
                 renew,
-                store.try_lead(l.node(), &l.0.process, lease.as_millis() as i64),
+                store.try_lead(
+                    l.node(),
+                    &l.0.process,
+                    lease.as_millis() as i64,
+                    renewal.may_take(sent),
+                ),
             );
-            match attempt.await {
-                Ok(Ok(Some(held))) => {
-                    l.held(sent + lease);
-                    if last_term != Some(held.term) {
-                        info!(node = l.node(), term = held.term, previous = ?held.previous, "this node leads");
-                        on_lead.took_over(held.previous);
-                        last_term = Some(held.term);
-                    }
+            let outcome = match attempt.await {
+                Ok(Ok(Some(held))) => Outcome::Held(held),
+                Ok(Ok(None)) => Outcome::Refused,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "the lease could not be renewed");
+                    Outcome::Unreachable
                 }
-                Ok(Ok(None)) => {
-                    if last_term.take().is_some() {
-                        error!(node = l.node(), "another node holds the lease: standing by");
-                    }
-                    l.lost();
+                Err(_) => {
+                    warn!("the lease's renewal took longer than its interval");
+                    Outcome::Unreachable
                 }
-                Ok(Err(e)) => warn!(error = %e, "the lease could not be renewed"),
-                Err(_) => warn!("the lease's renewal took longer than its interval"),
-            }
-            if !l.leads() && last_term.take().is_some() {
-                error!(
-                    node = l.node(),
-                    "the lease ran out unrenewed: no new calls until it is back"
-                );
+            };
+            if let Some(previous) = renewal.after(outcome, sent, &l) {
+                on_lead.took_over(previous);
             }
             tokio::time::sleep_until((sent + renew).into()).await;
         }
@@ -138,7 +239,6 @@ pub fn spawn(store: Store, cluster: &ClusterSection, on_lead: impl OnLead) -> Le
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn a_lease_is_proven_until_its_end_and_not_a_moment_after() {
@@ -152,5 +252,56 @@ mod tests {
         l.lost();
         assert!(!l.leads_at(now));
         assert!(Leadership::always("b").leads());
+    }
+
+    fn held(term: i64, previous: Option<&str>) -> Outcome {
+        Outcome::Held(Held {
+            term,
+            previous: previous.map(Into::into),
+        })
+    }
+
+    /// A leader cut off from the database leads on, and steps down only
+    /// when the database answers that another holds the lease; a standby
+    /// may take a lapsed lease only after a lease's length in touch.
+    #[test]
+    fn a_leader_leads_on_without_the_database_and_a_standby_waits_in_touch() {
+        let lease = Duration::from_secs(3);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let l = Leadership::standby("a");
+        let mut r = Renewal::new(lease);
+        assert!(!r.may_take(at(0)), "not in touch yet");
+
+        assert_eq!(r.after(held(1, None), at(0), &l), Some(None));
+        assert!(l.leads_at(at(2_999)) && !l.leads_at(at(3_000)));
+        assert_eq!(r.after(held(1, None), at(1_000), &l), None, "a renewal");
+        assert!(r.may_take(at(3_000)) && !r.may_take(at(2_999)));
+
+        // Cut off: leads on past any lease, and is no longer in touch.
+        assert_eq!(r.after(Outcome::Unreachable, at(2_000), &l), None);
+        assert!(l.leads_at(at(3_600_000)));
+        assert!(!r.may_take(at(3_600_000)));
+        // Back, and the lease still its own: leads under the same term.
+        assert_eq!(r.after(held(1, None), at(60_000), &l), None);
+        assert!(l.leads_at(at(62_999)) && !l.leads_at(at(63_000)));
+        assert!(!r.may_take(at(62_999)) && r.may_take(at(63_000)));
+
+        // Cut off again, and back to find another holding it: steps down.
+        r.after(Outcome::Unreachable, at(64_000), &l);
+        assert!(l.leads_at(at(99_000)));
+        assert_eq!(r.after(Outcome::Refused, at(99_000), &l), None);
+        assert!(!l.leads_at(at(99_000)));
+
+        // A standby stays one while the database does not answer.
+        r.after(Outcome::Unreachable, at(100_000), &l);
+        assert!(!l.leads_at(at(100_000)));
+        // Taking the lease over from another node says from whom.
+        r.after(Outcome::Refused, at(101_000), &l);
+        assert_eq!(
+            r.after(held(2, Some("b")), at(104_000), &l),
+            Some(Some("b".into()))
+        );
+        assert!(l.leads_at(at(106_999)));
     }
 }

@@ -152,7 +152,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let places = crate::store::Places {
             journal: Some(config.resolve(&config.server.database.journal_dir)),
             recordings: Some(config.resolve(&config.server.media.recordings_dir)),
-            node: config.server.cluster.node.clone(),
+            node: config.server.node().to_string(),
         };
         StoreWriter::spawn(store.clone(), places, move |changed| match changed {
             Changed::Calls => live.calls_changed(),
@@ -176,14 +176,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     ));
     let (calls_tx, calls_rx) = mpsc::unbounded_channel();
     let (reg_tx, mut reg_rx) = mpsc::unbounded_channel::<RegistrationEvent>();
-    let leadership = if config.server.database.url.starts_with("sqlite:") {
-        crate::cluster::Leadership::always(&config.server.cluster.node)
-    } else {
-        crate::cluster::spawn(
-            store.clone(),
-            &config.server.cluster,
-            TakeOver(store.clone()),
-        )
+    let leadership = match &config.server.cluster {
+        None => crate::cluster::Leadership::always(config.server.node()),
+        Some(cluster) => crate::cluster::spawn(store.clone(), cluster, TakeOver(store.clone())),
     };
     let sip = SipStack::start(
         config.clone(),

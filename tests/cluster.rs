@@ -5,39 +5,11 @@
 
 mod common;
 
+use common::gate::Gate;
 use common::rawsip::{self, RawSip};
 use common::{background_call, Server, Setup};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// A database of its own on the PostgreSQL `scripts/test` starts.
-fn postgres_db() -> Option<String> {
-    let Ok(admin) = std::env::var("SIAGA_TEST_POSTGRES") else {
-        assert!(
-            std::env::var("SIAGA_REQUIRE_POSTGRES").is_err(),
-            "SIAGA_REQUIRE_POSTGRES is set but SIAGA_TEST_POSTGRES is not"
-        );
-        eprintln!("skipped: set SIAGA_TEST_POSTGRES to run against PostgreSQL");
-        return None;
-    };
-    let name = format!("siaga_cluster_{}", std::process::id());
-    let out = Command::new("psql")
-        .arg(&admin)
-        .args([
-            "-qc",
-            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-        ])
-        .args(["-qc", &format!("CREATE DATABASE {name}")])
-        .output()
-        .expect("psql");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap();
-    Some(format!("{base}/{name}"))
-}
 
 fn node(db: &str, name: &str, admin_exists: bool) -> Server {
     Server::start(Setup {
@@ -80,13 +52,22 @@ fn open_calls(server: &Server) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A number no other request of this test process has used: each probe
+/// or INVITE is a transaction of its own, never a retransmission that a
+/// node answers from its transaction's memory.
+fn unique() -> u32 {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+}
+
 /// What a node answers to the front's OPTIONS probe.
 fn probe(server: &Server) -> u16 {
     let c = RawSip::new(server.sip, "127.0.0.1");
-    let l = c.local();
+    let (l, n) = (c.local(), unique());
     c.send(&format!(
-        "OPTIONS sip:{0} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-probe;rport\r\nMax-Forwards: 70\r\nFrom: <sip:probe@{l}>;tag=p1\r\nTo: <sip:{0}>\r\nCall-ID: probe-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
-        server.sip
+        "OPTIONS sip:{0} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-probe-{n};rport\r\nMax-Forwards: 70\r\nFrom: <sip:probe@{l}>;tag=p{n}\r\nTo: <sip:{0}>\r\nCall-ID: probe-{n}-{1}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        server.sip,
+        std::process::id()
     ));
     c.final_status(Duration::from_secs(5))
         .expect("OPTIONS answered")
@@ -97,13 +78,14 @@ fn probe(server: &Server) -> u16 {
 /// it must never answer 200; the INVITE is never ACKed).
 fn invite_answer(server: &Server) -> u16 {
     let c = RawSip::new(server.sip, "127.0.0.1");
-    let call_id = format!("standby-{}", std::process::id());
+    let n = unique();
+    let call_id = format!("standby-{n}-{}", std::process::id());
     c.send(&rawsip::invite(
         c.local(),
         server.sip,
         "112",
         &call_id,
-        "z9hG4bK-standby",
+        &format!("z9hG4bK-standby-{n}"),
         common::free_media_pair(),
     ));
     c.final_status(Duration::from_secs(5))
@@ -113,7 +95,9 @@ fn invite_answer(server: &Server) -> u16 {
 
 #[test]
 fn the_standby_takes_over_when_the_leader_dies_and_the_old_leader_touches_nothing() {
-    let Some(db) = postgres_db() else { return };
+    let Some(db) = common::postgres_db("cluster") else {
+        return;
+    };
     let mut a = node(&db, "a", false);
     wait_until("a leads", &a, || role(&a) == "leader");
     let b = node(&db, "b", true);
@@ -166,4 +150,78 @@ fn the_standby_takes_over_when_the_leader_dies_and_the_old_leader_touches_nothin
     let (_, call) = b.get(&format!("/api/calls/{open_id}"));
     assert_eq!(call["end_cause"], "caller_bye", "{call}");
     assert_ne!(call["status"], "interrupted", "{call}");
+}
+
+/// The lease as PostgreSQL holds it, asked directly (not through a node):
+/// (holder, term, whether it has run out on the database's clock).
+fn lease(db: &str) -> (String, i64, bool) {
+    let out = Command::new("psql")
+        .arg(db)
+        .args([
+            "-tAc",
+            "SELECT node, term, expires_at < (extract(epoch from clock_timestamp()) * 1000)::bigint FROM leadership",
+        ])
+        .output()
+        .expect("psql");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<&str> = text.trim().split('|').collect();
+    assert_eq!(f.len(), 3, "{text}{}", String::from_utf8_lossy(&out.stderr));
+    (f[0].to_string(), f[1].parse().unwrap(), f[2] == "t")
+}
+
+/// PostgreSQL gone for both nodes (restarting, or away a minute): the
+/// leader leads on past its lease and takes calls, and the standby stays
+/// one; back, the same leader renews under the same term and its calls
+/// reach the record as they ended. Then the leader alone cut off from
+/// PostgreSQL: the standby takes the lease over, and the old leader, which
+/// led on meanwhile, stands by as soon as it hears of it.
+#[test]
+fn without_postgresql_the_leader_leads_on_and_stands_by_only_when_told() {
+    let Some(db) = common::postgres_db("away") else {
+        return;
+    };
+    let gate_a = Gate::start(Gate::target_of(&db));
+    let gate_b = Gate::start(Gate::target_of(&db));
+    let a = node(&gate_a.url_through(&db), "a", false);
+    wait_until("a leads", &a, || role(&a) == "leader");
+    let b = node(&gate_b.url_through(&db), "b", true);
+    assert_eq!(role(&b), "standby");
+
+    // Gone for both.
+    gate_a.shut();
+    gate_b.shut();
+    wait_until("a's lease runs out on PostgreSQL's clock", &a, || {
+        lease(&db).2
+    });
+    assert_eq!((role(&a).as_str(), probe(&a)), ("leader", 200));
+    assert_eq!((role(&b).as_str(), probe(&b)), ("standby", 503));
+    let during = background_call(a.sip, "112", 1_500, Duration::from_secs(30));
+    assert_eq!(during.join().unwrap(), Some(0), "log:\n{}", a.log());
+
+    // Back: the same leader, the same term, nothing closed by anyone.
+    gate_a.open();
+    gate_b.open();
+    wait_until("a renews its lease", &a, || !lease(&db).2);
+    assert_eq!(lease(&db), ("a".to_string(), 1, false));
+    wait_until("the call taken meanwhile is on record", &a, || {
+        let (_, calls) = a.get("/api/calls");
+        calls[0]["end_cause"] == "caller_bye"
+    });
+    assert_eq!(role(&b), "standby");
+
+    // The leader alone cut off: b takes over; a leads on until it hears.
+    gate_a.shut();
+    wait_until("b takes the lease over", &b, || role(&b) == "leader");
+    assert_eq!(lease(&db).0, "b");
+    assert_eq!(lease(&db).1, 2);
+    assert_eq!(role(&a), "leader", "a, cut off, cannot know and leads on");
+    let served = background_call(b.sip, "112", 1_500, Duration::from_secs(30));
+    assert_eq!(served.join().unwrap(), Some(0), "log:\n{}", b.log());
+    gate_a.open();
+    wait_until("a hears that b leads and stands by", &a, || {
+        role(&a) == "standby"
+    });
+    assert_eq!((probe(&a), invite_answer(&a)), (503, 503));
+    let (_, calls) = a.get("/api/calls");
+    assert_eq!(calls.as_array().map(Vec::len), Some(2), "{calls}");
 }

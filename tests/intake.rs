@@ -5,6 +5,7 @@
 mod common;
 
 use common::audio::{find_exact, prompt_through_alaw, read_stereo, rms, tone_ratio};
+use common::gate::Gate;
 use common::rawsip::{self, header, status_of, udp_drops, RawSip};
 use common::{free_udp_port, Server, Setup, Sipp};
 use std::path::Path;
@@ -775,20 +776,8 @@ fn a_locked_database_does_not_delay_or_drop_calls() {
         Some(0),
         "nothing could be written yet"
     );
-    // The health probe says so (it answers without asking the database):
-    // what /healthz says of the database once it says `want`, or after 10 s.
-    let database_says = |want: &str| {
-        let mut seen = serde_json::Value::Null;
-        for _ in 0..100 {
-            seen = server.get("/healthz").1["database"].clone();
-            if seen == want {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        seen
-    };
-    assert_eq!(database_says("blocked"), "blocked");
+    // The health probe says so (it answers without asking the database).
+    database_says(&server, "blocked");
 
     rt.block_on(sqlx::query("ROLLBACK").execute(&mut blocker))
         .unwrap();
@@ -806,7 +795,7 @@ fn a_locked_database_does_not_delay_or_drop_calls() {
     }
     let c = found.expect("records caught up after the database came back");
     assert_eq!(c["end_cause"], "caller_bye");
-    assert_eq!(database_says("ok"), "ok", "the database is back");
+    database_says(&server, "ok");
     check_recording(&server, &c, "greeting-112", 3.0);
 }
 
@@ -820,33 +809,7 @@ fn a_locked_database_does_not_delay_or_drop_calls() {
 fn records_taken_while_the_database_is_away_survive_kill_9_and_sigterm() {
     let mut server = Server::start(Setup::default());
     let (rt, mut blocker) = lock_database(&server);
-    let journal = server.root.path().join("data/journal/records.journal");
-    // The journal holds `n` calls once their recordings' closes are in.
-    let journaled = |n: usize| {
-        for _ in 0..200 {
-            let text = std::fs::read_to_string(&journal).unwrap_or_default();
-            if text.matches("\"RecordingClosed\"").count() >= n {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("{n} calls never reached the journal");
-    };
-    let call = |server: &Server, n: usize| {
-        sipp_tone_call(server, "112", 1500, false);
-        journaled(n);
-    };
-
-    call(&server, 1);
-    server.kill9();
-    server.spawn();
-    call(&server, 2);
-    server.terminate();
-    assert!(
-        server.wait_exit(Duration::from_secs(60)).is_some(),
-        "no exit after SIGTERM:\n{}",
-        server.log()
-    );
+    journaled_call_then_kill_9_then_sigterm(&mut server);
     let held: i64 = rt
         .block_on(sqlx::query_scalar("SELECT COUNT(*) FROM calls").fetch_one(&mut blocker))
         .unwrap();
@@ -856,6 +819,79 @@ fn records_taken_while_the_database_is_away_survive_kill_9_and_sigterm() {
         .unwrap();
     drop(blocker);
     server.spawn();
+    both_calls_are_on_record(&server);
+}
+
+/// The same on PostgreSQL, gone from the network rather than locked: the
+/// database is reached through a gate that is shut after the first login
+/// (cutting the pool's connections) and opened once the process is down.
+/// `/healthz` says `down` meanwhile, and a start while it is away serves.
+#[test]
+fn records_taken_while_postgresql_is_away_survive_kill_9_and_sigterm() {
+    let Some(db) = common::postgres_db("away") else {
+        return;
+    };
+    let gate = Gate::start(Gate::target_of(&db));
+    let mut server = Server::start(Setup {
+        database_url: Some(gate.url_through(&db)),
+        ..Setup::default()
+    });
+    gate.shut();
+    database_says(&server, "down");
+    journaled_call_then_kill_9_then_sigterm(&mut server);
+
+    gate.open();
+    server.spawn();
+    both_calls_are_on_record(&server);
+    database_says(&server, "ok");
+}
+
+/// What /healthz says of the database once it says `want` (its own
+/// state, not a question to the database), or after 10 s.
+fn database_says(server: &Server, want: &str) -> serde_json::Value {
+    let mut seen = serde_json::Value::Null;
+    for _ in 0..100 {
+        seen = server.get("/healthz").1["database"].clone();
+        if seen == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(seen, want, "{}", server.log());
+    seen
+}
+
+/// With the database away: a call, kill -9, a start, another call, SIGTERM.
+/// Each call waits until the journal holds its recording's close, which
+/// comes last.
+fn journaled_call_then_kill_9_then_sigterm(server: &mut Server) {
+    let journal = server.root.path().join("data/journal/records.journal");
+    let call = |server: &Server, n: usize| {
+        sipp_tone_call(server, "112", 1500, false);
+        for _ in 0..200 {
+            let text = std::fs::read_to_string(&journal).unwrap_or_default();
+            if text.matches("\"RecordingClosed\"").count() >= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{n} calls never reached the journal");
+    };
+    call(server, 1);
+    server.kill9();
+    server.spawn();
+    call(server, 2);
+    server.terminate();
+    assert!(
+        server.wait_exit(Duration::from_secs(60)).is_some(),
+        "no exit after SIGTERM:\n{}",
+        server.log()
+    );
+}
+
+/// Once the database is back: both calls, each with its incident and its
+/// recording's true checksum.
+fn both_calls_are_on_record(server: &Server) {
     let mut calls = Vec::new();
     for _ in 0..200 {
         let (_, all) = server.get("/api/calls");

@@ -190,7 +190,7 @@ async fn run_call(s: Arc<Services>, call: EmergencyCall, call_id: CallId, incide
         trunk,
         &location,
         arrived_ms,
-        &s.config.server.cluster.node,
+        s.config.server.node(),
     ));
     let unended = Unended::new(&s.store, &call_id);
 

@@ -59,8 +59,9 @@ pub struct ServerFile {
     pub http: HttpSection,
     pub database: DatabaseSection,
     /// This node among the nodes sharing one PostgreSQL (leader/standby).
+    /// Absent: one node, which always leads.
     #[serde(default)]
-    pub cluster: ClusterSection,
+    pub cluster: Option<ClusterSection>,
     #[serde(default, rename = "trunk")]
     pub trunks: Vec<Trunk>,
 }
@@ -237,6 +238,11 @@ fn default_request_timeout() -> Duration {
 }
 
 impl ServerFile {
+    /// This node's name (`cluster.node`; `siaga-1` for a node alone).
+    pub fn node(&self) -> &str {
+        self.cluster.as_ref().map_or(LONE_NODE, |c| c.node.as_str())
+    }
+
     /// `sip.unconfirmed_per_source`, or half the RTP port pool.
     pub fn unconfirmed_bound(&self) -> usize {
         self.sip.unconfirmed_per_source.unwrap_or_else(|| {
@@ -304,8 +310,8 @@ pub struct DatabaseSection {
 
 /// Leadership among the nodes that share one PostgreSQL: one of them (the
 /// leader) takes calls; the others stand by, ready, and answer 503 until
-/// the leader's lease runs out. With SQLite there is one node, always
-/// leading.
+/// the leader's lease runs out. Without the section there is one node,
+/// always leading (SQLite, or PostgreSQL with no standby).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
@@ -324,18 +330,11 @@ pub struct ClusterSection {
     pub renew: Duration,
 }
 
-impl Default for ClusterSection {
-    fn default() -> Self {
-        ClusterSection {
-            node: default_node(),
-            lease: default_lease(),
-            renew: default_renew(),
-        }
-    }
-}
+/// The name of a node without a `[cluster]` section.
+const LONE_NODE: &str = "siaga-1";
 
 fn default_node() -> String {
-    "siaga-1".into()
+    LONE_NODE.into()
 }
 
 fn default_lease() -> Duration {
@@ -889,7 +888,16 @@ fn check_server(file: &Path, s: &ServerFile) -> Result<(), ConfigError> {
             "expected a `sqlite:` or `postgres:` URL",
         ));
     }
-    let c = &s.cluster;
+    let Some(c) = &s.cluster else {
+        return check_trunks(file, s);
+    };
+    if !s.database.url.starts_with("postgres") {
+        return Err(ConfigError::invalid(
+            file,
+            "cluster",
+            "a leader and standby share one PostgreSQL: expected a `postgres:` `database.url`",
+        ));
+    }
     if c.node.is_empty()
         || c.node.len() > 64
         || !c
@@ -910,6 +918,10 @@ fn check_server(file: &Path, s: &ServerFile) -> Result<(), ConfigError> {
             "expected more than zero and at most half of `cluster.lease`",
         ));
     }
+    check_trunks(file, s)
+}
+
+fn check_trunks(file: &Path, s: &ServerFile) -> Result<(), ConfigError> {
     for (i, t) in s.trunks.iter().enumerate() {
         if t.sources.is_empty() {
             return Err(ConfigError::invalid(
@@ -1071,6 +1083,46 @@ url = "sqlite::memory:"
         let fine = parse_str::<ServerFile>(file, &text(64)).unwrap();
         check_server(file, &fine).unwrap();
         assert_eq!(fine.media.recording_queue_mib, 64);
+    }
+
+    /// A `[cluster]` needs the shared PostgreSQL; without one the node is
+    /// alone and named `siaga-1`.
+    #[test]
+    fn a_cluster_needs_postgresql() {
+        let text = |url: &str, cluster: &str| {
+            format!(
+                r#"
+[sip]
+public_ip = "127.0.0.1"
+udp = ["127.0.0.1:5060"]
+[media]
+rtp_ip = "127.0.0.1"
+rtp_port_min = 20000
+rtp_port_max = 30000
+prompts_dir = "p"
+recordings_dir = "r"
+[http]
+listen = "127.0.0.1:1"
+[database]
+url = "{url}"
+{cluster}
+"#
+            )
+        };
+        let file = Path::new("f.toml");
+        let alone = parse_str::<ServerFile>(file, &text("sqlite::memory:", "")).unwrap();
+        check_server(file, &alone).unwrap();
+        assert_eq!(alone.node(), "siaga-1");
+        let cluster = "[cluster]\nnode = \"b\"";
+        let sqlite = parse_str::<ServerFile>(file, &text("sqlite::memory:", cluster)).unwrap();
+        let msg = check_server(file, &sqlite).unwrap_err().to_string();
+        assert!(
+            msg.contains("cluster") && msg.contains("PostgreSQL"),
+            "{msg}"
+        );
+        let pg = parse_str::<ServerFile>(file, &text("postgres://h/d", cluster)).unwrap();
+        check_server(file, &pg).unwrap();
+        assert_eq!(pg.node(), "b");
     }
 
     #[test]

@@ -19,16 +19,19 @@ pub struct Held {
 }
 
 impl Store {
-    /// Takes the lease for `process` of `node` (or renews it) for
-    /// `lease_ms` from now on the database's clock. `None`: another holds
-    /// it and it has not run out (another node, or another process under
+    /// Renews the lease of `process` of `node` for `lease_ms` from now on
+    /// the database's clock, or, if `may_take`, takes it once it has run
+    /// out (nobody ever holding it, it is taken whatever `may_take` says).
+    /// `None`: another holds it (another node, or another process under
     /// this node's name: a restarted one waits for its old lease to run
-    /// out). PostgreSQL only.
+    /// out), or it ran out and this process may not take it. PostgreSQL
+    /// only.
     pub async fn try_lead(
         &self,
         node: &str,
         process: &str,
         lease_ms: i64,
+        may_take: bool,
     ) -> Result<Option<Held>, StoreError> {
         // `previous` names who held it before the last change of holder;
         // it changes only when the holder does.
@@ -43,12 +46,13 @@ impl Store {
                process = EXCLUDED.process, \
                expires_at = EXCLUDED.expires_at \
              WHERE leadership.process = EXCLUDED.process \
-                OR leadership.expires_at < (SELECT ms FROM clock) \
+                OR ($4 = 1 AND leadership.expires_at < (SELECT ms FROM clock)) \
              RETURNING term, previous",
         )
         .bind(node)
         .bind(process)
         .bind(lease_ms)
+        .bind(i64::from(may_take))
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|(term, previous)| Held {

@@ -676,15 +676,18 @@ pub(crate) mod tests {
     }
 
     /// One node leads; another takes the lease only once it has run out,
-    /// under a higher term, and then closes the calls the first left
+    /// and only when it may (it has been in touch with the database for a
+    /// lease's length), under a higher term; until then the holder renews
+    /// even a lapsed lease. The new holder closes the calls the first left
     /// open, and none of anyone else's.
     #[tokio::test]
     async fn the_lease_changes_hands_only_when_it_runs_out() {
         on_postgres(|url| async move {
             let store = Store::lazy(&url).unwrap();
             store.migrate().await.unwrap();
+            // Nobody held it: taken even by a node that may not take.
             let a = store
-                .try_lead("a", "a1", 400)
+                .try_lead("a", "a1", 400, false)
                 .await
                 .unwrap()
                 .expect("a leads");
@@ -695,18 +698,26 @@ pub(crate) mod tests {
                     previous: None
                 }
             );
-            assert_eq!(store.try_lead("b", "b1", 400).await.unwrap(), None);
+            assert_eq!(store.try_lead("b", "b1", 400, true).await.unwrap(), None);
             assert_eq!(
-                store.try_lead("a", "a1", 400).await.unwrap(),
+                store.try_lead("a", "a1", 400, false).await.unwrap(),
                 Some(a.clone())
             );
             // A second process under a's name (a restart, or a name given
             // twice by mistake) does not lead beside the first.
-            assert_eq!(store.try_lead("a", "a2", 400).await.unwrap(), None);
-            assert_eq!(store.try_lead("b", "b1", 400).await.unwrap(), None);
+            assert_eq!(store.try_lead("a", "a2", 400, true).await.unwrap(), None);
+            assert_eq!(store.try_lead("b", "b1", 400, true).await.unwrap(), None);
+            // Run out, but b may not take it yet; a, back from an outage,
+            // renews its lapsed lease under the same term.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(store.try_lead("b", "b1", 400, false).await.unwrap(), None);
+            assert_eq!(
+                store.try_lead("a", "a1", 400, false).await.unwrap(),
+                Some(a.clone())
+            );
             tokio::time::sleep(Duration::from_millis(500)).await;
             let b = store
-                .try_lead("b", "b1", 10_000)
+                .try_lead("b", "b1", 10_000, true)
                 .await
                 .unwrap()
                 .expect("b takes over");
@@ -718,7 +729,7 @@ pub(crate) mod tests {
                 }
             );
             assert_eq!(
-                store.try_lead("a", "a1", 400).await.unwrap(),
+                store.try_lead("a", "a1", 400, false).await.unwrap(),
                 None,
                 "never two"
             );

@@ -5,6 +5,7 @@
 
 pub mod audio;
 pub mod baresip;
+pub mod gate;
 pub mod pyphone;
 pub mod rawsip;
 pub mod webdriver;
@@ -66,7 +67,7 @@ pub struct Setup {
     pub sip_extra: Option<String>,
     /// The database (a shared PostgreSQL); an SQLite file of its own if None.
     pub database_url: Option<String>,
-    /// The `[cluster]` section's keys.
+    /// The `[cluster]` section's keys (None: no section, one node).
     pub cluster: Option<String>,
     /// The test admin is in the (shared) database already.
     pub admin_exists: bool,
@@ -230,8 +231,6 @@ listen = "127.0.0.1:0"
 {}
 [database]
 url = "{}"
-
-[cluster]
 {}
 
 [[trunk]]
@@ -248,7 +247,11 @@ sources = [{sources}]
                     .database_url
                     .clone()
                     .unwrap_or_else(|| format!("sqlite://{}/db/siaga.db?mode=rwc", root.display())),
-                setup.cluster.as_deref().unwrap_or_default(),
+                setup
+                    .cluster
+                    .as_ref()
+                    .map(|c| format!("\n[cluster]\n{c}\n"))
+                    .unwrap_or_default(),
                 setup
                     .trunk_outbound
                     .as_ref()
@@ -734,4 +737,35 @@ impl Sipp {
             errors,
         }
     }
+}
+
+/// A database of its own (`siaga_{purpose}_{pid}`, made afresh) on the
+/// PostgreSQL `scripts/test` starts; None, and the test skips, when
+/// SIAGA_TEST_POSTGRES is not set (an error under SIAGA_REQUIRE_POSTGRES).
+pub fn postgres_db(purpose: &str) -> Option<String> {
+    let Ok(admin) = std::env::var("SIAGA_TEST_POSTGRES") else {
+        assert!(
+            std::env::var("SIAGA_REQUIRE_POSTGRES").is_err(),
+            "SIAGA_REQUIRE_POSTGRES is set but SIAGA_TEST_POSTGRES is not"
+        );
+        eprintln!("skipped: set SIAGA_TEST_POSTGRES to run against PostgreSQL");
+        return None;
+    };
+    let name = format!("siaga_{purpose}_{}", std::process::id());
+    let out = Command::new("psql")
+        .arg(&admin)
+        .args([
+            "-qc",
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        ])
+        .args(["-qc", &format!("CREATE DATABASE {name}")])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap();
+    Some(format!("{base}/{name}"))
 }
