@@ -6,8 +6,9 @@
 mod common;
 
 use common::gate::Gate;
+use common::kamailio::{self, Kamailio};
 use common::rawsip::{self, RawSip};
-use common::{background_call, Server, Setup};
+use common::{background_call, Server, Setup, Sipp};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -224,4 +225,116 @@ fn without_postgresql_the_leader_leads_on_and_stands_by_only_when_told() {
     assert_eq!((probe(&a), invite_answer(&a)), (503, 503));
     let (_, calls) = a.get("/api/calls");
     assert_eq!(calls.as_array().map(Vec::len), Some(2), "{calls}");
+}
+
+/// The front's config and node list as shipped pass `kamailio -c`.
+#[test]
+fn the_shipped_kamailio_config_is_valid() {
+    let (ok, out) = kamailio::check();
+    assert!(ok, "{out}");
+}
+
+/// The calls on record, newest first, as PostgreSQL holds them: (node
+/// that took it, source, trunk).
+fn calls_on_record(db: &str) -> Vec<(String, String, String)> {
+    let out = Command::new("psql")
+        .arg(db)
+        .args([
+            "-tAc",
+            "SELECT node, source, coalesce(trunk, '') FROM calls ORDER BY arrived_at DESC",
+        ])
+        .output()
+        .expect("psql");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            (f.len() == 3).then(|| (f[0].into(), f[1].into(), f[2].into()))
+        })
+        .collect()
+}
+
+/// A caller through the front (a real Kamailio with the shipped config,
+/// dispatching to both nodes): each call is answered by the node that
+/// leads, and is on record with the caller's own address, which is what
+/// trunk trust is decided on; a stranger's word on its source is taken
+/// off by the front and refused. When the leader dies, the next call
+/// through the same front is the new leader's.
+#[test]
+fn through_kamailio_each_call_reaches_the_leader_and_the_callers_source_is_trusted() {
+    let Some(db) = common::postgres_db("front") else {
+        return;
+    };
+    let port = common::free_udp_port();
+    let with_front = |name: &str, admin_exists: bool| {
+        Server::start(Setup {
+            database_url: Some(db.clone()),
+            cluster: Some(format!("node = \"{name}\"\nlease = \"3s\"\nrenew = \"1s\"")),
+            sip_extra: Some(format!("fronts = [\"127.0.0.1:{port}\"]")),
+            admin_exists,
+            ..Setup::default()
+        })
+    };
+    let mut a = with_front("a", false);
+    wait_until("a leads", &a, || role(&a) == "leader");
+    let b = with_front("b", true);
+    let front = Kamailio::start(port, &[a.sip, b.sip]);
+    let call = |to: &Server| {
+        let r = Sipp::new(1000.0).run(
+            "uac_tone_routed.xml",
+            front.addr,
+            &["-s", "112", "-d", "1500"],
+            Duration::from_secs(30),
+        );
+        assert_eq!(
+            r.code,
+            Some(0),
+            "{}\n{}\nnode log:\n{}\nfront log:\n{}",
+            r.output,
+            r.errors,
+            to.log(),
+            front.log()
+        );
+    };
+
+    call(&a);
+    let first = calls_on_record(&db);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let (node, source, trunk) = &first[0];
+    assert_eq!(node, "a");
+    assert_eq!(trunk, "test-trunk", "the caller's address is the trunk's");
+    assert!(
+        source.starts_with("127.0.0.1:") && *source != front.addr.to_string(),
+        "the caller's own address, not the front's: {source}"
+    );
+
+    // 127.0.0.3 is no trunk, and its header naming the trunk's address is
+    // taken off by the front before the node sees it.
+    let stranger = RawSip::new(front.addr, "127.0.0.3");
+    let forged = rawsip::invite(
+        stranger.local(),
+        front.addr,
+        "112",
+        &format!("front-stranger-{}", std::process::id()),
+        "z9hG4bK-front-stranger",
+        common::free_media_pair(),
+    )
+    .replace(
+        "Max-Forwards: 70\r\n",
+        "Max-Forwards: 70\r\nX-Front-Source: sip:127.0.0.1:5060;transport=udp\r\n",
+    );
+    stranger.send(&forged);
+    assert_eq!(
+        stranger.final_status(Duration::from_secs(10)).map(|s| s.0),
+        Some(403),
+        "front log:\n{}",
+        front.log()
+    );
+
+    a.kill9();
+    wait_until("b takes over", &b, || role(&b) == "leader");
+    call(&b);
+    let all = calls_on_record(&db);
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(all[0].0, "b", "the call after the take-over: {all:?}");
 }

@@ -103,6 +103,24 @@ pub struct SipSection {
     /// their REGISTER refreshes; keep this above both.
     #[serde(default = "default_tcp_idle_timeout", with = "humantime_serde")]
     pub tcp_idle_timeout: Duration,
+    /// The SIP fronts (Kamailio, `sip-config/kamailio/`) that relay
+    /// requests to this node, each as the address it sends from. Only a
+    /// request from one of them is believed when it says where it really
+    /// came from (`X-Front-Source`); trunks, the guard and the records then
+    /// use that source. Over TCP a front connects from a port of its
+    /// choosing, so there its address is matched without the port.
+    #[serde(default)]
+    pub fronts: Vec<SocketAddr>,
+}
+
+impl SipSection {
+    /// Whether a request that arrived from `from` over `transport` came
+    /// from one of `fronts`.
+    pub fn is_front(&self, from: SocketAddr, transport: &str) -> bool {
+        self.fronts
+            .iter()
+            .any(|f| f.ip() == from.ip() && (transport == "tcp" || f.port() == from.port()))
+    }
 }
 
 fn default_tcp_idle_timeout() -> Duration {

@@ -401,6 +401,36 @@ pub fn stamp_udp_source(
     Ok(req.into())
 }
 
+/// The header a SIP front (`sip-config/kamailio/`) adds to each request
+/// it relays: where the request really came from, as
+/// `sip:IP:PORT;transport=PROTO`. The front removes any the sender put
+/// there; siaga believes it only of a request from a configured front.
+const FRONT_SOURCE_HEADER: &str = "X-Front-Source";
+
+/// Where a front says `req` came from, and over what. The caller has
+/// checked that `req` came from a front.
+pub fn front_source(req: &Request) -> Option<(SocketAddr, &'static str)> {
+    parse_front_source(&header_value(req, FRONT_SOURCE_HEADER)?)
+}
+
+fn parse_front_source(value: &str) -> Option<(SocketAddr, &'static str)> {
+    let rest = value.trim().strip_prefix("sip:")?;
+    let (addr, params) = rest.split_once(';').unwrap_or((rest, ""));
+    let addr: SocketAddr = addr.parse().ok()?;
+    let transport = params
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("transport="))?;
+    let transport = match transport.to_ascii_lowercase().as_str() {
+        "udp" => "udp",
+        "tcp" => "tcp",
+        "tls" => "tls",
+        "ws" => "ws",
+        "wss" => "wss",
+        _ => return None,
+    };
+    Some((addr, transport))
+}
+
 /// The real source of a request that came over UDP, as our reader stamped
 /// it (`stamp_udp_source`). None for a request that did not pass it.
 pub fn udp_source(req: &Request) -> Option<SocketAddr> {
@@ -555,6 +585,31 @@ Max-Forwards: 70
 Content-Length: 0
 
 ";
+
+    /// What a front says of a source reads as Kamailio writes it, for
+    /// IPv4 and IPv6; anything else is no source at all.
+    #[test]
+    fn a_fronts_word_on_the_source() {
+        use super::parse_front_source;
+        assert_eq!(
+            parse_front_source("sip:10.1.2.3:5062;transport=udp"),
+            Some(("10.1.2.3:5062".parse().unwrap(), "udp"))
+        );
+        assert_eq!(
+            parse_front_source(" sip:[2001:db8::1]:5060;transport=TCP "),
+            Some(("[2001:db8::1]:5060".parse().unwrap(), "tcp"))
+        );
+        for bad in [
+            "10.1.2.3:5062;transport=udp",
+            "sip:10.1.2.3;transport=udp",
+            "sip:10.1.2.3:5062",
+            "sip:10.1.2.3:5062;transport=sctp",
+            "sip:host.example:5060;transport=udp",
+            "",
+        ] {
+            assert_eq!(parse_front_source(bad), None, "{bad}");
+        }
+    }
 
     /// Trust comes from the datagram's source, whatever the request says:
     /// a `received=` of the sender's own making (with sent-by equal to the

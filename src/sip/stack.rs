@@ -506,21 +506,30 @@ impl Dispatcher {
         }
     }
 
+    /// Where a request came from, and over what: the packet's source (the
+    /// datagram's, the TCP peer's), or, for a request relayed by one of
+    /// `sip.fronts`, the source that front says (a front's own request,
+    /// its probe, says none and is the front's).
     fn source_and_transport(&self, tx: &Transaction) -> Option<(SocketAddr, &'static str)> {
         let transport = match tx.connection.as_ref().map(|c| c.transport()) {
             Some(Transport::Tcp) => "tcp",
             _ => "udp",
         };
-        if transport == "tcp" {
-            let remote = tx
-                .connection
+        let packet = if transport == "tcp" {
+            tx.connection
                 .as_ref()?
                 .get_remote_addr()?
                 .get_socketaddr()
-                .ok()?;
-            return Some((remote, transport));
+                .ok()?
+        } else {
+            request::udp_source(&tx.original)?
+        };
+        if self.config.server.sip.is_front(packet, transport) {
+            if let Some(relayed) = request::front_source(&tx.original) {
+                return Some(relayed);
+            }
         }
-        Some((request::udp_source(&tx.original)?, transport))
+        Some((packet, transport))
     }
 
     async fn invite(&self, mut tx: Transaction) {

@@ -6,6 +6,7 @@
 pub mod audio;
 pub mod baresip;
 pub mod gate;
+pub mod kamailio;
 pub mod pyphone;
 pub mod rawsip;
 pub mod webdriver;
