@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::baresip::{wait_registered, Baresip, Phone};
 use common::gate::Gate;
 use common::kamailio::{self, Kamailio};
 use common::rawsip::{self, RawSip};
@@ -337,4 +338,70 @@ fn through_kamailio_each_call_reaches_the_leader_and_the_callers_source_is_trust
     let all = calls_on_record(&db);
     assert_eq!(all.len(), 2, "{all:?}");
     assert_eq!(all[0].0, "b", "the call after the take-over: {all:?}");
+}
+
+/// A call-taker's phone registered through the front: the node keeps the
+/// Path the front added, and rings the phone through the front with it as
+/// the INVITE's route; the phone answers, the caller is bridged to it, and
+/// the caller's hang-up reaches the phone along the dialog's route. One
+/// node alone on SQLite: this is the front's and the registrar's business.
+#[test]
+fn a_phone_registered_through_kamailio_is_rung_through_it() {
+    let port = common::free_udp_port();
+    let server = Server::start(Setup {
+        agents: true,
+        sip_extra: Some(format!("fronts = [\"127.0.0.1:{port}\"]")),
+        ..Setup::default()
+    });
+    let front = Kamailio::start(port, &[server.sip]);
+    let phone = Baresip::start(
+        Phone {
+            user: "ct-01",
+            password: "contoh-sandi-ct-01",
+            auto_answer: true,
+            tone_hz: 600.0,
+        },
+        front.addr,
+    );
+    wait_registered(&server, "ct-01", &phone);
+    server.set_ready("ct-01");
+
+    let r = Sipp::new(1000.0).run(
+        "uac_tone_routed.xml",
+        front.addr,
+        &["-s", "112", "-d", "4000"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        r.code,
+        Some(0),
+        "{}\nnode:\n{}\nfront:\n{}",
+        r.output,
+        server.log(),
+        front.log()
+    );
+    let (_, calls) = server.get("/api/calls");
+    let call = &calls[0];
+    assert_eq!(call["agent_id"], "ct-01", "{call}");
+    assert!(call["agent_answered_at"].is_i64(), "{call}");
+    wait_until("the phone hears the hang-up", &server, || {
+        phone.log().contains("closed")
+    });
+    // The front logs what it relays (`xlog`): the node's INVITE to the
+    // phone, and the ACK and BYE of that dialog, each from the node.
+    let log = front.log();
+    let node = server.sip.to_string();
+    for (kind, method) in [
+        ("from siaga", "INVITE"),
+        ("in dialog from", "ACK"),
+        ("in dialog from", "BYE"),
+    ] {
+        let seen = log
+            .lines()
+            .any(|l| l.contains(&format!("{kind} {node}: {method} to sip:ct-01")));
+        assert!(
+            seen,
+            "the node's {method} to the phone did not pass the front:\n{log}"
+        );
+    }
 }

@@ -4,7 +4,7 @@
 
 use super::digest::{parse_authorization, Algorithm, AuthOutcome, Authenticator};
 use super::guard::{AuthGuard, GuardPolicy, Verdict};
-use super::registrar::{Binding, RegisterError, Registrar};
+use super::registrar::{Binding, Reach, RegisterError, Registrar};
 use crate::config::Config;
 use crate::lock;
 use std::net::SocketAddr;
@@ -126,18 +126,16 @@ impl Accounts {
     }
 
     /// Decides a REGISTER. `user` is the To URI's user part.
-    #[allow(clippy::too_many_arguments)]
     pub fn register(
         &self,
         user: &str,
         authorization: Option<&str>,
         contacts: &[String],
         expires_header: Option<u32>,
-        source: SocketAddr,
-        transport: &'static str,
+        reach: &Reach,
         now: Instant,
     ) -> RegisterReply {
-        let authed = match self.authenticate(authorization, "REGISTER", source, now) {
+        let authed = match self.authenticate(authorization, "REGISTER", reach.source, now) {
             Authenticated::Agent(u) => u,
             Authenticated::Challenge(c) => return RegisterReply::Challenge(c),
             Authenticated::Forbidden => return RegisterReply::Forbidden,
@@ -161,7 +159,7 @@ impl Accounts {
                     .or(expires_header)
                     .unwrap_or(3600);
                 if let Err(RegisterError::TooBrief(min)) =
-                    reg.register(user, &uri, expires, source, transport, now)
+                    reg.register(user, &uri, expires, reach, now)
                 {
                     return RegisterReply::TooBrief(min);
                 }

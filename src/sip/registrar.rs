@@ -13,7 +13,19 @@ pub struct Binding {
     /// The address the REGISTER came from (NAT-safe target).
     pub source: SocketAddr,
     pub transport: &'static str,
+    /// The REGISTER's Path (RFC 3327), as received: the proxies (our SIP
+    /// front) a request to this contact goes through, first hop first. Kept
+    /// only from a front; empty for a phone that registered straight here.
+    pub path: Vec<String>,
     pub expires_at: Instant,
+}
+
+/// Where a REGISTER came from: what its bindings are reached by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reach {
+    pub source: SocketAddr,
+    pub transport: &'static str,
+    pub path: Vec<String>,
 }
 
 /// Most contacts one agent may have bound at once (a desk phone, a
@@ -52,8 +64,7 @@ impl Registrar {
         agent: &str,
         contact: &str,
         expires: u32,
-        source: SocketAddr,
-        transport: &'static str,
+        reach: &Reach,
         now: Instant,
     ) -> Result<u32, RegisterError> {
         let list = self.bindings.entry(agent.to_string()).or_default();
@@ -75,8 +86,9 @@ impl Registrar {
         }
         list.push(Binding {
             contact: contact.to_string(),
-            source,
-            transport,
+            source: reach.source,
+            transport: reach.transport,
+            path: reach.path.clone(),
             expires_at: now + Duration::from_secs(u64::from(granted)),
         });
         Ok(granted)
@@ -140,8 +152,16 @@ impl Registrar {
 mod tests {
     use super::*;
 
-    fn addr() -> SocketAddr {
-        "127.0.0.1:5080".parse().unwrap()
+    fn addr() -> Reach {
+        via("udp")
+    }
+
+    fn via(transport: &'static str) -> Reach {
+        Reach {
+            source: "127.0.0.1:5080".parse().unwrap(),
+            transport,
+            path: Vec::new(),
+        }
     }
 
     /// Nine thousand contacts from one agent keep at most MAX_BINDINGS;
@@ -153,13 +173,12 @@ mod tests {
         let mut r = Registrar::new(60, 3600);
         for i in 0..9_000u32 {
             let contact = format!("sip:junk{i}@10.9.9.9");
-            r.register("ct-01", &contact, 3600, addr(), "udp", t0)
-                .unwrap();
+            r.register("ct-01", &contact, 3600, &addr(), t0).unwrap();
         }
         assert_eq!(r.bindings("ct-01", t0).len(), MAX_BINDINGS);
         let later = t0 + Duration::from_secs(1);
         assert_eq!(
-            r.register("ct-01", "sip:ct-01@1.2.3.4", 3600, addr(), "udp", later),
+            r.register("ct-01", "sip:ct-01@1.2.3.4", 3600, &addr(), later),
             Ok(3600)
         );
         let now = r.bindings("ct-01", later);
@@ -176,15 +195,15 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Registrar::new(60, 3600);
         assert_eq!(
-            r.register("ct-01", "sip:ct-01@1.2.3.4", 7200, addr(), "udp", t0),
+            r.register("ct-01", "sip:ct-01@1.2.3.4", 7200, &addr(), t0),
             Ok(3600)
         );
         assert_eq!(
-            r.register("ct-01", "sip:ct-01@1.2.3.4", 30, addr(), "udp", t0),
+            r.register("ct-01", "sip:ct-01@1.2.3.4", 30, &addr(), t0),
             Err(RegisterError::TooBrief(60))
         );
         assert_eq!(
-            r.register("ct-01", "sip:ct-01@1.2.3.4", 120, addr(), "udp", t0),
+            r.register("ct-01", "sip:ct-01@1.2.3.4", 120, &addr(), t0),
             Ok(120)
         );
         assert_eq!(
@@ -206,14 +225,14 @@ mod tests {
     fn zero_expires_and_wildcard_remove() {
         let t0 = Instant::now();
         let mut r = Registrar::new(60, 3600);
-        r.register("a", "sip:a@x", 300, addr(), "udp", t0).unwrap();
-        r.register("a", "sip:a@y", 600, addr(), "tcp", t0).unwrap();
+        r.register("a", "sip:a@x", 300, &addr(), t0).unwrap();
+        r.register("a", "sip:a@y", 600, &via("tcp"), t0).unwrap();
         assert_eq!(
             r.lookup("a", t0).unwrap().contact,
             "sip:a@y",
             "freshest binding first"
         );
-        assert_eq!(r.register("a", "sip:a@y", 0, addr(), "tcp", t0), Ok(0));
+        assert_eq!(r.register("a", "sip:a@y", 0, &via("tcp"), t0), Ok(0));
         assert_eq!(r.lookup("a", t0).unwrap().contact, "sip:a@x");
         r.unregister_all("a");
         assert!(r.lookup("a", t0).is_none());

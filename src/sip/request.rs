@@ -431,6 +431,31 @@ fn parse_front_source(value: &str) -> Option<(SocketAddr, &'static str)> {
     Some((addr, transport))
 }
 
+/// A REGISTER's Path (RFC 3327): each value, first hop first, checked to
+/// be a route siaga can send through. Empty when it has none.
+pub fn path(req: &Request) -> Result<Vec<String>, &'static str> {
+    let values: Vec<String> = header_values(req, "Path")
+        .flat_map(|v| crate::sip::accounts::split_contacts(&v))
+        .collect();
+    if values.len() > 8 {
+        return Err("more than 8 Path entries");
+    }
+    for v in &values {
+        let route =
+            rsipstack::sip::typed::Route::parse(v).map_err(|_| "a Path that is no route")?;
+        if !route.has_lr() {
+            return Err("a Path entry without lr");
+        }
+    }
+    Ok(values)
+}
+
+/// Whether `req` lists `option` in a Supported header.
+pub fn supports(req: &Request, option: &str) -> bool {
+    header_values(req, "Supported")
+        .any(|v| v.split(',').any(|o| o.trim().eq_ignore_ascii_case(option)))
+}
+
 /// The real source of a request that came over UDP, as our reader stamped
 /// it (`stamp_udp_source`). None for a request that did not pass it.
 pub fn udp_source(req: &Request) -> Option<SocketAddr> {
@@ -495,6 +520,31 @@ mod tests {
 
     fn invite(ruri: &str) -> Request {
         req(&format!("INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 10.9.9.9:5070;branch=z9hG4bK1;rport\r\nFrom: \"Budi\" <sip:081234@10.9.9.9>;tag=1\r\nTo: <{ruri}>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"))
+    }
+
+    fn register_with(extra: &str) -> Request {
+        req(&format!("REGISTER sip:10.0.0.10 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.10:5060;branch=z9hG4bK2\r\nFrom: <sip:ct-01@10.0.0.10>;tag=1\r\nTo: <sip:ct-01@10.0.0.10>\r\nCall-ID: r\r\nCSeq: 1 REGISTER\r\n{extra}Content-Length: 0\r\n\r\n"))
+    }
+
+    /// A Path as Kamailio writes it is kept whole (its `received` holds a
+    /// colon), entries in order; one that is no loose route is refused.
+    #[test]
+    fn a_path_is_kept_in_order_and_must_be_loose_routes() {
+        let two = register_with(
+            "Path: <sip:10.0.0.10;lr;received=sip:192.168.1.5:5062>\r\nPath: <sip:10.0.0.9;lr>\r\nSupported: outbound, path\r\n",
+        );
+        assert_eq!(
+            path(&two),
+            Ok(vec![
+                "<sip:10.0.0.10;lr;received=sip:192.168.1.5:5062>".to_string(),
+                "<sip:10.0.0.9;lr>".to_string()
+            ])
+        );
+        assert!(supports(&two, "path") && !supports(&two, "replaces"));
+        let joined = register_with("Path: <sip:10.0.0.10;lr>, <sip:10.0.0.9;lr>\r\n");
+        assert_eq!(path(&joined).map(|p| p.len()), Ok(2));
+        assert_eq!(path(&register_with("")), Ok(Vec::new()));
+        assert!(path(&register_with("Path: <sip:10.0.0.10>\r\n")).is_err());
     }
 
     #[test]

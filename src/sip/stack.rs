@@ -9,7 +9,7 @@
 use super::accounts::Authenticated;
 use super::accounts::{self, Accounts, RegisterReply, RegistrationEvent};
 use super::guard::Verdict;
-use super::registrar::Binding;
+use super::registrar::{Binding, Reach};
 use super::request::{self, header_value, InviteInfo};
 use super::routing::{self, AgentRequest, FeatureCode, InviteDecision, MethodDecision};
 use super::salvage;
@@ -480,11 +480,30 @@ impl Dispatcher {
         match decision {
             MethodDecision::Invite => self.invite(tx).await,
             MethodDecision::Register => {
-                let Some((source, transport)) = self.source_and_transport(&tx) else {
+                let Some((source, transport, fronted)) = self.origin(&tx) else {
                     let _ = tx.reply(StatusCode::BadRequest).await;
                     return;
                 };
-                tokio::spawn(register(self.accounts.clone(), tx, source, transport));
+                // A Path is believed only from a front: from anyone else it
+                // would send our calls wherever the sender liked.
+                let path = if fronted {
+                    match request::path(&tx.original) {
+                        Ok(path) => path,
+                        Err(reason) => {
+                            info!(%source, reason, "REGISTER with a bad Path refused");
+                            let _ = tx.reply(StatusCode::BadRequest).await;
+                            return;
+                        }
+                    }
+                } else {
+                    Vec::new()
+                };
+                let reach = Reach {
+                    source,
+                    transport,
+                    path,
+                };
+                tokio::spawn(register(self.accounts.clone(), tx, reach));
             }
             MethodDecision::Options => {
                 let headers = vec![
@@ -511,6 +530,12 @@ impl Dispatcher {
     /// `sip.fronts`, the source that front says (a front's own request,
     /// its probe, says none and is the front's).
     fn source_and_transport(&self, tx: &Transaction) -> Option<(SocketAddr, &'static str)> {
+        self.origin(tx)
+            .map(|(source, transport, _)| (source, transport))
+    }
+
+    /// `source_and_transport`, and whether a front relayed the request.
+    fn origin(&self, tx: &Transaction) -> Option<(SocketAddr, &'static str, bool)> {
         let transport = match tx.connection.as_ref().map(|c| c.transport()) {
             Some(Transport::Tcp) => "tcp",
             _ => "udp",
@@ -525,11 +550,11 @@ impl Dispatcher {
             request::udp_source(&tx.original)?
         };
         if self.config.server.sip.is_front(packet, transport) {
-            if let Some(relayed) = request::front_source(&tx.original) {
-                return Some(relayed);
+            if let Some((source, transport)) = request::front_source(&tx.original) {
+                return Some((source, transport, true));
             }
         }
-        Some((packet, transport))
+        Some((packet, transport, false))
     }
 
     async fn invite(&self, mut tx: Transaction) {
@@ -697,13 +722,8 @@ fn contact_uri(
 }
 
 /// Answers one REGISTER (RFC 3261 §10.3), after the guard's delay.
-async fn register(
-    accounts: Arc<Accounts>,
-    mut tx: Transaction,
-    source: SocketAddr,
-    transport: &'static str,
-) {
-    match accounts.guard(source.ip(), std::time::Instant::now()) {
+async fn register(accounts: Arc<Accounts>, mut tx: Transaction, reach: Reach) {
+    match accounts.guard(reach.source.ip(), std::time::Instant::now()) {
         Verdict::Blocked => {
             let _ = tx.reply(StatusCode::Forbidden).await;
             return;
@@ -724,13 +744,15 @@ async fn register(
         .collect();
     let expires = header_value(req, "Expires").and_then(|v| v.parse().ok());
     let authorization = header_value(req, "Authorization");
+    // RFC 3327 §5.3: a UA that supports Path learns it from the 200.
+    let echo_path = request::supports(req, "path");
+    let path = reach.path.clone();
     let reply = accounts.register(
         &user,
         authorization.as_deref(),
         &contacts,
         expires,
-        source,
-        transport,
+        &reach,
         std::time::Instant::now(),
     );
     let result = match reply {
@@ -742,10 +764,13 @@ async fn register(
             tx.reply_with(StatusCode::Unauthorized, headers, None).await
         }
         RegisterReply::Ok(bindings) => {
-            let headers = bindings
+            let mut headers: Vec<Header> = bindings
                 .into_iter()
                 .map(|v| Header::Other("Contact".into(), v))
                 .collect();
+            if echo_path {
+                headers.extend(path.into_iter().map(|p| Header::Other("Path".into(), p)));
+            }
             tx.reply_with(StatusCode::OK, headers, None).await
         }
         RegisterReply::TooBrief(min) => {
@@ -789,17 +814,32 @@ impl SipHandle {
         } else {
             Transport::Udp
         };
-        let destination = rsipstack::transport::SipAddr {
+        // Registered through a front: the INVITE takes the binding's Path
+        // as its preloaded route (RFC 3327 §5.3), to the front's address;
+        // else it goes to where the REGISTER came from.
+        let route = binding
+            .path
+            .iter()
+            .map(|p| rsipstack::sip::typed::Route::parse(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| SipError::Target {
+                target: binding.path.join(", "),
+                source,
+            })?;
+        let destination = route.is_empty().then(|| rsipstack::transport::SipAddr {
             r#type: Some(transport),
             addr: binding.source.into(),
-        };
+        });
         // Phones offer attended transfer only to a peer that takes
         // Replaces (RFC 3891 §6); we take it in a REFER's Refer-To.
         let mut headers = vec![Header::Supported("replaces".into())];
         headers.extend(call_info.map(|ci| Header::Other("Call-Info".into(), ci)));
         self.invite(
             &binding.contact,
-            Some(destination),
+            Dest {
+                address: destination,
+                route,
+            },
             binding.transport,
             caller,
             sdp,
@@ -824,13 +864,17 @@ impl SipHandle {
         let headers = call_info
             .map(|ci| vec![Header::Other("Call-Info".into(), ci)])
             .unwrap_or_default();
-        self.invite(target, None, transport, caller, sdp, headers)
+        let dest = Dest {
+            address: None,
+            route: Vec::new(),
+        };
+        self.invite(target, dest, transport, caller, sdp, headers)
     }
 
     fn invite(
         &self,
         target: &str,
-        destination: Option<rsipstack::transport::SipAddr>,
+        dest: Dest,
         transport: &str,
         caller: &str,
         sdp: String,
@@ -848,7 +892,8 @@ impl SipHandle {
             caller_display_name: Some(caller.to_string()),
             caller: caller_uri,
             callee,
-            destination,
+            destination: dest.address,
+            route_set: dest.route,
             content_type: Some("application/sdp".into()),
             offer: Some(sdp.into_bytes()),
             contact,
@@ -865,6 +910,13 @@ impl SipHandle {
             answered: false,
         })
     }
+}
+
+/// Where an INVITE goes besides its Request-URI: an address to send it
+/// to (None: the first Route's, else the URI's), and Route headers.
+struct Dest {
+    address: Option<rsipstack::transport::SipAddr>,
+    route: Vec<rsipstack::sip::typed::Route>,
 }
 
 /// How long hanging up waits for the far end's answer (the BYE has been
