@@ -176,9 +176,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     ));
     let (calls_tx, calls_rx) = mpsc::unbounded_channel();
     let (reg_tx, mut reg_rx) = mpsc::unbounded_channel::<RegistrationEvent>();
+    // Each time this node starts leading (once at start for a node alone),
+    // it takes the phone bindings on record, once SIP runs.
+    let (led_tx, mut led_rx) = mpsc::unbounded_channel::<()>();
     let leadership = match &config.server.cluster {
-        None => crate::cluster::Leadership::always(config.server.node()),
-        Some(cluster) => crate::cluster::spawn(store.clone(), cluster, TakeOver(store.clone())),
+        None => {
+            let _ = led_tx.send(());
+            crate::cluster::Leadership::always(config.server.node())
+        }
+        Some(cluster) => crate::cluster::spawn(
+            store.clone(),
+            cluster,
+            TakeOver {
+                store: store.clone(),
+                led: led_tx,
+            },
+        ),
     };
     let sip = SipStack::start(
         config.clone(),
@@ -189,12 +202,41 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     )
     .await?;
     let to_acd = acd.clone();
+    let records = writer.clone();
     tokio::spawn(async move {
         while let Some(ev) = reg_rx.recv().await {
-            info!(agent = %ev.agent, registered = ev.reachable, "agent phone registration changed");
-            to_acd.reachable(ev.agent, crate::acd::Reach::Phone, ev.reachable);
+            if let Some(bindings) = &ev.bindings {
+                records.send(crate::store::StoreCmd::Bindings {
+                    agent: ev.agent.clone(),
+                    now: bindings
+                        .iter()
+                        .map(|b| shared_binding(&ev.agent, b))
+                        .collect(),
+                });
+            }
+            if ev.changed {
+                info!(agent = %ev.agent, registered = ev.reachable, "agent phone registration changed");
+                to_acd.reachable(ev.agent, crate::acd::Reach::Phone, ev.reachable);
+            }
         }
     });
+    {
+        let (store, sip) = (store.clone(), sip.handle());
+        tokio::spawn(async move {
+            while led_rx.recv().await.is_some() {
+                match store.registrations(crate::store::now_ms()).await {
+                    Ok(rows) => {
+                        let bindings: Vec<_> = rows.iter().filter_map(own_binding).collect();
+                        info!(bindings = bindings.len(), "phone bindings on record taken");
+                        sip.restore_bindings(bindings);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "phone bindings on record not read; phones are reached once they register again")
+                    }
+                }
+            }
+        });
+    }
     let media = &config.server.media;
     let phones = crate::webphone::Phones::new(
         acd.clone(),
@@ -346,15 +388,54 @@ async fn first_admin(config: &Config, store: &Store) {
     }
 }
 
-/// Taking the lease over from a node that is gone: its calls left open
-/// are closed (`interrupted`, node failure), with their recordings'
+/// A binding as the database keeps it, its expiry on the wall clock.
+fn shared_binding(agent: &str, b: &crate::sip::Binding) -> crate::store::Registration {
+    let left = b
+        .expires_at
+        .saturating_duration_since(std::time::Instant::now());
+    crate::store::Registration {
+        agent: agent.to_string(),
+        contact: b.contact.clone(),
+        source: b.source.to_string(),
+        transport: b.transport.to_string(),
+        path: b.path.join("\n"),
+        expires_at: crate::store::now_ms() + left.as_millis() as i64,
+    }
+}
+
+/// A binding on record as this node's registrar keeps it; None once
+/// expired or when its address does not read.
+fn own_binding(r: &crate::store::Registration) -> Option<(String, crate::sip::Binding)> {
+    let left = r.expires_at - crate::store::now_ms();
+    let binding = crate::sip::Binding {
+        contact: r.contact.clone(),
+        source: r.source.parse().ok()?,
+        transport: if r.transport == "tcp" { "tcp" } else { "udp" },
+        path: r
+            .path
+            .lines()
+            .filter(|p| !p.is_empty())
+            .map(String::from)
+            .collect(),
+        expires_at: std::time::Instant::now() + Duration::from_millis(u64::try_from(left).ok()?),
+    };
+    Some((r.agent.clone(), binding))
+}
+
+/// Starting to lead: the phone bindings on record are taken (`led`), and
+/// when the lease was taken over from a node that is gone, its calls left
+/// open are closed (`interrupted`, node failure), with their recordings'
 /// checksums where this node can read them.
-struct TakeOver(Store);
+struct TakeOver {
+    store: Store,
+    led: mpsc::UnboundedSender<()>,
+}
 
 impl crate::cluster::OnLead for TakeOver {
     fn took_over(&self, previous: Option<String>) {
+        let _ = self.led.send(());
         let Some(gone) = previous else { return };
-        let store = self.0.clone();
+        let store = self.store.clone();
         tokio::spawn(async move {
             let whose = crate::store::Whose::Gone(&gone);
             if let Err(e) = crate::store::close_left_open(&store, whose).await {

@@ -405,3 +405,91 @@ fn a_phone_registered_through_kamailio_is_rung_through_it() {
         );
     }
 }
+
+/// A phone registered through the front with the leader is the new
+/// leader's at once when the leader dies: the binding (with its Path) is
+/// on record in PostgreSQL, the new leader takes it on taking the lease,
+/// and rings the phone through the front before the phone has registered
+/// again.
+#[test]
+fn a_new_leader_rings_phones_registered_with_the_old_one() {
+    let Some(db) = common::postgres_db("phones") else {
+        return;
+    };
+    let port = common::free_udp_port();
+    let with_front = |name: &str, admin_exists: bool| {
+        Server::start(Setup {
+            database_url: Some(db.clone()),
+            cluster: Some(format!("node = \"{name}\"\nlease = \"3s\"\nrenew = \"1s\"")),
+            sip_extra: Some(format!("fronts = [\"127.0.0.1:{port}\"]")),
+            agents: true,
+            admin_exists,
+            ..Setup::default()
+        })
+    };
+    let mut a = with_front("a", false);
+    wait_until("a leads", &a, || role(&a) == "leader");
+    let b = with_front("b", true);
+    let front = Kamailio::start(port, &[a.sip, b.sip]);
+    let phone = Baresip::start(
+        Phone {
+            user: "ct-01",
+            password: "contoh-sandi-ct-01",
+            auto_answer: true,
+            tone_hz: 600.0,
+        },
+        front.addr,
+    );
+    wait_registered(&a, "ct-01", &phone);
+    wait_until("the binding is on record", &a, || {
+        let out = Command::new("psql")
+            .arg(&db)
+            .args([
+                "-tAc",
+                "SELECT count(*) FROM registrations WHERE path <> ''",
+            ])
+            .output()
+            .expect("psql");
+        String::from_utf8_lossy(&out.stdout).trim() == "1"
+    });
+    // The front's own log counts the phone's REGISTERs it relayed.
+    let registers = || {
+        front
+            .log()
+            .lines()
+            .filter(|l| l.contains(": REGISTER from"))
+            .count()
+    };
+    let before = registers();
+    assert!(before >= 1, "{}", front.log());
+
+    a.kill9();
+    wait_until("b takes over", &b, || role(&b) == "leader");
+    wait_until("b has the phone", &b, || {
+        b.agent("ct-01")["registered"] == true
+    });
+    assert_eq!(
+        registers(),
+        before,
+        "the phone registered again, so this proves nothing:\n{}",
+        front.log()
+    );
+    b.set_ready("ct-01");
+    let r = Sipp::new(1000.0).run(
+        "uac_tone_routed.xml",
+        front.addr,
+        &["-s", "112", "-d", "3000"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        r.code,
+        Some(0),
+        "{}\nb:\n{}\nfront:\n{}",
+        r.output,
+        b.log(),
+        front.log()
+    );
+    let (_, calls) = b.get("/api/calls");
+    assert_eq!(calls[0]["agent_id"], "ct-01", "{}", calls[0]);
+    assert!(calls[0]["agent_answered_at"].is_i64(), "{}", calls[0]);
+}

@@ -16,7 +16,13 @@ use tokio::sync::mpsc;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistrationEvent {
     pub agent: String,
+    /// Whether the agent's phone can be rung now.
     pub reachable: bool,
+    /// Whether `reachable` is news.
+    pub changed: bool,
+    /// After a REGISTER: the agent's bindings now, for the other nodes to
+    /// learn (the database). None for an expiry or a restore.
+    pub bindings: Option<Vec<Binding>>,
 }
 
 /// The outcome of checking an agent's credentials.
@@ -171,13 +177,14 @@ impl Accounts {
             .into_iter()
             .map(|(uri, left)| format!("<{uri}>;expires={left}"))
             .collect();
+        let shared = reg.all(user, now);
         drop(reg);
-        if before != after {
-            let _ = self.events.send(RegistrationEvent {
-                agent: user.to_string(),
-                reachable: after,
-            });
-        }
+        let _ = self.events.send(RegistrationEvent {
+            agent: user.to_string(),
+            reachable: after,
+            changed: before != after,
+            bindings: Some(shared),
+        });
         RegisterReply::Ok(bindings)
     }
 
@@ -191,6 +198,35 @@ impl Accounts {
             let _ = self.events.send(RegistrationEvent {
                 agent,
                 reachable: false,
+                changed: true,
+                bindings: None,
+            });
+        }
+    }
+
+    /// Takes the bindings other nodes made (a node that starts leading);
+    /// an agent of theirs not reachable here before is reachable now.
+    pub fn restore(&self, bindings: Vec<(String, Binding)>) {
+        let now = Instant::now();
+        let mut reg = lock(&self.registrar);
+        let mut news = Vec::new();
+        for (agent, binding) in bindings {
+            if binding.expires_at <= now || !self.config.agents.contains_key(&agent) {
+                continue;
+            }
+            let before = reg.lookup(&agent, now).is_some();
+            reg.restore(&agent, binding);
+            if !before && !news.contains(&agent) {
+                news.push(agent);
+            }
+        }
+        drop(reg);
+        for agent in news {
+            let _ = self.events.send(RegistrationEvent {
+                agent,
+                reachable: true,
+                changed: true,
+                bindings: None,
             });
         }
     }

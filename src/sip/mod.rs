@@ -17,6 +17,7 @@ mod stack;
 pub mod unconfirmed;
 
 pub use accounts::RegistrationEvent;
+pub use registrar::Binding;
 pub use stack::{
     AgentLeg, CallKind, DialogName, IncomingCall, ServerLeg, SipAddrs, SipError, SipHandle,
     SipStack,

@@ -94,6 +94,26 @@ impl Registrar {
         Ok(granted)
     }
 
+    /// Every unexpired binding of an agent.
+    pub fn all(&self, agent: &str, now: Instant) -> Vec<Binding> {
+        self.bindings
+            .get(agent)
+            .map(|l| l.iter().filter(|b| b.expires_at > now).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Takes a binding another node made (kept in the database): it
+    /// replaces one of the same contact only if it lasts longer.
+    pub fn restore(&mut self, agent: &str, binding: Binding) {
+        let list = self.bindings.entry(agent.to_string()).or_default();
+        match list.iter().position(|b| b.contact == binding.contact) {
+            Some(i) if list[i].expires_at < binding.expires_at => list[i] = binding,
+            Some(_) => {}
+            None if list.len() < MAX_BINDINGS => list.push(binding),
+            None => {}
+        }
+    }
+
     /// `Contact: *` with `Expires: 0`.
     pub fn unregister_all(&mut self, agent: &str) {
         self.bindings.remove(agent);
@@ -167,6 +187,36 @@ mod tests {
     /// Nine thousand contacts from one agent keep at most MAX_BINDINGS;
     /// the phone that registers next is bound (the soonest to expire made
     /// way) and is the one calls go to.
+    /// A binding from the database takes its place unless this node
+    /// holds a fresher one of the same contact.
+    #[test]
+    fn a_restored_binding_never_replaces_a_fresher_one() {
+        let t0 = Instant::now();
+        let mut r = Registrar::new(60, 3600);
+        let theirs = |contact: &str, secs: u64| Binding {
+            contact: contact.into(),
+            source: "10.0.0.7:5060".parse().unwrap(),
+            transport: "udp",
+            path: vec!["<sip:10.0.0.10;lr>".into()],
+            expires_at: t0 + Duration::from_secs(secs),
+        };
+        r.restore("ct-01", theirs("sip:ct-01@10.0.0.7", 600));
+        assert_eq!(
+            r.lookup("ct-01", t0),
+            Some(&theirs("sip:ct-01@10.0.0.7", 600))
+        );
+        r.register("ct-01", "sip:ct-01@10.0.0.7", 3600, &addr(), t0)
+            .unwrap();
+        r.restore("ct-01", theirs("sip:ct-01@10.0.0.7", 600));
+        let now = r.all("ct-01", t0);
+        assert_eq!(now.len(), 1);
+        assert_eq!(now[0].expires_at, t0 + Duration::from_secs(3600));
+        assert!(now[0].path.is_empty(), "this node's own binding stays");
+        r.restore("ct-01", theirs("sip:ct-01@10.0.0.7", 7200));
+        assert_eq!(r.all("ct-01", t0)[0].path.len(), 1, "a longer one wins");
+        assert!(r.all("ct-01", t0 + Duration::from_secs(7200)).is_empty());
+    }
+
     #[test]
     fn an_agent_cannot_bind_without_bound() {
         let t0 = Instant::now();

@@ -796,6 +796,11 @@ pub struct SipHandle {
 }
 
 impl SipHandle {
+    /// Takes phone bindings other nodes made (`Accounts::restore`).
+    pub fn restore_bindings(&self, bindings: Vec<(String, Binding)>) {
+        self.accounts.restore(bindings);
+    }
+
     pub fn agent_binding(&self, agent: &str) -> Option<Binding> {
         self.accounts.lookup(agent)
     }

@@ -272,7 +272,9 @@ mod panel;
 pub use panel::*;
 mod lease;
 mod records;
+mod registrations;
 pub use lease::Held;
+pub use registrations::Registration;
 
 impl Store {
     /// A pool that connects on first use, so a database that is down at
@@ -590,6 +592,54 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/db/s.db?mode=rwc", dir.path().display());
         lifecycle(&url).await;
+    }
+
+    /// An agent's bindings are replaced whole by each REGISTER's outcome
+    /// (none: unregistered); reading them drops the expired.
+    #[tokio::test]
+    async fn bindings_on_record_are_replaced_whole_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/db/s.db?mode=rwc", dir.path().display());
+        let store = Store::lazy(&url).unwrap();
+        store.migrate().await.unwrap();
+        let row = |agent: &str, contact: &str, expires_at: i64| Registration {
+            agent: agent.into(),
+            contact: contact.into(),
+            source: "10.0.0.7:5060".into(),
+            transport: "udp".into(),
+            path: "<sip:10.0.0.10;lr>".into(),
+            expires_at,
+        };
+        let bind = |agent: &str, now: Vec<Registration>| StoreCmd::Bindings {
+            agent: agent.into(),
+            now,
+        };
+        let cmds = [
+            bind(
+                "a",
+                vec![row("a", "sip:a@1", 1_000), row("a", "sip:a@2", 5_000)],
+            ),
+            bind("b", vec![row("b", "sip:b@1", 5_000)]),
+            bind(
+                "a",
+                vec![row("a", "sip:a@3", 6_000), row("a", "sip:a@1", 500)],
+            ),
+            bind("b", vec![]),
+        ];
+        store.apply_marked(&cmds, None).await.unwrap();
+        assert_eq!(
+            store.registrations(0).await.unwrap(),
+            vec![row("a", "sip:a@1", 500), row("a", "sip:a@3", 6_000)]
+        );
+        assert_eq!(
+            store.registrations(500).await.unwrap(),
+            vec![row("a", "sip:a@3", 6_000)]
+        );
+        assert_eq!(
+            store.registrations(0).await.unwrap().len(),
+            1,
+            "the expired went"
+        );
     }
 
     /// At start, a recording in a recent day folder whose call has no

@@ -80,6 +80,11 @@ pub enum StoreCmd {
         id: String,
         outcome: RecordingOutcome,
     },
+    /// An agent's phone bindings are now these (after a REGISTER).
+    Bindings {
+        agent: String,
+        now: Vec<super::Registration>,
+    },
     /// The incident goes to an agency (a transfer from the phone).
     AssignAgency {
         incident_id: String,
@@ -652,5 +657,6 @@ async fn apply_on(conn: &mut AnyConnection, cmd: &StoreCmd) -> Result<(), StoreE
         StoreCmd::TransferRecording { id, outcome } => {
             records::transfer_recording(conn, id, outcome).await
         }
+        StoreCmd::Bindings { agent, now } => super::registrations::replace(conn, agent, now).await,
     }
 }
