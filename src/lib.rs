@@ -12,6 +12,7 @@ pub mod live;
 pub mod media;
 pub(crate) mod priority;
 pub mod server;
+pub mod shared;
 pub mod sip;
 pub mod store;
 pub mod web;

@@ -178,7 +178,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let (reg_tx, mut reg_rx) = mpsc::unbounded_channel::<RegistrationEvent>();
     // Each time this node starts leading (once at start for a node alone),
     // it takes the phone bindings on record, once SIP runs.
-    let (led_tx, mut led_rx) = mpsc::unbounded_channel::<()>();
+    let (led_tx, led_rx) = mpsc::unbounded_channel::<()>();
     let leadership = match &config.server.cluster {
         None => {
             let _ = led_tx.send(());
@@ -210,7 +210,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                     agent: ev.agent.clone(),
                     now: bindings
                         .iter()
-                        .map(|b| shared_binding(&ev.agent, b))
+                        .map(|b| crate::shared::on_record(&ev.agent, b))
                         .collect(),
                 });
             }
@@ -220,23 +220,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             }
         }
     });
-    {
-        let (store, sip) = (store.clone(), sip.handle());
-        tokio::spawn(async move {
-            while led_rx.recv().await.is_some() {
-                match store.registrations(crate::store::now_ms()).await {
-                    Ok(rows) => {
-                        let bindings: Vec<_> = rows.iter().filter_map(own_binding).collect();
-                        info!(bindings = bindings.len(), "phone bindings on record taken");
-                        sip.restore_bindings(bindings);
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "phone bindings on record not read; phones are reached once they register again")
-                    }
-                }
-            }
-        });
-    }
+    tokio::spawn(crate::shared::keep_agents(
+        crate::shared::Agents {
+            store: store.clone(),
+            records: writer.clone(),
+            sip: sip.handle(),
+            acd: acd.clone(),
+            leadership: leadership.clone(),
+        },
+        led_rx,
+    ));
     let media = &config.server.media;
     let phones = crate::webphone::Phones::new(
         acd.clone(),
@@ -386,40 +379,6 @@ async fn first_admin(config: &Config, store: &Store) {
             warn!(error = %e, "first admin not made");
         }
     }
-}
-
-/// A binding as the database keeps it, its expiry on the wall clock.
-fn shared_binding(agent: &str, b: &crate::sip::Binding) -> crate::store::Registration {
-    let left = b
-        .expires_at
-        .saturating_duration_since(std::time::Instant::now());
-    crate::store::Registration {
-        agent: agent.to_string(),
-        contact: b.contact.clone(),
-        source: b.source.to_string(),
-        transport: b.transport.to_string(),
-        path: b.path.join("\n"),
-        expires_at: crate::store::now_ms() + left.as_millis() as i64,
-    }
-}
-
-/// A binding on record as this node's registrar keeps it; None once
-/// expired or when its address does not read.
-fn own_binding(r: &crate::store::Registration) -> Option<(String, crate::sip::Binding)> {
-    let left = r.expires_at - crate::store::now_ms();
-    let binding = crate::sip::Binding {
-        contact: r.contact.clone(),
-        source: r.source.parse().ok()?,
-        transport: if r.transport == "tcp" { "tcp" } else { "udp" },
-        path: r
-            .path
-            .lines()
-            .filter(|p| !p.is_empty())
-            .map(String::from)
-            .collect(),
-        expires_at: std::time::Instant::now() + Duration::from_millis(u64::try_from(left).ok()?),
-    };
-    Some((r.agent.clone(), binding))
 }
 
 /// Starting to lead: the phone bindings on record are taken (`led`), and

@@ -407,10 +407,11 @@ fn a_phone_registered_through_kamailio_is_rung_through_it() {
 }
 
 /// A phone registered through the front with the leader is the new
-/// leader's at once when the leader dies: the binding (with its Path) is
-/// on record in PostgreSQL, the new leader takes it on taking the lease,
-/// and rings the phone through the front before the phone has registered
-/// again.
+/// leader's at once when the leader dies, and every agent keeps their
+/// desk: the binding (with its Path) and the desks are on record in
+/// PostgreSQL, the new leader takes them on taking the lease, and rings
+/// the ready agent's phone through the front before the phone has
+/// registered again, with nobody setting anyone ready.
 #[test]
 fn a_new_leader_rings_phones_registered_with_the_old_one() {
     let Some(db) = common::postgres_db("phones") else {
@@ -441,16 +442,24 @@ fn a_new_leader_rings_phones_registered_with_the_old_one() {
         front.addr,
     );
     wait_registered(&a, "ct-01", &phone);
-    wait_until("the binding is on record", &a, || {
+    a.set_ready("ct-01");
+    let (status, body) = a.post_json(
+        "/api/agents/ct-02/state",
+        r#"{"state":"not_ready","reason":"istirahat"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let on_record = |sql: &str| {
         let out = Command::new("psql")
             .arg(&db)
-            .args([
-                "-tAc",
-                "SELECT count(*) FROM registrations WHERE path <> ''",
-            ])
+            .args(["-tAc", sql])
             .output()
             .expect("psql");
-        String::from_utf8_lossy(&out.stdout).trim() == "1"
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    wait_until("the binding and the desks are on record", &a, || {
+        on_record("SELECT count(*) FROM registrations WHERE path <> ''") == "1"
+            && on_record("SELECT string_agg(agent || ':' || state || ':' || coalesce(reason, ''), ',' ORDER BY agent) FROM agent_desks")
+                == "ct-01:ready:,ct-02:not_ready:istirahat"
     });
     // The front's own log counts the phone's REGISTERs it relayed.
     let registers = || {
@@ -465,8 +474,9 @@ fn a_new_leader_rings_phones_registered_with_the_old_one() {
 
     a.kill9();
     wait_until("b takes over", &b, || role(&b) == "leader");
-    wait_until("b has the phone", &b, || {
-        b.agent("ct-01")["registered"] == true
+    wait_until("b has the phone, ready", &b, || {
+        let ct01 = b.agent("ct-01");
+        ct01["registered"] == true && ct01["state"] == "ready"
     });
     assert_eq!(
         registers(),
@@ -474,7 +484,12 @@ fn a_new_leader_rings_phones_registered_with_the_old_one() {
         "the phone registered again, so this proves nothing:\n{}",
         front.log()
     );
-    b.set_ready("ct-01");
+    let ct02 = b.agent("ct-02");
+    assert_eq!(
+        (&ct02["state"], &ct02["reason"]),
+        (&"not_ready".into(), &"istirahat".into()),
+        "{ct02}"
+    );
     let r = Sipp::new(1000.0).run(
         "uac_tone_routed.xml",
         front.addr,

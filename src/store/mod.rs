@@ -274,7 +274,7 @@ mod lease;
 mod records;
 mod registrations;
 pub use lease::Held;
-pub use registrations::Registration;
+pub use registrations::{AgentDesk, Registration};
 
 impl Store {
     /// A pool that connects on first use, so a database that is down at
@@ -595,7 +595,8 @@ pub(crate) mod tests {
     }
 
     /// An agent's bindings are replaced whole by each REGISTER's outcome
-    /// (none: unregistered); reading them drops the expired.
+    /// (none: unregistered); reading them drops the expired. A desk is one
+    /// row per agent, the last written.
     #[tokio::test]
     async fn bindings_on_record_are_replaced_whole_and_expire() {
         let dir = tempfile::tempdir().unwrap();
@@ -627,6 +628,26 @@ pub(crate) mod tests {
             bind("b", vec![]),
         ];
         store.apply_marked(&cmds, None).await.unwrap();
+        let desk = |state: &str, reason: Option<&str>, at: i64| AgentDesk {
+            agent: "a".into(),
+            state: state.into(),
+            reason: reason.map(Into::into),
+            changed_at: at,
+        };
+        store
+            .apply_marked(
+                &[
+                    StoreCmd::Desk(desk("ready", None, 1)),
+                    StoreCmd::Desk(desk("not_ready", Some("istirahat"), 2)),
+                ],
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.agent_desks().await.unwrap(),
+            vec![desk("not_ready", Some("istirahat"), 2)]
+        );
         assert_eq!(
             store.registrations(0).await.unwrap(),
             vec![row("a", "sip:a@1", 500), row("a", "sip:a@3", 6_000)]

@@ -85,6 +85,8 @@ pub enum StoreCmd {
         agent: String,
         now: Vec<super::Registration>,
     },
+    /// An agent's desk changed (the leader writes it).
+    Desk(super::AgentDesk),
     /// The incident goes to an agency (a transfer from the phone).
     AssignAgency {
         incident_id: String,
@@ -658,5 +660,6 @@ async fn apply_on(conn: &mut AnyConnection, cmd: &StoreCmd) -> Result<(), StoreE
             records::transfer_recording(conn, id, outcome).await
         }
         StoreCmd::Bindings { agent, now } => super::registrations::replace(conn, agent, now).await,
+        StoreCmd::Desk(desk) => super::registrations::set_desk(conn, desk).await,
     }
 }
