@@ -7,6 +7,7 @@ mod common;
 
 use common::baresip::{wait_registered, Baresip, Phone};
 use common::gate::Gate;
+use common::haproxy::{self, Haproxy};
 use common::kamailio::{self, Kamailio};
 use common::rawsip::{self, RawSip};
 use common::{background_call, Server, Setup, Sipp};
@@ -507,4 +508,56 @@ fn a_new_leader_rings_phones_registered_with_the_old_one() {
     let (_, calls) = b.get("/api/calls");
     assert_eq!(calls[0]["agent_id"], "ct-01", "{}", calls[0]);
     assert!(calls[0]["agent_answered_at"].is_i64(), "{}", calls[0]);
+}
+
+/// The panel's front config as shipped passes `haproxy -c`.
+#[test]
+fn the_shipped_haproxy_config_is_valid() {
+    let (ok, out) = haproxy::check();
+    assert!(ok, "{out}");
+}
+
+/// Through the panel's front (a real HAProxy with the shipped config),
+/// browsers reach the node that leads, and a logged-in user stays logged
+/// in when it dies: the front's health check follows the lease to the new
+/// leader, and the session is in the shared PostgreSQL.
+#[test]
+fn through_haproxy_the_panel_follows_the_leader_and_the_session_holds() {
+    let Some(db) = common::postgres_db("panel") else {
+        return;
+    };
+    let mut a = node(&db, "a", false);
+    wait_until("a leads", &a, || role(&a) == "leader");
+    let b = node(&db, "b", true);
+    let front = Haproxy::start(a.http, b.http);
+    let cookie = format!("Cookie: {}\r\n", a.admin);
+    // Which node answered, as its /healthz says through the front.
+    let answering = || {
+        if std::net::TcpStream::connect(front.addr).is_err() {
+            return String::new();
+        }
+        let (status, _, body) = common::http_request(front.addr, "GET", "/healthz", "", None);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        match (status, v["role"].as_str()) {
+            (200, Some("leader")) => v["node"].as_str().unwrap_or_default().to_string(),
+            _ => String::new(),
+        }
+    };
+    let calls_status = || common::http_request(front.addr, "GET", "/api/calls", &cookie, None).0;
+
+    wait_until("the front sends to a", &a, || answering() == "a");
+    assert_eq!(calls_status(), 200, "front log:\n{}", front.log());
+
+    a.kill9();
+    wait_until("the front sends to b", &b, || answering() == "b");
+    assert_eq!(
+        calls_status(),
+        200,
+        "the session made on a holds on b; front log:\n{}",
+        front.log()
+    );
+    // Each answer through the front now comes from b.
+    for _ in 0..5 {
+        assert_eq!(answering(), "b");
+    }
 }

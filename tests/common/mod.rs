@@ -6,6 +6,7 @@
 pub mod audio;
 pub mod baresip;
 pub mod gate;
+pub mod haproxy;
 pub mod kamailio;
 pub mod pyphone;
 pub mod rawsip;
