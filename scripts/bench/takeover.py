@@ -18,6 +18,7 @@ import argparse
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -155,6 +156,9 @@ def main():
         leader, standby = "a", "b"
         took = []
         for i in range(args.kills):
+            # At a random moment of the renewal cycle: the restarts would
+            # otherwise lock the kills to one phase of it.
+            time.sleep(random.uniform(0, 2))
             procs[leader].send_signal(signal.SIGKILL)
             procs[leader].wait()
             took.append(wait(f"{standby} answers OPTIONS with 200", lambda: options(standby) == 200))
