@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::baresip::{wait_registered, Baresip, Phone};
+use common::baresip::{self, wait_registered};
 use common::gate::Gate;
 use common::haproxy::{self, Haproxy};
 use common::kamailio::{self, Kamailio};
@@ -14,13 +14,36 @@ use common::{background_call, Server, Setup, Sipp};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+const LEASE: &str = "lease = \"3s\"\nrenew = \"1s\"";
+
 fn node(db: &str, name: &str, admin_exists: bool) -> Server {
     Server::start(Setup {
         database_url: Some(db.to_string()),
-        cluster: Some(format!("node = \"{name}\"\nlease = \"3s\"\nrenew = \"1s\"")),
+        cluster: Some(format!("node = \"{name}\"\n{LEASE}")),
         admin_exists,
         ..Setup::default()
     })
+}
+
+/// Nodes a (leading) and b (standing by) behind a real Kamailio, with the
+/// example agents or not.
+fn pair_behind_kamailio(db: &str, agents: bool) -> (Server, Server, Kamailio) {
+    let port = common::free_udp_port();
+    let behind = |name: &str, admin_exists: bool| {
+        Server::start(Setup {
+            database_url: Some(db.to_string()),
+            cluster: Some(format!("node = \"{name}\"\n{LEASE}")),
+            sip_extra: Some(format!("fronts = [\"127.0.0.1:{port}\"]")),
+            agents,
+            admin_exists,
+            ..Setup::default()
+        })
+    };
+    let a = behind("a", false);
+    wait_until("a leads", &a, || role(&a) == "leader");
+    let b = behind("b", true);
+    let front = Kamailio::start(port, &[a.sip, b.sip]);
+    (a, b, front)
 }
 
 fn role(server: &Server) -> String {
@@ -267,20 +290,7 @@ fn through_kamailio_each_call_reaches_the_leader_and_the_callers_source_is_trust
     let Some(db) = common::postgres_db("front") else {
         return;
     };
-    let port = common::free_udp_port();
-    let with_front = |name: &str, admin_exists: bool| {
-        Server::start(Setup {
-            database_url: Some(db.clone()),
-            cluster: Some(format!("node = \"{name}\"\nlease = \"3s\"\nrenew = \"1s\"")),
-            sip_extra: Some(format!("fronts = [\"127.0.0.1:{port}\"]")),
-            admin_exists,
-            ..Setup::default()
-        })
-    };
-    let mut a = with_front("a", false);
-    wait_until("a leads", &a, || role(&a) == "leader");
-    let b = with_front("b", true);
-    let front = Kamailio::start(port, &[a.sip, b.sip]);
+    let (mut a, b, front) = pair_behind_kamailio(&db, false);
     let call = |to: &Server| {
         let r = Sipp::new(1000.0).run(
             "uac_tone_routed.xml",
@@ -355,15 +365,7 @@ fn a_phone_registered_through_kamailio_is_rung_through_it() {
         ..Setup::default()
     });
     let front = Kamailio::start(port, &[server.sip]);
-    let phone = Baresip::start(
-        Phone {
-            user: "ct-01",
-            password: "contoh-sandi-ct-01",
-            auto_answer: true,
-            tone_hz: 600.0,
-        },
-        front.addr,
-    );
+    let phone = baresip::ct01(front.addr);
     wait_registered(&server, "ct-01", &phone);
     server.set_ready("ct-01");
 
@@ -418,30 +420,8 @@ fn a_new_leader_rings_phones_registered_with_the_old_one() {
     let Some(db) = common::postgres_db("phones") else {
         return;
     };
-    let port = common::free_udp_port();
-    let with_front = |name: &str, admin_exists: bool| {
-        Server::start(Setup {
-            database_url: Some(db.clone()),
-            cluster: Some(format!("node = \"{name}\"\nlease = \"3s\"\nrenew = \"1s\"")),
-            sip_extra: Some(format!("fronts = [\"127.0.0.1:{port}\"]")),
-            agents: true,
-            admin_exists,
-            ..Setup::default()
-        })
-    };
-    let mut a = with_front("a", false);
-    wait_until("a leads", &a, || role(&a) == "leader");
-    let b = with_front("b", true);
-    let front = Kamailio::start(port, &[a.sip, b.sip]);
-    let phone = Baresip::start(
-        Phone {
-            user: "ct-01",
-            password: "contoh-sandi-ct-01",
-            auto_answer: true,
-            tone_hz: 600.0,
-        },
-        front.addr,
-    );
+    let (mut a, b, front) = pair_behind_kamailio(&db, true);
+    let phone = baresip::ct01(front.addr);
     wait_registered(&a, "ct-01", &phone);
     a.set_ready("ct-01");
     let (status, body) = a.post_json(

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::baresip::{wait_registered, Baresip, Phone};
+use common::baresip::{self, wait_registered, Baresip};
 use common::webdriver::Browser;
 use common::{background_call, Server, Setup, TEST_PASSWORD};
 use serde_json::Value;
@@ -28,15 +28,7 @@ fn setup() -> Setup {
 
 /// Siti's desk phone: baresip as ct-01, answering by itself with 600 Hz.
 fn ct01_phone(server: &Server) -> Baresip {
-    let phone = Baresip::start(
-        Phone {
-            user: "ct-01",
-            password: "contoh-sandi-ct-01",
-            auto_answer: true,
-            tone_hz: 600.0,
-        },
-        server.sip,
-    );
+    let phone = baresip::ct01(server.sip);
     wait_registered(server, "ct-01", &phone);
     phone
 }

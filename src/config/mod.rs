@@ -1070,13 +1070,11 @@ url = "sqlite::memory:"
         assert!(msg.contains("line 6"), "{msg}");
     }
 
-    /// A bound that would leave audio out of recordings under ordinary
-    /// load is refused, naming the key.
-    #[test]
-    fn recording_queue_bound_is_checked() {
-        let text = |mib: usize| {
-            format!(
-                r#"
+    /// A small `siaga.toml`: `media` keys added to the section, the
+    /// database URL, and whatever follows.
+    fn server_toml(media: &str, url: &str, rest: &str) -> String {
+        format!(
+            r#"
 [sip]
 public_ip = "127.0.0.1"
 udp = ["127.0.0.1:5060"]
@@ -1086,12 +1084,25 @@ rtp_port_min = 20000
 rtp_port_max = 30000
 prompts_dir = "p"
 recordings_dir = "r"
-recording_queue_mib = {mib}
+{media}
 [http]
 listen = "127.0.0.1:1"
 [database]
-url = "sqlite::memory:"
+url = "{url}"
+{rest}
 "#
+        )
+    }
+
+    /// A bound that would leave audio out of recordings under ordinary
+    /// load is refused, naming the key.
+    #[test]
+    fn recording_queue_bound_is_checked() {
+        let text = |mib: usize| {
+            server_toml(
+                &format!("recording_queue_mib = {mib}"),
+                "sqlite::memory:",
+                "",
             )
         };
         let file = Path::new("f.toml");
@@ -1107,26 +1118,7 @@ url = "sqlite::memory:"
     /// alone and named `siaga-1`.
     #[test]
     fn a_cluster_needs_postgresql() {
-        let text = |url: &str, cluster: &str| {
-            format!(
-                r#"
-[sip]
-public_ip = "127.0.0.1"
-udp = ["127.0.0.1:5060"]
-[media]
-rtp_ip = "127.0.0.1"
-rtp_port_min = 20000
-rtp_port_max = 30000
-prompts_dir = "p"
-recordings_dir = "r"
-[http]
-listen = "127.0.0.1:1"
-[database]
-url = "{url}"
-{cluster}
-"#
-            )
-        };
+        let text = |url: &str, cluster: &str| server_toml("", url, cluster);
         let file = Path::new("f.toml");
         let alone = parse_str::<ServerFile>(file, &text("sqlite::memory:", "")).unwrap();
         check_server(file, &alone).unwrap();

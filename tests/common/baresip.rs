@@ -197,6 +197,20 @@ impl Drop for Baresip {
     }
 }
 
+/// Siti's desk phone: baresip as ct-01 registering at `registrar` (the
+/// node, or a front), answering by itself with 600 Hz.
+pub fn ct01(registrar: std::net::SocketAddr) -> Baresip {
+    Baresip::start(
+        Phone {
+            user: "ct-01",
+            password: "contoh-sandi-ct-01",
+            auto_answer: true,
+            tone_hz: 600.0,
+        },
+        registrar,
+    )
+}
+
 /// Waits until the server shows `agent` as registered.
 pub fn wait_registered(server: &super::Server, agent: &str, phone: &Baresip) {
     let end = Instant::now() + Duration::from_secs(10);
