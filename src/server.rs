@@ -177,7 +177,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let (calls_tx, calls_rx) = mpsc::unbounded_channel();
     let (reg_tx, mut reg_rx) = mpsc::unbounded_channel::<RegistrationEvent>();
     // Each time this node starts leading (once at start for a node alone),
-    // it takes the phone bindings on record, once SIP runs.
+    // it takes the agents' phones and desks on record (`shared`), once SIP
+    // runs.
     let (led_tx, led_rx) = mpsc::unbounded_channel::<()>();
     let leadership = match &config.server.cluster {
         None => {
@@ -381,10 +382,11 @@ async fn first_admin(config: &Config, store: &Store) {
     }
 }
 
-/// Starting to lead: the phone bindings on record are taken (`led`), and
-/// when the lease was taken over from a node that is gone, its calls left
-/// open are closed (`interrupted`, node failure), with their recordings'
-/// checksums where this node can read them.
+/// Starting to lead: the agents' phones and desks on record are taken
+/// (`led`, `shared::keep_agents`), and when the lease was taken over from
+/// a node that is gone, its calls left open are closed (`interrupted`,
+/// node failure), with their recordings' checksums where this node can
+/// read them.
 struct TakeOver {
     store: Store,
     led: mpsc::UnboundedSender<()>,
