@@ -2,23 +2,16 @@
 //! holding the lease (`store::lease`) takes calls; the others run fully
 //! and answer 503 until the lease runs out and one of them takes it.
 //!
-//! While the database answers, a leader leads until the moment it sent its
-//! last successful renewal plus the lease's length, measured on its own
-//! monotonic clock, which is never later than the lease's end on the
-//! database's clock: it stops before another node can take the lease.
-//!
-//! When the database does not answer, availability comes first: a leader
-//! leads on (its records wait in its journal) until the database answers
-//! again and says whether the lease is still its own. A 112 center whose
-//! database restarts or is gone a minute keeps taking calls. The price is
-//! a leader cut off from the database alone (not from Kamailio): once its
-//! lease runs out the standby takes it, and both take calls until the old
-//! leader reaches the database and steps down. Kamailio sends each call to
-//! one of them, so no call is answered twice; two answering is better than
-//! none. A standby takes a lapsed lease only after a lease's length in
-//! touch with the database, so that when the database comes back the
-//! leader, renewing every `renew`, keeps its lease rather than losing it
-//! to a race.
+//! A leader leads only while it can prove its lease: until the moment it
+//! sent its last successful renewal plus the lease's length, measured on
+//! its own monotonic clock, which is never later than the lease's end on
+//! the database's clock: it stops taking calls before another node can
+//! take the lease, so two leaders never overlap. A leader the database
+//! does not answer keeps the calls it has, and takes new ones again as
+//! soon as it renews. A standby takes a lapsed lease only after a lease's
+//! length in touch with the database, so that when the database comes
+//! back the leader, renewing every `renew`, keeps its lease rather than
+//! losing it to a race (a take-over that would cut its calls).
 //!
 //! Without a `[cluster]` section there is one node, and it always leads.
 
@@ -90,11 +83,6 @@ impl Leadership {
         self.0.until_us.store(us.max(1), Ordering::SeqCst);
     }
 
-    /// Leads until told otherwise (the database does not answer).
-    fn held_on(&self) {
-        self.0.until_us.store(u64::MAX, Ordering::SeqCst);
-    }
-
     fn lost(&self) {
         self.0.until_us.store(0, Ordering::SeqCst);
     }
@@ -126,7 +114,7 @@ struct Renewal {
     term: Option<i64>,
     /// Since when every attempt has had an answer from the database.
     in_touch_since: Option<Instant>,
-    /// Leading on without the database.
+    /// The lease ran out unrenewed while this node held it (told once).
     cut_off: bool,
 }
 
@@ -156,7 +144,7 @@ impl Renewal {
                 if std::mem::take(&mut self.cut_off) {
                     info!(
                         node = l.node(),
-                        "the database answers again and the lease is still this node's"
+                        "the database answers again and the lease is still this node's: taking calls"
                     );
                 }
                 if self.term == Some(held.term) {
@@ -180,14 +168,14 @@ impl Renewal {
             }
             Outcome::Unreachable => {
                 self.in_touch_since = None;
-                if self.term.is_some() {
-                    l.held_on();
-                    if !std::mem::replace(&mut self.cut_off, true) {
-                        error!(
-                            node = l.node(),
-                            "the database does not answer: this node leads on, its records wait in the journal"
-                        );
-                    }
+                if self.term.is_some()
+                    && !l.leads_at(sent)
+                    && !std::mem::replace(&mut self.cut_off, true)
+                {
+                    error!(
+                        node = l.node(),
+                        "the lease ran out unrenewed: no new calls until the database answers (calls in progress go on)"
+                    );
                 }
                 None
             }
@@ -261,11 +249,13 @@ mod tests {
         })
     }
 
-    /// A leader cut off from the database leads on, and steps down only
-    /// when the database answers that another holds the lease; a standby
-    /// may take a lapsed lease only after a lease's length in touch.
+    /// A leader cut off from the database takes no new call once its
+    /// lease can no longer be proven, and takes calls again when it renews
+    /// under the same term; it stands by when the database answers that
+    /// another holds the lease. A standby may take a lapsed lease only
+    /// after a lease's length in touch, and never while cut off.
     #[test]
-    fn a_leader_leads_on_without_the_database_and_a_standby_waits_in_touch() {
+    fn a_leader_without_the_database_stops_when_its_lease_is_unproven() {
         let lease = Duration::from_secs(3);
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
@@ -278,20 +268,21 @@ mod tests {
         assert_eq!(r.after(held(1, None), at(1_000), &l), None, "a renewal");
         assert!(r.may_take(at(3_000)) && !r.may_take(at(2_999)));
 
-        // Cut off: leads on past any lease, and is no longer in touch.
+        // Cut off: still proven until the last renewal's lease ends.
         assert_eq!(r.after(Outcome::Unreachable, at(2_000), &l), None);
-        assert!(l.leads_at(at(3_600_000)));
+        assert!(l.leads_at(at(3_999)) && !l.leads_at(at(4_000)));
+        assert_eq!(r.after(Outcome::Unreachable, at(5_000), &l), None);
+        assert!(!l.leads_at(at(5_000)));
         assert!(!r.may_take(at(3_600_000)));
-        // Back, and the lease still its own: leads under the same term.
+        // Back, and the lease still its own: leads under the same term,
+        // nothing to take over.
         assert_eq!(r.after(held(1, None), at(60_000), &l), None);
         assert!(l.leads_at(at(62_999)) && !l.leads_at(at(63_000)));
         assert!(!r.may_take(at(62_999)) && r.may_take(at(63_000)));
 
-        // Cut off again, and back to find another holding it: steps down.
-        r.after(Outcome::Unreachable, at(64_000), &l);
-        assert!(l.leads_at(at(99_000)));
-        assert_eq!(r.after(Outcome::Refused, at(99_000), &l), None);
-        assert!(!l.leads_at(at(99_000)));
+        // Back to find another holding it: stands by.
+        assert_eq!(r.after(Outcome::Refused, at(64_000), &l), None);
+        assert!(!l.leads_at(at(64_000)));
 
         // A standby stays one while the database does not answer.
         r.after(Outcome::Unreachable, at(100_000), &l);
