@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """How long a take-over takes (issue 22): two release siaga nodes on one
 PostgreSQL, the leader killed with SIGKILL again and again; for each kill,
-the time until the other node answers a SIP OPTIONS with 200 (what
-Kamailio's probe asks), polled every 10 ms from the kill. The killed node
+the time until the other node answers a 112 INVITE with 200 (tried
+again every 10 ms from the kill, straight to the node: the time a front
+adds is not in it; each answered call is ACKed and hung up). The killed node
 is started again and must stand by before the next kill. Bounded: every
 wait gives up after 30 s. Not part of the test suite.
 
@@ -107,24 +108,50 @@ def role(name):
         return None
 
 
-def options(name):
-    """The status a node answers a SIP OPTIONS with (None: no answer)."""
+def call_112(name):
+    """One 112 call to a node, straight (the bench source is a trunk): the
+    final status (None: none within 1 s); a 200 is ACKed and hung up."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("127.0.0.1", 0))
-    s.settimeout(0.2)
-    local = s.getsockname()
+    s.settimeout(1.0)
+    rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rtp.bind(("127.0.0.1", 0))
+    host, port = s.getsockname()
     sip = NODES[name][0]
-    tag = uuid.uuid4().hex[:12]
-    s.sendto((f"OPTIONS sip:127.0.0.1:{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {local[0]}:{local[1]};branch=z9hG4bK{tag};rport\r\n"
-              f"Max-Forwards: 70\r\nFrom: <sip:bench@{local[0]}>;tag={tag}\r\nTo: <sip:127.0.0.1:{sip}>\r\n"
-              f"Call-ID: {tag}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode(), ("127.0.0.1", sip))
+    tag, cid = uuid.uuid4().hex[:12], uuid.uuid4().hex
+    sdp = (f"v=0\r\no=b 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+           f"m=audio {rtp.getsockname()[1]} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n")
+    head = (f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK{uuid.uuid4().hex[:16]};rport\r\nMax-Forwards: 70\r\n"
+            f"From: <sip:0812000@{host}>;tag={tag}\r\n")
+    s.sendto((f"INVITE sip:112@127.0.0.1:{sip} SIP/2.0\r\n{head}To: <sip:112@127.0.0.1:{sip}>\r\n"
+              f"Call-ID: {cid}\r\nCSeq: 1 INVITE\r\nContact: <sip:0812000@{host}:{port}>\r\n"
+              f"Content-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n{sdp}").encode(), ("127.0.0.1", sip))
     try:
-        data = s.recv(4096).decode(errors="replace")
-        return int(data.split()[1])
+        while True:
+            msg = s.recv(65535).decode(errors="replace")
+            code = int(msg.split()[1])
+            if code >= 200:
+                break
     except (OSError, IndexError, ValueError):
-        return None
-    finally:
         s.close()
+        rtp.close()
+        return None
+    if code == 200:
+        hdrs = {line.split(":", 1)[0].strip().lower(): line.split(":", 1)[1].strip()
+                for line in msg.split("\r\n\r\n")[0].split("\r\n")[1:] if ":" in line}
+        to, target = hdrs.get("to", ""), hdrs.get("contact", "").strip("<>").split(">")[0]
+        for cseq, method in ((1, "ACK"), (2, "BYE")):
+            via = f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK{uuid.uuid4().hex[:16]};rport\r\n"
+            s.sendto((f"{method} {target} SIP/2.0\r\n{via}Max-Forwards: 70\r\nFrom: <sip:0812000@{host}>;tag={tag}\r\n"
+                      f"To: {to}\r\nCall-ID: {cid}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n").encode(),
+                     ("127.0.0.1", sip))
+        try:
+            s.recv(65535)
+        except OSError:
+            pass
+    s.close()
+    rtp.close()
+    return code
 
 
 def wait(what, ok, limit=30):
@@ -161,8 +188,8 @@ def main():
             time.sleep(random.uniform(0, 2))
             procs[leader].send_signal(signal.SIGKILL)
             procs[leader].wait()
-            took.append(wait(f"{standby} answers OPTIONS with 200", lambda: options(standby) == 200))
-            print(f"kill {i + 1}: {leader} killed; {standby} answers OPTIONS with 200 after {took[-1] * 1000:.0f} ms",
+            took.append(wait(f"{standby} answers a 112 call", lambda: call_112(standby) == 200))
+            print(f"kill {i + 1}: {leader} killed; {standby} answers a 112 call after {took[-1] * 1000:.0f} ms",
                   flush=True)
             assert role(standby) == "leader"
             procs[leader] = start(binary, roots[leader])
