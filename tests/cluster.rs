@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::baresip::{self, wait_registered};
+use common::baresip::{self, wait_registered, Baresip, Phone};
 use common::gate::Gate;
 use common::haproxy::{self, Haproxy};
 use common::kamailio::{self, Kamailio};
@@ -563,5 +563,106 @@ fn through_haproxy_the_panel_follows_the_leader_and_the_session_holds() {
     // Each answer through the front now comes from b.
     for _ in 0..5 {
         assert_eq!(answering(), "b");
+    }
+}
+
+/// The leader killed with ten callers waiting and two bridged to agents:
+/// the new leader closes all twelve (`interrupted`, node failure), puts
+/// them first on the call-back list, and each recording is on disk,
+/// playable, with the checksum its record names.
+#[test]
+fn a_leader_killed_mid_calls_leaves_every_call_closed_and_first_to_call_back() {
+    let Some(db) = common::postgres_db("cut") else {
+        return;
+    };
+    let on = |name: &str, admin_exists: bool| {
+        Server::start(Setup {
+            database_url: Some(db.clone()),
+            cluster: Some(format!("node = \"{name}\"\n{LEASE}")),
+            agents: true,
+            admin_exists,
+            ..Setup::default()
+        })
+    };
+    let mut a = on("a", false);
+    wait_until("a leads", &a, || role(&a) == "leader");
+    let b = on("b", true);
+    let ct01 = baresip::ct01(a.sip);
+    let ct02 = Baresip::start(
+        Phone {
+            user: "ct-02",
+            password: "contoh-sandi-ct-02",
+            auto_answer: true,
+            tone_hz: 700.0,
+        },
+        a.sip,
+    );
+    for (agent, phone) in [("ct-01", &ct01), ("ct-02", &ct02)] {
+        wait_registered(&a, agent, phone);
+        a.set_ready(agent);
+    }
+    let _callers: Vec<_> = (0..12)
+        .map(|_| background_call(a.sip, "112", 60_000, Duration::from_secs(90)))
+        .collect();
+    // Frames a recording's header says are on disk (0: none readable yet).
+    let frames = |c: &serde_json::Value| {
+        c["recording_path"]
+            .as_str()
+            .and_then(|p| hound::WavReader::open(p).ok())
+            .map_or(0, |r| r.duration())
+    };
+    wait_until(
+        "12 calls on record, 2 bridged, a second of each on disk",
+        &a,
+        || {
+            let open = open_calls(&a);
+            open.len() == 12
+                && open
+                    .iter()
+                    .filter(|c| c["agent_answered_at"].is_i64())
+                    .count()
+                    == 2
+                && open.iter().all(|c| frames(c) >= 8_000)
+        },
+    );
+    let cut: std::collections::BTreeSet<String> = open_calls(&a)
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+
+    a.kill9();
+    wait_until("b takes over", &b, || role(&b) == "leader");
+    wait_until("all twelve closed", &b, || {
+        cut.iter().all(|id| {
+            let (_, call) = b.get(&format!("/api/calls/{id}"));
+            call["status"] == "interrupted"
+        })
+    });
+    let (_, list) = b.get("/api/abandoned");
+    let first: std::collections::BTreeSet<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(12)
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        first, cut,
+        "the cut calls first on the call-back list: {list}"
+    );
+    for id in &cut {
+        let (_, call) = b.get(&format!("/api/calls/{id}"));
+        assert_eq!(call["end_cause"], "node_failure", "{call}");
+        let path = call["recording_path"].as_str().expect("a recording");
+        let bytes = std::fs::read(path).unwrap();
+        assert_eq!(
+            call["recording_sha256"].as_str(),
+            Some(common::sha256_hex(&bytes).as_str()),
+            "{call}"
+        );
+        assert!(
+            frames(&call) >= 8_000,
+            "the second on disk still plays: {call}"
+        );
     }
 }

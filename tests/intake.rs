@@ -7,7 +7,7 @@ mod common;
 use common::audio::{find_exact, prompt_through_alaw, read_stereo, rms, tone_ratio};
 use common::gate::Gate;
 use common::rawsip::{self, header, status_of, udp_drops, RawSip};
-use common::{free_udp_port, Server, Setup, Sipp};
+use common::{free_udp_port, sha256_hex, Server, Setup, Sipp};
 use std::path::Path;
 use std::time::Duration;
 
@@ -109,11 +109,6 @@ fn check_recording(server: &Server, call: &serde_json::Value, greeting: &str, se
             .any(|(k, v)| k == "content-range" && *v == cr),
         "{headers:?}"
     );
-}
-
-fn sha256_hex(b: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(b))
 }
 
 #[test]

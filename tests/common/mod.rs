@@ -771,3 +771,9 @@ pub fn postgres_db(purpose: &str) -> Option<String> {
     let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap();
     Some(format!("{base}/{name}"))
 }
+
+/// A file's SHA-256, as call records keep it.
+pub fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
