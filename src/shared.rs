@@ -5,7 +5,7 @@
 //! so a take-over neither loses the phones nor the agents' states.
 
 use crate::acd::runtime::AcdHandle;
-use crate::acd::{AgentSnapshot, AgentState, Reach, Requested};
+use crate::acd::{AcdError, AgentSnapshot, AgentState, Reach, Requested};
 use crate::cluster::Leadership;
 use crate::sip::{Binding, SipHandle};
 use crate::store::{now_ms, AgentDesk, Registration, Store, StoreCmd, StoreWriter};
@@ -77,20 +77,44 @@ fn desks(agents: &[AgentSnapshot]) -> HashMap<String, Desk> {
         .collect()
 }
 
+/// The desks on record that could not be set yet because their agent had
+/// no phone on this node (a browser phone reconnects after the take-over;
+/// a phone whose binding had run out registers again): those whose agent
+/// is reachable now and still logged out, to set now. An agent whose
+/// state someone set meanwhile is no longer waited for.
+fn due(
+    waiting: &mut HashMap<String, Requested>,
+    now: &[AgentSnapshot],
+) -> Vec<(String, Requested)> {
+    let mut out = Vec::new();
+    for a in now {
+        if a.state != AgentState::LoggedOut {
+            waiting.remove(&a.id);
+        } else if a.registered {
+            if let Some(asked) = waiting.remove(&a.id) {
+                out.push((a.id.clone(), asked));
+            }
+        }
+    }
+    out
+}
+
 /// Each time `led` says this node starts leading, takes the phones and
 /// desks on record; while it leads, writes each desk that changes. Desks
 /// are written only after they were taken, so a new leader's empty start
-/// never overwrites what the old leader left.
+/// never overwrites what the old leader left; a desk whose agent has no
+/// phone here yet is set when the phone is back.
 pub async fn keep_agents(a: Agents, mut led: mpsc::UnboundedReceiver<()>) {
     let mut changes = a.acd.changes();
     let mut written: Option<HashMap<String, Desk>> = None;
+    let mut waiting = HashMap::new();
     loop {
         tokio::select! {
             l = led.recv() => {
                 if l.is_none() {
                     return;
                 }
-                take(&a).await;
+                waiting = take(&a).await;
                 written = Some(desks(&a.acd.agents().await));
             }
             c = changes.changed() => {
@@ -101,7 +125,14 @@ pub async fn keep_agents(a: Agents, mut led: mpsc::UnboundedReceiver<()>) {
                 if !a.leadership.leads() {
                     continue;
                 }
-                for (agent, desk) in desks(&a.acd.agents().await) {
+                let now = a.acd.agents().await;
+                for (agent, asked) in due(&mut waiting, &now) {
+                    info!(%agent, ?asked, "an agent's desk on record set now that their phone is here");
+                    if let Err(e) = a.acd.set_state(agent.clone(), asked).await {
+                        info!(%agent, reason = %e, "an agent's desk on record not taken");
+                    }
+                }
+                for (agent, desk) in desks(&now) {
                     if w.get(&agent) != Some(&desk) {
                         a.records.send(StoreCmd::Desk(AgentDesk {
                             agent: agent.clone(),
@@ -117,8 +148,10 @@ pub async fn keep_agents(a: Agents, mut led: mpsc::UnboundedReceiver<()>) {
     }
 }
 
-/// Takes the phones, then the desks, on record.
-async fn take(a: &Agents) {
+/// Takes the phones, then the desks, on record. Returns the desks that
+/// wait for their agent's phone.
+async fn take(a: &Agents) -> HashMap<String, Requested> {
+    let mut waiting = HashMap::new();
     match a.store.registrations(now_ms()).await {
         Ok(rows) => {
             let bindings: Vec<_> = rows.iter().filter_map(in_memory).collect();
@@ -144,13 +177,72 @@ async fn take(a: &Agents) {
                     "not_ready" => Requested::NotReady(d.reason.clone().unwrap_or_default()),
                     _ => continue,
                 };
-                if let Err(e) = a.acd.set_state(d.agent.clone(), asked).await {
-                    info!(agent = %d.agent, state = %d.state, reason = %e, "an agent's desk on record not taken");
+                match a.acd.set_state(d.agent.clone(), asked.clone()).await {
+                    Err(AcdError::NotRegistered) => {
+                        waiting.insert(d.agent, asked);
+                    }
+                    Err(e) => {
+                        info!(agent = %d.agent, state = %d.state, reason = %e, "an agent's desk on record not taken")
+                    }
+                    Ok(()) => {}
                 }
             }
         }
         Err(e) => {
             warn!(error = %e, "agents' desks on record not read; agents set their state again")
         }
+    }
+    waiting
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(id: &str, state: AgentState, registered: bool) -> AgentSnapshot {
+        AgentSnapshot {
+            id: id.into(),
+            agency: "ntpd".into(),
+            skills: Default::default(),
+            state,
+            in_state_ms: 0,
+            registered,
+            browser: false,
+        }
+    }
+
+    /// A desk waits until its agent has a phone here, is set once, and is
+    /// dropped if someone set the agent's state meanwhile.
+    #[test]
+    fn a_desk_waits_for_its_agents_phone_and_is_set_once() {
+        let mut waiting: HashMap<String, Requested> = [
+            ("ct-01".to_string(), Requested::Ready),
+            ("ct-02".to_string(), Requested::NotReady("istirahat".into())),
+            ("ct-03".to_string(), Requested::Ready),
+        ]
+        .into();
+        let phoneless = [
+            agent("ct-01", AgentState::LoggedOut, false),
+            agent("ct-02", AgentState::LoggedOut, false),
+            agent("ct-03", AgentState::LoggedOut, false),
+        ];
+        assert!(due(&mut waiting, &phoneless).is_empty());
+        assert_eq!(waiting.len(), 3);
+
+        let back = [
+            agent("ct-01", AgentState::LoggedOut, true),
+            agent("ct-02", AgentState::LoggedOut, false),
+            agent("ct-03", AgentState::Ready, true),
+        ];
+        assert_eq!(
+            due(&mut waiting, &back),
+            vec![("ct-01".to_string(), Requested::Ready)]
+        );
+        assert_eq!(
+            waiting.keys().collect::<Vec<_>>(),
+            ["ct-02"],
+            "ct-01 set, ct-03 set by someone"
+        );
+        assert!(due(&mut waiting, &back).is_empty(), "once");
     }
 }
