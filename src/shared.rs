@@ -99,6 +99,9 @@ fn due(
     out
 }
 
+/// How often at most the desk keeper reads the ACD's agents.
+const PACE: Duration = Duration::from_millis(100);
+
 /// Each time `led` says this node starts leading, takes the phones and
 /// desks on record; while it leads, writes each desk that changes. Desks
 /// are written only after they were taken, so a new leader's empty start
@@ -143,6 +146,9 @@ pub async fn keep_agents(a: Agents, mut led: mpsc::UnboundedReceiver<()>) {
                         w.insert(agent, desk);
                     }
                 }
+                // The ACD changes with every call; its agents are read at
+                // most every PACE, the changes between taken together.
+                tokio::time::sleep(PACE).await;
             }
         }
     }
