@@ -100,6 +100,22 @@ fn probe(server: &Server) -> u16 {
         .0
 }
 
+/// What a node answers to a REGISTER sent straight to it (not through
+/// the front).
+fn register_answer(server: &Server) -> u16 {
+    let c = RawSip::new(server.sip, "127.0.0.1");
+    c.send(&rawsip::register(
+        c.local(),
+        server.sip,
+        "ct-01",
+        1 + unique(),
+        None,
+    ));
+    c.final_status(Duration::from_secs(5))
+        .expect("REGISTER answered")
+        .0
+}
+
 /// What a node answers to a 112 INVITE sent straight to it (a standby:
 /// it must never answer 200; the INVITE is never ACKed).
 fn invite_answer(server: &Server) -> u16 {
@@ -128,8 +144,11 @@ fn the_standby_takes_over_when_the_leader_dies_and_the_old_leader_touches_nothin
     wait_until("a leads", &a, || role(&a) == "leader");
     let b = node(&db, "b", true);
     assert_eq!(role(&b), "standby");
-    // A standby never takes a call, nor the front's probe.
-    assert_eq!((probe(&b), invite_answer(&b)), (503, 503));
+    // A standby never takes a call, a registration, nor the front's probe.
+    assert_eq!(
+        (probe(&b), invite_answer(&b), register_answer(&b)),
+        (503, 503, 503)
+    );
     assert!(
         open_calls(&b).is_empty(),
         "the refused INVITE left no record"
@@ -139,8 +158,19 @@ fn the_standby_takes_over_when_the_leader_dies_and_the_old_leader_touches_nothin
     let cut = background_call(a.sip, "112", 60_000, Duration::from_secs(90));
     wait_until("a's call is on record", &a, || open_calls(&a).len() == 1);
     let cut_id = open_calls(&a)[0]["id"].as_str().unwrap().to_string();
+    let recording = a.get(&format!("/api/calls/{cut_id}")).1["recording_path"]
+        .as_str()
+        .expect("the cut call is recorded")
+        .to_string();
+    wait_until("a second of the cut call on disk", &a, || {
+        hound::WavReader::open(&recording).map_or(0, |r| r.duration()) >= 8_000
+    });
     let killed = Instant::now();
     a.kill9();
+    // a's recordings on a disk b cannot reach (each node its own storage).
+    let disk = a.root.path().join("recordings");
+    let unmounted = a.root.path().join("recordings-unmounted");
+    std::fs::rename(&disk, &unmounted).unwrap();
     wait_until("b takes over", &b, || role(&b) == "leader");
     let took = killed.elapsed();
     eprintln!("take-over: {} ms from kill -9 to leader", took.as_millis());
@@ -148,9 +178,16 @@ fn the_standby_takes_over_when_the_leader_dies_and_the_old_leader_touches_nothin
         let (_, call) = b.get(&format!("/api/calls/{cut_id}"));
         call["status"] == "interrupted"
     });
+    wait_until("b leaves the recording it cannot reach to a", &b, || {
+        b.log().contains("left for that node's next start")
+    });
     let (_, call) = b.get(&format!("/api/calls/{cut_id}"));
     assert!(call["ended_at"].is_i64(), "{call}");
     assert_eq!(call["end_cause"], "node_failure", "{call}");
+    assert!(
+        call["recording_sha256"].is_null() && call["recording_error"].is_null(),
+        "neither a checksum nor a loss claimed for a file b cannot see: {call}"
+    );
     // Cut off by us: first on the call-back list.
     let (_, list) = b.get("/api/abandoned");
     assert_eq!(list[0]["id"], cut_id.as_str(), "{list}");
@@ -165,8 +202,24 @@ fn the_standby_takes_over_when_the_leader_dies_and_the_old_leader_touches_nothin
     let long = background_call(b.sip, "112", 12_000, Duration::from_secs(40));
     wait_until("b's call is on record", &b, || open_calls(&b).len() == 1);
     let open_id = open_calls(&b)[0]["id"].as_str().unwrap().to_string();
+    std::fs::rename(&unmounted, &disk).unwrap();
     a.spawn();
     assert_eq!(role(&a), "standby");
+    assert_eq!(register_answer(&a), 503);
+    // Its disk back, a finishes its own recording of the cut call.
+    wait_until("a finishes its recording of the cut call", &a, || {
+        !b.get(&format!("/api/calls/{cut_id}")).1["recording_sha256"].is_null()
+    });
+    let (_, call) = b.get(&format!("/api/calls/{cut_id}"));
+    assert_eq!(
+        call["recording_sha256"].as_str(),
+        Some(common::sha256_hex(&std::fs::read(&recording).unwrap()).as_str()),
+        "{call}"
+    );
+    assert!(
+        hound::WavReader::open(&recording).unwrap().duration() >= 8_000,
+        "the cut call's recording still plays its second"
+    );
     assert_eq!((probe(&a), invite_answer(&a)), (503, 503));
     assert_eq!(long.join().unwrap(), Some(0));
     wait_until("b's call ends as its caller ended it", &b, || {
@@ -632,10 +685,10 @@ fn a_leader_killed_mid_calls_leaves_every_call_closed_and_first_to_call_back() {
 
     a.kill9();
     wait_until("b takes over", &b, || role(&b) == "leader");
-    wait_until("all twelve closed", &b, || {
+    wait_until("all twelve closed, their recordings finished", &b, || {
         cut.iter().all(|id| {
             let (_, call) = b.get(&format!("/api/calls/{id}"));
-            call["status"] == "interrupted"
+            call["status"] == "interrupted" && !call["recording_sha256"].is_null()
         })
     });
     let (_, list) = b.get("/api/abandoned");

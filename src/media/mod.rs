@@ -12,3 +12,4 @@ pub mod recorder;
 pub mod runtime;
 pub mod sdp;
 pub mod session;
+pub mod unfinished;

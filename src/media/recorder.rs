@@ -51,10 +51,9 @@
 //! sums it for `/healthz`. Losing audio from a recording is bad; losing
 //! the calls is worse.
 
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Read};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -641,21 +640,10 @@ impl Held {
 
 /// SHA-256 of a file, hex. Blocking: call from a blocking context.
 pub fn sha256_file(path: &Path) -> Result<String, RecordError> {
-    let err = |source| RecordError::Checksum {
+    super::unfinished::sha256_of(path).map_err(|source| RecordError::Checksum {
         path: path.to_path_buf(),
         source,
-    };
-    let mut f = File::open(path).map_err(err)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = f.read(&mut buf).map_err(err)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    })
 }
 
 fn run(mut thread: Thread) {

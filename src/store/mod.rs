@@ -448,25 +448,17 @@ impl Store {
         Ok(())
     }
 
-    pub async fn mark_interrupted(
-        &self,
-        id: &str,
-        at: i64,
-        sha256: Option<&str>,
-        note: &str,
-        cause: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE calls SET status = $1, end_cause = $2, ended_at = $3, recording_sha256 = $4, recording_error = $5 WHERE id = $6",
-        )
-        .bind("interrupted")
-        .bind(cause)
-        .bind(at)
-        .bind(sha256)
-        .bind(note)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+    /// Closes a call a stop left open. Its recording keeps what it has (an
+    /// open call's has no checksum yet; an error stays): `close_left_open`
+    /// finishes it next.
+    pub async fn mark_interrupted(&self, id: &str, at: i64, cause: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE calls SET status = $1, end_cause = $2, ended_at = $3 WHERE id = $4")
+            .bind("interrupted")
+            .bind(cause)
+            .bind(at)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -553,6 +545,7 @@ fn sqlite_path(url: &str) -> Option<String> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::media::unfinished::sha256_of;
 
     /// A call and its incident, as tests elsewhere in the crate record them.
     pub(crate) fn call(id: &str, inc: &str, number: &str, at: i64) -> (NewCall, NewIncident) {
@@ -806,15 +799,66 @@ pub(crate) mod tests {
             );
 
             let t = now_ms();
-            for (id, node) in [("ca", Some("a")), ("cb", Some("b")), ("c0", None)] {
+            // a's recordings: one on storage b shares, one on a's own disk.
+            let shared = tempfile::tempdir().unwrap();
+            let own_disk = tempfile::tempdir().unwrap();
+            let reachable = shared.path().join("ca.wav");
+            let away = own_disk.path().join("ca2.wav");
+            let mut w = hound::WavWriter::create(
+                &reachable,
+                hound::WavSpec {
+                    channels: 2,
+                    sample_rate: 8000,
+                    bits_per_sample: 16,
+                    sample_format: hound::SampleFormat::Int,
+                },
+            )
+            .unwrap();
+            for _ in 0..320 {
+                w.write_sample(3i16).unwrap();
+            }
+            w.finalize().unwrap();
+            std::fs::copy(&reachable, &away).unwrap();
+            let parked = own_disk.path().with_extension("unmounted");
+            std::fs::rename(own_disk.path(), &parked).unwrap();
+            for (id, node, rec) in [
+                ("ca", Some("a"), Some(&reachable)),
+                ("ca2", Some("a"), Some(&away)),
+                ("cb", Some("b"), None),
+                ("c0", None, None),
+            ] {
                 let (mut c, i) = call(id, &format!("i-{id}"), "0812", t);
                 c.node = node.map(Into::into);
-                store
-                    .apply(&[StoreCmd::NewCall(Box::new((c, i)))])
-                    .await
-                    .unwrap();
+                let mut cmds = vec![StoreCmd::NewCall(Box::new((c, i)))];
+                if let Some(path) = rec {
+                    cmds.push(StoreCmd::Answered {
+                        id: CallId(id.into()),
+                        at: t + 1,
+                        codec: "PCMA".into(),
+                        recording_path: Some(path.display().to_string()),
+                        recording_error: None,
+                    });
+                }
+                store.apply(&cmds).await.unwrap();
             }
             close_left_open(&store, Whose::Gone("a")).await.unwrap();
+            let recording = |id: &'static str| {
+                let store = store.clone();
+                async move {
+                    let c = store.get_call(id).await.unwrap().unwrap();
+                    (c.recording_sha256, c.recording_error)
+                }
+            };
+            assert_eq!(
+                recording("ca").await,
+                (Some(sha256_of(&reachable).unwrap()), None),
+                "on shared storage: finished by the node taking over"
+            );
+            assert_eq!(
+                recording("ca2").await,
+                (None, None),
+                "on the gone node's disk: left for its next start"
+            );
             let ended = |id: &'static str| {
                 let store = store.clone();
                 async move {
@@ -828,9 +872,14 @@ pub(crate) mod tests {
                 }
             };
             assert!(ended("ca").await, "the gone node's call is closed");
+            assert!(ended("ca2").await, "closed even with its recording away");
             let listed = store.list_abandoned(10).await.unwrap();
-            assert_eq!(listed[0].id, "ca", "cut off by us: first to call back");
-            assert_eq!(listed[0].end_cause.as_deref(), Some("node_failure"));
+            let mut first: Vec<&str> = listed[..2].iter().map(|c| c.id.as_str()).collect();
+            first.sort();
+            assert_eq!(first, ["ca", "ca2"], "cut off by us: first to call back");
+            assert!(listed[..2]
+                .iter()
+                .all(|c| c.end_cause.as_deref() == Some("node_failure")));
             assert!(!ended("cb").await, "the leader's own call goes on");
             assert!(
                 !ended("c0").await,
@@ -838,6 +887,13 @@ pub(crate) mod tests {
             );
             close_left_open(&store, Whose::Own("b")).await.unwrap();
             assert!(ended("c0").await && ended("cb").await);
+            // a starts again, its disk back: it finishes its recording.
+            std::fs::rename(&parked, own_disk.path()).unwrap();
+            close_left_open(&store, Whose::Own("a")).await.unwrap();
+            assert_eq!(
+                recording("ca2").await,
+                (Some(sha256_of(&away).unwrap()), None)
+            );
         })
         .await;
     }
@@ -937,7 +993,7 @@ pub(crate) mod tests {
             .collect();
         assert_eq!(open, vec!["c1".to_string(), "c2".to_string()]);
         store
-            .mark_interrupted("c1", t, None, "cut", "interrupted_by_restart")
+            .mark_interrupted("c1", t, "interrupted_by_restart")
             .await
             .unwrap();
         assert_eq!(store.open_calls("", true).await.unwrap().len(), 1);

@@ -12,7 +12,7 @@
 use super::journal::{Journal, Pending};
 use super::{now_ms, records, NewCall, NewIncident, Store, StoreError};
 use crate::ids::CallId;
-use crate::media::recorder::sha256_file;
+use crate::media::unfinished::{self, FinishError};
 use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 use std::path::PathBuf;
@@ -468,51 +468,67 @@ pub enum Whose<'a> {
     Gone(&'a str),
 }
 
-/// Closes the calls a stopped process left open, with their recordings'
-/// checksums; then sums the recordings a stop left without one.
+/// Closes the calls a stopped process left open, then finishes the
+/// recordings a stop left without a checksum (those calls', and those of
+/// calls that ended just before the stop). The records come first, all of
+/// them: the callers are on the call-back list at once, however long the
+/// files take to read.
 pub async fn close_left_open(store: &Store, whose: Whose<'_>) -> Result<(), StoreError> {
     let (node, unnamed) = match whose {
         Whose::Own(n) => (n, true),
         Whose::Gone(n) => (n, false),
     };
+    let cause = match whose {
+        Whose::Own(_) => "interrupted_by_restart",
+        Whose::Gone(_) => "node_failure",
+    };
     for call in store.open_calls(node, unnamed).await? {
-        let path = call.recording_path.map(PathBuf::from);
-        let (sha, note) = match path {
-            Some(p) => match tokio::task::spawn_blocking(move || sha256_file(&p)).await {
-                Ok(Ok(sum)) => (
-                    Some(sum),
-                    "process stopped during the call; recording playable up to its last sync",
-                ),
-                _ => (None, "process stopped during the call; recording missing"),
-            },
-            None => (None, "process stopped during the call before answer"),
-        };
-        let (note, cause) = match whose {
-            Whose::Own(_) => (note.to_string(), "interrupted_by_restart"),
-            Whose::Gone(n) => (format!("node failure ({n}): {note}"), "node_failure"),
-        };
         warn!(call_id = %call.id, ?whose, "closing the record of a call interrupted by a stop");
-        store
-            .mark_interrupted(&call.id, now_ms(), sha.as_deref(), &note, cause)
-            .await?;
+        store.mark_interrupted(&call.id, now_ms(), cause).await?;
     }
     for call in store.unchecked_recordings(node, unnamed).await? {
         let Some(path) = call.recording_path.map(PathBuf::from) else {
             continue;
         };
         let shown = path.display().to_string();
-        let (sha, error) = match tokio::task::spawn_blocking(move || sha256_file(&path)).await {
-            Ok(Ok(sum)) => (Some(sum), None),
-            Ok(Err(e)) => (None, Some(format!("recording missing at restart: {e}"))),
-            Err(e) => (None, Some(format!("recording not checked at restart: {e}"))),
+        let reading = tokio::task::spawn_blocking(move || unfinished::finish(&path));
+        let (sha, error) = match tokio::time::timeout(FINISH_WITHIN, reading).await {
+            Ok(Ok(Ok(done))) => {
+                if done.rewrote {
+                    info!(call_id = %call.id, path = %shown, frames = done.frames, "a recording left open by a stop: header set to the frames on disk");
+                }
+                (Some(done.sha256), None)
+            }
+            Ok(Ok(Err(e @ FinishError::Unreachable { .. }))) if matches!(whose, Whose::Gone(_)) => {
+                // Not on storage this node shares: its own node finishes
+                // it when it starts again.
+                warn!(call_id = %call.id, ?whose, error = %e, "a recording of the node taken over is left for that node's next start");
+                continue;
+            }
+            Ok(Ok(Err(e))) => (
+                None,
+                Some(format!("recording not finished after a stop: {e}")),
+            ),
+            Ok(Err(e)) => (
+                None,
+                Some(format!("recording not finished after a stop: {e}")),
+            ),
+            Err(_) => {
+                error!(path = %shown, waited = ?FINISH_WITHIN, "the recordings' storage does not answer; the recordings left by the stop wait for the next start");
+                break;
+            }
         };
-        warn!(call_id = %call.id, path = %shown, ok = sha.is_some(), "a recording left without its checksum by a stop; checked now");
+        warn!(call_id = %call.id, path = %shown, ok = sha.is_some(), "a recording left without its checksum by a stop; finished now");
         store
             .recording_repaired(&call.id, sha.as_deref(), error.as_deref())
             .await?;
     }
     Ok(())
 }
+
+/// How long finishing one recording may take before the storage is taken
+/// for hung (a dead NFS server): the rest wait for the next start.
+const FINISH_WITHIN: Duration = Duration::from_secs(60);
 
 /// Day folders (YYYY/MM/DD) changed this recently are looked through at
 /// start: a stop leaves its orphans in the last day's folder or two.
