@@ -5,16 +5,20 @@
 
 mod common;
 
+use common::audio::{read_stereo, tone_ratio};
 use common::baresip::{self, wait_registered, Baresip, Phone};
 use common::gate::Gate;
 use common::haproxy::{self, Haproxy};
 use common::kamailio::{self, Kamailio};
 use common::rawsip::{self, RawSip};
+use common::webdriver::{browser_with_mic, microphone_wav};
 use common::{background_call, Server, Setup, Sipp};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const LEASE: &str = "lease = \"3s\"\nrenew = \"1s\"";
+/// The browser call-taker's microphone tone.
+const BROWSER_HZ: f64 = 700.0;
 
 fn node(db: &str, name: &str, admin_exists: bool) -> Server {
     Server::start(Setup {
@@ -229,6 +233,16 @@ fn the_standby_takes_over_when_the_leader_dies_and_the_old_leader_touches_nothin
     let (_, call) = b.get(&format!("/api/calls/{open_id}"));
     assert_eq!(call["end_cause"], "caller_bye", "{call}");
     assert_ne!(call["status"], "interrupted", "{call}");
+}
+
+/// What PostgreSQL answers to `sql`, asked directly (not through a node).
+fn on_record(db: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .arg(db)
+        .args(["-tAc", sql])
+        .output()
+        .expect("psql");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// The lease as PostgreSQL holds it, asked directly (not through a node):
@@ -506,14 +520,7 @@ fn a_new_leader_rings_phones_registered_with_the_old_one() {
         r#"{"state":"not_ready","reason":"istirahat"}"#,
     );
     assert_eq!(status, 200, "{body}");
-    let on_record = |sql: &str| {
-        let out = Command::new("psql")
-            .arg(&db)
-            .args(["-tAc", sql])
-            .output()
-            .expect("psql");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let on_record = |sql: &str| on_record(&db, sql);
     wait_until("the binding and the desks are on record", &a, || {
         on_record("SELECT count(*) FROM registrations WHERE path <> ''") == "1"
             && on_record("SELECT string_agg(agent || ':' || state || ':' || coalesce(reason, ''), ',' ORDER BY agent) FROM agent_desks")
@@ -574,6 +581,20 @@ fn the_shipped_haproxy_config_is_valid() {
     assert!(ok, "{out}");
 }
 
+/// Which node answers through the panel's front, as its /healthz says
+/// (empty while none that leads does).
+fn front_leader(front: &Haproxy) -> String {
+    if std::net::TcpStream::connect(front.addr).is_err() {
+        return String::new();
+    }
+    let (status, _, body) = common::http_request(front.addr, "GET", "/healthz", "", None);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    match (status, v["role"].as_str()) {
+        (200, Some("leader")) => v["node"].as_str().unwrap_or_default().to_string(),
+        _ => String::new(),
+    }
+}
+
 /// Through the panel's front (a real HAProxy with the shipped config),
 /// browsers reach the node that leads, and a logged-in user stays logged
 /// in when it dies: the front's health check follows the lease to the new
@@ -588,18 +609,7 @@ fn through_haproxy_the_panel_follows_the_leader_and_the_session_holds() {
     let b = node(&db, "b", true);
     let front = Haproxy::start(a.http, b.http);
     let cookie = format!("Cookie: {}\r\n", a.admin);
-    // Which node answered, as its /healthz says through the front.
-    let answering = || {
-        if std::net::TcpStream::connect(front.addr).is_err() {
-            return String::new();
-        }
-        let (status, _, body) = common::http_request(front.addr, "GET", "/healthz", "", None);
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        match (status, v["role"].as_str()) {
-            (200, Some("leader")) => v["node"].as_str().unwrap_or_default().to_string(),
-            _ => String::new(),
-        }
-    };
+    let answering = || front_leader(&front);
     let calls_status = || common::http_request(front.addr, "GET", "/api/calls", &cookie, None).0;
 
     wait_until("the front sends to a", &a, || answering() == "a");
@@ -718,4 +728,106 @@ fn a_leader_killed_mid_calls_leaves_every_call_closed_and_first_to_call_back() {
             "the second on disk still plays: {call}"
         );
     }
+}
+
+/// A call-taker on the browser phone, reaching the panel through HAProxy,
+/// keeps working when the leader dies, without touching the tab: its
+/// live socket reconnects through the front to the new leader, the phone
+/// comes back on there by itself, the agent is still ready, and the next
+/// 112 call rings in the same tab, is answered there, and the browser's
+/// voice is in the recording's agent channel.
+#[test]
+fn the_browser_phone_follows_the_leader_through_haproxy() {
+    let Some(db) = common::postgres_db("browser") else {
+        return;
+    };
+    let on = |name: &str, admin_exists: bool| {
+        Server::start(Setup {
+            database_url: Some(db.clone()),
+            cluster: Some(format!("node = \"{name}\"\n{LEASE}")),
+            agents: true,
+            admin_exists,
+            ..Setup::default()
+        })
+    };
+    let mut a = on("a", false);
+    wait_until("a leads", &a, || role(&a) == "leader");
+    let b = on("b", true);
+    let front = Haproxy::start(a.http, b.http);
+    wait_until("the front sends to a", &a, || front_leader(&front) == "a");
+    a.add_user("siti", "call-taker", &["--agent", "ct-01"]);
+    let mic = tempfile::tempdir().unwrap();
+    let tab = browser_with_mic("cluster_browser", &microphone_wav(mic.path(), BROWSER_HZ));
+    tab.login(
+        &format!("http://{}", front.addr),
+        "siti",
+        common::TEST_PASSWORD,
+        "/calltaker",
+    );
+    tab.click("#phone-on");
+    tab.wait_for(
+        "phone on",
+        "return document.querySelector('#phone-card').dataset.on === 'on'",
+        Duration::from_secs(20),
+    );
+    a.wait_agent("ct-01", "reachable by browser on a", |x| {
+        x["browser"] == true && x["registered"] == true
+    });
+    tab.click("#btn-ready");
+    a.wait_agent("ct-01", "ready on a", |x| x["state"] == "ready");
+    wait_until("siti's desk on record", &a, || {
+        on_record(&db, "SELECT state FROM agent_desks WHERE agent = 'ct-01'") == "ready"
+    });
+
+    a.kill9();
+    wait_until("b leads", &b, || role(&b) == "leader");
+    wait_until(
+        "the tab's phone on b, siti still ready, no click in the tab",
+        &b,
+        || {
+            let x = b.agent("ct-01");
+            x["browser"] == true && x["registered"] == true && x["state"] == "ready"
+        },
+    );
+    tab.screenshot("1-phone-back-on-the-new-leader");
+
+    let caller = background_call(b.sip, "112", 10_000, Duration::from_secs(60));
+    tab.wait_for(
+        "the call rings in the same tab",
+        "return !document.querySelector('#phone-ringing').hidden",
+        Duration::from_secs(30),
+    );
+    tab.click("#phone-answer");
+    tab.wait_for(
+        "the browser call is connected",
+        "return document.querySelector('#phone-card').dataset.call === 'talking'",
+        Duration::from_secs(20),
+    );
+    let open = open_calls(&b);
+    assert_eq!(open.len(), 1, "{open:?}");
+    let id = open[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(caller.join().unwrap(), Some(0), "SIPp's call went through");
+    let mut call = serde_json::Value::Null;
+    wait_until("the call closed and its recording summed", &b, || {
+        call = b.get(&format!("/api/calls/{id}")).1;
+        !call["recording_sha256"].is_null()
+    });
+    assert_eq!(call["agent_id"], "ct-01", "{call}");
+    assert_eq!(call["end_cause"], "caller_bye", "{call}");
+    let (left, right) = read_stereo(std::path::Path::new(
+        call["recording_path"].as_str().unwrap(),
+    ));
+    let windows = |s: &[i16], hz: f64| {
+        s.chunks_exact(800)
+            .filter(|w| tone_ratio(w, hz) > 0.7)
+            .count()
+    };
+    let seen = format!(
+        "100 ms windows: caller's 1 kHz left {}, browser's {BROWSER_HZ} Hz right {} of {}",
+        windows(&left, 1000.0),
+        windows(&right, BROWSER_HZ),
+        right.len() / 800
+    );
+    assert!(windows(&left, 1000.0) >= 30, "{seen}");
+    assert!(windows(&right, BROWSER_HZ) >= 20, "{seen}");
 }

@@ -7,11 +7,11 @@
 mod common;
 
 use common::audio::{alaw_tone_packet, read_stereo, tone_ratio};
-use common::webdriver::Browser;
+use common::webdriver::{browser_with_mic, microphone_wav, Browser};
 use common::{free_udp_port, Server, Setup, Sipp, TEST_PASSWORD};
 use siaga::media::g711::Law;
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,40 +31,6 @@ fn setup() -> Setup {
 
 fn base(server: &Server) -> String {
     format!("http://{}", server.http)
-}
-
-/// 48 kHz mono 16-bit: a sine at `freq`, as Chromium's fake capture.
-fn microphone_wav(dir: &Path, freq: f64) -> PathBuf {
-    let path = dir.join(format!("mic-{freq}.wav"));
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 48000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(&path, spec).unwrap();
-    for i in 0..48000 * 4 {
-        let v = (2.0 * std::f64::consts::PI * freq * i as f64 / 48000.0).sin() * 12000.0;
-        w.write_sample(v as i16).unwrap();
-    }
-    w.finalize().unwrap();
-    path
-}
-
-/// Chromium whose microphone is `mic` and whose permission prompts are
-/// granted, reaching us on loopback with plain host candidates.
-fn browser_with_mic(test: &str, mic: &Path) -> Browser {
-    Browser::start_with(
-        test,
-        &[
-            "--use-fake-ui-for-media-stream".into(),
-            "--use-fake-device-for-media-stream".into(),
-            format!("--use-file-for-fake-audio-capture={}", mic.display()),
-            "--allow-loopback-in-peer-connection".into(),
-            "--disable-features=WebRtcHideLocalIpsWithMdns".into(),
-            "--autoplay-policy=no-user-gesture-required".into(),
-        ],
-    )
 }
 
 /// Siti (ct-01) logged in where the microphone plays BROWSER_HZ, phone

@@ -6,7 +6,7 @@
 use super::http_request;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -250,6 +250,40 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+/// 48 kHz mono 16-bit: a sine at `freq`, as Chromium's fake capture.
+pub fn microphone_wav(dir: &Path, freq: f64) -> PathBuf {
+    let path = dir.join(format!("mic-{freq}.wav"));
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 48000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&path, spec).unwrap();
+    for i in 0..48000 * 4 {
+        let v = (2.0 * std::f64::consts::PI * freq * i as f64 / 48000.0).sin() * 12000.0;
+        w.write_sample(v as i16).unwrap();
+    }
+    w.finalize().unwrap();
+    path
+}
+
+/// Chromium whose microphone is `mic` and whose permission prompts are
+/// granted, reaching us on loopback with plain host candidates.
+pub fn browser_with_mic(test: &str, mic: &Path) -> Browser {
+    Browser::start_with(
+        test,
+        &[
+            "--use-fake-ui-for-media-stream".into(),
+            "--use-fake-device-for-media-stream".into(),
+            format!("--use-file-for-fake-audio-capture={}", mic.display()),
+            "--allow-loopback-in-peer-connection".into(),
+            "--disable-features=WebRtcHideLocalIpsWithMdns".into(),
+            "--autoplay-policy=no-user-gesture-required".into(),
+        ],
+    )
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {
