@@ -13,11 +13,25 @@
 //! back the leader, renewing every `renew`, keeps its lease rather than
 //! losing it to a race (a take-over that would cut its calls).
 //!
+//! A standby reads, with each attempt, how long the holder's lease has
+//! left. Once the holder is late with a renewal, a take-over is coming:
+//! until the moment this node should lead (the lease's end, a renewal
+//! later, and one more for the database's delay), an INVITE that reaches
+//! it is held (100 Trying) rather than refused, and taken the moment this
+//! node leads; a caller who dials in the seconds between a leader's death
+//! and the take-over is answered, not turned away. An INVITE is refused
+//! (503) only once a reading shows the holder renewed after the INVITE
+//! came (it lives: the front should reach it), or this node cannot take
+//! the lease (out of touch with the database), or a lease and two
+//! renewals passed (`Leadership::after_take_over`). A reading that merely
+//! does not show the holder late yet proves nothing: a holder is seen
+//! late only a renewal after it died.
+//!
 //! Without a `[cluster]` section there is one node, and it always leads.
 
 use crate::config::ClusterSection;
 use crate::store::{Held, Store};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
@@ -35,6 +49,24 @@ struct Inner {
     epoch: Instant,
     /// The lease is proven until then (µs after `epoch`); 0: not held.
     until_us: AtomicU64,
+    /// Standing by: the holder's lease ends then, as last read (µs after
+    /// `epoch`); 0: not known.
+    holder_end_us: AtomicU64,
+    /// Standing by: if the holder renews no more, this node should lead by
+    /// then (µs after `epoch`); 0: it could not (out of touch).
+    due_us: AtomicU64,
+    /// Less than this left of the holder's lease: it is late with a
+    /// renewal (the lease less a renewal and a quarter, µs).
+    late_under_us: AtomicU64,
+    /// How often the lease is read, and how long it lasts (µs).
+    renew_us: AtomicU64,
+    lease_us: AtomicU64,
+    /// Readings of the lease so far (each attempt, whatever its outcome).
+    readings: AtomicU64,
+    /// Whether the last reading had an answer from the database.
+    reached: AtomicBool,
+    /// Told after each reading.
+    changed: tokio::sync::Notify,
 }
 
 impl Leadership {
@@ -51,7 +83,32 @@ impl Leadership {
             process: uuid::Uuid::new_v4().to_string(),
             epoch: Instant::now(),
             until_us: AtomicU64::new(0),
+            holder_end_us: AtomicU64::new(0),
+            due_us: AtomicU64::new(0),
+            late_under_us: AtomicU64::new(0),
+            renew_us: AtomicU64::new(0),
+            lease_us: AtomicU64::new(0),
+            readings: AtomicU64::new(0),
+            reached: AtomicBool::new(false),
+            changed: tokio::sync::Notify::new(),
         }))
+    }
+
+    /// How long the lease is, and how often it is read. A holder that
+    /// renews every `renew` is never seen with less than
+    /// `lease - renew` left, give or take the database's delay (a quarter
+    /// of a renewal allowed for it).
+    fn timing(&self, lease: Duration, renew: Duration) {
+        let under = lease.saturating_sub(renew + renew / 4);
+        self.0
+            .late_under_us
+            .store(under.as_micros() as u64, Ordering::SeqCst);
+        self.0
+            .renew_us
+            .store(renew.as_micros() as u64, Ordering::SeqCst);
+        self.0
+            .lease_us
+            .store(lease.as_micros() as u64, Ordering::SeqCst);
     }
 
     pub fn node(&self) -> &str {
@@ -64,8 +121,85 @@ impl Leadership {
     }
 
     fn leads_at(&self, now: Instant) -> bool {
-        let now_us = now.saturating_duration_since(self.0.epoch).as_micros() as u64;
-        now_us < self.0.until_us.load(Ordering::SeqCst)
+        now_us_of(self, now) < self.0.until_us.load(Ordering::SeqCst)
+    }
+
+    /// Standing by while a take-over is coming (the holder, as last read,
+    /// is late with a renewal): the moment by which this node should
+    /// lead. None when it leads, or no take-over is seen coming.
+    pub fn taking_over_by(&self) -> Option<Instant> {
+        self.taking_over_at(Instant::now())
+    }
+
+    fn taking_over_at(&self, now: Instant) -> Option<Instant> {
+        let now_us = now_us_of(self, now);
+        let end = self.0.holder_end_us.load(Ordering::SeqCst);
+        let due = self.0.due_us.load(Ordering::SeqCst);
+        let late = end.saturating_sub(now_us) < self.0.late_under_us.load(Ordering::SeqCst);
+        (end > 0 && due > now_us && late && !self.leads_at(now))
+            .then(|| self.0.epoch + Duration::from_micros(due))
+    }
+
+    /// For an INVITE that reached this node while it does not lead: waits
+    /// until this node leads (true), or until it is clear it will not
+    /// soon (false): a reading shows the holder renewed after the call
+    /// came, or the last reading since had no answer from the database,
+    /// or a take-over seen coming did not come in its time, or a lease and
+    /// two renewals passed.
+    pub async fn after_take_over(&self) -> bool {
+        let arrived = Instant::now();
+        let arrived_us = now_us_of(self, arrived);
+        let before = self.0.readings.load(Ordering::SeqCst);
+        let lease_us = self.0.lease_us.load(Ordering::SeqCst);
+        let renew = Duration::from_micros(self.0.renew_us.load(Ordering::SeqCst));
+        let bound = arrived + Duration::from_micros(lease_us) + renew * 2;
+        loop {
+            let told = self.0.changed.notified();
+            if self.leads() {
+                return true;
+            }
+            let now = Instant::now();
+            let until = match self.taking_over_at(now) {
+                Some(by) => by,
+                None => {
+                    let fresh = self.0.readings.load(Ordering::SeqCst) > before;
+                    if fresh && !self.0.reached.load(Ordering::SeqCst) {
+                        return false;
+                    }
+                    // A lease that ends a lease after the call came was
+                    // renewed after it: the holder lives.
+                    if self.0.holder_end_us.load(Ordering::SeqCst) >= arrived_us + lease_us {
+                        return false;
+                    }
+                    bound
+                }
+            };
+            if now >= until {
+                return false;
+            }
+            tokio::select! {
+                _ = told => {}
+                _ = tokio::time::sleep_until(until.into()) => {}
+            }
+        }
+    }
+
+    /// One more reading of the lease; `reached`: the database answered.
+    fn read(&self, reached: bool) {
+        self.0.reached.store(reached, Ordering::SeqCst);
+        self.0.readings.fetch_add(1, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
+    }
+
+    /// Standing by: the holder's lease ends at `holder_end`, and this node
+    /// should lead by `due` if it renews no more; None: not known.
+    fn expect(&self, seen: Option<(Instant, Instant)>) {
+        let (end, due) = seen.map_or((0, 0), |(end, due)| {
+            (now_us_of(self, end).max(1), now_us_of(self, due).max(1))
+        });
+        self.0.holder_end_us.store(end, Ordering::SeqCst);
+        self.0.due_us.store(due, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
     }
 
     /// `leader` or `standby`, as `/healthz` says it.
@@ -81,11 +215,16 @@ impl Leadership {
     fn held(&self, until: Instant) {
         let us = until.saturating_duration_since(self.0.epoch).as_micros() as u64;
         self.0.until_us.store(us.max(1), Ordering::SeqCst);
+        self.expect(None);
     }
 
     fn lost(&self) {
         self.0.until_us.store(0, Ordering::SeqCst);
     }
+}
+
+fn now_us_of(l: &Leadership, t: Instant) -> u64 {
+    t.saturating_duration_since(l.0.epoch).as_micros() as u64
 }
 
 /// What becoming the leader asks of the rest of the node.
@@ -100,8 +239,9 @@ pub trait OnLead: Send + 'static {
 enum Outcome {
     Held(Held),
     /// Another process holds the lease, or it lapsed and this one may not
-    /// take it yet.
-    Refused,
+    /// take it yet; with how long the lease had left then on the
+    /// database's clock, when known (negative: it ran out that long ago).
+    Refused(Option<i64>),
     /// The database did not answer (an error, or no answer within `renew`).
     Unreachable,
 }
@@ -110,6 +250,7 @@ enum Outcome {
 /// task, without the database or the clock.
 struct Renewal {
     lease: Duration,
+    renew: Duration,
     /// The term this node holds; None while standing by.
     term: Option<i64>,
     /// Since when every attempt has had an answer from the database.
@@ -119,9 +260,10 @@ struct Renewal {
 }
 
 impl Renewal {
-    fn new(lease: Duration) -> Renewal {
+    fn new(lease: Duration, renew: Duration) -> Renewal {
         Renewal {
             lease,
+            renew,
             term: None,
             in_touch_since: None,
             cut_off: false,
@@ -134,9 +276,31 @@ impl Renewal {
             .is_some_and(|t| sent.saturating_duration_since(t) >= self.lease)
     }
 
+    /// Standing by, the attempt sent at `sent` found the lease with
+    /// `left_ms` to run: when it ends, and by when this node should lead
+    /// if the holder renews no more: an attempt at most a renewal after
+    /// the lease's end (and after a lease's length in touch since `since`)
+    /// takes it, and one more renewal allows for the database's delay.
+    fn seen(&self, left_ms: i64, sent: Instant, since: Instant) -> (Instant, Instant) {
+        let end = if left_ms >= 0 {
+            sent + Duration::from_millis(left_ms as u64)
+        } else {
+            sent.checked_sub(Duration::from_millis(left_ms.unsigned_abs()))
+                .unwrap_or(sent)
+        };
+        (end, end.max(since + self.lease) + self.renew * 2)
+    }
+
     /// Applies the outcome of the attempt sent at `sent` to `l`. Returns
     /// `Some(previous)` when this node has just taken the lease over.
     fn after(&mut self, outcome: Outcome, sent: Instant, l: &Leadership) -> Option<Option<String>> {
+        let reached = !matches!(outcome, Outcome::Unreachable);
+        let after = self.apply(outcome, sent, l);
+        l.read(reached);
+        after
+    }
+
+    fn apply(&mut self, outcome: Outcome, sent: Instant, l: &Leadership) -> Option<Option<String>> {
         match outcome {
             Outcome::Held(held) => {
                 self.in_touch_since.get_or_insert(sent);
@@ -154,9 +318,10 @@ impl Renewal {
                 self.term = Some(held.term);
                 Some(held.previous)
             }
-            Outcome::Refused => {
-                self.in_touch_since.get_or_insert(sent);
+            Outcome::Refused(left_ms) => {
+                let since = *self.in_touch_since.get_or_insert(sent);
                 self.cut_off = false;
+                l.expect(left_ms.map(|left| self.seen(left, sent, since)));
                 if self.term.take().is_some() {
                     error!(
                         node = l.node(),
@@ -167,6 +332,8 @@ impl Renewal {
                 None
             }
             Outcome::Unreachable => {
+                // What was seen coming stays until its time: one slow
+                // answer does not turn the held callers away.
                 self.in_touch_since = None;
                 if self.term.is_some()
                     && !l.leads_at(sent)
@@ -188,24 +355,33 @@ impl Renewal {
 /// first renewal succeeds).
 pub fn spawn(store: Store, cluster: &ClusterSection, on_lead: impl OnLead) -> Leadership {
     let leadership = Leadership::standby(&cluster.node);
-    let l = leadership.clone();
     let (lease, renew) = (cluster.lease, cluster.renew);
+    leadership.timing(lease, renew);
+    let l = leadership.clone();
     tokio::spawn(async move {
-        let mut renewal = Renewal::new(lease);
+        let mut renewal = Renewal::new(lease, renew);
         loop {
             let sent = Instant::now();
-            let attempt = tokio::time::timeout(
-                renew,
-                store.try_lead(
-                    l.node(),
-                    &l.0.process,
-                    lease.as_millis() as i64,
-                    renewal.may_take(sent),
-                ),
-            );
+            let attempt = tokio::time::timeout(renew, async {
+                let held = store
+                    .try_lead(
+                        l.node(),
+                        &l.0.process,
+                        lease.as_millis() as i64,
+                        renewal.may_take(sent),
+                    )
+                    .await?;
+                match held {
+                    Some(held) => Ok(Outcome::Held(held)),
+                    // How long the holder's lease has left, to see a
+                    // take-over coming; not knowing it only costs that.
+                    None => Ok::<_, crate::store::StoreError>(Outcome::Refused(
+                        store.lease_left_ms().await.ok().flatten(),
+                    )),
+                }
+            });
             let outcome = match attempt.await {
-                Ok(Ok(Some(held))) => Outcome::Held(held),
-                Ok(Ok(None)) => Outcome::Refused,
+                Ok(Ok(outcome)) => outcome,
                 Ok(Err(e)) => {
                     warn!(error = %e, "the lease could not be renewed");
                     Outcome::Unreachable
@@ -260,7 +436,7 @@ mod tests {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let l = Leadership::standby("a");
-        let mut r = Renewal::new(lease);
+        let mut r = Renewal::new(lease, Duration::from_secs(1));
         assert!(!r.may_take(at(0)), "not in touch yet");
 
         assert_eq!(r.after(held(1, None), at(0), &l), Some(None));
@@ -281,18 +457,115 @@ mod tests {
         assert!(!r.may_take(at(62_999)) && r.may_take(at(63_000)));
 
         // Back to find another holding it: stands by.
-        assert_eq!(r.after(Outcome::Refused, at(64_000), &l), None);
+        assert_eq!(r.after(Outcome::Refused(Some(2_500)), at(64_000), &l), None);
         assert!(!l.leads_at(at(64_000)));
 
         // A standby stays one while the database does not answer.
         r.after(Outcome::Unreachable, at(100_000), &l);
         assert!(!l.leads_at(at(100_000)));
         // Taking the lease over from another node says from whom.
-        r.after(Outcome::Refused, at(101_000), &l);
+        r.after(Outcome::Refused(None), at(101_000), &l);
         assert_eq!(
             r.after(held(2, Some("b")), at(104_000), &l),
             Some(Some("b".into()))
         );
         assert!(l.leads_at(at(106_999)));
+    }
+
+    /// A standby sees a take-over coming once the holder, as last read,
+    /// is late with a renewal; it expects to lead by the lease's end (or a
+    /// lease's length in touch) plus two renewals, and forgets it when the
+    /// holder renews and when it leads; an unanswered attempt changes
+    /// nothing before that time.
+    #[test]
+    fn a_standby_sees_a_take_over_coming_once_the_leader_is_late() {
+        let l = Leadership::standby("b");
+        let (lease, renew) = (Duration::from_secs(3), Duration::from_secs(1));
+        l.timing(lease, renew);
+        // Instants on the leadership's own µs scale.
+        let t0 = l.0.epoch;
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut r = Renewal::new(lease, renew);
+        // Read with 2.9 s left: the holder renewed 100 ms ago and is late
+        // only once 1.75 s are left, unless it renews again.
+        r.after(Outcome::Refused(Some(2_900)), at(0), &l);
+        assert_eq!(l.taking_over_at(at(1_000)), None);
+        assert_eq!(l.taking_over_at(at(1_149)), None);
+        assert_eq!(l.taking_over_at(at(1_151)), Some(at(5_000)));
+        // It did renew: nothing coming.
+        r.after(Outcome::Refused(Some(2_950)), at(1_000), &l);
+        assert_eq!(l.taking_over_at(at(1_500)), None);
+        // Then it stops: late from 2.2 s, due two renewals after the end
+        // (3.95 s), never past that.
+        r.after(Outcome::Refused(Some(1_950)), at(2_000), &l);
+        assert_eq!(l.taking_over_at(at(2_000)), None);
+        assert_eq!(l.taking_over_at(at(2_300)), Some(at(5_950)));
+        assert_eq!(l.taking_over_at(at(5_950)), None, "not past its time");
+        r.after(Outcome::Refused(Some(-50)), at(4_000), &l);
+        assert_eq!(l.taking_over_at(at(4_000)), Some(at(5_950)));
+        // One attempt unanswered: what was seen coming stays until its time.
+        r.after(Outcome::Unreachable, at(4_500), &l);
+        assert_eq!(l.taking_over_at(at(4_500)), Some(at(5_950)));
+        // Back in touch: it may take the lease only after a lease's length.
+        r.after(Outcome::Refused(Some(-2_000)), at(5_000), &l);
+        assert_eq!(l.taking_over_at(at(5_000)), Some(at(10_000)));
+        // Not knowing what is left: nothing expected.
+        r.after(Outcome::Refused(None), at(6_000), &l);
+        assert_eq!(l.taking_over_at(at(6_000)), None);
+        r.after(Outcome::Refused(Some(-3_000)), at(7_000), &l);
+        assert!(l.taking_over_at(at(7_000)).is_some());
+        r.after(held(2, Some("a")), at(8_000), &l);
+        assert_eq!(l.taking_over_at(at(8_000)), None, "it leads");
+    }
+
+    /// A held INVITE is refused once a reading shows the holder renewed
+    /// after it came, or the database did not answer, or a lease and two
+    /// renewals pass; a reading that only does not show the holder late
+    /// yet keeps it waiting; it is taken the moment the lease is proven.
+    #[tokio::test]
+    async fn a_held_invite_is_refused_only_once_the_holder_is_seen_alive_after_it() {
+        use tokio::time::timeout;
+        let (lease, renew) = (Duration::from_secs(3), Duration::from_secs(1));
+        let l = Leadership::standby("b");
+        l.timing(lease, renew);
+        let mut r = Renewal::new(lease, renew);
+        let pending = Duration::ZERO;
+
+        let wait = l.after_take_over();
+        tokio::pin!(wait);
+        assert!(
+            timeout(pending, &mut wait).await.is_err(),
+            "waits for a reading"
+        );
+        // Renewed 100 ms before this reading: perhaps before the call came,
+        // and not late yet; it may have died since.
+        r.after(Outcome::Refused(Some(2_900)), Instant::now(), &l);
+        assert!(timeout(pending, &mut wait).await.is_err(), "proves nothing");
+        r.after(Outcome::Refused(Some(3_000)), Instant::now(), &l);
+        assert!(!wait.await, "renewed after the call came: refused");
+
+        let wait = l.after_take_over();
+        tokio::pin!(wait);
+        r.after(Outcome::Refused(Some(1_000)), Instant::now(), &l);
+        assert!(
+            timeout(pending, &mut wait).await.is_err(),
+            "the holder is late: a take-over is coming"
+        );
+        r.after(held(2, Some("a")), Instant::now(), &l);
+        assert!(wait.await, "this node leads: taken");
+
+        // Another node holds it again; then the database does not answer.
+        r.after(Outcome::Refused(Some(2_900)), Instant::now(), &l);
+        let wait = l.after_take_over();
+        tokio::pin!(wait);
+        assert!(timeout(pending, &mut wait).await.is_err());
+        r.after(Outcome::Unreachable, Instant::now(), &l);
+        assert!(!wait.await, "out of touch, it cannot lead: refused");
+
+        let l = Leadership::standby("c");
+        l.timing(Duration::from_millis(200), Duration::from_millis(50));
+        let started = Instant::now();
+        assert!(!l.after_take_over().await, "no reading at all");
+        assert!(started.elapsed() >= Duration::from_millis(300));
     }
 }

@@ -32,11 +32,16 @@ fn node(db: &str, name: &str, admin_exists: bool) -> Server {
 /// Nodes a (leading) and b (standing by) behind a real Kamailio, with the
 /// example agents or not.
 fn pair_behind_kamailio(db: &str, agents: bool) -> (Server, Server, Kamailio) {
+    pair_behind_kamailio_leasing(db, agents, LEASE)
+}
+
+/// `pair_behind_kamailio` with the given lease settings.
+fn pair_behind_kamailio_leasing(db: &str, agents: bool, lease: &str) -> (Server, Server, Kamailio) {
     let port = common::free_udp_port();
     let behind = |name: &str, admin_exists: bool| {
         Server::start(Setup {
             database_url: Some(db.to_string()),
-            cluster: Some(format!("node = \"{name}\"\n{LEASE}")),
+            cluster: Some(format!("node = \"{name}\"\n{lease}")),
             sip_extra: Some(format!("fronts = [\"127.0.0.1:{port}\"]")),
             agents,
             admin_exists,
@@ -440,6 +445,48 @@ fn through_kamailio_each_call_reaches_the_leader_and_the_callers_source_is_trust
     let all = calls_on_record(&db);
     assert_eq!(all.len(), 2, "{all:?}");
     assert_eq!(all[0].0, "b", "the call after the take-over: {all:?}");
+}
+
+/// A caller who dials in the seconds between the leader's death and the
+/// take-over is answered, not turned away: the front finds the dead
+/// leader silent and the standby not leading yet, and the standby, which
+/// sees the leader late with its renewal, holds the INVITE (100 Trying)
+/// and takes the call the moment it leads. A 6 s lease puts the caller,
+/// who reaches the standby once the front's 2 s wait on the dead node has
+/// passed, seconds inside the gap.
+#[test]
+fn a_caller_in_the_gap_before_a_take_over_is_answered_by_the_new_leader() {
+    let Some(db) = common::postgres_db("gap") else {
+        return;
+    };
+    let (mut a, b, front) =
+        pair_behind_kamailio_leasing(&db, false, "lease = \"6s\"\nrenew = \"1s\"");
+    wait_until("b stands by", &b, || role(&b) == "standby");
+    a.kill9();
+    let r = Sipp::new(1000.0).run(
+        "uac_tone_routed.xml",
+        front.addr,
+        &["-s", "112", "-d", "1500"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        r.code,
+        Some(0),
+        "the caller answered\n{}\n{}\nb:\n{}\nfront:\n{}",
+        r.output,
+        r.errors,
+        b.log(),
+        front.log()
+    );
+    assert!(
+        b.log()
+            .contains("INVITE held while this node took the lease over: taken"),
+        "the call reached b before it led; b:\n{}",
+        b.log()
+    );
+    let all = calls_on_record(&db);
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0].0, "b", "{all:?}");
 }
 
 /// A call-taker's phone registered through the front: the node keeps the

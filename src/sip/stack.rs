@@ -32,7 +32,7 @@ use rsipstack::EndpointBuilder;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -188,9 +188,10 @@ impl SipStack {
             accounts: accounts.clone(),
             addrs: addrs.clone(),
         };
-        let dispatcher = Dispatcher {
+        let dispatcher = Arc::new(Dispatcher {
             unconfirmed: Unconfirmed::new(config.server.unconfirmed_bound()),
             refusal_logged: Default::default(),
+            holding: Default::default(),
             config,
             layer: layer.clone(),
             addrs: addrs.clone(),
@@ -198,7 +199,7 @@ impl SipStack {
             draining: draining.clone(),
             leadership,
             accounts,
-        };
+        });
         let stop = cancel.clone();
         super::runtime::spawn(async move {
             loop {
@@ -437,10 +438,16 @@ struct Dispatcher {
     unconfirmed: Unconfirmed,
     /// When a refusal for too many unconfirmed calls was last logged.
     refusal_logged: std::sync::Mutex<Option<std::time::Instant>>,
+    /// INVITEs held by a standby while it takes the lease over.
+    holding: AtomicUsize,
 }
 
+/// At most this many INVITEs wait at once on a node that does not lead
+/// (the queue's own measured size); beyond it they get 503 at once.
+const HOLD_AT_MOST: usize = 2_000;
+
 impl Dispatcher {
-    async fn dispatch(&self, mut tx: Transaction) {
+    async fn dispatch(self: &Arc<Self>, mut tx: Transaction) {
         let method = tx.original.method.to_string();
         let in_dialog = tx
             .original
@@ -470,6 +477,13 @@ impl Dispatcher {
             MethodDecision::Invite | MethodDecision::Register | MethodDecision::Options
         );
         if asks_leader && !self.leadership.leads() {
+            if decision == MethodDecision::Invite {
+                if self.holding.fetch_add(1, Ordering::SeqCst) < HOLD_AT_MOST {
+                    tokio::spawn(self.clone().hold(tx));
+                    return;
+                }
+                self.holding.fetch_sub(1, Ordering::SeqCst);
+            }
             // Standing by (or the lease unproven): never a call here.
             let headers = vec![Header::Other("Retry-After".into(), "1".into())];
             let _ = tx
@@ -522,6 +536,33 @@ impl Dispatcher {
                 let _ = tx.reply(StatusCode::from(code)).await;
             }
             MethodDecision::Absorb => {}
+        }
+    }
+
+    /// An INVITE that reached this node while it does not lead (the front
+    /// found no leader: perhaps the old one just died and this one does
+    /// not lead yet): 100 Trying at once, so the front waits, then the
+    /// call is taken the moment this node leads, or refused with 503 once
+    /// a reading of the lease made after it came shows no take-over
+    /// coming (`Leadership::after_take_over`; a renewal or two at most).
+    /// Never answered before the lease is proven.
+    async fn hold(self: Arc<Self>, mut tx: Transaction) {
+        let source = self.source_and_transport(&tx).map(|(s, _)| s);
+        let _ = tx.send_trying().await;
+        let leads = self.leadership.after_take_over().await;
+        self.holding.fetch_sub(1, Ordering::SeqCst);
+        if leads {
+            info!(
+                ?source,
+                "INVITE held while this node took the lease over: taken"
+            );
+            self.invite(tx).await;
+        } else {
+            debug!(?source, "INVITE refused: this node stands by");
+            let headers = vec![Header::Other("Retry-After".into(), "1".into())];
+            let _ = tx
+                .reply_with(StatusCode::ServiceUnavailable, headers, None)
+                .await;
         }
     }
 

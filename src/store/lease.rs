@@ -60,4 +60,17 @@ impl Store {
             previous: previous.filter(|p| p != node),
         }))
     }
+
+    /// How long the lease has left on the database's clock, in ms
+    /// (negative: it ran out that long ago); None: nobody ever held it.
+    /// A standby reads it to see a take-over coming. PostgreSQL only.
+    pub async fn lease_left_ms(&self) -> Result<Option<i64>, StoreError> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "SELECT expires_at - (extract(epoch from clock_timestamp()) * 1000)::bigint \
+             FROM leadership WHERE id = 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(left,)| left))
+    }
 }

@@ -749,6 +749,7 @@ pub(crate) mod tests {
         on_postgres(|url| async move {
             let store = Store::lazy(&url).unwrap();
             store.migrate().await.unwrap();
+            assert_eq!(store.lease_left_ms().await.unwrap(), None, "never held");
             // Nobody held it: taken even by a node that may not take.
             let a = store
                 .try_lead("a", "a1", 400, false)
@@ -763,6 +764,8 @@ pub(crate) mod tests {
                 }
             );
             assert_eq!(store.try_lead("b", "b1", 400, true).await.unwrap(), None);
+            let left = store.lease_left_ms().await.unwrap().unwrap();
+            assert!((0..=400).contains(&left), "{left}");
             assert_eq!(
                 store.try_lead("a", "a1", 400, false).await.unwrap(),
                 Some(a.clone())
@@ -774,6 +777,8 @@ pub(crate) mod tests {
             // Run out, but b may not take it yet; a, back from an outage,
             // renews its lapsed lease under the same term.
             tokio::time::sleep(Duration::from_millis(500)).await;
+            let left = store.lease_left_ms().await.unwrap().unwrap();
+            assert!(left < 0, "ran out {} ms ago", -left);
             assert_eq!(store.try_lead("b", "b1", 400, false).await.unwrap(), None);
             assert_eq!(
                 store.try_lead("a", "a1", 400, false).await.unwrap(),
