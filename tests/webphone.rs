@@ -265,6 +265,109 @@ fn the_browser_answers_a_112_call_and_both_tones_cross() {
     );
 }
 
+/// Nothing on the desk takes a call away (issue 23): during a browser
+/// call every link on the page opens in a new tab, leaving the desk's tab
+/// where it is and its call up; turning the phone off, logging out and
+/// leaving the tab ask first; and "Selesai" right after an edit saves it
+/// instead of dropping it.
+#[test]
+fn nothing_on_the_desk_takes_a_call_away_nor_drops_an_edit() {
+    let server = Server::start(setup());
+    let (b, _mic) = siti_ready_in_browser(&server, "desk_keeps_the_call");
+    let media = CallerMedia::start(CALLER_HZ);
+    let call_id = format!("desk-{}", free_udp_port());
+    let caller = sipp_caller(&server, &media, &call_id, 40000);
+    answer_in_browser(&b);
+    server.wait_agent("ct-01", "on the call", |a| a["state"] == "on_call");
+    b.wait_for(
+        "the incident on the card",
+        "return document.querySelector('#incident-link').textContent",
+        WAIT,
+    );
+    let desk = b.url();
+    let talking = || {
+        b.js(
+            "return document.querySelector('#phone-card').dataset.call",
+            vec![],
+        ) == "talking"
+    };
+    let hrefs = b.js(
+        "return [...document.querySelectorAll('a[href]')].map((a) => a.getAttribute('href'))",
+        vec![],
+    );
+    let hrefs: Vec<String> = serde_json::from_value(hrefs).unwrap();
+    assert!(
+        hrefs.iter().any(|h| h == "/incidents")
+            && hrefs.iter().any(|h| h.starts_with("/incidents/")),
+        "the nav's and the incident's links: {hrefs:?}"
+    );
+    for (i, href) in hrefs.iter().enumerate() {
+        b.click_nth("a[href]", i);
+        assert_eq!(b.url(), desk, "after {href}");
+        assert!(talking(), "the call is up after {href}");
+    }
+    assert_eq!(
+        b.windows(),
+        1 + hrefs.len(),
+        "each link in a tab of its own"
+    );
+    b.click("#logout");
+    assert!(b.text("#logout").contains("Panggilan akan terputus"));
+    b.click("#phone-off");
+    assert_eq!(
+        b.js(
+            "return document.querySelector('#phone-off-confirm').hidden",
+            vec![]
+        ),
+        false
+    );
+    b.screenshot("desk-phone-off-asks");
+    b.click("#phone-off-no");
+    assert_eq!(b.url(), desk);
+    assert!(talking(), "still up after the logout and phone-off asked");
+    assert_eq!(server.agent("ct-01")["state"], "on_call");
+    assert!(server.calls_with(&call_id)[0]["ended_at"].is_null());
+
+    // An edit, then "Selesai" at once: saved before the card closes.
+    let incident = b.text("#incident-link");
+    b.select("#f-category", "fire");
+    b.type_into("#f-notes", "asap dari lantai dua");
+    b.click("#close-card");
+    b.wait_for(
+        "the card closed",
+        "return document.querySelector('#call-card').hidden",
+        WAIT,
+    );
+    let id = server.calls_with(&call_id)[0]["incident_id"]
+        .as_str()
+        .expect("the call's incident")
+        .to_string();
+    assert!(id.starts_with(&incident), "{id} {incident}");
+    let (_, inc) = server.get(&format!("/api/incidents/{id}"));
+    assert_eq!(inc["category"], "fire", "{inc}");
+    assert_eq!(inc["notes"], "asap dari lantai dua", "{inc}");
+
+    // Closing or reloading the tab during the call asks first (WebDriver's
+    // own navigation skips the question, so the event is fired here).
+    let leaving_asks = || {
+        b.js(
+            "const e = new Event('beforeunload', { cancelable: true }); \
+             window.dispatchEvent(e); return e.defaultPrevented",
+            vec![],
+        ) == true
+    };
+    assert!(leaving_asks(), "during the call");
+    b.click("#phone-hangup");
+    b.wait_for(
+        "the phone idle",
+        "return document.querySelector('#phone-card').dataset.call === ''",
+        WAIT,
+    );
+    assert!(!leaving_asks(), "once the call is over");
+    let _ = caller.join();
+    drop(media.finish());
+}
+
 /// A reloaded tab: while the call rings there, the agent is set not
 /// ready at once (never left ringing) and the caller waits on; once the
 /// phone is on again the call rings and is answered. A reload in the

@@ -228,13 +228,16 @@ fn agent_card(user: &User) -> String {
          <button id=\"btn-ready\" type=\"button\">Siap</button> \
          <button id=\"btn-notready\" type=\"button\">Istirahat</button>\
          <div id=\"phone-card\" data-on=\"off\">Telepon browser: <span id=\"phone-state\" role=\"status\">mati</span> \
-         <button id=\"phone-on\" type=\"button\">Nyalakan</button>\
-         <button id=\"phone-off\" type=\"button\" hidden>Matikan</button> \
+         <button id=\"phone-on\" type=\"button\">Nyalakan</button> \
          <span id=\"phone-ringing\" hidden>Panggilan masuk dari <strong id=\"phone-caller\"></strong> \
          <button id=\"phone-answer\" type=\"button\">Jawab</button> \
          <button id=\"phone-decline\" type=\"button\">Tolak</button></span>\
          <span id=\"phone-call\" hidden><button id=\"phone-hold\" type=\"button\">Tahan</button> \
          <button id=\"phone-hangup\" type=\"button\">Tutup telepon</button></span>\
+         <span class=\"phone-off-box\"><button id=\"phone-off\" type=\"button\" hidden>Matikan telepon</button>\
+         <span id=\"phone-off-confirm\" class=\"error\" role=\"alert\" hidden>Panggilan sedang berlangsung dan akan terputus. \
+         <button id=\"phone-off-yes\" type=\"button\">Ya, matikan</button> \
+         <button id=\"phone-off-no\" type=\"button\">Batal</button></span></span>\
          <p id=\"phone-error\" class=\"error\" role=\"alert\"></p>\
          <audio id=\"phone-audio\" autoplay></audio></div></section>\
          <script src=\"/assets/phone.js\" defer></script>",

@@ -152,6 +152,31 @@ impl Browser {
         );
     }
 
+    /// Clicks the `n`-th element (from 0) that `css` matches.
+    pub fn click_nth(&self, css: &str, n: usize) {
+        let all = self.call(
+            "POST",
+            &self.s("/elements"),
+            Some(json!({ "using": "css selector", "value": css })),
+        );
+        let id = all[n][ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {n} of {css}: {all}"))
+            .to_string();
+        self.call(
+            "POST",
+            &self.s(&format!("/element/{id}/click")),
+            Some(json!({})),
+        );
+    }
+
+    /// How many windows (tabs) the session has open.
+    pub fn windows(&self) -> usize {
+        self.call("GET", &self.s("/window/handles"), None)
+            .as_array()
+            .map_or(0, |a| a.len())
+    }
+
     pub fn type_into(&self, css: &str, text: &str) {
         let id = self.element(css);
         self.call(

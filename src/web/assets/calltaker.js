@@ -1,5 +1,8 @@
 // The call-taker's screen: the incident opens by itself when a call is
 // bridged to this user's agent (live socket), with a running call timer.
+// Every edit saves itself a second after the last keystroke or choice, and
+// before the card closes or the incident changes; an edit that could not
+// be saved stays on screen, with the reason, and the card stays open.
 "use strict";
 (() => {
   const $ = (id) => document.getElementById(id);
@@ -9,16 +12,70 @@
 
   const setField = (id, v) => { $(id).value = v == null ? "" : String(v); };
 
+  const fields = ["f-category", "f-priority", "f-address", "f-notes", "f-agency"];
+  let dirty = false; // edits on screen not yet saved
+  let saving = null; // the save in flight
+  let saveTimer = null;
+
+  function edited() {
+    dirty = true;
+    $("saved-msg").textContent = "Belum tersimpan…";
+    clearTimeout(saveTimer);
+    saveTimer = setTimeout(save, 1000);
+  }
+  for (const id of fields) {
+    $(id).addEventListener("input", edited);
+    $(id).addEventListener("change", edited);
+  }
+
+  // Saves what is on screen to the incident shown; true once saved (or
+  // nothing to save).
+  async function save() {
+    clearTimeout(saveTimer);
+    while (saving) await saving.catch(() => {});
+    if (!dirty) return true;
+    if (!current || !current.incident_id) {
+      $("saved-msg").textContent = "Insiden belum dimuat: perubahan disimpan begitu dimuat";
+      return false;
+    }
+    const p = $("f-priority").value;
+    const body = {
+      category: $("f-category").value,
+      priority: p ? Number(p) : undefined,
+      address: $("f-address").value,
+      notes: $("f-notes").value,
+      agency: $("f-agency").value,
+    };
+    dirty = false;
+    saving = siaga.api("PATCH", "/api/incidents/" + encodeURIComponent(current.incident_id), body);
+    try {
+      await saving;
+      if (!dirty) $("saved-msg").textContent = "Tersimpan " + siaga.time(Date.now());
+      return true;
+    } catch (err) {
+      dirty = true;
+      $("saved-msg").textContent = "Gagal menyimpan: " + err.message + " — perubahan masih di layar";
+      return false;
+    } finally {
+      saving = null;
+    }
+  }
+
   async function loadIncident(id) {
     const d = await siaga.api("GET", "/api/incidents/" + encodeURIComponent(id));
     current.incident_id = d.id;
     $("incident-link").textContent = d.id.slice(0, 8);
     $("incident-link").href = "/incidents/" + d.id;
-    setField("f-category", d.category);
-    setField("f-priority", d.priority);
-    setField("f-address", d.address);
-    setField("f-notes", d.notes);
-    setField("f-agency", d.agency);
+    // What was typed while the incident loaded is kept, and saved to it.
+    if (dirty) {
+      save();
+    } else {
+      setField("f-category", d.category);
+      setField("f-priority", d.priority);
+      setField("f-address", d.address);
+      setField("f-notes", d.notes);
+      setField("f-agency", d.agency);
+    }
     $("repeat").textContent = d.recent_incidents > 0
       ? `${d.recent_incidents} insiden dari nomor ini dalam 24 jam` : "";
     $("history").innerHTML = d.history.length
@@ -31,6 +88,10 @@
 
   async function openCall(b) {
     if (current && current.call_id === b.call_id) return;
+    // The previous call's edits go to its incident before the card is
+    // the new call's.
+    if (current && dirty) await save();
+    dirty = false;
     current = { call_id: b.call_id, incident_id: b.incident_id, bridged_at: b.bridged_at, ended_at: null };
     $("idle").hidden = true;
     $("call-card").hidden = false;
@@ -104,7 +165,7 @@
     } else if (ev.type === "incident" && current && ev.incident.id === current.incident_id) {
       // Changed elsewhere (a transfer assigns the agency): show it, unless
       // the call-taker is choosing one right now.
-      if (document.activeElement !== $("f-agency")) setField("f-agency", ev.incident.agency);
+      if (document.activeElement !== $("f-agency") && !dirty) setField("f-agency", ev.incident.agency);
     }
   });
 
@@ -145,28 +206,18 @@
   $("t-conference").addEventListener("click", () => transferAction("/conference"));
   $("t-cancel").addEventListener("click", () => transferAction("/cancel"));
 
-  $("incident-form").addEventListener("submit", async (e) => {
+  $("incident-form").addEventListener("submit", (e) => {
     e.preventDefault();
     if (!current) return;
-    const p = $("f-priority").value;
-    try {
-      await siaga.api("PATCH", "/api/incidents/" + encodeURIComponent(current.incident_id), {
-        category: $("f-category").value,
-        priority: p ? Number(p) : undefined,
-        address: $("f-address").value,
-        notes: $("f-notes").value,
-        agency: $("f-agency").value,
-      });
-      $("saved-msg").textContent = "Tersimpan " + siaga.time(Date.now());
-    } catch (err) {
-      $("saved-msg").textContent = "Gagal menyimpan: " + err.message;
-    }
+    dirty = true;
+    save();
   });
 
   $("link-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     const target = $("f-link").value;
     if (!current || !target) return;
+    if (!(await save())) return;
     try {
       await siaga.api("POST", "/api/calls/" + encodeURIComponent(current.call_id) + "/incident", { incident_id: target });
       await loadIncident(target);
@@ -176,7 +227,11 @@
     }
   });
 
-  $("close-card").addEventListener("click", () => {
+  $("close-card").addEventListener("click", async () => {
+    if (dirty || saving) {
+      $("saved-msg").textContent = "Menyimpan…";
+      if (!(await save())) return;
+    }
     current = null;
     $("call-card").hidden = true;
     $("idle").hidden = false;

@@ -94,7 +94,15 @@ const siaga = {
 
 document.addEventListener("DOMContentLoaded", () => {
   const out = document.getElementById("logout");
+  // During a call (the browser phone's), a second click within 5 s logs
+  // out: the first says what it would cut.
+  let armed = null;
   if (out) out.addEventListener("click", async () => {
+    if (siaga.busy && siaga.busy() && !armed) {
+      out.textContent = "Keluar? Panggilan akan terputus — klik lagi";
+      armed = setTimeout(() => { armed = null; out.textContent = "Keluar"; }, 5000);
+      return;
+    }
     await siaga.api("POST", "/api/logout", {}).catch(() => {});
     location.href = "/login";
   });

@@ -2,6 +2,9 @@
 // server offers each call over the live socket; we answer with the
 // microphone. Closing or reloading the tab turns the phone off (the server
 // sets the agent not ready); after a reload it has to be turned on again.
+// So nothing inside the panel takes this tab away: every link on a page
+// with the phone opens in a new tab, leaving the tab while a call is up
+// asks first, and so do turning the phone off and logging out.
 "use strict";
 (() => {
   const $ = (id) => document.getElementById(id);
@@ -67,6 +70,7 @@
     $("phone-audio").srcObject = null;
     show("phone-ringing", false);
     show("phone-call", false);
+    show("phone-off-confirm", false);
     $("phone-card").dataset.call = "";
     if (text !== undefined) status(text);
   }
@@ -92,13 +96,38 @@
     if (!siaga.send({ type: "phone_on" })) status("menunggu sambungan ke server…");
   });
 
-  $("phone-off").addEventListener("click", () => {
+  function phoneOff() {
+    show("phone-off-confirm", false);
     wanted = false;
     siaga.send({ type: "phone_off" });
     idle();
     releaseMic();
     showOn(false);
+  }
+  // During a call, turning the phone off cuts it: asked first.
+  $("phone-off").addEventListener("click", () => {
+    if (call) show("phone-off-confirm", true);
+    else phoneOff();
   });
+  $("phone-off-yes").addEventListener("click", phoneOff);
+  $("phone-off-no").addEventListener("click", () => show("phone-off-confirm", false));
+
+  // A link never takes this tab (and its phone) away: it opens a new tab.
+  document.addEventListener("click", (e) => {
+    const a = e.target.closest && e.target.closest("a[href]");
+    const href = a && a.getAttribute("href");
+    if (!href || href.startsWith("#") || href.startsWith("javascript:")) return;
+    e.preventDefault();
+    window.open(a.href, "_blank", "noopener");
+  }, true);
+  // The browser asks before the tab is closed or reloaded during a call.
+  window.addEventListener("beforeunload", (e) => {
+    if (!call) return;
+    e.preventDefault();
+    e.returnValue = "";
+  });
+  // Whether leaving (logging out) would cut a call.
+  siaga.busy = () => !!call;
 
   // The socket came back after a drop: the server turned the phone off
   // with the old socket, so ask again.
