@@ -542,10 +542,13 @@ fn a_browser_call_taker_hands_the_caller_to_a_browser_dispatcher() {
     assert!(tone_windows(&heard, DISPATCHER_HZ) >= 20);
 }
 
-/// Ring timeout and hang-up, in the browser: a call the browser lets ring
-/// past the queue's `ring_timeout` sets the agent not ready (no_answer)
-/// and the tab says so; once ready again the call rings anew, is answered,
-/// and *Tutup telepon* ends it (the caller gets our BYE).
+/// Ringing, ring timeout and hang-up, in the browser: a ringing call puts
+/// a banner across the page (service, number, time waited), plays a
+/// ringtone through the page's running audio context and flashes the
+/// tab's title; a call the browser lets ring past the queue's
+/// `ring_timeout` sets the agent not ready (no_answer) and the tab says
+/// why in plain words; once ready again the call rings anew, Space
+/// answers it, and *Tutup telepon* ends it (the caller gets our BYE).
 #[test]
 fn the_browser_lets_a_call_ring_out_then_answers_and_hangs_up() {
     let queues = std::fs::read_to_string(common::repo().join("sip-config/queues.toml"))
@@ -556,10 +559,38 @@ fn the_browser_lets_a_call_ring_out_then_answers_and_hangs_up() {
         ..setup()
     });
     let (b, _mic) = siti_ready_in_browser(&server, "webphone_ring_out");
+    b.resize(1366, 768);
     let media = CallerMedia::start(CALLER_HZ);
     let call_id = format!("webphone-ringout-{}", free_udp_port());
     let caller = sipp_caller(&server, &media, &call_id, 30000);
     wait_ringing(&b);
+    let ring = b.js(
+        "const r = window.siagaRingtone, banner = document.querySelector('#ring-banner'); \
+         return { banner: !banner.hidden, text: banner.textContent, playing: r.playing, \
+                  bursts: r.bursts, audio: r.context() && r.context().state, \
+                  top: banner.getBoundingClientRect().top, width: banner.getBoundingClientRect().width };",
+        vec![],
+    );
+    b.screenshot("ringing-banner-1366x768");
+    assert_eq!(ring["banner"], true, "{ring}");
+    let text = ring["text"].as_str().unwrap();
+    assert!(
+        text.contains("112") && text.contains("081234567") && text.contains("menunggu"),
+        "{text}"
+    );
+    assert_eq!(ring["playing"], true, "{ring}");
+    assert!(ring["bursts"].as_u64() >= Some(1), "{ring}");
+    assert_eq!(ring["audio"], "running", "the ringtone is heard: {ring}");
+    assert_eq!(ring["top"], 0, "at the top: {ring}");
+    assert!(
+        ring["width"].as_f64() >= Some(1300.0),
+        "across the page: {ring}"
+    );
+    b.wait_for(
+        "the tab's title flashes",
+        "return document.title.includes('PANGGILAN MASUK')",
+        WAIT,
+    );
     server.wait_agent("ct-01", "not ready after ringing out", |a| {
         a["state"] == "not_ready" && a["reason"] == "no_answer"
     });
@@ -570,8 +601,38 @@ fn the_browser_lets_a_call_ring_out_then_answers_and_hangs_up() {
         "return document.querySelector('#phone-card').dataset.call === '' \
          && document.querySelector('#phone-state').textContent.includes('tidak dijawab')",
     );
+    wait_phone(
+        &server,
+        &b,
+        "the tab says plainly why the agent is on a break",
+        "return !document.querySelector('#agent-note').hidden \
+         && document.querySelector('#agent-note').textContent.includes('tidak menjawab') \
+         && document.querySelector('#agent-state').textContent === 'Istirahat (tidak menjawab)'",
+    );
+    assert_eq!(
+        b.js(
+            "return [document.querySelector('#ring-banner').hidden, window.siagaRingtone.playing, \
+                     document.title.includes('PANGGILAN MASUK')]",
+            vec![]
+        ),
+        serde_json::json!([true, false, false]),
+        "the ringing stops with the ring"
+    );
     b.click("#btn-ready");
-    answer_in_browser(&b);
+    wait_ringing(&b);
+    b.press(" ");
+    b.wait_for(
+        "Space answered",
+        "return document.querySelector('#phone-card').dataset.call === 'talking'",
+        WAIT,
+    );
+    assert_eq!(
+        b.js(
+            "return document.querySelector('#agent-note').hidden",
+            vec![]
+        ),
+        true
+    );
     server.wait_agent("ct-01", "on the call", |a| a["state"] == "on_call");
     std::thread::sleep(Duration::from_secs(1));
     b.click("#phone-hangup");

@@ -871,12 +871,21 @@ impl Driver {
         let leg = match (target, binding) {
             (Target::Agent(agent), _) if browser => {
                 let socket = s.ports.allocate().map_err(|_| "no RTP port")?;
+                let who = self.call.caller();
+                let location = who.location.clone().or_else(|| {
+                    who.latitude
+                        .zip(who.longitude)
+                        .map(|(lat, lon)| format!("{lat:.5}, {lon:.5}"))
+                });
                 let ring = crate::webphone::Ring {
                     offer,
                     call_side: std::net::SocketAddr::new(ip, rtp.port),
                     socket,
                     caller_number: caller,
                     incident_id: incident.to_string(),
+                    service: who.service.clone(),
+                    location,
+                    waited_ms: who.arrived.elapsed().as_millis() as u64,
                 };
                 Leg::Browser(s.phones.ring(agent.as_str(), ring)?)
             }

@@ -44,6 +44,16 @@ impl Role {
         }
     }
 
+    /// What the panel calls the role, in Indonesian.
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::CallTaker => "penerima panggilan",
+            Role::Dispatcher => "dispatcher",
+            Role::Supervisor => "supervisor",
+            Role::Admin => "admin",
+        }
+    }
+
     /// `call_taker` or `call-taker`, and so on.
     pub fn parse(s: &str) -> Option<Role> {
         let s = s.replace('-', "_");

@@ -54,7 +54,7 @@ fn nav(user: &User) -> String {
         "<nav><strong>siaga</strong> {} <span class=\"who\">{} ({})</span> <button id=\"logout\" type=\"button\">Keluar</button></nav>",
         links.join(" "),
         esc(&user.display_name),
-        user.role.as_str()
+        user.role.label()
     )
 }
 
@@ -227,6 +227,7 @@ fn agent_card(user: &User) -> String {
          <span id=\"agent-id\" data-agent=\"{0}\">Agen {0}</span> — status: <strong id=\"agent-state\">?</strong> \
          <button id=\"btn-ready\" type=\"button\">Siap</button> \
          <button id=\"btn-notready\" type=\"button\">Istirahat</button>\
+         <p id=\"agent-note\" class=\"error\" role=\"alert\" hidden></p>\
          <div id=\"phone-card\" data-on=\"off\">Telepon browser: <span id=\"phone-state\" role=\"status\">mati</span> \
          <button id=\"phone-on\" type=\"button\">Nyalakan</button> \
          <span id=\"phone-ringing\" hidden>Panggilan masuk dari <strong id=\"phone-caller\"></strong> \

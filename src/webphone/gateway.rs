@@ -358,6 +358,9 @@ async fn run(
         "sdp": built.offer,
         "caller_number": ring.caller_number,
         "incident_id": ring.incident_id,
+        "service": ring.service,
+        "location": ring.location,
+        "waited_ms": ring.waited_ms,
         // The browser needs the same STUN/TURN servers to reach us.
         "ice_servers": settings.ice_servers,
     }));

@@ -97,6 +97,12 @@ pub struct Ring {
     pub socket: RtpSocket,
     pub caller_number: String,
     pub incident_id: String,
+    /// What the tab's ringing banner says: the number dialled's service
+    /// (112, 119), where the caller is as far as known, and how long they
+    /// have waited (the tab counts on from there on its own clock).
+    pub service: String,
+    pub location: Option<String>,
+    pub waited_ms: u64,
 }
 
 /// Where a socket bound to `ip` is reached from this host: itself, or

@@ -170,6 +170,32 @@ impl Browser {
         );
     }
 
+    /// Presses and releases `key` (a character, or a WebDriver key code)
+    /// on whatever has the keyboard, as a user would.
+    pub fn press(&self, key: &str) {
+        self.call(
+            "POST",
+            &self.s("/actions"),
+            Some(json!({ "actions": [{
+                "type": "key",
+                "id": "keyboard",
+                "actions": [
+                    { "type": "keyDown", "value": key },
+                    { "type": "keyUp", "value": key },
+                ],
+            }]})),
+        );
+    }
+
+    /// Sets the window's outer size, as a screen of that size would.
+    pub fn resize(&self, width: u32, height: u32) {
+        self.call(
+            "POST",
+            &self.s("/window/rect"),
+            Some(json!({ "width": width, "height": height })),
+        );
+    }
+
     /// How many windows (tabs) the session has open.
     pub fn windows(&self) -> usize {
         self.call("GET", &self.s("/window/handles"), None)

@@ -535,6 +535,10 @@ impl Call {
         self.caller.number.as_deref()
     }
 
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
     /// A name for a leg that joins from outside (a phone's consultation).
     pub fn reserve_leg(&mut self) -> LegId {
         self.new_leg()

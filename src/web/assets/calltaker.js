@@ -227,6 +227,16 @@
     }
   });
 
+  // A new call rings: the last call's card goes (its edits saved first).
+  document.addEventListener("siaga-ringing", async () => {
+    if (!current) return;
+    if (dirty || saving) await save();
+    if (dirty) return; // not saved: kept on screen, with the reason
+    current = null;
+    $("call-card").hidden = true;
+    $("idle").hidden = false;
+  });
+
   $("close-card").addEventListener("click", async () => {
     if (dirty || saving) {
       $("saved-msg").textContent = "Menyimpan…";

@@ -84,6 +84,11 @@ const siaga = {
     return new Date(ms).toLocaleTimeString("id-ID", { hour: "2-digit", minute: "2-digit", second: "2-digit" });
   },
 
+  // Why an agent is not ready, in words (the codes the server uses).
+  reasonName(r) {
+    return ({ no_answer: "tidak menjawab", "break": "istirahat", istirahat: "istirahat" })[r] || r;
+  },
+
   stateName(a) {
     return ({
       logged_out: "Keluar", ready: "Siap", ringing: "Berdering", on_call: "Bicara",

@@ -11,12 +11,24 @@
   if (!$("phone-card")) return;
   const me = $("agent-id").dataset.agent;
 
-  // The agent's state, and ready / not ready, whatever their phone.
+  // The agent's state, and ready / not ready, whatever their phone. A
+  // ring left unanswered puts the agent on a break: said plainly, until
+  // they change their state.
   function showAgent(agents) {
     const a = (agents || []).find((x) => x.id === me);
     if (!a) return;
-    $("agent-state").textContent = siaga.stateName(a) + (a.reason ? ` (${a.reason})` : "");
+    $("agent-state").textContent = siaga.stateName(a) + (a.reason ? ` (${siaga.reasonName(a.reason)})` : "");
     $("agent-card").dataset.state = a.state;
+    const missed = a.state === "not_ready" && a.reason === "no_answer";
+    $("agent-note").hidden = !missed;
+    $("agent-note").textContent = missed
+      ? "Panggilan berdering tanpa dijawab, jadi status Anda kini Istirahat (tidak menjawab) dan penelepon dialihkan ke petugas lain. Tekan «Siap» untuk menerima panggilan lagi."
+      : "";
+  }
+  // Callers waiting in all queues, from the last live figures.
+  let waitingNow = 0;
+  function countWaiting(queues) {
+    waitingNow = (queues || []).reduce((n, q) => n + (q.waiting ? q.waiting.length : 0), 0);
   }
   const setState = async (state) => {
     try {
@@ -64,7 +76,98 @@
     mic = null;
   }
 
+  // Ringing you cannot miss: a banner across the page (service, number,
+  // location, time waited, callers waiting), a ringtone, the tab's title
+  // flashing; Space or Enter answers.
+  const banner = document.createElement("div");
+  banner.id = "ring-banner";
+  banner.hidden = true;
+  banner.setAttribute("role", "alert");
+  banner.innerHTML = `<span class="ring-service" id="ring-service"></span>
+    <strong id="ring-number"></strong> <span id="ring-location"></span>
+    <span>menunggu <span id="ring-waited" class="timer">0:00</span></span>
+    <span id="ring-queue"></span>
+    <button id="ring-answer" type="button">Jawab (Spasi / Enter)</button>`;
+  document.body.prepend(banner);
+  $("ring-answer").addEventListener("click", () => answer());
+
+  // Sound needs an AudioContext made after a click of the agent's: the
+  // one that turns the phone on.
+  let audio = null;
+  function audioContext() {
+    const Ctx = window.AudioContext || window.webkitAudioContext;
+    if (!audio && Ctx) audio = new Ctx();
+    if (audio && audio.state === "suspended") audio.resume();
+    return audio;
+  }
+  const ringtone = (window.siagaRingtone = { playing: false, bursts: 0, context: () => audio });
+  // One burst: two tones, twice, under a second.
+  function ringBurst() {
+    const ctx = audioContext();
+    if (!ctx) return;
+    const gain = ctx.createGain();
+    gain.gain.value = 0.25;
+    gain.connect(ctx.destination);
+    const t = ctx.currentTime;
+    [[880, 0], [660, 0.2], [880, 0.4], [660, 0.6]].forEach(([hz, at]) => {
+      const o = ctx.createOscillator();
+      o.frequency.value = hz;
+      o.connect(gain);
+      o.start(t + at);
+      o.stop(t + at + 0.18);
+    });
+    ringtone.bursts++;
+  }
+  let ringing = null; // { timers, title }
+  function startRinging(ev) {
+    stopRinging();
+    $("ring-service").textContent = ev.service || "?";
+    $("ring-number").textContent = ev.caller_number || "nomor tidak diketahui";
+    $("ring-location").textContent = ev.location ? "Lokasi: " + ev.location : "Lokasi tidak diketahui";
+    $("ring-queue").textContent = `${waitingNow} penelepon dalam antrean`;
+    const since = Date.now() - (ev.waited_ms || 0);
+    const tick = () => {
+      $("ring-waited").textContent = siaga.duration(Date.now() - since);
+      $("ring-queue").textContent = `${waitingNow} penelepon dalam antrean`;
+    };
+    tick();
+    banner.hidden = false;
+    const title = document.title;
+    const flash = `☎ ${ev.service || ""} ${ev.caller_number || ""} — PANGGILAN MASUK`;
+    ringing = {
+      title,
+      timers: [
+        setInterval(tick, 250),
+        setInterval(ringBurst, 2000),
+        setInterval(() => { document.title = document.title === flash ? title : flash; }, 700),
+      ],
+    };
+    document.title = flash;
+    ringBurst();
+    ringtone.playing = true;
+    // Whatever had the keyboard (the last call's notes) lets go of it.
+    if (document.activeElement && document.activeElement !== document.body) document.activeElement.blur();
+    document.dispatchEvent(new CustomEvent("siaga-ringing", { detail: ev }));
+  }
+  function stopRinging() {
+    if (!ringing) return;
+    ringing.timers.forEach(clearInterval);
+    document.title = ringing.title;
+    ringing = null;
+    banner.hidden = true;
+    ringtone.playing = false;
+  }
+  document.addEventListener("keydown", (e) => {
+    if (!ringing || (e.key !== " " && e.key !== "Enter")) return;
+    const t = e.target;
+    const typing = t && (t.tagName === "TEXTAREA" || (t.tagName === "INPUT" && !["button", "submit", "checkbox", "radio"].includes(t.type)));
+    if (typing) return;
+    e.preventDefault();
+    answer();
+  }, true);
+
   function idle(text) {
+    stopRinging();
     if (call && call.pc) call.pc.close();
     call = null;
     $("phone-audio").srcObject = null;
@@ -92,6 +195,7 @@
       return;
     }
     $("phone-card").dataset.mic = "ok";
+    audioContext();
     wanted = true;
     if (!siaga.send({ type: "phone_on" })) status("menunggu sambungan ke server…");
   });
@@ -147,6 +251,7 @@
     $("phone-card").dataset.call = "ringing";
     show("phone-ringing", true);
     status("panggilan masuk");
+    startRinging(ev);
   }
 
   // Waits until our candidates are in the description (no trickle).
@@ -162,6 +267,7 @@
   async function answer() {
     const c = call;
     if (!c || c.pc) return;
+    stopRinging();
     show("phone-ringing", false);
     let stream;
     try {
@@ -242,6 +348,7 @@
     }
     if (ev.type === "snapshot" || ev.type === "queues") {
       showAgent(ev.agents);
+      countWaiting(ev.queues);
     } else if (ev.type === "phone") {
       if (!ev.on && ev.reason && ev.reason !== "off") {
         wanted = false;
