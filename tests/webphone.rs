@@ -368,6 +368,66 @@ fn nothing_on_the_desk_takes_a_call_away_nor_drops_an_edit() {
     drop(media.finish());
 }
 
+/// A prank in one key (issue 23): during the call, "3" (Iseng, shown on
+/// its button) saves the category, closes the incident, hangs up and
+/// clears the card; the closing is on the incident's audit trail.
+#[test]
+fn a_prank_is_disposed_of_in_one_key() {
+    let server = Server::start(setup());
+    let (b, _mic) = siti_ready_in_browser(&server, "desk_prank_key");
+    b.resize(1366, 768);
+    let media = CallerMedia::start(CALLER_HZ);
+    let call_id = format!("desk-prank-{}", free_udp_port());
+    let caller = sipp_caller(&server, &media, &call_id, 30000);
+    answer_in_browser(&b);
+    b.wait_for(
+        "the incident on the card",
+        "return document.querySelector('#incident-link').textContent",
+        WAIT,
+    );
+    assert!(
+        b.text("#dispositions").contains("3 Iseng"),
+        "the key is on the button: {}",
+        b.text("#dispositions")
+    );
+    assert_eq!(
+        b.js(
+            "return getComputedStyle(document.querySelector('#ring-banner')).display",
+            vec![]
+        ),
+        "none",
+        "the banner goes once answered"
+    );
+    b.screenshot("call-card-1366x768");
+    b.press("3");
+    b.wait_for(
+        "the card cleared",
+        "return document.querySelector('#call-card').hidden \
+         && document.querySelector('#phone-card').dataset.call === ''",
+        WAIT,
+    );
+    let done = server.wait_call_done(&call_id, WAIT);
+    assert_eq!(done["end_cause"], "agent_bye", "hung up by the key: {done}");
+    let id = done["incident_id"].as_str().unwrap();
+    let (_, inc) = server.get(&format!("/api/incidents/{id}"));
+    assert_eq!(inc["category"], "prank", "{inc}");
+    assert_eq!(inc["status"], "closed", "{inc}");
+    let by_siti = |field: &str, value: &str| {
+        inc["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["actor"] == "siti" && a["field"] == field && a["new_value"] == value)
+    };
+    assert!(
+        by_siti("category", "prank") && by_siti("status", "closed"),
+        "on the audit trail: {}",
+        inc["audit"]
+    );
+    let _ = caller.join();
+    drop(media.finish());
+}
+
 /// A reloaded tab: while the call rings there, the agent is set not
 /// ready at once (never left ringing) and the caller waits on; once the
 /// phone is on again the call rings and is answered. A reload in the
@@ -566,7 +626,7 @@ fn the_browser_lets_a_call_ring_out_then_answers_and_hangs_up() {
     wait_ringing(&b);
     let ring = b.js(
         "const r = window.siagaRingtone, banner = document.querySelector('#ring-banner'); \
-         return { banner: !banner.hidden, text: banner.textContent, playing: r.playing, \
+         return { banner: getComputedStyle(banner).display !== 'none', text: banner.textContent, playing: r.playing, \
                   bursts: r.bursts, audio: r.context() && r.context().state, \
                   top: banner.getBoundingClientRect().top, width: banner.getBoundingClientRect().width };",
         vec![],
@@ -611,7 +671,8 @@ fn the_browser_lets_a_call_ring_out_then_answers_and_hangs_up() {
     );
     assert_eq!(
         b.js(
-            "return [document.querySelector('#ring-banner').hidden, window.siagaRingtone.playing, \
+            "return [getComputedStyle(document.querySelector('#ring-banner')).display === 'none', \
+                     window.siagaRingtone.playing, \
                      document.title.includes('PANGGILAN MASUK')]",
             vec![]
         ),

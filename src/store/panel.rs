@@ -19,6 +19,9 @@ pub const CATEGORIES: &[(&str, &str)] = &[
     ("information", "Permintaan informasi"),
     ("prank", "Panggilan iseng (prank)"),
     ("ghost", "Panggilan kosong (ghost call)"),
+    ("silent", "Penelepon diam (tidak dapat bicara)"),
+    ("wrong_number", "Salah sambung"),
+    ("test", "Panggilan tes"),
     ("other", "Lainnya"),
 ];
 

@@ -180,6 +180,15 @@ pub async fn calltaker(State(s): State<AppState>, Extension(user): Extension<Use
          <span id=\"call-timer\" class=\"timer\">0:00</span> <span id=\"call-status\"></span></h2>\
          <p>Lokasi dari jaringan: <span id=\"call-location\">tidak diketahui</span></p>\
          <p>Insiden <a id=\"incident-link\" href=\"#\"></a> · <span id=\"repeat\"></span></p>\
+         <div id=\"dispositions\" role=\"group\" aria-label=\"Jenis panggilan\">Jenis panggilan: \
+         <button type=\"button\" data-disposition=\"emergency\"><kbd>1</kbd> Darurat</button> \
+         <button type=\"button\" data-disposition=\"information\"><kbd>2</kbd> Informasi</button> \
+         <button type=\"button\" data-disposition=\"prank\" data-closes><kbd>3</kbd> Iseng</button> \
+         <button type=\"button\" data-disposition=\"ghost\" data-closes><kbd>4</kbd> Kosong</button> \
+         <button type=\"button\" data-disposition=\"silent\"><kbd>5</kbd> Diam</button> \
+         <button type=\"button\" data-disposition=\"wrong_number\" data-closes><kbd>6</kbd> Salah sambung</button> \
+         <button type=\"button\" data-disposition=\"test\" data-closes><kbd>7</kbd> Tes</button> \
+         <span class=\"muted\">Iseng, Kosong, Salah sambung dan Tes menyimpan, menutup insiden dan menutup telepon.</span></div>\
          <form id=\"incident-form\">\
          <label>Kategori <select id=\"f-category\">{}</select></label>\
          <label>Prioritas <select id=\"f-priority\">{}</select></label>\

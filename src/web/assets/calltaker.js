@@ -28,9 +28,9 @@
     $(id).addEventListener("change", edited);
   }
 
-  // Saves what is on screen to the incident shown; true once saved (or
-  // nothing to save).
-  async function save() {
+  // Saves what is on screen to the incident shown, with `extra` fields
+  // (a status); true once saved (or nothing to save).
+  async function save(extra) {
     clearTimeout(saveTimer);
     while (saving) await saving.catch(() => {});
     if (!dirty) return true;
@@ -45,6 +45,7 @@
       address: $("f-address").value,
       notes: $("f-notes").value,
       agency: $("f-agency").value,
+      ...(extra || {}),
     };
     dirty = false;
     saving = siaga.api("PATCH", "/api/incidents/" + encodeURIComponent(current.incident_id), body);
@@ -237,15 +238,58 @@
     $("idle").hidden = false;
   });
 
+  function closeCard() {
+    current = null;
+    $("call-card").hidden = true;
+    $("idle").hidden = false;
+    document.title = "Penerima panggilan · siaga";
+  }
+
   $("close-card").addEventListener("click", async () => {
     if (dirty || saving) {
       $("saved-msg").textContent = "Menyimpan…";
       if (!(await save())) return;
     }
-    current = null;
-    $("call-card").hidden = true;
-    $("idle").hidden = false;
-    document.title = "Penerima panggilan · siaga";
+    closeCard();
   });
 
+  // What kind of call this is, one key each (shown on the buttons; the
+  // digit alone unless typing, Alt and the digit anywhere). Darurat goes
+  // to the category; Informasi and Diam are saved as the category; Iseng,
+  // Kosong, Salah sambung and Tes save, close the incident, hang up the
+  // browser phone's call and clear the card in one action.
+  const emergency = (c) => c && !["information", "prank", "ghost", "silent", "wrong_number", "test"].includes(c);
+  async function dispose(button) {
+    if (!current) return;
+    const kind = button.dataset.disposition;
+    if (kind === "emergency") {
+      if (!emergency($("f-category").value)) setField("f-category", "");
+      $("f-category").focus();
+      return;
+    }
+    setField("f-category", kind);
+    dirty = true;
+    if (!button.hasAttribute("data-closes")) {
+      save();
+      return;
+    }
+    $("saved-msg").textContent = "Menutup…";
+    if (!(await save({ status: "closed" }))) return;
+    if (siaga.hangup) siaga.hangup();
+    closeCard();
+  }
+  const dispositionButtons = [...document.querySelectorAll("#dispositions button")];
+  dispositionButtons.forEach((b) => b.addEventListener("click", () => dispose(b)));
+  document.addEventListener("keydown", (e) => {
+    if (!current || $("call-card").hidden || e.ctrlKey || e.metaKey) return;
+    const t = e.target;
+    const typing = t && (t.tagName === "TEXTAREA" || t.tagName === "SELECT"
+      || (t.tagName === "INPUT" && !["button", "submit", "checkbox", "radio"].includes(t.type)));
+    if (typing && !e.altKey) return;
+    const digit = e.code && e.code.startsWith("Digit") ? e.code.slice(5) : e.key;
+    const button = dispositionButtons.find((b) => b.querySelector("kbd").textContent === digit);
+    if (!button) return;
+    e.preventDefault();
+    dispose(button);
+  });
 })();

@@ -232,6 +232,14 @@
   });
   // Whether leaving (logging out) would cut a call.
   siaga.busy = () => !!call;
+  // Hangs up the call this tab's phone has up (a disposition that ends
+  // the call); false when it has none.
+  siaga.hangup = () => {
+    if (!call || !call.pc) return false;
+    siaga.send({ type: "hangup", leg: call.leg });
+    idle("menyala — menunggu panggilan");
+    return true;
+  };
 
   // The socket came back after a drop: the server turned the phone off
   // with the old socket, so ask again.
