@@ -114,7 +114,9 @@ fn check_recording(server: &Server, call: &serde_json::Value, greeting: &str, se
 #[test]
 fn calls_to_112_and_119_are_answered_recorded_and_open_incidents() {
     let server = Server::start(Setup::default());
-    let id112 = tone_call(&server, "112", 4000, false);
+    // Longer than `dispositions.ghost_hang_up_within` (5 s): a caller who
+    // talked, whose incident stays open for a person.
+    let id112 = tone_call(&server, "112", 6000, false);
     let c = server.wait_call_done(&id112, Duration::from_secs(10));
     assert_eq!(c["service"], "112");
     assert_eq!(c["queue"], "ntpd-112");
@@ -126,8 +128,8 @@ fn calls_to_112_and_119_are_answered_recorded_and_open_incidents() {
     assert_eq!(c["codec"], "PCMA");
     assert_eq!(c["trunk"], "test-trunk");
     assert!(c["answered_at"].as_i64().unwrap() >= c["arrived_at"].as_i64().unwrap());
-    assert!(c["wait_ms"].as_i64().unwrap() >= 3500);
-    check_recording(&server, &c, "greeting-112", 4.0);
+    assert!(c["wait_ms"].as_i64().unwrap() >= 5500);
+    check_recording(&server, &c, "greeting-112", 6.0);
 
     let inc_id = c["incident_id"].as_str().unwrap();
     let (status, inc) = server.get(&format!("/api/incidents/{inc_id}"));

@@ -626,3 +626,71 @@ fn http_with_origin(
         (method != "GET").then_some("{}"),
     )
 }
+
+/// A caller who hangs up at once, before any agent answered, is a ghost
+/// call (issue 23): the incident is closed as `ghost` by siaga, on the
+/// audit trail as "system"; a caller who waited longer is left for a
+/// person (and the call-back list).
+#[test]
+fn a_caller_gone_at_once_is_a_ghost_call_and_closed() {
+    let server = Server::start(Setup::default());
+    let incident_of = |ms: u32| {
+        let before = server
+            .get("/api/calls?limit=100")
+            .1
+            .as_array()
+            .unwrap()
+            .len();
+        let caller = background_call(server.sip, "112", ms, Duration::from_secs(60));
+        assert_eq!(caller.join().unwrap(), Some(0), "{}", server.log());
+        let mut call = Value::Null;
+        let start = std::time::Instant::now();
+        while call["ended_at"].is_null() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+            let calls = server.get("/api/calls?limit=100").1;
+            let calls = calls.as_array().unwrap();
+            if calls.len() > before {
+                call = calls[0].clone();
+            }
+        }
+        let id = call["incident_id"].as_str().unwrap().to_string();
+        server.get(&format!("/api/incidents/{id}")).1
+    };
+    // One who waited 7 s, then one gone 1.5 s after the answer: the
+    // records are written in order, so once the second is closed the
+    // first would be too, were it taken for a ghost.
+    let waited = incident_of(7_000);
+    let mut inc = incident_of(1_500);
+    let start = std::time::Instant::now();
+    while inc["status"] != "closed" {
+        assert!(start.elapsed() < Duration::from_secs(30), "{inc}");
+        std::thread::sleep(Duration::from_millis(100));
+        inc = server
+            .get(&format!("/api/incidents/{}", inc["id"].as_str().unwrap()))
+            .1;
+    }
+    assert_eq!(inc["category"], "ghost", "{inc}");
+    let audit = inc["audit"].as_array().unwrap();
+    let by_siaga = |field: &str, value: &str| {
+        audit
+            .iter()
+            .any(|a| a["actor"] == "system" && a["field"] == field && a["new_value"] == value)
+    };
+    assert!(
+        by_siaga("category", "ghost") && by_siaga("status", "closed"),
+        "{inc}"
+    );
+    let waited = server
+        .get(&format!(
+            "/api/incidents/{}",
+            waited["id"].as_str().unwrap()
+        ))
+        .1;
+    assert_eq!(waited["status"], "new", "left for a person: {waited}");
+    assert!(waited["category"].is_null(), "{waited}");
+}

@@ -56,6 +56,9 @@ pub struct ServerFile {
     /// The panel's browser softphone (WebRTC); defaults work on a LAN.
     #[serde(default)]
     pub webphone: WebphoneSection,
+    /// What siaga decides about a call's kind by itself.
+    #[serde(default)]
+    pub dispositions: DispositionsSection,
     pub http: HttpSection,
     pub database: DatabaseSection,
     /// This node among the nodes sharing one PostgreSQL (leader/standby).
@@ -164,6 +167,30 @@ pub struct MediaSection {
     /// hung disk at 1,000 calls.
     #[serde(default = "default_recording_queue_mib")]
     pub recording_queue_mib: usize,
+}
+
+/// `[dispositions]`: the kinds of call siaga classifies by itself, which a
+/// call-taker can change (every change audited).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispositionsSection {
+    /// A caller who hangs up within this of arriving, before any agent
+    /// answered, is a ghost call: its incident is closed as `ghost` (if
+    /// no one has classified it yet). "0s": never.
+    #[serde(default = "default_ghost_within", with = "humantime_serde")]
+    pub ghost_hang_up_within: Duration,
+}
+
+impl Default for DispositionsSection {
+    fn default() -> Self {
+        DispositionsSection {
+            ghost_hang_up_within: default_ghost_within(),
+        }
+    }
+}
+
+fn default_ghost_within() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// `[webphone]`: how browsers reach our media (ICE over UDP, DTLS-SRTP).

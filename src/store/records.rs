@@ -382,6 +382,52 @@ pub(super) async fn update_incident(
     Ok(Some(after))
 }
 
+/// siaga's own classification of an incident (a ghost call): its
+/// category set and the incident closed, both audited as "system", only
+/// while it is new and no one has given it a category.
+pub(super) async fn classified(
+    conn: &mut AnyConnection,
+    id: &str,
+    category: &str,
+    at: i64,
+) -> Result<(), StoreError> {
+    let done = sqlx::query(
+        "UPDATE incidents SET category = $1, status = 'closed', updated_at = $2 \
+         WHERE id = $3 AND status = 'new' AND category IS NULL",
+    )
+    .bind(category)
+    .bind(at)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 1 {
+        let (cat, closed) = (Some(category.to_string()), Some("closed".to_string()));
+        audit(
+            conn,
+            id,
+            at,
+            "system",
+            "classify",
+            Some("category"),
+            None,
+            cat,
+        )
+        .await?;
+        audit(
+            conn,
+            id,
+            at,
+            "system",
+            "classify",
+            Some("status"),
+            Some("new".into()),
+            closed,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Notes that the database holds journal `journal` up to record `seq`.
 pub(super) async fn journal_applied(
     conn: &mut AnyConnection,

@@ -53,6 +53,13 @@ pub enum StoreCmd {
         wait_ms: Option<i64>,
         cause: String,
     },
+    /// siaga classified the incident by itself (a ghost call): its
+    /// category, and closed, if no one has classified it yet.
+    Classified {
+        incident: String,
+        category: String,
+        at: i64,
+    },
     /// The call's recording could not be made after all: no file, and why.
     RecordingFailed {
         id: CallId,
@@ -361,6 +368,9 @@ async fn run(
                 StoreCmd::AssignAgency { incident_id, .. } => {
                     on_change(Changed::Incident(incident_id.clone()))
                 }
+                StoreCmd::Classified { incident, .. } => {
+                    on_change(Changed::Incident(incident.clone()))
+                }
                 _ => {}
             }
         }
@@ -630,6 +640,11 @@ async fn apply_on(conn: &mut AnyConnection, cmd: &StoreCmd) -> Result<(), StoreE
             wait_ms,
             cause,
         } => records::call_ended(conn, id, *at, *wait_ms, cause).await,
+        StoreCmd::Classified {
+            incident,
+            category,
+            at,
+        } => records::classified(conn, incident, category, *at).await,
         StoreCmd::RecordingFailed { id, error } => records::recording_failed(conn, id, error).await,
         StoreCmd::RecordingClosed { id, outcome } => {
             records::recording_closed(conn, id, outcome).await

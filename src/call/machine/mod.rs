@@ -350,6 +350,8 @@ pub enum Event {
 pub struct Rules {
     pub agencies: Vec<AgencyConfig>,
     pub prompt_intervals: BTreeMap<String, Duration>,
+    /// A caller gone this soon, before any agent answered: a ghost call.
+    pub ghost_within: Duration,
 }
 
 impl Rules {
@@ -361,6 +363,7 @@ impl Rules {
                 .iter()
                 .map(|(name, q)| (name.clone(), q.prompt_interval))
                 .collect(),
+            ghost_within: config.server.dispositions.ghost_hang_up_within,
         }
     }
 
@@ -739,6 +742,24 @@ impl Call {
             wait_ms: Some(waited.as_millis() as i64),
             cause: cause.as_str().to_string(),
         });
+        // Gone at once, before anyone answered: a ghost call, unless a
+        // person has said otherwise (the store checks).
+        let caller_left = matches!(
+            cause,
+            EndCause::Caller(LegEnd::RemoteBye | LegEnd::Cancelled)
+        );
+        let ghost = self.rules.ghost_within;
+        if caller_left
+            && self.agent_answered.is_none()
+            && !ghost.is_zero()
+            && now.at.saturating_duration_since(self.caller.arrived) <= ghost
+        {
+            self.store(StoreCmd::Classified {
+                incident: self.incident.to_string(),
+                category: "ghost".into(),
+                at: now.wall_ms,
+            });
+        }
     }
 
     // The small words every handler uses.

@@ -48,6 +48,7 @@ fn rules() -> Rules {
             agency("satpolpp", None),
         ],
         prompt_intervals: [("ntpd-112".to_string(), 10 * SECOND)].into(),
+        ghost_within: 5 * SECOND,
     }
 }
 
@@ -213,6 +214,50 @@ fn ended_with(actions: &[Action]) -> Option<String> {
         },
         _ => None,
     })
+}
+
+/// Whether the actions classify the incident as a ghost call.
+fn ghost(actions: &[Action]) -> bool {
+    has(actions, |a| match a {
+        Action::Store(cmd) => matches!(
+            cmd.as_ref(),
+            StoreCmd::Classified { incident, category, .. } if incident == "inc-1" && category == "ghost"
+        ),
+        _ => false,
+    })
+}
+
+/// A caller gone within the configured time, before any agent answered,
+/// is a ghost call; one gone later, or after an agent answered, or ended
+/// by anyone else, is not.
+#[test]
+fn a_caller_gone_at_once_before_any_answer_is_a_ghost_call() {
+    let (mut t, _) = T::new();
+    t.after(2 * SECOND);
+    assert!(ghost(&t.caller_hangs_up()), "gone at 2 s");
+
+    let (mut t, _) = T::new();
+    t.after(5 * SECOND);
+    assert!(ghost(&t.caller_hangs_up()), "at 5 s, the bound");
+
+    let (mut t, _) = T::new();
+    t.after(6 * SECOND);
+    assert!(
+        !ghost(&t.caller_hangs_up()),
+        "waited, then gave up: abandoned"
+    );
+
+    let (mut t, _) = T::new();
+    t.talking("ct-01");
+    assert!(!ghost(&t.caller_hangs_up()), "an agent answered");
+
+    let (mut t, _) = T::new();
+    let (_, _) = t.offer("ct-01");
+    assert!(ghost(&t.caller_hangs_up()), "rung, not answered");
+
+    let (mut t, _) = T::new();
+    let out = t.on(Event::Caller(Called::Ended(LegEnd::NoAck)));
+    assert!(!ghost(&out), "no ACK came: not the caller's doing");
 }
 
 fn transfer_outcome(actions: &[Action]) -> Option<String> {
