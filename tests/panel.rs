@@ -189,8 +189,26 @@ fn call_taker_incident_pops_up_and_reaches_the_agency() {
         .as_str()
         .unwrap()
         .to_string();
+    assert_eq!(
+        b.js("return document.querySelector('#f-link').value", vec![]),
+        "",
+        "nothing chosen to merge into until the call-taker chooses"
+    );
     b.select("#f-link", &incident_id);
     b.click("#link");
+    b.wait_for(
+        "asked before merging",
+        "return !document.querySelector('#link-confirm').hidden",
+        WAIT,
+    );
+    assert!(
+        b.text("#link-question").contains("Kebakaran"),
+        "the incident named with its category's label: {}",
+        b.text("#link-question")
+    );
+    let (_, second_now) = server.get(&format!("/api/incidents/{second}"));
+    assert_ne!(second_now["status"], "merged", "not before the answer");
+    b.click("#link-yes");
     b.wait_for(
         "linked",
         &format!("return document.querySelector('#incident-link').getAttribute('href') === '/incidents/{incident_id}'"),
@@ -502,6 +520,23 @@ fn logins_and_roles_guard_every_route() {
         let (status, _, _) = server.request(cookie, method, path, *body);
         assert_eq!(status, 403, "{method} {path} as {cookie}");
     }
+    // Each refusal carries a code the panel translates, beside the
+    // English reason for API clients.
+    let (status, body) = server.json_as(&disp, "GET", "/api/abandoned", None);
+    assert_eq!(
+        (status, &body["code"]),
+        (403, &Value::from("forbidden")),
+        "{body}"
+    );
+    let (status, body) = server.json_as(
+        &ct,
+        "PATCH",
+        "/api/incidents/none",
+        Some(r#"{"category":"no-such-category"}"#),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "unknown_category", "{body}");
+    assert!(body["error"].as_str().unwrap().contains("no-such-category"));
     // ...and what they may do.
     assert_eq!(
         server.json_as(&ct, "GET", "/api/me", None).1["role"],

@@ -254,17 +254,26 @@ fn check_update(s: &AppState, user: &User, u: &IncidentUpdate) -> Result<(), Api
     }
     if let Some(c) = filled(&u.category) {
         if !CATEGORIES.iter().any(|(id, _)| *id == c) {
-            return Err(ApiError::BadRequest(format!("unknown category `{c}`")));
+            return Err(ApiError::BadRequest(
+                "unknown_category",
+                format!("unknown category `{c}`"),
+            ));
         }
     }
     if let Some(p) = u.priority {
         if !PRIORITIES.iter().any(|(id, _)| *id == p) {
-            return Err(ApiError::BadRequest("priority must be 1..4".into()));
+            return Err(ApiError::BadRequest(
+                "bad_priority",
+                "priority must be 1..4".into(),
+            ));
         }
     }
     if let Some(a) = filled(&u.agency) {
         if !s.config.agencies.iter().any(|x| x.id == a) {
-            return Err(ApiError::BadRequest(format!("unknown agency `{a}`")));
+            return Err(ApiError::BadRequest(
+                "unknown_agency",
+                format!("unknown agency `{a}`"),
+            ));
         }
     }
     if let Some(st) = &u.status {
@@ -274,16 +283,18 @@ fn check_update(s: &AppState, user: &User, u: &IncidentUpdate) -> Result<(), Api
             STATUSES.iter().any(|(id, _)| *id == st && *id != "merged")
         };
         if !allowed {
-            return Err(ApiError::BadRequest(format!(
-                "status `{st}` cannot be set here"
-            )));
+            return Err(ApiError::BadRequest(
+                "status_not_allowed",
+                format!("status `{st}` cannot be set here"),
+            ));
         }
     }
     for (name, v, max) in [("address", &u.address, 500), ("notes", &u.notes, 8000)] {
         if v.as_ref().is_some_and(|v| v.chars().count() > max) {
-            return Err(ApiError::BadRequest(format!(
-                "{name} is longer than {max} characters"
-            )));
+            return Err(ApiError::BadRequest(
+                "too_long",
+                format!("{name} is longer than {max} characters"),
+            ));
         }
     }
     Ok(())
@@ -303,10 +314,13 @@ pub async fn update_incident(
         .filter(|i| user.sees_agency(i.agency.as_deref()))
         .ok_or(ApiError::NotFound("incident"))?;
     if before.status == "merged" {
-        return Err(ApiError::Conflict(format!(
-            "this incident was merged into {}; change that one",
-            before.merged_into.unwrap_or_default()
-        )));
+        return Err(ApiError::Conflict(
+            "incident_merged",
+            format!(
+                "this incident was merged into {}; change that one",
+                before.merged_into.unwrap_or_default()
+            ),
+        ));
     }
     let after = s
         .store
@@ -359,6 +373,7 @@ pub async fn link_call(
         LinkOutcome::NoIncident => return Err(ApiError::NotFound("incident")),
         LinkOutcome::TargetNotOpen => {
             return Err(ApiError::Conflict(
+                "incident_not_open",
                 "that incident is closed or merged; link to an open one".into(),
             ))
         }
@@ -428,9 +443,10 @@ pub async fn set_agent_state(
         "not_ready" => Requested::NotReady(change.reason.unwrap_or_else(|| "break".into())),
         "logged_out" => Requested::LoggedOut,
         other => {
-            return Err(ApiError::BadRequest(format!(
-                "state must be ready, not_ready or logged_out, not `{other}`"
-            )))
+            return Err(ApiError::BadRequest(
+                "bad_state",
+                format!("state must be ready, not_ready or logged_out, not `{other}`"),
+            ))
         }
     };
     match s.acd.set_state(id.clone(), req).await {
@@ -439,7 +455,9 @@ pub async fn set_agent_state(
             Ok(Json(serde_json::json!({ "id": id, "state": change.state })))
         }
         Err(AcdError::UnknownAgent(_)) => Err(ApiError::NotFound("agent")),
-        Err(e) => Err(ApiError::Conflict(e.to_string())),
+        Err(e @ AcdError::NotRegistered) => Err(ApiError::Conflict("no_phone", e.to_string())),
+        Err(e @ AcdError::Busy) => Err(ApiError::Conflict("agent_busy", e.to_string())),
+        Err(e) => Err(ApiError::Conflict("agent_state_refused", e.to_string())),
     }
 }
 
@@ -476,14 +494,17 @@ pub async fn callback(
         .await?
         .ok_or(ApiError::NotFound("call"))?;
     let Some(callbacks) = &s.callbacks else {
-        return Err(ApiError::Conflict("call-backs are not running".into()));
+        return Err(ApiError::Conflict(
+            "callbacks_off",
+            "call-backs are not running".into(),
+        ));
     };
     match callbacks.start(call, &user.username).await {
         Ok(id) => Ok((
             StatusCode::ACCEPTED,
             Json(serde_json::json!({ "callback_call_id": id })),
         )),
-        Err(why) => Err(ApiError::Conflict(why)),
+        Err(why) => Err(ApiError::Conflict("callback_refused", why)),
     }
 }
 
@@ -575,12 +596,12 @@ pub async fn create_user(
     let new = tokio::task::spawn_blocking(move || new_user(&config, req))
         .await
         .map_err(|_| ApiError::Unavailable)?
-        .map_err(ApiError::BadRequest)?;
+        .map_err(|m| ApiError::BadRequest("bad_user", m))?;
     if s.store.user_by_username(&new.username).await?.is_some() {
-        return Err(ApiError::Conflict(format!(
-            "user `{}` exists already",
-            new.username
-        )));
+        return Err(ApiError::Conflict(
+            "user_exists",
+            format!("user `{}` exists already", new.username),
+        ));
     }
     s.store.create_user(&new).await?;
     info!(username = %new.username, role = %new.role, by = %user.username, "panel user added");
@@ -613,17 +634,21 @@ pub async fn update_user(
         .ok_or(ApiError::NotFound("user"))?;
     if let Some(disabled) = change.disabled {
         if disabled && target.id == user.id {
-            return Err(ApiError::Conflict("you cannot disable yourself".into()));
+            return Err(ApiError::Conflict(
+                "self_disable",
+                "you cannot disable yourself".into(),
+            ));
         }
         s.store.set_disabled(&id, disabled, now_ms()).await?;
         info!(username = %target.username, disabled, by = %user.username, "panel user changed");
     }
     if let Some(pw) = change.password {
-        auth::check_password(&target.username, &pw).map_err(ApiError::BadRequest)?;
+        auth::check_password(&target.username, &pw)
+            .map_err(|m| ApiError::BadRequest("bad_password", m))?;
         let hash = tokio::task::spawn_blocking(move || auth::hash_password(&pw))
             .await
             .map_err(|_| ApiError::Unavailable)?
-            .map_err(ApiError::BadRequest)?;
+            .map_err(|m| ApiError::BadRequest("bad_password", m))?;
         s.store.set_password(&id, &hash, now_ms()).await?;
         info!(username = %target.username, by = %user.username, "panel password reset");
     }
@@ -675,7 +700,7 @@ pub async fn transfer(
     let controls = s
         .controls
         .clone()
-        .ok_or_else(|| ApiError::Conflict("calls are not running".into()))?;
+        .ok_or_else(|| ApiError::Conflict("calls_off", "calls are not running".into()))?;
     let named = req.agent.as_ref().filter(|a| !a.is_empty());
     let agency = match (named, &req.agency) {
         (Some(a), given) => {
@@ -683,20 +708,31 @@ pub async fn transfer(
                 .config
                 .agents
                 .get(a)
-                .ok_or_else(|| ApiError::BadRequest(format!("unknown agent `{a}`")))?
+                .ok_or_else(|| {
+                    ApiError::BadRequest("unknown_agent", format!("unknown agent `{a}`"))
+                })?
                 .agency;
             if given.as_ref().is_some_and(|g| g != of) {
-                return Err(ApiError::BadRequest(format!(
-                    "agent `{a}` works for `{of}`"
-                )));
+                return Err(ApiError::BadRequest(
+                    "agent_other_agency",
+                    format!("agent `{a}` works for `{of}`"),
+                ));
             }
             of.clone()
         }
         (None, Some(agency)) => agency.clone(),
-        (None, None) => return Err(ApiError::BadRequest("name an agency or an agent".into())),
+        (None, None) => {
+            return Err(ApiError::BadRequest(
+                "transfer_target_missing",
+                "name an agency or an agent".into(),
+            ))
+        }
     };
     if !s.config.agencies.iter().any(|a| a.id == agency) {
-        return Err(ApiError::BadRequest(format!("unknown agency `{agency}`")));
+        return Err(ApiError::BadRequest(
+            "unknown_agency",
+            format!("unknown agency `{agency}`"),
+        ));
     }
     let by = user.username.clone();
     let (to, agent) = (agency.clone(), named.cloned());
@@ -708,7 +744,7 @@ pub async fn transfer(
             reply,
         })
         .await
-        .map_err(ApiError::Conflict)?;
+        .map_err(|m| ApiError::Conflict("transfer_refused", m))?;
     // The incident is the agency's from now on.
     if let Some(call) = s.store.get_call(&call_id).await? {
         let change = IncidentUpdate {
@@ -748,7 +784,7 @@ pub async fn transfer_action(
     let controls = s
         .controls
         .clone()
-        .ok_or_else(|| ApiError::Conflict("calls are not running".into()))?;
+        .ok_or_else(|| ApiError::Conflict("calls_off", "calls are not running".into()))?;
     let by = user.username.clone();
     let result = match action.as_str() {
         "complete" => {
@@ -768,7 +804,7 @@ pub async fn transfer_action(
         }
         _ => return Err(ApiError::NotFound("transfer action")),
     };
-    result.map_err(ApiError::Conflict)?;
+    result.map_err(|m| ApiError::Conflict("transfer_action_refused", m))?;
     Ok(Json(
         serde_json::json!({ "call_id": call_id, "done": action }),
     ))

@@ -457,6 +457,7 @@ pub async fn login(
     if let Err(why) = state.logins.guard().begin(&name, ip, Instant::now()) {
         tracing::warn!(username = %name, %ip, ?why, "panel login refused before its password was checked");
         return Err(ApiError::TooMany(
+            "too_many_logins",
             "Terlalu banyak percobaan masuk yang gagal; tunggu beberapa menit.".into(),
         ));
     }
@@ -467,6 +468,7 @@ pub async fn login(
     .await
     else {
         return Err(ApiError::TooMany(
+            "login_busy",
             "Panel sedang sibuk memeriksa kata sandi; coba lagi sebentar.".into(),
         ));
     };

@@ -156,14 +156,15 @@ async fn security_headers(mut resp: Response) -> Response {
 pub enum ApiError {
     NotFound(&'static str),
     Unavailable,
-    /// The request cannot be done now; the message says why.
-    Conflict(String),
-    BadRequest(String),
+    /// The request cannot be done now: a code the panel translates, and
+    /// the reason in English for API clients and logs.
+    Conflict(&'static str, String),
+    BadRequest(&'static str, String),
     /// No valid session.
     Unauthorized,
     /// Logged in, but not allowed this.
     Forbidden,
-    TooMany(String),
+    TooMany(&'static str, String),
 }
 
 impl From<StoreError> for ApiError {
@@ -175,25 +176,36 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, message) = match self {
-            ApiError::NotFound(what) => (StatusCode::NOT_FOUND, format!("{what} not found")),
+        let (status, code, message) = match self {
+            ApiError::NotFound(what) => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("{what} not found"),
+            ),
             ApiError::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
                 "the database is unavailable; calls are still being taken".to_string(),
             ),
-            ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
-            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ApiError::Conflict(code, m) => (StatusCode::CONFLICT, code, m),
+            ApiError::BadRequest(code, m) => (StatusCode::BAD_REQUEST, code, m),
             ApiError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
+                "login_required",
                 "log in first (POST /api/login)".to_string(),
             ),
             ApiError::Forbidden => (
                 StatusCode::FORBIDDEN,
+                "forbidden",
                 "your role may not do this".to_string(),
             ),
-            ApiError::TooMany(m) => (StatusCode::TOO_MANY_REQUESTS, m),
+            ApiError::TooMany(code, m) => (StatusCode::TOO_MANY_REQUESTS, code, m),
         };
-        (status, Json(serde_json::json!({ "error": message }))).into_response()
+        (
+            status,
+            Json(serde_json::json!({ "error": message, "code": code })),
+        )
+            .into_response()
     }
 }
 

@@ -198,7 +198,10 @@ pub async fn calltaker(State(s): State<AppState>, Extension(user): Extension<Use
          <button id=\"save\" type=\"submit\">Simpan</button> <span id=\"saved-msg\" role=\"status\"></span>\
          </form>\
          <form id=\"link-form\"><label>Gabungkan ke insiden terbuka <select id=\"f-link\"></select></label>\
-         <button id=\"link\" type=\"submit\">Gabungkan</button></form>\
+         <button id=\"link\" type=\"submit\">Gabungkan</button> \
+         <span id=\"link-confirm\" role=\"alert\" hidden><span id=\"link-question\"></span> \
+         <button id=\"link-yes\" type=\"button\">Ya, gabungkan</button> \
+         <button id=\"link-no\" type=\"button\">Batal</button></span></form>\
          <h3>Insiden sebelumnya dari nomor ini</h3><ul id=\"history\"></ul>\
          <section id=\"transfer-box\"><h3>Alihkan (transfer)</h3>\
          <label>Ke instansi <select id=\"t-agency\">{}</select></label> \

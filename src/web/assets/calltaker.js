@@ -80,12 +80,28 @@
     $("repeat").textContent = d.recent_incidents > 0
       ? `${d.recent_incidents} insiden dari nomor ini dalam 24 jam` : "";
     $("history").innerHTML = d.history.length
-      ? d.history.map((h) => `<li><a href="/incidents/${siaga.esc(h.id)}">${new Date(h.created_at).toLocaleString("id-ID")}</a> — ${siaga.esc(h.category || "tanpa kategori")} — ${siaga.esc(h.status)}</li>`).join("")
+      ? d.history.map((h) => `<li><a href="/incidents/${siaga.esc(h.id)}">${new Date(h.created_at).toLocaleString("id-ID")}</a> — ${siaga.esc(categoryName(h.category))} — ${siaga.esc(siaga.statusName(h.status))}</li>`).join("")
       : "<li class=\"muted\">Tidak ada</li>";
+    // What this call may be merged into: open incidents of the same
+    // service that are not noise, newest first; none chosen until the
+    // call-taker chooses, and asked again before merging.
     const open = await siaga.api("GET", "/api/incidents/open");
-    $("f-link").innerHTML = open.filter((o) => o.id !== d.id).map((o) =>
-      `<option value="${siaga.esc(o.id)}">${new Date(o.created_at).toLocaleTimeString("id-ID")} — ${siaga.esc(o.category || "?")} — ${siaga.esc(o.address || o.location_text || o.caller_number || "")}</option>`).join("");
+    const candidates = open
+      .filter((o) => o.id !== d.id && o.service === d.service && !noise(o.category))
+      .sort((a, b) => b.created_at - a.created_at);
+    $("f-link").innerHTML = `<option value="">— pilih insiden —</option>` + candidates.map((o) =>
+      `<option value="${siaga.esc(o.id)}">${siaga.esc(incidentLabel(o))}</option>`).join("");
+    $("link-confirm").hidden = true;
   }
+
+  // The categories' names, as the form's list has them.
+  const categoryName = (c) => {
+    const opt = c && [...$("f-category").options].find((o) => o.value === c);
+    return opt ? opt.textContent : "tanpa kategori";
+  };
+  const noise = (c) => ["information", "prank", "ghost", "wrong_number", "test"].includes(c);
+  const incidentLabel = (o) =>
+    `${siaga.time(o.created_at)} — ${categoryName(o.category)} — ${o.address || o.location_text || o.caller_number || "lokasi belum diisi"}`;
 
   async function openCall(b) {
     if (current && current.call_id === b.call_id) return;
@@ -214,9 +230,18 @@
     save();
   });
 
-  $("link-form").addEventListener("submit", async (e) => {
+  $("link-form").addEventListener("submit", (e) => {
     e.preventDefault();
     const target = $("f-link").value;
+    if (!current || !target) return;
+    $("link-question").textContent =
+      `Gabungkan panggilan ini ke insiden ${target.slice(0, 8)} (${$("f-link").selectedOptions[0].textContent})?`;
+    $("link-confirm").hidden = false;
+  });
+  $("link-no").addEventListener("click", () => { $("link-confirm").hidden = true; });
+  $("link-yes").addEventListener("click", async () => {
+    const target = $("f-link").value;
+    $("link-confirm").hidden = true;
     if (!current || !target) return;
     if (!(await save())) return;
     try {

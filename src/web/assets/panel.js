@@ -15,11 +15,53 @@ const siaga = {
     }
     const data = await r.json().catch(() => ({}));
     if (!r.ok) {
-      const e = new Error(data.error || ("HTTP " + r.status));
+      // People read the code's Indonesian text; the server's English
+      // reason is for whoever troubleshoots (the console, the server log).
+      const e = new Error(siaga.errorText(data.code, r.status, data.error));
       e.status = r.status;
+      e.code = data.code;
+      e.detail = data.error;
+      if (data.error) console.warn(`${method} ${path}: ${r.status} ${data.code}: ${data.error}`);
       throw e;
     }
     return data;
+  },
+
+  // The server's error codes (web::ApiError), in words.
+  errors: {
+    not_found: "Data tidak ditemukan (mungkin sudah dihapus atau digabung).",
+    database_unavailable: "Basis data sedang tidak dapat dihubungi; panggilan tetap diterima. Coba lagi sebentar lagi.",
+    login_required: "Silakan masuk lagi.",
+    forbidden: "Peran Anda tidak diizinkan melakukan ini.",
+    unknown_category: "Kategori tidak dikenal.",
+    bad_priority: "Prioritas harus 1 sampai 4.",
+    unknown_agency: "Instansi tidak dikenal.",
+    status_not_allowed: "Status itu tidak dapat dipilih di sini.",
+    too_long: "Isian terlalu panjang.",
+    incident_merged: "Insiden ini sudah digabung ke insiden lain; ubah insiden tujuannya.",
+    incident_not_open: "Insiden itu sudah selesai atau digabung; pilih insiden yang masih terbuka.",
+    bad_state: "Status petugas tidak dikenal.",
+    no_phone: "belum ada telepon: nyalakan telepon browser atau daftarkan telepon meja",
+    agent_busy: "Petugas sedang dalam panggilan; ubah status setelah panggilan selesai.",
+    agent_state_refused: "Status petugas tidak dapat diubah sekarang.",
+    callbacks_off: "Telepon balik tidak aktif di pusat ini.",
+    callback_refused: "Telepon balik tidak dapat dilakukan sekarang; hubungi admin (alasannya ada di log server).",
+    user_exists: "Nama pengguna itu sudah ada.",
+    self_disable: "Anda tidak dapat menonaktifkan akun sendiri.",
+    bad_user: "Data pengguna tidak valid.",
+    bad_password: "Kata sandi tidak memenuhi syarat.",
+    calls_off: "Layanan panggilan sedang tidak berjalan.",
+    unknown_agent: "Petugas tidak dikenal.",
+    agent_other_agency: "Petugas itu bekerja untuk instansi lain.",
+    transfer_target_missing: "Pilih instansi atau petugas tujuan.",
+    transfer_refused: "Pengalihan tidak dapat dimulai sekarang.",
+    transfer_action_refused: "Langkah pengalihan itu tidak dapat dilakukan sekarang.",
+  },
+  errorText(code, status, detail) {
+    if (code && siaga.errors[code]) return siaga.errors[code];
+    // Messages the server already writes in Indonesian (login brakes).
+    if (code === "too_many_logins" || code === "login_busy") return detail;
+    return code ? `Permintaan ditolak server (kode ${code}).` : `Server tidak menjawab dengan benar (HTTP ${status}).`;
   },
 
   // Opens the live socket and hands every event to `onEvent` (and to
@@ -82,6 +124,14 @@ const siaga = {
 
   time(ms) {
     return new Date(ms).toLocaleTimeString("id-ID", { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  },
+
+  // An incident's status, as the server's list names it (store::STATUSES).
+  statusName(st) {
+    return ({
+      new: "Baru", received: "Diterima", unit_sent: "Unit dikirim", on_scene: "Di lokasi",
+      closed: "Selesai", merged: "Digabung",
+    })[st] || st;
   },
 
   // Why an agent is not ready, in words (the codes the server uses).

@@ -35,9 +35,7 @@
       await siaga.api("POST", `/api/agents/${encodeURIComponent(me)}/state`,
         { state, reason: state === "not_ready" ? "istirahat" : undefined });
     } catch (err) {
-      $("agent-state").textContent = /no phone/.test(err.message)
-        ? "belum ada telepon: nyalakan telepon browser atau daftarkan telepon meja"
-        : err.message;
+      $("agent-state").textContent = err.message;
     }
   };
   $("btn-ready").addEventListener("click", () => setState("ready"));
