@@ -525,7 +525,8 @@ fn a_refused_microphone_is_reported_and_takes_no_calls() {
 }
 
 /// The panel's warm transfer, both ends in the browser: the call-taker
-/// transfers to Damkar, whose dispatcher answers in the dispatcher panel
+/// transfers to Damkar with one touch on its button, whose dispatcher
+/// answers in the dispatcher panel
 /// (its microphone at 1400 Hz); the consultation is recorded (call-taker
 /// left, dispatcher right), *Serahkan* hands the caller over and the
 /// call-taker's browser call ends; the caller then hears the dispatcher.
@@ -552,8 +553,8 @@ fn a_browser_call_taker_hands_the_caller_to_a_browser_dispatcher() {
     let caller = sipp_caller(&server, &media, &call_id, 16000);
     answer_in_browser(&b);
     std::thread::sleep(Duration::from_secs(2));
-    b.select("#t-agency", "damkar");
-    b.click("#t-start");
+    // One touch on the agency's button starts the warm transfer.
+    b.click("#agency-now button[data-agency=\"damkar\"]");
     answer_in_browser(&d);
     b.wait_for(
         "the dispatcher talks with the call-taker",
@@ -589,6 +590,14 @@ fn a_browser_call_taker_hands_the_caller_to_a_browser_dispatcher() {
     assert_eq!(t["to_agent"], "disp-damkar-01", "{t}");
     assert_eq!(t["outcome"], "completed", "{t}");
     assert!(t["recording_sha256"].is_string(), "{t}");
+    let (_, inc) = server.get(&format!(
+        "/api/incidents/{}",
+        done["incident_id"].as_str().unwrap()
+    ));
+    assert_eq!(
+        inc["agency"], "damkar",
+        "the one touch named the agency: {inc}"
+    );
     let (ct, disp) = read_stereo(Path::new(t["recording_path"].as_str().unwrap()));
     let browser_left = tone_windows(&ct, BROWSER_HZ);
     let dispatcher_right = tone_windows(&disp, DISPATCHER_HZ);

@@ -204,6 +204,7 @@ pub async fn calltaker(State(s): State<AppState>, Extension(user): Extension<Use
          <button id=\"link-no\" type=\"button\">Batal</button></span></form>\
          <h3>Insiden sebelumnya dari nomor ini</h3><ul id=\"history\"></ul>\
          <section id=\"transfer-box\"><h3>Alihkan (transfer)</h3>\
+         <p id=\"agency-now\">Alihkan sekarang ke: {}</p>\
          <label>Ke instansi <select id=\"t-agency\">{}</select></label> \
          <label>Petugas <select id=\"t-agent\"><option value=\"\">siapa saja</option></select></label> \
          <button id=\"t-start\" type=\"button\">Alihkan</button> <span id=\"t-state\" role=\"status\"></span> \
@@ -215,6 +216,15 @@ pub async fn calltaker(State(s): State<AppState>, Extension(user): Extension<Use
         options(CATEGORIES, None, "— pilih —"),
         options(&priorities, None, "— pilih —"),
         options(&agencies, None, "— pilih —"),
+        transferable
+            .iter()
+            .map(|(id, name)| format!(
+                "<button type=\"button\" data-agency=\"{}\">{}</button>",
+                esc(id),
+                esc(name)
+            ))
+            .collect::<Vec<_>>()
+            .join(" "),
         options(&transferable, None, "— pilih —"),
     );
     page(

@@ -214,6 +214,20 @@
     }
   }
   $("t-agency").addEventListener("change", fillDispatchers);
+  // One touch: the agency's button names it on the incident and starts
+  // the warm transfer to whichever of its dispatchers is free.
+  document.querySelectorAll("#agency-now button").forEach((b) => b.addEventListener("click", async () => {
+    if (!current) return;
+    const agency = b.dataset.agency;
+    $("t-agency").value = agency;
+    fillDispatchers();
+    if ($("f-agency").value !== agency) {
+      setField("f-agency", agency);
+      dirty = true;
+    }
+    await save();
+    transferAction("", { agency });
+  }));
   $("t-start").addEventListener("click", () => {
     const agency = $("t-agency").value;
     const agent = $("t-agent").value || undefined;
