@@ -112,6 +112,11 @@ fn call_taker_incident_pops_up_and_reaches_the_agency() {
         "return document.querySelector('#saved-msg').textContent.startsWith('Tersimpan')",
         WAIT,
     );
+    let saved = b.text("#saved-msg");
+    assert!(
+        is_time_in_wib(saved.trim_start_matches("Tersimpan ")),
+        "one time format, in the center's zone: {saved}"
+    );
     b.screenshot("2-call-taker-incident-saved");
 
     let (status, inc) = server.get(&format!("/api/incidents/{incident_id}"));
@@ -122,7 +127,23 @@ fn call_taker_incident_pops_up_and_reaches_the_agency() {
     assert_eq!(inc["address"], "Jl. Margonda Raya No. 100, Depok");
     assert_eq!(inc["calls"][0]["agent_id"], "ct-01");
     let audit = inc["audit"].as_array().unwrap();
-    assert_eq!(audit.len(), 5, "one row per field: {audit:?}");
+    // Edits save themselves as they are made, so a field typed slowly
+    // may have a draft on the trail before its final value; each of the
+    // five fields is there, ending with what was typed.
+    for (field, last) in [
+        ("category", "fire"),
+        ("priority", "1"),
+        ("address", "Jl. Margonda Raya No. 100, Depok"),
+        ("notes", "Asap tebal dari ruko lantai dua."),
+        ("agency", "damkar"),
+    ] {
+        let rows: Vec<_> = audit.iter().filter(|a| a["field"] == field).collect();
+        assert_eq!(
+            rows.last().map(|a| &a["new_value"]),
+            Some(&Value::from(last)),
+            "{field}: {audit:?}"
+        );
+    }
     assert!(audit.iter().all(|a| a["actor"] == "siti"));
     assert!(audit
         .iter()
@@ -728,4 +749,15 @@ fn a_caller_gone_at_once_is_a_ghost_call_and_closed() {
         .1;
     assert_eq!(waited["status"], "new", "left for a person: {waited}");
     assert!(waited["category"].is_null(), "{waited}");
+}
+
+/// `20:14:18 WIB`: the panel's one time format, in the center's zone (the
+/// test servers' default, UTC+7).
+fn is_time_in_wib(s: &str) -> bool {
+    let b = s.as_bytes();
+    s.len() == 12
+        && s.ends_with(" WIB")
+        && [0, 1, 3, 4, 6, 7].iter().all(|&i| b[i].is_ascii_digit())
+        && b[2] == b':'
+        && b[5] == b':'
 }

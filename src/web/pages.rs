@@ -58,7 +58,15 @@ fn nav(user: &User) -> String {
     )
 }
 
-fn page(title: &str, user: Option<&User>, body: &str, script: Option<&str>) -> Html<String> {
+/// A panel page. `offset`: the center's hours from UTC, which the page's
+/// scripts write every time in (never the browser's own zone).
+fn page(
+    title: &str,
+    user: Option<&User>,
+    body: &str,
+    script: Option<&str>,
+    offset: i8,
+) -> Html<String> {
     let nav = user.map(nav).unwrap_or_default();
     let script = script
         .map(|s| format!("<script src=\"/assets/{s}\" defer></script>"))
@@ -68,8 +76,9 @@ fn page(title: &str, user: Option<&User>, body: &str, script: Option<&str>) -> H
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{} · siaga</title><link rel=\"stylesheet\" href=\"/assets/panel.css\">\
          <script src=\"/assets/panel.js\" defer></script>{script}</head>\
-         <body>{nav}<main>{body}</main></body></html>",
-        esc(title)
+         <body data-utc-offset=\"{offset}\" data-zone=\"{}\">{nav}<main>{body}</main></body></html>",
+        esc(title),
+        zone_name(offset)
     ))
 }
 
@@ -81,6 +90,7 @@ fn forbidden(user: &User) -> Response {
             Some(user),
             "<h1>Tidak diizinkan</h1><p>Peran Anda tidak boleh membuka halaman ini.</p>",
             None,
+            0,
         ),
     )
         .into_response()
@@ -123,6 +133,7 @@ pub async fn login(State(s): State<AppState>, headers: HeaderMap) -> Response {
          <button id=\"login\" type=\"submit\">Masuk</button>\
          <p id=\"login-error\" class=\"error\" role=\"alert\"></p></form>",
         Some("login.js"),
+        s.config.server.http.utc_offset_hours,
     )
     .into_response()
 }
@@ -232,6 +243,7 @@ pub async fn calltaker(State(s): State<AppState>, Extension(user): Extension<Use
         Some(&user),
         &body,
         Some("calltaker.js"),
+        s.config.server.http.utc_offset_hours,
     )
     .into_response()
 }
@@ -268,7 +280,7 @@ fn agent_card(user: &User) -> String {
     )
 }
 
-pub async fn supervisor(Extension(user): Extension<User>) -> Response {
+pub async fn supervisor(State(s): State<AppState>, Extension(user): Extension<User>) -> Response {
     if !user.is(&[Role::Supervisor, Role::Admin]) {
         return forbidden(&user);
     }
@@ -290,7 +302,15 @@ pub async fn supervisor(Extension(user): Extension<User>) -> Response {
         figure("fig-prank", "Iseng (prank)"),
         figure("fig-ghost", "Kosong (ghost)"),
     );
-    page("Supervisor", Some(&user), &body, Some("supervisor.js")).into_response()
+    let offset = s.config.server.http.utc_offset_hours;
+    page(
+        "Supervisor",
+        Some(&user),
+        &body,
+        Some("supervisor.js"),
+        offset,
+    )
+    .into_response()
 }
 
 pub async fn dispatcher(State(s): State<AppState>, Extension(user): Extension<User>) -> Response {
@@ -312,10 +332,18 @@ pub async fn dispatcher(State(s): State<AppState>, Extension(user): Extension<Us
         esc(&name),
         agent_card(&user),
     );
-    page("Dispatcher", Some(&user), &body, Some("dispatcher.js")).into_response()
+    let offset = s.config.server.http.utc_offset_hours;
+    page(
+        "Dispatcher",
+        Some(&user),
+        &body,
+        Some("dispatcher.js"),
+        offset,
+    )
+    .into_response()
 }
 
-pub async fn admin(Extension(user): Extension<User>) -> Response {
+pub async fn admin(State(s): State<AppState>, Extension(user): Extension<User>) -> Response {
     if !user.is(&[Role::Admin]) {
         return forbidden(&user);
     }
@@ -329,7 +357,8 @@ pub async fn admin(Extension(user): Extension<User>) -> Response {
         <label>Agen SIP <input id=\"u-agent\"></label>\
         <label>Kata sandi <input id=\"u-password\" type=\"password\" autocomplete=\"new-password\" required></label>\
         <button type=\"submit\">Tambah</button> <span id=\"user-msg\" role=\"status\"></span></form></section>";
-    page("Pengguna", Some(&user), body, Some("admin.js")).into_response()
+    let offset = s.config.server.http.utc_offset_hours;
+    page("Pengguna", Some(&user), body, Some("admin.js"), offset).into_response()
 }
 
 /// The list's filters as the form sends them: dates as YYYY-MM-DD in the
@@ -369,15 +398,30 @@ fn date_start_ms(s: &str, offset_hours: i8) -> Option<i64> {
 }
 
 /// A time as the room reads it: YYYY-MM-DD HH:MM in the center's zone.
+/// The one way the panel writes a moment: `03-12-2026 20:14:18 WIB`, in
+/// the center's zone (`panel.js` `siaga.datetime` writes the same).
 pub fn local_time(ms: i64, offset_hours: i8) -> String {
     let t = ms + i64::from(offset_hours) * 3_600_000;
     let (y, m, d) = crate::call::paths::civil_date(t);
     let secs = t.rem_euclid(86_400_000) / 1000;
     format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        "{d:02}-{m:02}-{y:04} {:02}:{:02}:{:02} {}",
         secs / 3600,
-        (secs / 60) % 60
+        (secs / 60) % 60,
+        secs % 60,
+        zone_name(offset_hours)
     )
+}
+
+/// Indonesia's zones by name; elsewhere the offset.
+pub fn zone_name(offset_hours: i8) -> String {
+    match offset_hours {
+        7 => "WIB".into(),
+        8 => "WITA".into(),
+        9 => "WIT".into(),
+        0 => "UTC".into(),
+        h => format!("UTC{h:+}"),
+    }
 }
 
 fn name_of<'a>(list: &'a [(&'a str, &'a str)], id: Option<&str>) -> &'a str {
@@ -460,7 +504,7 @@ pub async fn incidents(
         rows.len(),
         incident_rows(&rows, offset),
     );
-    Ok(page("Insiden", Some(&user), &body, None).into_response())
+    Ok(page("Insiden", Some(&user), &body, None, offset).into_response())
 }
 
 pub async fn incident(
@@ -479,6 +523,7 @@ pub async fn incident(
                     Some(&user),
                     "<h1>Insiden tidak ditemukan</h1>",
                     None,
+                    offset,
                 ),
             )
                 .into_response())
@@ -557,7 +602,7 @@ pub async fn incident(
         esc(i.notes.as_deref().unwrap_or("")),
         incident_rows(&d.history, offset),
     );
-    Ok(page("Insiden", Some(&user), &body, None).into_response())
+    Ok(page("Insiden", Some(&user), &body, None, offset).into_response())
 }
 
 #[cfg(test)]
@@ -579,9 +624,10 @@ mod tests {
         assert_eq!(days_from_date("2026-13-01"), None);
         assert_eq!(days_from_date("nope"), None);
         let t = date_start_ms("2026-11-23", 7).unwrap();
-        assert_eq!(local_time(t, 7), "2026-11-23 00:00");
-        assert_eq!(local_time(t, 0), "2026-11-22 17:00");
-        assert_eq!(local_time(0, 0), "1970-01-01 00:00");
-        assert_eq!(local_time(951_782_400_000, 0), "2000-02-29 00:00");
+        assert_eq!(local_time(t, 7), "23-11-2026 00:00:00 WIB");
+        assert_eq!(local_time(t, 0), "22-11-2026 17:00:00 UTC");
+        assert_eq!(local_time(t + 3_723_000, 8), "23-11-2026 02:02:03 WITA");
+        assert_eq!(local_time(0, 0), "01-01-1970 00:00:00 UTC");
+        assert_eq!(local_time(951_782_400_000, -3), "28-02-2000 21:00:00 UTC-3");
     }
 }

@@ -80,7 +80,7 @@
     $("repeat").textContent = d.recent_incidents > 0
       ? `${d.recent_incidents} insiden dari nomor ini dalam 24 jam` : "";
     $("history").innerHTML = d.history.length
-      ? d.history.map((h) => `<li><a href="/incidents/${siaga.esc(h.id)}">${new Date(h.created_at).toLocaleString("id-ID")}</a> — ${siaga.esc(categoryName(h.category))} — ${siaga.esc(siaga.statusName(h.status))}</li>`).join("")
+      ? d.history.map((h) => `<li><a href="/incidents/${siaga.esc(h.id)}">${siaga.datetime(h.created_at)}</a> — ${siaga.esc(categoryName(h.category))} — ${siaga.esc(siaga.statusName(h.status))}</li>`).join("")
       : "<li class=\"muted\">Tidak ada</li>";
     // What this call may be merged into: open incidents of the same
     // service that are not noise, newest first; none chosen until the

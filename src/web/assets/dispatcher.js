@@ -13,7 +13,7 @@
     const q = agency ? "?agency=" + encodeURIComponent(agency) : "";
     const list = await siaga.api("GET", "/api/incidents" + q);
     $("dispatch-list").tBodies[0].innerHTML = list.filter((i) => i.agency).map((i) =>
-      `<tr class="incident-row" data-id="${siaga.esc(i.id)}"><td><a href="/incidents/${siaga.esc(i.id)}">${new Date(i.created_at).toLocaleString("id-ID")}</a></td>
+      `<tr class="incident-row" data-id="${siaga.esc(i.id)}"><td><a href="/incidents/${siaga.esc(i.id)}">${siaga.datetime(i.created_at)}</a></td>
        <td class="category">${siaga.esc(nameOf(meta.categories, i.category))}</td><td>${siaga.esc(nameOf(meta.priorities, i.priority))}</td>
        <td class="address">${siaga.esc(i.address || i.location_text || "")}</td><td class="notes">${siaga.esc(i.notes || "")}</td>
        <td class="status">${siaga.esc(nameOf(meta.statuses, i.status))}</td>

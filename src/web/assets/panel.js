@@ -122,8 +122,26 @@ const siaga = {
     return h > 0 ? `${h}:${pad(m)}:${pad(r)}` : `${m}:${pad(r)}`;
   },
 
+  // Every moment in the center's zone (the page's data-utc-offset, from
+  // the server's config), never the browser's: `03-12-2026 20:14:18 WIB`,
+  // as the server's pages write it (web::pages::local_time).
+  zoned(ms) {
+    const offset = Number(document.body.dataset.utcOffset || 0);
+    const d = new Date(ms + offset * 3600000);
+    const p = (n) => String(n).padStart(2, "0");
+    return {
+      date: `${p(d.getUTCDate())}-${p(d.getUTCMonth() + 1)}-${d.getUTCFullYear()}`,
+      time: `${p(d.getUTCHours())}:${p(d.getUTCMinutes())}:${p(d.getUTCSeconds())}`,
+      zone: document.body.dataset.zone || "UTC",
+    };
+  },
+  datetime(ms) {
+    const z = siaga.zoned(ms);
+    return `${z.date} ${z.time} ${z.zone}`;
+  },
   time(ms) {
-    return new Date(ms).toLocaleTimeString("id-ID", { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+    const z = siaga.zoned(ms);
+    return `${z.time} ${z.zone}`;
   },
 
   // An incident's status, as the server's list names it (store::STATUSES).

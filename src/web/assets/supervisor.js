@@ -36,7 +36,7 @@
   async function loadAbandoned() {
     const list = await siaga.api("GET", "/api/abandoned?limit=50").catch(() => []);
     $("abandoned").tBodies[0].innerHTML = list.map((c) =>
-      `<tr class="abandoned-row" data-call="${siaga.esc(c.id)}"><td>${new Date(c.arrived_at).toLocaleTimeString("id-ID")}</td><td>${siaga.esc(c.caller_number || "tidak diketahui")}</td><td>${siaga.duration(c.wait_ms || 0)}</td><td>${c.caller_number ? `<button type="button" class="callback-btn" data-call="${siaga.esc(c.id)}">Telepon balik</button>` : ""}</td></tr>`).join("")
+      `<tr class="abandoned-row" data-call="${siaga.esc(c.id)}"><td>${siaga.datetime(c.arrived_at)}</td><td>${siaga.esc(c.caller_number || "tidak diketahui")}</td><td>${siaga.duration(c.wait_ms || 0)}</td><td>${c.caller_number ? `<button type="button" class="callback-btn" data-call="${siaga.esc(c.id)}">Telepon balik</button>` : ""}</td></tr>`).join("")
       || `<tr><td colspan="4" class="muted">Tidak ada</td></tr>`;
   }
 
