@@ -29,7 +29,7 @@
     }
     $("queues").tBodies[0].innerHTML = rows.join("") || `<tr><td colspan="4" class="muted">Tidak ada penelepon menunggu</td></tr>`;
     $("agents").tBodies[0].innerHTML = agents.map((a) =>
-      `<tr class="agent-row" data-agent="${siaga.esc(a.id)}"><td>${siaga.esc(a.id)}</td><td>${siaga.esc(a.agency)}</td><td class="state">${siaga.esc(siaga.stateName(a))}${a.reason ? " (" + siaga.esc(a.reason) + ")" : ""}</td><td>${siaga.duration(a.in_state_ms + since)}</td><td>${a.browser ? "browser" : a.registered ? "terdaftar" : "—"}</td></tr>`).join("");
+      `<tr class="agent-row" data-agent="${siaga.esc(a.id)}"><td>${siaga.esc(a.id)}</td><td>${siaga.esc(a.agency)}</td><td class="state">${siaga.esc(siaga.stateName(a))}${a.reason ? " (" + siaga.esc(siaga.reasonName(a.reason)) + ")" : ""}</td><td>${siaga.duration(a.in_state_ms + since)}</td><td>${a.browser ? "browser" : a.registered ? "terdaftar" : "—"}</td></tr>`).join("");
   }
   setInterval(render, 1000);
 
