@@ -55,6 +55,23 @@ fn pair_behind_kamailio_leasing(db: &str, agents: bool, lease: &str) -> (Server,
     (a, b, front)
 }
 
+/// Nodes a (leading) and b (standing by) on `db`, with the example
+/// agents, reached straight (no front).
+fn pair_with_agents(db: &str) -> (Server, Server) {
+    let on = |name: &str, admin_exists: bool| {
+        Server::start(Setup {
+            database_url: Some(db.to_string()),
+            cluster: Some(format!("node = \"{name}\"\n{LEASE}")),
+            agents: true,
+            admin_exists,
+            ..Setup::default()
+        })
+    };
+    let a = on("a", false);
+    wait_until("a leads", &a, || role(&a) == "leader");
+    (a, on("b", true))
+}
+
 fn role(server: &Server) -> String {
     let (status, _, body) = common::http_request(server.http, "GET", "/healthz", "", None);
     assert_eq!(status, 200);
@@ -685,18 +702,7 @@ fn a_leader_killed_mid_calls_leaves_every_call_closed_and_first_to_call_back() {
     let Some(db) = common::postgres_db("cut") else {
         return;
     };
-    let on = |name: &str, admin_exists: bool| {
-        Server::start(Setup {
-            database_url: Some(db.clone()),
-            cluster: Some(format!("node = \"{name}\"\n{LEASE}")),
-            agents: true,
-            admin_exists,
-            ..Setup::default()
-        })
-    };
-    let mut a = on("a", false);
-    wait_until("a leads", &a, || role(&a) == "leader");
-    let b = on("b", true);
+    let (mut a, b) = pair_with_agents(&db);
     let ct01 = baresip::ct01(a.sip);
     let ct02 = Baresip::start(
         Phone {
@@ -788,18 +794,7 @@ fn the_browser_phone_follows_the_leader_through_haproxy() {
     let Some(db) = common::postgres_db("browser") else {
         return;
     };
-    let on = |name: &str, admin_exists: bool| {
-        Server::start(Setup {
-            database_url: Some(db.clone()),
-            cluster: Some(format!("node = \"{name}\"\n{LEASE}")),
-            agents: true,
-            admin_exists,
-            ..Setup::default()
-        })
-    };
-    let mut a = on("a", false);
-    wait_until("a leads", &a, || role(&a) == "leader");
-    let b = on("b", true);
+    let (mut a, b) = pair_with_agents(&db);
     let front = Haproxy::start(a.http, b.http);
     wait_until("the front sends to a", &a, || front_leader(&front) == "a");
     a.add_user("siti", "call-taker", &["--agent", "ct-01"]);

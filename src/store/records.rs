@@ -401,29 +401,14 @@ pub(super) async fn classified(
     .execute(&mut *conn)
     .await?;
     if done.rows_affected() == 1 {
-        let (cat, closed) = (Some(category.to_string()), Some("closed".to_string()));
-        audit(
-            conn,
-            id,
-            at,
-            "system",
-            "classify",
-            Some("category"),
-            None,
-            cat,
-        )
-        .await?;
-        audit(
-            conn,
-            id,
-            at,
-            "system",
-            "classify",
-            Some("status"),
-            Some("new".into()),
-            closed,
-        )
-        .await?;
+        let changes = [
+            ("category", None, category),
+            ("status", Some("new".to_string()), "closed"),
+        ];
+        for (field, old, new) in changes {
+            let new = Some(new.to_string());
+            audit(conn, id, at, "system", "classify", Some(field), old, new).await?;
+        }
     }
     Ok(())
 }
