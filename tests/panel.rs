@@ -166,6 +166,22 @@ fn call_taker_incident_pops_up_and_reaches_the_agency() {
     );
     b.goto(&format!("{}/incidents/{incident_id}", base(&server)));
     assert!(b.text("#d-address").contains("Margonda"));
+    // Codes are shown by their names: the agency, and on the trail the
+    // field, the action and the category.
+    assert!(
+        !b.text("#d-agency").contains("damkar"),
+        "{}",
+        b.text("#d-agency")
+    );
+    let trail = b.text("#audit");
+    assert!(
+        trail.contains("Kategori") && trail.contains("Kebakaran") && trail.contains("diubah"),
+        "{trail}"
+    );
+    assert!(
+        !trail.contains("category") && !trail.contains("update") && !trail.contains("fire"),
+        "{trail}"
+    );
     b.screenshot("3-incident-detail");
     assert_eq!(caller.join().unwrap(), Some(0), "{}", server.log());
     // Its recording plays in the browser (once the call has ended).

@@ -398,6 +398,94 @@ fn date_start_ms(s: &str, offset_hours: i8) -> Option<i64> {
 }
 
 /// A time as the room reads it: YYYY-MM-DD HH:MM in the center's zone.
+/// How a call ended, in words (`EndCause::as_str`, `LegEnd::cause`).
+fn end_cause_name(cause: &str) -> &str {
+    match cause {
+        "" => "masih berlangsung",
+        "caller_bye" => "penelepon menutup",
+        "caller_cancel" => "penelepon menutup sebelum dijawab",
+        "agent_bye" => "petugas menutup",
+        "transferred" => "dialihkan",
+        "overflow_bye" => "pusat lain menutup",
+        "rtp_timeout" => "suara penelepon terputus",
+        "media_failed" => "media gagal",
+        "shutdown" => "layanan dihentikan",
+        "node_failure" => "terputus: server mati",
+        "no_ack" => "tidak terkonfirmasi (tanpa ACK)",
+        "system_bye" => "ditutup sistem",
+        "dialog_closed" => "sambungan tertutup",
+        "no_common_codec" => "codec tidak cocok",
+        "bad_sdp" => "SDP rusak",
+        "no_media_port" => "port media habis",
+        "callback_failed" => "telepon balik gagal",
+        "callback_no_answer" => "telepon balik tidak dijawab",
+        "callback_declined" => "telepon balik ditolak",
+        "callback_unreachable" => "telepon balik tidak tersambung",
+        "internal_error" => "kesalahan internal",
+        other => other,
+    }
+}
+
+/// An audit row's action, in words.
+fn action_name(action: &str) -> &str {
+    match action {
+        "update" => "diubah",
+        "classify" => "digolongkan otomatis",
+        "call_linked" => "panggilan digabung ke sini",
+        "call_unlinked" => "panggilan dipindah",
+        "merged" => "digabung",
+        "callback" => "telepon balik",
+        "transfer_started" => "pengalihan dimulai",
+        "transfer_ended" => "pengalihan selesai",
+        other => other,
+    }
+}
+
+/// An incident's field, as the form names it.
+fn field_name(field: &str) -> &str {
+    match field {
+        "category" => "Kategori",
+        "priority" => "Prioritas",
+        "address" => "Alamat",
+        "notes" => "Catatan",
+        "agency" => "Instansi",
+        "status" => "Status",
+        other => other,
+    }
+}
+
+/// An audited value as a person reads it: a category's, status's,
+/// priority's or agency's name instead of its code.
+fn value_name(field: Option<&str>, v: Option<&str>, agencies: &[(&str, &str)]) -> String {
+    let Some(v) = v else {
+        return String::new();
+    };
+    // A code no longer configured is shown as it is.
+    let known = |list: &[(&str, &'static str)]| -> String {
+        list.iter()
+            .find(|(k, _)| *k == v)
+            .map_or(v.to_string(), |(_, n)| n.to_string())
+    };
+    let name = match field {
+        Some("category") => return known(CATEGORIES),
+        Some("status") => match v.strip_prefix("merged into ") {
+            Some(into) => return format!("Digabung ke {into}"),
+            None => return known(STATUSES),
+        },
+        Some("priority") => v
+            .parse::<i64>()
+            .ok()
+            .and_then(|p| PRIORITIES.iter().find(|(k, _)| *k == p))
+            .map_or(v, |(_, n)| *n),
+        Some("agency") => agencies
+            .iter()
+            .find(|(k, _)| *k == v)
+            .map_or(v, |(_, n)| *n),
+        _ => v,
+    };
+    name.to_string()
+}
+
 /// The one way the panel writes a moment: `03-12-2026 20:14:18 WIB`, in
 /// the center's zone (`panel.js` `siaga.datetime` writes the same).
 pub fn local_time(ms: i64, offset_hours: i8) -> String {
@@ -543,27 +631,38 @@ pub async fn incident(
             ),
             None => "tanpa rekaman".into(),
         };
+        let direction = match text("direction").as_str() {
+            "outbound" => "keluar (telepon balik)",
+            _ => "masuk",
+        };
         let _ = write!(
             calls,
             "<tr class=\"call-row\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{audio}</td></tr>",
             num("arrived_at").map(|t| local_time(t, offset)).unwrap_or_default(),
-            esc(&text("direction")),
+            direction,
             esc(&text("caller_number")),
             esc(&text("agent_id")),
-            esc(&text("end_cause")),
+            esc(end_cause_name(&text("end_cause"))),
         );
     }
+    let agencies = agency_choices(&s.config);
     let mut audit = String::new();
     for a in &d.audit {
+        let field = a.field.as_deref();
+        let value = |v: &Option<String>| value_name(field, v.as_deref(), &agencies);
         let _ = write!(
             audit,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             local_time(a.at, offset),
-            esc(&a.actor),
-            esc(&a.action),
-            esc(a.field.as_deref().unwrap_or("")),
-            esc(a.old_value.as_deref().unwrap_or("")),
-            esc(a.new_value.as_deref().unwrap_or("")),
+            esc(if a.actor == "system" {
+                "siaga (otomatis)"
+            } else {
+                &a.actor
+            }),
+            esc(action_name(&a.action)),
+            esc(field.map_or("", field_name)),
+            esc(&value(&a.old_value)),
+            esc(&value(&a.new_value)),
         );
     }
     let merged = i
@@ -598,7 +697,7 @@ pub async fn incident(
             .unwrap_or("–"),
         esc(i.address.as_deref().unwrap_or("–")),
         esc(i.location_text.as_deref().unwrap_or("–")),
-        esc(i.agency.as_deref().unwrap_or("–")),
+        esc(i.agency.as_deref().map_or("–", |a| name_of(&agencies, Some(a)))),
         esc(i.notes.as_deref().unwrap_or("")),
         incident_rows(&d.history, offset),
     );
@@ -615,6 +714,28 @@ mod tests {
             esc("<script>\"x\" & 'y'</script>"),
             "&lt;script&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/script&gt;"
         );
+    }
+
+    #[test]
+    fn codes_are_shown_by_their_names() {
+        let agencies = [("damkar", "Damkar (Pemadam Kebakaran)")];
+        let v = |f: &str, x: &str| value_name(Some(f), Some(x), &agencies);
+        assert_eq!(v("category", "prank"), "Panggilan iseng (prank)");
+        assert_eq!(v("status", "unit_sent"), "Unit dikirim");
+        assert_eq!(v("status", "merged into ab12"), "Digabung ke ab12");
+        assert_eq!(v("priority", "1"), "Darurat");
+        assert_eq!(v("agency", "damkar"), "Damkar (Pemadam Kebakaran)");
+        assert_eq!(v("notes", "asap"), "asap", "free text as typed");
+        assert_eq!(
+            v("category", "retired"),
+            "retired",
+            "an unknown code as it is"
+        );
+        assert_eq!(value_name(Some("notes"), None, &agencies), "");
+        assert_eq!(field_name("agency"), "Instansi");
+        assert_eq!(action_name("classify"), "digolongkan otomatis");
+        assert_eq!(end_cause_name("agent_bye"), "petugas menutup");
+        assert_eq!(end_cause_name("node_failure"), "terputus: server mati");
     }
 
     #[test]
