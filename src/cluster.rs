@@ -55,12 +55,9 @@ struct Inner {
     /// Standing by: if the holder renews no more, this node should lead by
     /// then (µs after `epoch`); 0: it could not (out of touch).
     due_us: AtomicU64,
-    /// Less than this left of the holder's lease: it is late with a
-    /// renewal (the lease less a renewal and a quarter, µs).
-    late_under_us: AtomicU64,
-    /// How often the lease is read, and how long it lasts (µs).
-    renew_us: AtomicU64,
-    lease_us: AtomicU64,
+    /// How long the lease lasts, and how often it is read.
+    lease: Duration,
+    renew: Duration,
     /// Readings of the lease so far (each attempt, whatever its outcome).
     readings: AtomicU64,
     /// Whether the last reading had an answer from the database.
@@ -72,12 +69,12 @@ struct Inner {
 impl Leadership {
     /// A node that leads for good (one node, SQLite).
     pub fn always(node: &str) -> Leadership {
-        let l = Leadership::standby(node);
+        let l = Leadership::standby(node, Duration::ZERO, Duration::ZERO);
         l.0.until_us.store(u64::MAX, Ordering::SeqCst);
         l
     }
 
-    fn standby(node: &str) -> Leadership {
+    fn standby(node: &str, lease: Duration, renew: Duration) -> Leadership {
         Leadership(Arc::new(Inner {
             node: node.to_string(),
             process: uuid::Uuid::new_v4().to_string(),
@@ -85,30 +82,12 @@ impl Leadership {
             until_us: AtomicU64::new(0),
             holder_end_us: AtomicU64::new(0),
             due_us: AtomicU64::new(0),
-            late_under_us: AtomicU64::new(0),
-            renew_us: AtomicU64::new(0),
-            lease_us: AtomicU64::new(0),
+            lease,
+            renew,
             readings: AtomicU64::new(0),
             reached: AtomicBool::new(false),
             changed: tokio::sync::Notify::new(),
         }))
-    }
-
-    /// How long the lease is, and how often it is read. A holder that
-    /// renews every `renew` is never seen with less than
-    /// `lease - renew` left, give or take the database's delay (a quarter
-    /// of a renewal allowed for it).
-    fn timing(&self, lease: Duration, renew: Duration) {
-        let under = lease.saturating_sub(renew + renew / 4);
-        self.0
-            .late_under_us
-            .store(under.as_micros() as u64, Ordering::SeqCst);
-        self.0
-            .renew_us
-            .store(renew.as_micros() as u64, Ordering::SeqCst);
-        self.0
-            .lease_us
-            .store(lease.as_micros() as u64, Ordering::SeqCst);
     }
 
     pub fn node(&self) -> &str {
@@ -126,16 +105,17 @@ impl Leadership {
 
     /// Standing by while a take-over is coming (the holder, as last read,
     /// is late with a renewal): the moment by which this node should
-    /// lead. None when it leads, or no take-over is seen coming.
-    pub fn taking_over_by(&self) -> Option<Instant> {
-        self.taking_over_at(Instant::now())
-    }
-
+    /// lead. None when it leads, or no take-over is seen coming. A holder
+    /// that renews every `renew` is never seen with less than
+    /// `lease - renew` left, give or take the database's delay (a quarter
+    /// of a renewal allowed for it).
     fn taking_over_at(&self, now: Instant) -> Option<Instant> {
         let now_us = now_us_of(self, now);
         let end = self.0.holder_end_us.load(Ordering::SeqCst);
         let due = self.0.due_us.load(Ordering::SeqCst);
-        let late = end.saturating_sub(now_us) < self.0.late_under_us.load(Ordering::SeqCst);
+        let (lease, renew) = (self.0.lease, self.0.renew);
+        let late_under = lease.saturating_sub(renew + renew / 4).as_micros() as u64;
+        let late = end.saturating_sub(now_us) < late_under;
         (end > 0 && due > now_us && late && !self.leads_at(now))
             .then(|| self.0.epoch + Duration::from_micros(due))
     }
@@ -150,9 +130,8 @@ impl Leadership {
         let arrived = Instant::now();
         let arrived_us = now_us_of(self, arrived);
         let before = self.0.readings.load(Ordering::SeqCst);
-        let lease_us = self.0.lease_us.load(Ordering::SeqCst);
-        let renew = Duration::from_micros(self.0.renew_us.load(Ordering::SeqCst));
-        let bound = arrived + Duration::from_micros(lease_us) + renew * 2;
+        let lease_us = self.0.lease.as_micros() as u64;
+        let bound = arrived + self.0.lease + self.0.renew * 2;
         loop {
             let told = self.0.changed.notified();
             if self.leads() {
@@ -213,8 +192,9 @@ impl Leadership {
 
     /// The lease is proven until `until`.
     fn held(&self, until: Instant) {
-        let us = until.saturating_duration_since(self.0.epoch).as_micros() as u64;
-        self.0.until_us.store(us.max(1), Ordering::SeqCst);
+        self.0
+            .until_us
+            .store(now_us_of(self, until).max(1), Ordering::SeqCst);
         self.expect(None);
     }
 
@@ -354,9 +334,8 @@ impl Renewal {
 /// process runs. Returns the shared state at once (standing by until the
 /// first renewal succeeds).
 pub fn spawn(store: Store, cluster: &ClusterSection, on_lead: impl OnLead) -> Leadership {
-    let leadership = Leadership::standby(&cluster.node);
     let (lease, renew) = (cluster.lease, cluster.renew);
-    leadership.timing(lease, renew);
+    let leadership = Leadership::standby(&cluster.node, lease, renew);
     let l = leadership.clone();
     tokio::spawn(async move {
         let mut renewal = Renewal::new(lease, renew);
@@ -406,7 +385,7 @@ mod tests {
 
     #[test]
     fn a_lease_is_proven_until_its_end_and_not_a_moment_after() {
-        let l = Leadership::standby("a");
+        let l = Leadership::standby("a", Duration::from_secs(3), Duration::from_secs(1));
         assert!(!l.leads());
         assert_eq!(l.role(), "standby");
         let now = Instant::now();
@@ -435,7 +414,7 @@ mod tests {
         let lease = Duration::from_secs(3);
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let l = Leadership::standby("a");
+        let l = Leadership::standby("a", lease, Duration::from_secs(1));
         let mut r = Renewal::new(lease, Duration::from_secs(1));
         assert!(!r.may_take(at(0)), "not in touch yet");
 
@@ -479,9 +458,8 @@ mod tests {
     /// nothing before that time.
     #[test]
     fn a_standby_sees_a_take_over_coming_once_the_leader_is_late() {
-        let l = Leadership::standby("b");
         let (lease, renew) = (Duration::from_secs(3), Duration::from_secs(1));
-        l.timing(lease, renew);
+        let l = Leadership::standby("b", lease, renew);
         // Instants on the leadership's own µs scale.
         let t0 = l.0.epoch;
         let at = |ms: u64| t0 + Duration::from_millis(ms);
@@ -526,8 +504,7 @@ mod tests {
     async fn a_held_invite_is_refused_only_once_the_holder_is_seen_alive_after_it() {
         use tokio::time::timeout;
         let (lease, renew) = (Duration::from_secs(3), Duration::from_secs(1));
-        let l = Leadership::standby("b");
-        l.timing(lease, renew);
+        let l = Leadership::standby("b", lease, renew);
         let mut r = Renewal::new(lease, renew);
         let pending = Duration::ZERO;
 
@@ -562,8 +539,7 @@ mod tests {
         r.after(Outcome::Unreachable, Instant::now(), &l);
         assert!(!wait.await, "out of touch, it cannot lead: refused");
 
-        let l = Leadership::standby("c");
-        l.timing(Duration::from_millis(200), Duration::from_millis(50));
+        let l = Leadership::standby("c", Duration::from_millis(200), Duration::from_millis(50));
         let started = Instant::now();
         assert!(!l.after_take_over().await, "no reading at all");
         assert!(started.elapsed() >= Duration::from_millis(300));

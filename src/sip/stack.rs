@@ -442,6 +442,15 @@ struct Dispatcher {
     holding: AtomicUsize,
 }
 
+/// What a node that does not lead answers: 503, try again in a second
+/// (the front sends it to the leader meanwhile).
+async fn standing_by(mut tx: Transaction) {
+    let headers = vec![Header::Other("Retry-After".into(), "1".into())];
+    let _ = tx
+        .reply_with(StatusCode::ServiceUnavailable, headers, None)
+        .await;
+}
+
 /// At most this many INVITEs wait at once on a node that does not lead
 /// (the queue's own measured size); beyond it they get 503 at once.
 const HOLD_AT_MOST: usize = 2_000;
@@ -485,10 +494,7 @@ impl Dispatcher {
                 self.holding.fetch_sub(1, Ordering::SeqCst);
             }
             // Standing by (or the lease unproven): never a call here.
-            let headers = vec![Header::Other("Retry-After".into(), "1".into())];
-            let _ = tx
-                .reply_with(StatusCode::ServiceUnavailable, headers, None)
-                .await;
+            standing_by(tx).await;
             return;
         }
         match decision {
@@ -559,10 +565,7 @@ impl Dispatcher {
             self.invite(tx).await;
         } else {
             debug!(?source, "INVITE refused: this node stands by");
-            let headers = vec![Header::Other("Retry-After".into(), "1".into())];
-            let _ = tx
-                .reply_with(StatusCode::ServiceUnavailable, headers, None)
-                .await;
+            standing_by(tx).await;
         }
     }
 

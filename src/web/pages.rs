@@ -461,29 +461,26 @@ fn value_name(field: Option<&str>, v: Option<&str>, agencies: &[(&str, &str)]) -
         return String::new();
     };
     // A code no longer configured is shown as it is.
-    let known = |list: &[(&str, &'static str)]| -> String {
-        list.iter()
-            .find(|(k, _)| *k == v)
-            .map_or(v.to_string(), |(_, n)| n.to_string())
-    };
     let name = match field {
-        Some("category") => return known(CATEGORIES),
+        Some("category") => name_or_code(CATEGORIES, v),
         Some("status") => match v.strip_prefix("merged into ") {
             Some(into) => return format!("Digabung ke {into}"),
-            None => return known(STATUSES),
+            None => name_or_code(STATUSES, v),
         },
         Some("priority") => v
             .parse::<i64>()
             .ok()
             .and_then(|p| PRIORITIES.iter().find(|(k, _)| *k == p))
             .map_or(v, |(_, n)| *n),
-        Some("agency") => agencies
-            .iter()
-            .find(|(k, _)| *k == v)
-            .map_or(v, |(_, n)| *n),
+        Some("agency") => name_or_code(agencies, v),
         _ => v,
     };
     name.to_string()
+}
+
+/// `id`'s name in `list`, or `id` itself when the list lacks it.
+fn name_or_code<'a>(list: &[(&str, &'a str)], id: &'a str) -> &'a str {
+    list.iter().find(|(k, _)| *k == id).map_or(id, |(_, n)| *n)
 }
 
 /// The one way the panel writes a moment: `03-12-2026 20:14:18 WIB`, in

@@ -99,7 +99,10 @@
     const opt = c && [...$("f-category").options].find((o) => o.value === c);
     return opt ? opt.textContent : "tanpa kategori";
   };
-  const noise = (c) => ["information", "prank", "ghost", "wrong_number", "test"].includes(c);
+  // The kinds of call that are not an emergency (the dispositions but
+  // Darurat); all but a silent caller are noise, never merged into.
+  const notEmergency = ["information", "prank", "ghost", "silent", "wrong_number", "test"];
+  const noise = (c) => c !== "silent" && notEmergency.includes(c);
   const incidentLabel = (o) =>
     `${siaga.time(o.created_at)} — ${categoryName(o.category)} — ${o.address || o.location_text || o.caller_number || "lokasi belum diisi"}`;
 
@@ -272,9 +275,7 @@
     if (!current) return;
     if (dirty || saving) await save();
     if (dirty) return; // not saved: kept on screen, with the reason
-    current = null;
-    $("call-card").hidden = true;
-    $("idle").hidden = false;
+    closeCard();
   });
 
   function closeCard() {
@@ -297,7 +298,7 @@
   // to the category; Informasi and Diam are saved as the category; Iseng,
   // Kosong, Salah sambung and Tes save, close the incident, hang up the
   // browser phone's call and clear the card in one action.
-  const emergency = (c) => c && !["information", "prank", "ghost", "silent", "wrong_number", "test"].includes(c);
+  const emergency = (c) => c && !notEmergency.includes(c);
   async function dispose(button) {
     if (!current) return;
     const kind = button.dataset.disposition;
@@ -321,9 +322,8 @@
   dispositionButtons.forEach((b) => b.addEventListener("click", () => dispose(b)));
   document.addEventListener("keydown", (e) => {
     if (!current || $("call-card").hidden || e.ctrlKey || e.metaKey) return;
-    const t = e.target;
-    const typing = t && (t.tagName === "TEXTAREA" || t.tagName === "SELECT"
-      || (t.tagName === "INPUT" && !["button", "submit", "checkbox", "radio"].includes(t.type)));
+    // A digit in a list chooses in it, as typing does.
+    const typing = siaga.typing(e.target) || e.target.tagName === "SELECT";
     if (typing && !e.altKey) return;
     const digit = e.code && e.code.startsWith("Digit") ? e.code.slice(5) : e.key;
     const button = dispositionButtons.find((b) => b.querySelector("kbd").textContent === digit);

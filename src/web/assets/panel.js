@@ -144,6 +144,13 @@ const siaga = {
     return `${z.time} ${z.zone}`;
   },
 
+  // Whether keys pressed in `el` are someone typing (a text field), not
+  // a command.
+  typing(el) {
+    return !!el && (el.tagName === "TEXTAREA"
+      || (el.tagName === "INPUT" && !["button", "submit", "checkbox", "radio"].includes(el.type)));
+  },
+
   // An incident's status, as the server's list names it (store::STATUSES).
   statusName(st) {
     return ({

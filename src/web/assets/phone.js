@@ -157,9 +157,7 @@
   }
   document.addEventListener("keydown", (e) => {
     if (!ringing || (e.key !== " " && e.key !== "Enter")) return;
-    const t = e.target;
-    const typing = t && (t.tagName === "TEXTAREA" || (t.tagName === "INPUT" && !["button", "submit", "checkbox", "radio"].includes(t.type)));
-    if (typing) return;
+    if (siaga.typing(e.target)) return;
     e.preventDefault();
     answer();
   }, true);
