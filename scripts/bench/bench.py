@@ -709,14 +709,18 @@ def cpu_summary(samples, skip_first=1):
     }
 
 
-def probe(binary, count, seconds, target=None, root=None):
+def probe(binary, count, seconds, target=None, root=None, until_measured=False):
     """The callers' RTP: to `target` (baseline), or where each answer says
-    (SIPp's log in `root`)."""
+    (SIPp's log in `root`). With `until_measured`, `seconds` is a least:
+    the probe goes on until every call has been measured (a minute more
+    at most), so a call set up late on a busy machine is not missed."""
     args = [binary, "--base", str(PROBE_BASE), "--count", str(count), "--seconds", str(seconds)]
     if target:
         args += ["--target", target]
     if root:
         args += ["--remotes", str(Path(root) / "answers.log")]
+    if until_measured:
+        args += ["--until-measured"]
     p = spawn(args, stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "READY"
     p.seconds = seconds
@@ -724,7 +728,7 @@ def probe(binary, count, seconds, target=None, root=None):
 
 
 def probe_result(p):
-    out, _ = p.communicate(timeout=p.seconds + 60)
+    out, _ = p.communicate(timeout=p.seconds + 120)
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -799,7 +803,7 @@ def concurrency(binary, probe_bin, calls, rate, hold):
         # Baseline first: the probe straight to the agents' echo, no siaga.
         echoes = ",".join(f"127.0.0.1:{port}" for port in AGENT_RTP)
         base = probe_result(probe(probe_bin, calls, 5, target=echoes))
-        p = probe(probe_bin, calls, ramp + 2 + hold, root=s.root)
+        p = probe(probe_bin, calls, ramp + 2 + hold, root=s.root, until_measured=True)
         s.sample(others=[*uas.pids, p.pid])
         c = callers(s.root, calls, rate, int((ramp + hold + 6) * 1000), [PROBE_BASE + 2 * i for i in range(calls)],
                     ramp + hold + 120, "conc")

@@ -24,7 +24,7 @@ use crate::media::g711::Law;
 use crate::media::ports::RtpSocket;
 use crate::media::prompts::Segment;
 use crate::media::reactor::MediaControl;
-use crate::media::recorder::{Held, RecordError, Recording};
+use crate::media::recorder::{RecordError, Recording};
 use crate::media::sdp::{self, LocalAudio};
 use crate::media::session::{CallRecording, Finished, MediaCommand, MediaEvent, MediaParams};
 use crate::sip::request::Replaces;
@@ -243,8 +243,8 @@ impl Driver {
             .resolve(&s.config.server.media.recordings_dir)
             .join(paths::recording_path(c.arrived_ms, &c.call_id));
         // The caller hears the greeting at once; the file is created beside
-        // it (on a busy or failing disk that can take up to `OPEN_WITHIN`),
-        // and the session holds the call's first frames for it meanwhile.
+        // it (on a busy or failing disk that can take seconds), and the
+        // session holds the call's frames for it meanwhile.
         let opening = {
             let recorder = s.recorder.clone();
             let path = path.clone();
@@ -265,7 +265,7 @@ impl Driver {
                 c.remote_addr,
                 s.config.server.media.rtp_timeout,
             ),
-            CallRecording::Pending(Held::default()),
+            CallRecording::Pending(s.recorder.held()),
             ev_tx,
         );
         let greeting = s

@@ -594,20 +594,10 @@ mod tests {
 
     /// A recording called `name` in a folder of its own (gone with the
     /// returned guard), on a recorder of its own.
-    async fn new_recording(
-        name: &str,
-    ) -> (
-        tempfile::TempDir,
-        std::path::PathBuf,
-        crate::media::recorder::Recording,
-    ) {
+    fn new_recorder() -> (tempfile::TempDir, crate::media::recorder::Recorder) {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(name);
-        let rec = crate::media::recorder::Recorder::start(dir.path(), 64 << 20)
-            .open(&path)
-            .await
-            .unwrap();
-        (dir, path, rec)
+        let recorder = crate::media::recorder::Recorder::start(dir.path(), 64 << 20);
+        (dir, recorder)
     }
 
     /// A session on the reactor for a caller at a fresh socket.
@@ -705,17 +695,18 @@ mod tests {
     /// tone that began 200 ms before the file was there.
     #[tokio::test]
     async fn a_recording_made_late_starts_at_the_answer() {
-        use crate::media::recorder::Held;
+        let (dir, recorder) = new_recorder();
         let Started {
             cmd,
             finished,
             caller,
             ..
-        } = started_recording((42500, 42599), CallRecording::Pending(Held::default()));
+        } = started_recording((42500, 42599), CallRecording::Pending(recorder.held()));
         cmd.send(MediaCommand::Play(vec![Segment::Audio(tone(1000.0, 400))]))
             .unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let (_dir, path, rec) = new_recording("late.wav").await;
+        let path = dir.path().join("late.wav");
+        let rec = recorder.open(&path).await.unwrap();
         cmd.send(MediaCommand::Record(Some(rec))).unwrap();
         tokio::time::sleep(Duration::from_millis(400)).await;
         cmd.send(MediaCommand::Stop).unwrap();
@@ -761,7 +752,7 @@ mod tests {
     /// first, go on as before.
     #[tokio::test]
     async fn a_strangers_rtp_is_neither_relayed_nor_recorded_on_either_leg() {
-        use crate::media::recorder::Held;
+        let (dir, recorder) = new_recorder();
         let Started {
             pool,
             ours,
@@ -769,8 +760,9 @@ mod tests {
             cmd,
             finished,
             ..
-        } = started_recording((42600, 42699), CallRecording::Pending(Held::default()));
-        let (_dir, path, rec) = new_recording("hijack.wav").await;
+        } = started_recording((42600, 42699), CallRecording::Pending(recorder.held()));
+        let path = dir.path().join("hijack.wav");
+        let rec = recorder.open(&path).await.unwrap();
         cmd.send(MediaCommand::Record(Some(rec))).unwrap();
         let agent = peer();
         let rtp = pool.allocate().unwrap();

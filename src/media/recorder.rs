@@ -30,7 +30,10 @@
 //! runtime (`open` runs on the blocking pool): creating a file can wait on
 //! the filesystem, and a runtime thread waiting there stalls every call's
 //! SIP and media with it. Nor does the call wait: its media starts at the
-//! answer, and `Held` keeps its first frames until the file exists.
+//! answer, and `Held` keeps its frames until the file exists, however
+//! late (a busy disk made one wait over 5 s beside a loaded machine; a
+//! call that gave up on it then lost its whole recording), counted
+//! against the same bound as the queue below.
 //!
 //! Frames wait in memory until the thread takes them, so a thread that
 //! falls behind (a slow disk, or cores busy with the media threads, which
@@ -71,8 +74,9 @@ const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// sync writes back little at a time (a burst of a second's recordings
 /// made prompts late).
 const DURABLE_EVERY: Duration = Duration::from_millis(250);
-/// How long a call waits for its recording's file to be created before
-/// it goes on unrecorded (see `Recorder::open_within`).
+/// How long creating a recording's file may take before the recorder
+/// says the disk is failing (`Recorder::failing`); the call goes on
+/// waiting for it (see `Recorder::open_within`).
 pub const OPEN_WITHIN: Duration = Duration::from_secs(5);
 /// How often the thread takes what was queued for it.
 const BATCH_EVERY: Duration = Duration::from_millis(10);
@@ -105,8 +109,6 @@ pub enum RecordError {
     },
     #[error("the recorder thread is gone")]
     RecorderGone,
-    #[error("creating recording {path} took over {waited:?}: the disk does not answer")]
-    Slow { path: PathBuf, waited: Duration },
     #[error("cannot checksum {path}: {source}")]
     Checksum {
         path: PathBuf,
@@ -397,8 +399,9 @@ impl Recorder {
     }
 
     /// Whether recordings are failing now: an open recording's writes
-    /// failed, or a file could not be made in the last `FAILING_FOR` (a
-    /// full, read-only or broken disk).
+    /// failed, or a file could not be made, or took over `OPEN_WITHIN`
+    /// to make, in the last `FAILING_FOR` (a full, read-only, broken or
+    /// overwhelmed disk).
     pub fn failing(&self) -> bool {
         self.queue.failing.load(Ordering::Relaxed) > 0
             || self
@@ -429,27 +432,64 @@ impl Recorder {
         self.progress.unsynced()
     }
 
+    /// What a call's media keeps for its recording until `open` is done:
+    /// frames held in memory count against the queue's bound.
+    pub fn held(&self) -> Held {
+        Held {
+            frames: Vec::new(),
+            missed: 0,
+            queue: self.queue.clone(),
+        }
+    }
+
     /// Creates the WAV file (and its folders), on the blocking pool, and
-    /// hands it to the thread; an error after `OPEN_WITHIN`.
+    /// hands it to the thread; past `OPEN_WITHIN` the disk is reported
+    /// failing while the call goes on waiting.
     pub async fn open(&self, path: &Path) -> Result<Recording, RecordError> {
         self.open_within(path, OPEN_WITHIN).await
     }
 
-    /// A call waits at most `limit` for its file: creating one can hang
-    /// on a dead disk (a hard NFS mount, a failing drive's retries), and
-    /// an answered caller must not wait in silence for it. A file created
-    /// later is closed at once, empty.
-    async fn open_within(&self, path: &Path, limit: Duration) -> Result<Recording, RecordError> {
+    /// Creating a file can hang (a hard NFS mount, a failing drive's
+    /// retries) or merely be slow (a journal commit behind a burst of
+    /// writes, cores busy elsewhere). The call does not wait on it (its
+    /// frames are `Held`), so giving up would only lose a recording that
+    /// a slow disk would still have made: past `slow` the recorder says
+    /// so (a warning, `failing`), and goes on waiting. A disk that never
+    /// answers keeps the recording unfinished, as it keeps the writes of
+    /// files already open; the next start finishes what it can
+    /// (`media::unfinished`).
+    async fn open_within(&self, path: &Path, slow: Duration) -> Result<Recording, RecordError> {
         let this = self.clone();
         let owned = path.to_path_buf();
-        let created = tokio::task::spawn_blocking(move || this.create(&owned));
-        let result = match tokio::time::timeout(limit, created).await {
-            Ok(done) => done.map_err(|_| RecordError::RecorderGone)?,
-            Err(_) => Err(RecordError::Slow {
-                path: path.to_path_buf(),
-                waited: limit,
-            }),
+        self.made_within(path, slow, move || this.create(&owned))
+            .await
+    }
+
+    /// Runs `create` on the blocking pool, saying so when it is slow.
+    async fn made_within(
+        &self,
+        path: &Path,
+        slow: Duration,
+        create: impl FnOnce() -> Result<Recording, RecordError> + Send + 'static,
+    ) -> Result<Recording, RecordError> {
+        let mut created = tokio::task::spawn_blocking(create);
+        let done = match tokio::time::timeout(slow, &mut created).await {
+            Ok(done) => done,
+            Err(_) => {
+                warn!(
+                    path = %path.display(),
+                    waited = ?slow,
+                    "creating a recording's file is slow (the disk does not answer); the call's audio is held for it"
+                );
+                self.progress.open_failed();
+                let done = created.await;
+                if done.as_ref().is_ok_and(|r| r.is_ok()) {
+                    info!(path = %path.display(), "the slow recording's file is made");
+                }
+                done
+            }
         };
+        let result = done.map_err(|_| RecordError::RecorderGone)?;
         if result.is_err() {
             self.progress.open_failed();
         }
@@ -551,13 +591,6 @@ impl Recording {
         }
     }
 
-    /// `frames` of the call that never reached this recording: silence
-    /// stands in for them, counted as left out, as for a full queue.
-    fn left_out(&mut self, frames: u64) {
-        self.missing += frames;
-        self.queue.left_out(frames);
-    }
-
     /// Finishes the file and returns what was written.
     pub async fn close(mut self) -> Result<Closed, RecordError> {
         self.closed = true;
@@ -588,29 +621,34 @@ impl Drop for Recording {
 /// How long a file that could not be made keeps `Recorder::failing` set.
 pub const FAILING_FOR: Duration = Duration::from_secs(30);
 
-/// Most frames `Held` keeps: the call's first second (32 KB).
-pub const HELD_MAX: usize = 50;
-
-/// A call's first frames, made while its recording's file is still being
+/// A call's frames, made while its recording's file is still being
 /// created: the call's media starts at the answer, not when the disk has
-/// made a file, so a caller never waits in silence for the disk. Up to
-/// `HELD_MAX` frames are kept and the ones after them counted; `write_to`
-/// hands them to the recording once it exists, so the file starts at the
-/// answer and says how much of the call it is missing. Nothing is
-/// allocated unless a frame has to wait.
-#[derive(Debug, Default)]
+/// made a file, so a caller never waits in silence for the disk. Frames
+/// are kept while the recorder's queue has room (held frames take their
+/// places in it, so a thousand calls waiting on a slow disk cost no more
+/// memory than the bound) and the ones after that counted as left out;
+/// `write_to` hands them to the recording once it exists, so the file
+/// starts at the answer and says how much of the call it is missing.
+/// Nothing is allocated unless a frame has to wait.
 pub struct Held {
     frames: Vec<(StereoFrame, Instant)>,
     missed: u64,
+    queue: Arc<Queue>,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Held")
+            .field("frames", &self.frames.len())
+            .field("missed", &self.missed)
+            .finish()
+    }
 }
 
 impl Held {
     /// One frame, made by the tick at `at`.
     pub fn keep(&mut self, left: [i16; FRAME_SAMPLES], right: [i16; FRAME_SAMPLES], at: Instant) {
-        if self.frames.len() < HELD_MAX {
-            if self.frames.capacity() == 0 {
-                self.frames.reserve_exact(HELD_MAX);
-            }
+        if self.queue.admit() {
             self.frames.push(((left, right), at));
         } else {
             self.missed += 1;
@@ -628,13 +666,24 @@ impl Held {
 
     /// Queues what was kept, then the count of what was not (written as
     /// silence before the next frame, or at the close).
-    pub fn write_to(self, rec: &mut Recording) {
-        for ((left, right), at) in self.frames {
+    pub fn write_to(mut self, rec: &mut Recording) {
+        let frames = std::mem::take(&mut self.frames);
+        // Their places pass to the queue: given back, then taken again
+        // one by one as they are queued.
+        self.queue.taken(frames.len());
+        for ((left, right), at) in frames {
             rec.write(left, right, at);
         }
-        if self.missed > 0 {
-            rec.left_out(self.missed);
-        }
+        // Counted as left out in the recorder's sum when they were.
+        rec.missing += std::mem::take(&mut self.missed);
+    }
+}
+
+impl Drop for Held {
+    /// Frames never written (the file could not be made) give their
+    /// places back.
+    fn drop(&mut self) {
+        self.queue.taken(self.frames.len());
     }
 }
 
@@ -1258,26 +1307,40 @@ mod tests {
             .all(|&x| x == 0));
     }
 
-    /// A file made late: the first `HELD_MAX` frames held for it come
-    /// first, silence stands for those after them (counted as left out,
-    /// in the recording and in the recorder's sum), then the rest.
+    /// A file made late: the frames held for it come first, as many as
+    /// the queue's bound had room for (held frames take places in it);
+    /// silence stands for those after them (counted as left out, in the
+    /// recording and in the recorder's sum), then the rest. The places
+    /// held frames took are given back, written or dropped.
     #[tokio::test]
-    async fn held_frames_start_the_file_and_those_not_held_are_counted() {
+    async fn held_frames_start_the_file_within_the_queues_bound() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("late.wav");
-        let (rec, mut thread) = by_hand(1 << 20);
+        let room = 60;
+        let (rec, mut thread) = by_hand(room * std::mem::size_of::<Msg>());
         let frame = |v: i16| ([v; FRAME_SAMPLES], [-v; FRAME_SAMPLES]);
-        let mut held = Held::default();
+        let mut held = rec.held();
         assert!(held.is_empty());
-        let made = HELD_MAX as i16 + 7;
+        let made = room as i16 + 7;
         for v in 1..=made {
             let (left, right) = frame(v);
             held.keep(left, right, Instant::now());
         }
         assert_eq!(held.len(), made as u64);
+        assert!(rec.losing(), "frames beyond the bound are not held");
+        assert_eq!(rec.lost(), Duration::from_millis(7 * 20));
+        // A second call's held frames find no room either.
+        let mut other = rec.held();
+        let (left, right) = frame(1);
+        other.keep(left, right, Instant::now());
+        assert_eq!(rec.lost(), Duration::from_millis(8 * 20));
+        drop(other);
 
         let mut r = rec.create(&path).unwrap();
         held.write_to(&mut r);
+        // The held frames fill the queue until the thread takes them.
+        assert_eq!(rec.queue.frames.load(Ordering::Relaxed), room);
+        assert_eq!(thread.step(), Taken::Emptied);
         for v in 1001..=1003 {
             let (left, right) = frame(v);
             r.write(left, right, Instant::now());
@@ -1286,21 +1349,35 @@ mod tests {
         tokio::task::yield_now().await;
         assert_eq!(thread.step(), Taken::Emptied);
         let closed = closing.await.unwrap().unwrap();
-        let frames = HELD_MAX + 7 + 3;
+        let frames = room + 7 + 3;
         assert_eq!(closed.samples, (frames * FRAME_SAMPLES) as u64);
         assert_eq!(closed.lost_ms(), 7 * 20);
-        assert_eq!(rec.lost(), Duration::from_millis(7 * 20));
-        assert!(!rec.losing(), "a late file is not a full queue");
+        assert_eq!(rec.lost(), Duration::from_millis(8 * 20), "counted once");
+        assert!(!rec.losing(), "the held frames' places were given back");
+        assert_eq!(rec.queue.frames.load(Ordering::Relaxed), 0);
 
         let mut reader = hound::WavReader::open(&path).unwrap();
         let s: Vec<i16> = reader.samples::<i16>().map(|s| s.unwrap()).collect();
         let at = |f: usize| (s[2 * FRAME_SAMPLES * f], s[2 * FRAME_SAMPLES * f + 1]);
-        let expected: Vec<(i16, i16)> = (1..=HELD_MAX as i16)
+        let expected: Vec<(i16, i16)> = (1..=room as i16)
             .map(|v| (v, -v))
             .chain(std::iter::repeat_n((0, 0), 7))
             .chain((1001..=1003).map(|v| (v, -v)))
             .collect();
         assert_eq!((0..frames).map(at).collect::<Vec<_>>(), expected);
+    }
+
+    /// Frames held for a file that is never made give their places back.
+    #[test]
+    fn held_frames_dropped_give_their_places_back() {
+        let (rec, _thread) = by_hand(10 * std::mem::size_of::<Msg>());
+        let mut held = rec.held();
+        for _ in 0..10 {
+            held.keep([1; FRAME_SAMPLES], [1; FRAME_SAMPLES], Instant::now());
+        }
+        assert_eq!(rec.queue.frames.load(Ordering::Relaxed), 10);
+        drop(held);
+        assert_eq!(rec.queue.frames.load(Ordering::Relaxed), 0);
     }
 
     /// A warning once at the mark, quiet while the figure hovers between
@@ -1317,31 +1394,43 @@ mod tests {
         assert_eq!(seen, [None, on, None, None, None, off, None, on]);
     }
 
-    /// A file whose creation hangs (here a FIFO, whose open waits for a
-    /// reader, as a dead disk's would for the disk) is an error after
-    /// the limit, not a wait without end.
+    /// A file whose creation hangs (here held back until the test lets
+    /// it go, as a dead or overwhelmed disk would) makes the recorder say
+    /// it is failing once past the limit, and is still waited for: when
+    /// the disk answers, the call has its recording.
     #[tokio::test]
-    async fn a_file_that_cannot_be_created_in_time_is_an_error() {
-        use std::os::unix::ffi::OsStrExt;
-        use std::os::unix::fs::OpenOptionsExt;
+    async fn a_file_slow_to_create_is_reported_and_still_made() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hung.wav");
-        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let path = dir.path().join("slow.wav");
         let rec = Recorder::start(dir.path(), 64 << 20);
-        let err = match rec.open_within(&path, Duration::from_millis(200)).await {
-            Err(e) => e,
-            Ok(_) => panic!("a FIFO without a reader was opened for writing"),
+        let (answer, disk) = std::sync::mpsc::channel::<()>();
+        let opening = {
+            let (rec, path) = (rec.clone(), path.clone());
+            tokio::spawn(async move {
+                let this = rec.clone();
+                let create = move || {
+                    disk.recv().unwrap();
+                    this.create(&path)
+                };
+                rec.made_within(Path::new("slow.wav"), Duration::from_millis(200), create)
+                    .await
+            })
         };
-        assert!(matches!(err, RecordError::Slow { .. }), "{err}");
-        // A reader lets the late creation finish; its file is dropped.
-        let _reader = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&path)
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let began = Instant::now();
+        while !rec.failing() {
+            assert!(
+                began.elapsed() < Duration::from_secs(30),
+                "a hung creation is not reported"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!opening.is_finished(), "the call gave up on its file");
+        answer.send(()).unwrap();
+        let made = tokio::time::timeout(Duration::from_secs(30), opening).await;
+        let made = made.expect("the file was not made once the disk answered");
+        let r = made.unwrap().expect("the late file was refused");
+        assert_eq!(r.close().await.unwrap().samples, 0);
+        assert!(path.exists());
     }
 
     #[tokio::test]

@@ -802,12 +802,11 @@ impl Session {
             MediaCommand::Clear => self.player.clear(),
             MediaCommand::Background(clip) => self.player.set_background(clip),
             MediaCommand::Record(recording) => {
-                let held = match std::mem::replace(&mut self.recording, CallRecording::Off) {
-                    CallRecording::Pending(held) => held,
-                    _ => Held::default(),
-                };
+                let before = std::mem::replace(&mut self.recording, CallRecording::Off);
                 if let Some(mut rec) = recording {
-                    held.write_to(&mut rec);
+                    if let CallRecording::Pending(held) = before {
+                        held.write_to(&mut rec);
+                    }
                     self.recording = CallRecording::On(rec);
                 }
             }

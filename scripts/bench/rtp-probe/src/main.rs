@@ -9,6 +9,11 @@
 //! the send time in the payload. siaga relays them to the agent (SIPp,
 //! `-rtp_echo`), which sends them back, and siaga relays them back here:
 //! each packet that returns gives one round trip through the relay, twice.
+//! With `--until-measured`, `--seconds` is a least: the probe goes on
+//! (to `--seconds` plus a minute at most) until every port has had a
+//! packet back and a second's measuring, so a call set up late on a busy
+//! machine is measured like the others instead of missed by a probe that
+//! stopped on the clock.
 //! With `--target A,B,..`, port i sends to target i % n from the start
 //! instead (the baseline: straight to the echoes, no siaga). Ports send in
 //! turn across each 20 ms (port i at i % 20 ms), as independent phones
@@ -43,6 +48,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const MAGIC: &[u8; 8] = b"SIAGAPRB";
 const PAYLOAD: usize = 160;
 const TAIL: Duration = Duration::from_millis(500);
+/// With `--until-measured`: how long the last port to have a packet back
+/// is measured at least, and how far past `--seconds` the probe may go.
+const LEAST_MEASURED: Duration = Duration::from_secs(1);
+const AT_MOST_MORE: Duration = Duration::from_secs(60);
 /// Most datagrams one slot reads from a port; the rest wait 20 ms.
 const MAX_READ: usize = 64;
 
@@ -112,14 +121,25 @@ async fn main() {
         let ports = ports.clone();
         tokio::spawn(async move { follow_answers(path, base, ports).await });
     }
-    let end = start + Duration::from_secs_f64(seconds);
+    let until_measured = args.iter().any(|a| a == "--until-measured");
+    let mut end = start + Duration::from_secs_f64(seconds);
+    let bound = end + AT_MOST_MORE;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     let mut buf = [0u8; 12 + PAYLOAD];
     let mut inbound = [0u8; 2048];
     let mut slot = 0usize;
     while Instant::now() < end {
         tick.tick().await;
-        let counting = Instant::now() + TAIL < end;
+        let now = Instant::now();
+        if until_measured
+            && now + LEAST_MEASURED + TAIL > end
+            && ports
+                .iter()
+                .any(|p| p.stats.lock().unwrap().first_returned.is_none())
+        {
+            end = (now + LEAST_MEASURED + TAIL).min(bound);
+        }
+        let counting = now + TAIL < end;
         slot = (slot + 1) % 20;
         for (i, p) in ports.iter().enumerate().skip(slot).step_by(20) {
             drain(p, &mut inbound);
