@@ -29,6 +29,10 @@ pub struct BridgedCall {
     pub service: String,
     pub arrived_at: i64,
     pub bridged_at: i64,
+    /// The caller is speaking now (the desk counts their silence).
+    pub speaking: bool,
+    /// The caller pressed 5 twice.
+    pub silent_emergency: bool,
 }
 
 /// Today's figures, as the supervisor sees them.
@@ -101,6 +105,20 @@ pub enum LiveEvent {
         incident_id: String,
     },
     Figures(Figures),
+    /// The caller pressed 5 twice: a silent emergency. `agent_id`: the
+    /// call-taker whose phone rings for it or who has it.
+    SilentEmergency {
+        call_id: String,
+        incident_id: String,
+        agent_id: Option<String>,
+        at: i64,
+    },
+    /// The caller with this agent began speaking, or fell quiet.
+    CallerVoice {
+        call_id: String,
+        agent_id: String,
+        speaking: bool,
+    },
     /// Where a warm transfer stands: ringing, talking, conference,
     /// completed, or how it ended (cancelled, no_answer...).
     Transfer {

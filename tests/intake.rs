@@ -187,6 +187,154 @@ fn a_call_over_tcp_is_taken_like_udp() {
     check_recording(&server, &c, "greeting-112", 2.5);
 }
 
+/// The one call made to `service` on this server, once it has ended.
+fn the_call(server: &Server, service: &str) -> serde_json::Value {
+    let calls = server.get("/api/calls?limit=1000").1;
+    let call = calls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["dialed"] == service)
+        .cloned()
+        .expect("no call");
+    server.wait_call_done(
+        call["sip_call_id"].as_str().unwrap(),
+        Duration::from_secs(20),
+    )
+}
+
+/// Waits (at most `limit`) until the caller waiting in a queue is marked
+/// a silent emergency there, and returns its queue entry.
+fn wait_urgent(server: &Server, limit: Duration) -> serde_json::Value {
+    let began = std::time::Instant::now();
+    loop {
+        let (_, queues) = server.get("/api/queues");
+        let urgent = queues.as_array().into_iter().flatten().find_map(|q| {
+            q["waiting"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|w| w["urgent"] == true)
+                .cloned()
+        });
+        if let Some(w) = urgent {
+            return w;
+        }
+        assert!(
+            began.elapsed() < limit,
+            "no waiting caller marked urgent: {queues}\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Where `prompt` (its first second, as it went out through A-law) is in
+/// `heard`, in ms.
+fn prompt_at(heard: &[i16], prompt: &str) -> Option<usize> {
+    let p = prompt_through_alaw(prompt);
+    find_exact(heard, &p[..8000], heard.len()).map(|i| i / 8)
+}
+
+/// A caller who cannot speak (the UK's Silent Solution): says nothing
+/// through the greeting, so the first announcement asks them to press 5
+/// twice; they do, as RFC 4733 telephone-events; the call is marked a
+/// silent emergency (on record and once on the incident's trail), goes
+/// ahead in the queue, and the caller hears that the sign was received.
+/// The recording holds both prompts as they went out; a call with keys
+/// pressed is not taken for a ghost call.
+#[test]
+fn a_silent_caller_is_asked_to_press_five_twice_and_marked_when_they_do() {
+    let server = Server::start(Setup::default());
+    let target = server.sip;
+    let caller = std::thread::spawn(move || {
+        let sipp = Sipp::new(CALLER_TONE);
+        let args = ["-s", "112", "-d", "9000"];
+        let r = sipp.run("uac_silent_55.xml", target, &args, Duration::from_secs(60));
+        (r.code, r.output, r.errors)
+    });
+    let waiting = wait_urgent(&server, Duration::from_secs(40));
+    let (code, output, errors) = caller.join().unwrap();
+    assert_eq!(code, Some(0), "SIPp:\n{output}\n{errors}\n{}", server.log());
+    let c = the_call(&server, "112");
+    assert_eq!(waiting["call_id"], c["id"], "{waiting} {c}");
+    assert!(c["silent_at"].as_i64().is_some(), "not marked: {c}");
+    assert_eq!(c["end_cause"], "caller_bye", "{c}");
+
+    let incident = c["incident_id"].as_str().unwrap();
+    let (_, inc) = server.get(&format!("/api/incidents/{incident}"));
+    let marks: Vec<&serde_json::Value> = inc["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "silent")
+        .collect();
+    assert_eq!(marks.len(), 1, "{inc}");
+    assert_eq!(marks[0]["actor"], "system", "{inc}");
+    assert_eq!(marks[0]["new_value"], "55", "{inc}");
+    assert!(
+        inc["category"].is_null(),
+        "a caller who pressed keys is no ghost: {inc}"
+    );
+
+    // What the caller heard: the greeting, the question, and once they
+    // pressed, the answer.
+    std::fs::copy(
+        c["recording_path"].as_str().unwrap(),
+        "/tmp/silent-debug.wav",
+    )
+    .unwrap();
+    std::fs::write("/tmp/silent-debug.log", server.log()).unwrap();
+    let (_, heard) = read_stereo(Path::new(c["recording_path"].as_str().unwrap()));
+    let greeting = prompt_at(&heard, "greeting-112").expect("no greeting");
+    let asked = prompt_at(&heard, "silent").expect("the caller was never asked to press 5 twice");
+    let answered =
+        prompt_at(&heard, "silent-ack").expect("the caller never heard the sign was received");
+    assert!(
+        greeting < asked && asked < answered,
+        "{greeting} {asked} {answered} ms"
+    );
+    // The presses came 9 s after the answer; the answer followed them.
+    assert!(
+        answered >= 9_000,
+        "answered at {answered} ms, before the presses"
+    );
+}
+
+/// A phone that sends its keys as tones in the audio (no
+/// telephone-events): 5 twice, pressed during the greeting, marks the
+/// call all the same; the greeting gives way to the answer at once.
+#[test]
+fn five_twice_as_tones_in_the_audio_marks_a_silent_emergency() {
+    let server = Server::start(Setup::default());
+    let sipp = Sipp::new(CALLER_TONE);
+    // A quiet line, 5 twice at 3 s (100 ms each, 100 ms apart), quiet.
+    let mut samples = common::audio::dtmf_samples("55", 3000, 100, 100);
+    samples.extend(std::iter::repeat_n(0, 8000 * 10));
+    common::audio::write_alaw(&sipp.workdir.path().join("caller-tone.wav"), &samples);
+    let r = sipp.run(
+        "uac_tone.xml",
+        server.sip,
+        &["-s", "112", "-d", "8000"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(r.code, Some(0), "SIPp:\n{}\n{}", r.output, r.errors);
+    let c = the_call(&server, "112");
+    let marked = c["silent_at"].as_i64().expect("not marked") - c["answered_at"].as_i64().unwrap();
+    assert!(
+        (3_000..6_000).contains(&marked),
+        "marked {marked} ms after the answer: {c}"
+    );
+    let (_, heard) = read_stereo(Path::new(c["recording_path"].as_str().unwrap()));
+    let answered =
+        prompt_at(&heard, "silent-ack").expect("the caller never heard the sign was received");
+    let greeting = prompt_through_alaw("greeting-112").len() / 8;
+    assert!(
+        (3_000..greeting).contains(&answered),
+        "answered at {answered} ms: not at once, while the greeting ({greeting} ms) played"
+    );
+}
+
 /// A recordings folder that cannot take files (here a plain file in its
 /// place) costs the recording, never the call: the caller is answered and
 /// stays for the whole call, and the record has no path and says why.

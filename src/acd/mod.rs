@@ -11,10 +11,12 @@
 //!    ready ("no_answer") and the call is offered anew at once;
 //! 3. a caller past `max_wait` moves to the overflow queue (never while
 //!    an agent's phone rings for it);
-//! 4. waiting calls, highest queue priority first, then oldest arrival
-//!    first (fair across queues; the same instant goes in queue order, then
-//!    by queue name), are offered to a ready, registered agent meeting the
-//!    call's requirements, chosen by the queue's strategy.
+//! 4. waiting calls, silent emergencies (`urgent`: the caller pressed 5
+//!    twice) before all others, then highest queue priority first, then
+//!    oldest arrival first (fair across queues; the same instant goes in
+//!    queue order, then by queue name), are offered to a ready, registered
+//!    agent meeting the call's requirements, chosen by the queue's
+//!    strategy.
 //!
 //! A call's requirements are its queue's `require` plus its route's; after
 //! an escalation step's `after`, they are that step's `require` instead.
@@ -98,6 +100,15 @@ struct Waiting {
     /// Offered to this agent alone (a transfer to a named dispatcher).
     only: Option<String>,
     offer: Option<(String, Instant)>,
+    /// A silent emergency: ahead of everyone not one.
+    urgent: bool,
+}
+
+impl Waiting {
+    /// A queue's order: silent emergencies first, then by arrival.
+    fn rank(&self) -> (bool, Instant) {
+        (!self.urgent, self.arrived)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -170,6 +181,8 @@ pub struct WaitingSnapshot {
     pub position: u32,
     pub wait_ms: u64,
     pub ringing_agent: Option<String>,
+    /// A silent emergency (the caller pressed 5 twice).
+    pub urgent: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -324,7 +337,7 @@ impl Acd {
             .queues
             .get_mut(queue)
             .ok_or_else(|| AcdError::UnknownQueue(queue.to_string()))?;
-        let idx = q.waiting.partition_point(|w| w.arrived <= arrived);
+        let idx = q.waiting.partition_point(|w| w.rank() <= (true, arrived));
         q.waiting.insert(
             idx,
             Waiting {
@@ -334,9 +347,26 @@ impl Acd {
                 route_require,
                 only: None,
                 offer: None,
+                urgent: false,
             },
         );
         Ok(idx as u32 + 1)
+    }
+
+    /// A waiting caller who pressed 5 twice (a silent emergency) goes
+    /// ahead of every caller who did not, in its queue and across queues,
+    /// and stays so if it overflows. False if it is not waiting.
+    pub fn urgent(&mut self, call: &CallId) -> bool {
+        for q in self.queues.values_mut() {
+            if let Some(i) = q.waiting.iter().position(|w| &w.call == call) {
+                let mut w = q.waiting.remove(i);
+                w.urgent = true;
+                let idx = q.waiting.partition_point(|x| x.rank() <= w.rank());
+                q.waiting.insert(idx, w);
+                return true;
+            }
+        }
+        false
     }
 
     /// Puts a call in a queue for one agent alone (who must still meet
@@ -581,7 +611,13 @@ impl Acd {
             {
                 // Config checking prevents this; the caller is never lost.
                 let _ = self.enqueue(w.call, &from, w.route_require, w.arrived, w.entered);
+                if w.urgent {
+                    self.urgent(&call);
+                }
                 continue;
+            }
+            if w.urgent {
+                self.urgent(&call);
             }
             actions.push(AcdAction::Overflowed { call, from, to });
         }
@@ -620,13 +656,13 @@ impl Acd {
         while ready > 0 {
             // The best caller not ringing anyone yet; cursors are in name
             // order and only a better key replaces, so names break ties.
-            let mut best: Option<(usize, (i32, Instant))> = None;
+            let mut best: Option<(usize, (bool, i32, Instant))> = None;
             for (k, c) in cursors.iter_mut().enumerate() {
                 while c.q.waiting.get(c.next).is_some_and(|w| w.offer.is_some()) {
                     c.next += 1;
                 }
                 if let Some(w) = c.q.waiting.get(c.next) {
-                    let key = (-c.q.cfg.priority, w.arrived);
+                    let key = (!w.urgent, -c.q.cfg.priority, w.arrived);
                     if best.is_none_or(|(_, b)| key < b) {
                         best = Some((k, key));
                     }
@@ -757,6 +793,7 @@ impl Acd {
                             position: i as u32 + 1,
                             wait_ms: now.saturating_duration_since(w.arrived).as_millis() as u64,
                             ringing_agent: w.offer.as_ref().map(|(a, _)| a.clone()),
+                            urgent: w.urgent,
                         })
                         .collect(),
                     agents,

@@ -43,6 +43,7 @@ enum Cmd {
         reply: oneshot::Sender<Option<u32>>,
     },
     Leave(CallId),
+    Urgent(CallId),
     Position(CallId, oneshot::Sender<Option<(String, u32)>>),
     Snapshot(oneshot::Sender<Vec<QueueSnapshot>>),
     Agents(oneshot::Sender<Vec<AgentSnapshot>>),
@@ -97,6 +98,9 @@ impl AcdHandle {
                             Cmd::Leave(call) => {
                                 acd.remove(&call, now);
                                 listeners.remove(&call);
+                            }
+                            Cmd::Urgent(call) => {
+                                acd.urgent(&call);
                             }
                             Cmd::Position(call, reply) => {
                                 let _ = reply.send(acd.position(&call).map(|(q, p)| (q.to_string(), p)));
@@ -213,6 +217,11 @@ impl AcdHandle {
 
     pub fn leave(&self, call: CallId) {
         let _ = self.tx.send(Cmd::Leave(call));
+    }
+
+    /// The caller pressed 5 twice: ahead of every other waiting caller.
+    pub fn urgent(&self, call: CallId) {
+        let _ = self.tx.send(Cmd::Urgent(call));
     }
 
     pub async fn position(&self, call: CallId) -> Option<(String, u32)> {

@@ -280,6 +280,72 @@ fn oldest_caller_first_across_queues_of_equal_priority() {
     );
 }
 
+/// A caller who pressed 5 twice goes ahead of everyone else waiting, in
+/// its queue and in a queue of higher priority, later arrivals too; its
+/// place says so; the others keep their order behind it; and it stays
+/// ahead when it overflows.
+#[test]
+fn a_silent_emergency_goes_ahead_of_every_other_caller() {
+    let t0 = Instant::now();
+    let mut a = acd(
+        vec![
+            queue("q112", |q| {
+                q.max_wait = s(60);
+                q.overflow = Some("queue:backup".into());
+            }),
+            queue("q119", |q| q.priority = 10),
+            queue("backup", |_| {}),
+        ],
+        vec![agent("a1", &[])],
+        t0,
+        &[],
+    );
+    a.set_state("a1", Requested::NotReady("break".into()), t0)
+        .unwrap();
+    for (i, c) in ["first", "second", "silent", "fourth"].iter().enumerate() {
+        let at = t0 + s(i as u64);
+        a.enqueue(id(c), "q112", Skills::new(), at, at).unwrap();
+    }
+    a.enqueue(id("high"), "q119", Skills::new(), t0, t0)
+        .unwrap();
+    assert!(a.urgent(&id("silent")));
+    assert!(!a.urgent(&id("nobody")), "not waiting");
+    let order = |a: &Acd, q: &str| -> Vec<(String, bool)> {
+        a.snapshot(t0 + s(5))
+            .into_iter()
+            .find(|x| x.name == q)
+            .unwrap()
+            .waiting
+            .into_iter()
+            .map(|w| (w.call_id.0, w.urgent))
+            .collect()
+    };
+    assert_eq!(
+        order(&a, "q112"),
+        [
+            ("silent".into(), true),
+            ("first".into(), false),
+            ("second".into(), false),
+            ("fourth".into(), false)
+        ]
+    );
+    // Past q112's max wait, everyone moves to backup: the silent caller
+    // still first there.
+    assert!(a
+        .poll(t0 + s(70))
+        .iter()
+        .all(|x| !matches!(x, AcdAction::Offer { .. })));
+    assert_eq!(order(&a, "backup")[0], ("silent".into(), true));
+    a.enqueue(id("late"), "backup", Skills::new(), t0 + s(71), t0 + s(71))
+        .unwrap();
+    a.set_state("a1", Requested::Ready, t0 + s(72)).unwrap();
+    assert_eq!(
+        offers(&a.poll(t0 + s(72))),
+        vec![("silent".into(), "a1".into())],
+        "ahead of a queue of higher priority too"
+    );
+}
+
 #[test]
 fn ring_timeout_sets_agent_not_ready_and_tries_the_next_at_once() {
     let t0 = Instant::now();

@@ -571,6 +571,9 @@ impl Driver {
                 }
                 Turn::Quiet
             }
+            Some(MediaEvent::Key(key)) => Turn::Event(Event::Key(key)),
+            Some(MediaEvent::Voice(speaking)) => Turn::Event(Event::Voice(speaking)),
+            Some(MediaEvent::Sound) => Turn::Event(Event::Sound),
             None => Turn::Event(Event::MediaFailed),
         }
     }
@@ -650,7 +653,7 @@ impl Driver {
             }
             Action::Live(ev) => self.s.live.send(*ev),
             Action::Acd(op) => return self.acd(op).await,
-            Action::Announce => {
+            Action::Announce { silent } => {
                 let position = self
                     .s
                     .acd
@@ -658,7 +661,12 @@ impl Driver {
                     .await
                     .map(|(_, p)| p)
                     .unwrap_or(1);
-                let prompt = self.s.prompts.queue_announcement(position);
+                let mut prompt = Vec::new();
+                if silent {
+                    prompt.extend(self.s.prompts.get("silent").map(Segment::Audio));
+                    prompt.push(Segment::Silence(crate::media::recorder::FRAME_SAMPLES * 25));
+                }
+                prompt.extend(self.s.prompts.queue_announcement(position));
                 let _ = self.media.send(MediaCommand::Play(prompt));
             }
             Action::RecordConsult {
@@ -749,8 +757,8 @@ impl Driver {
             MediaOp::Complete => MediaCommand::Complete,
             MediaOp::EndConsult => MediaCommand::EndConsult,
             MediaOp::Clear => MediaCommand::Clear,
-            MediaOp::PlayTransfer => {
-                let prompt = self.s.prompts.get("transfer").into_iter();
+            MediaOp::Prompt(name) => {
+                let prompt = self.s.prompts.get(name).into_iter();
                 MediaCommand::Play(prompt.map(Segment::Audio).collect())
             }
             MediaOp::Stop => MediaCommand::Stop,
@@ -804,6 +812,7 @@ impl Driver {
                 acd.offer_failed(self.place(place), agent.0, why)
             }
             AcdOp::CallEnded(agent, queue) => acd.call_ended(agent.0, queue.0),
+            AcdOp::Urgent => acd.urgent(self.id.clone()),
         }
         None
     }
@@ -886,6 +895,7 @@ impl Driver {
                     service: who.service.clone(),
                     location,
                     waited_ms: who.arrived.elapsed().as_millis() as u64,
+                    silent_emergency: self.call.is_silent_emergency(),
                 };
                 Leg::Browser(s.phones.ring(agent.as_str(), ring)?)
             }

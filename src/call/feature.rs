@@ -83,7 +83,7 @@ pub(super) async fn run(
         tokio::select! {
             ev = events.recv() => match ev {
                 Some(MediaEvent::Drained) | Some(MediaEvent::RtpTimeout) | None => break true,
-                Some(MediaEvent::ConsultClosed(_)) => {}
+                Some(_) => {}
             },
             ev = leg.next_event() => match ev {
                 LegEvent::Ended(_) => break false,

@@ -179,12 +179,19 @@ pub struct DispositionsSection {
     /// no one has classified it yet). "0s": never.
     #[serde(default = "default_ghost_within", with = "humantime_serde")]
     pub ghost_hang_up_within: Duration,
+    /// A call whose line carried nothing at all, the whole call (no sound
+    /// above about -55 dBFS, no key), is a ghost call too, answered or
+    /// not: an open line with no one on it. A caller who breathes, or a
+    /// room that can be heard, is not (that may be a silent caller).
+    #[serde(default = "default_true")]
+    pub ghost_without_audio: bool,
 }
 
 impl Default for DispositionsSection {
     fn default() -> Self {
         DispositionsSection {
             ghost_hang_up_within: default_ghost_within(),
+            ghost_without_audio: true,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! runtime of their own (`runtime`).
 
 pub mod g711;
+pub mod listen;
 pub mod ports;
 pub mod prompts;
 pub mod reactor;

@@ -26,6 +26,8 @@ pub const REQUIRED: &[&str] = &[
     "queue-position",
     "queue-wait",
     "hold-music",
+    "silent",
+    "silent-ack",
 ];
 
 #[derive(Debug, Clone, Default)]

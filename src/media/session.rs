@@ -27,6 +27,7 @@
 //! tick reads what queued. `relayed` says which sockets need it now.
 
 use super::g711::Law;
+use super::listen::{EventKeys, ToneKeys, Vad};
 use super::ports::{Batch, RtpSocket, BATCH};
 use super::prompts::{Clip, Player, Segment};
 use super::recorder::{Held, Recording, FRAME_SAMPLES};
@@ -349,6 +350,10 @@ struct CallerIn {
     heard: VecDeque<i16>,
     last_rx: Instant,
     timed_out: bool,
+    /// Key presses sent as telephone-events...
+    keys: EventKeys,
+    /// ...and those found in the packet just read, for the session to tell.
+    pressed: Option<char>,
 }
 
 impl CallerIn {
@@ -386,6 +391,7 @@ impl CallerIn {
         } else {
             stats.packets_in += 1;
             self.last_rx = now;
+            self.pressed = self.keys.packet(h.timestamp, payload);
             None
         }
     }
@@ -398,6 +404,13 @@ pub enum MediaEvent {
     RtpTimeout,
     /// A consultation ended (completed or not): its recording, to close.
     ConsultClosed(Option<Recording>),
+    /// The caller pressed a key (a telephone-event, or a tone in the
+    /// audio when their phone sends none).
+    Key(char),
+    /// The caller began speaking (true) or has been quiet a second.
+    Voice(bool),
+    /// Something came from the caller's line at last (see `listen`).
+    Sound,
 }
 
 /// The call's recording, as the session feeds it.
@@ -479,6 +492,11 @@ pub struct Session {
     set_aside: Option<AgentSide>,
     conference: bool,
     held: bool,
+    /// The caller's voice, and any sound at all (told once).
+    vad: Vad,
+    sound_told: bool,
+    /// Key tones in the caller's audio.
+    tones: ToneKeys,
 }
 
 impl Session {
@@ -496,6 +514,8 @@ impl Session {
                 heard: VecDeque::with_capacity(MAX_BUFFERED + FRAME_SAMPLES),
                 last_rx: now,
                 timed_out: false,
+                keys: EventKeys::default(),
+                pressed: None,
             },
             header: new_header(params.pt),
             rtp,
@@ -511,6 +531,29 @@ impl Session {
             set_aside: None,
             conference: false,
             held: false,
+            vad: Vad::default(),
+            sound_told: false,
+            tones: ToneKeys::default(),
+        }
+    }
+
+    /// What the caller's frame says without words: speech starting or
+    /// stopping, the first sound, a key's tone (unless their phone sends
+    /// telephone-events, which would count each press twice).
+    fn listen(&mut self, frame: &[i16; FRAME_SAMPLES]) {
+        if let Some(h) = self.vad.frame(frame) {
+            let _ = self
+                .events
+                .send(MediaEvent::Voice(h == super::listen::Heard::Speaking));
+        }
+        if !self.sound_told && self.vad.heard_sound() {
+            self.sound_told = true;
+            let _ = self.events.send(MediaEvent::Sound);
+        }
+        if !self.caller.keys.seen {
+            if let Some(key) = self.tones.frame(frame) {
+                let _ = self.events.send(MediaEvent::Key(key));
+            }
         }
     }
 
@@ -551,6 +594,7 @@ impl Session {
         }
         let remote = self.caller.latch.remote;
         let left = take_frame(&mut self.caller.heard);
+        self.listen(&left);
         let mut right = [0i16; FRAME_SAMPLES];
         match mode {
             Mode::Talk => {
@@ -702,10 +746,13 @@ impl Session {
         let (datagram, Some(from)) = batch.datagram(i) else {
             return;
         };
-        let Some(payload) =
+        let payload =
             self.caller
-                .packet(datagram, from, &self.params, &mut self.stats, decoded, now)
-        else {
+                .packet(datagram, from, &self.params, &mut self.stats, decoded, now);
+        if let Some(key) = self.caller.pressed.take() {
+            let _ = self.events.send(MediaEvent::Key(key));
+        }
+        let Some(payload) = payload else {
             return;
         };
         if !talk {

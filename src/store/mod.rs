@@ -150,6 +150,8 @@ pub struct CallRow {
     pub callback_of: Option<String>,
     /// For a callback: the user who asked for it.
     pub requested_by: Option<String>,
+    /// When the caller pressed 5 twice: a silent emergency.
+    pub silent_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, FromRow)]
@@ -258,7 +260,7 @@ impl DbHealth {
 
 macro_rules! call_columns {
     () => {
-        "id, incident_id, sip_call_id, from_uri, to_uri, caller_number, dialed, service, route, queue, source, transport, trunk, status, arrived_at, answered_at, ended_at, wait_ms, end_cause, codec, recording_path, recording_sha256, recording_error, recording_lost_ms, agent_id, agent_answered_at, direction, callback_of, requested_by"
+        "id, incident_id, sip_call_id, from_uri, to_uri, caller_number, dialed, service, route, queue, source, transport, trunk, status, arrived_at, answered_at, ended_at, wait_ms, end_cause, codec, recording_path, recording_sha256, recording_error, recording_lost_ms, agent_id, agent_answered_at, direction, callback_of, requested_by, silent_at"
     };
 }
 macro_rules! incident_columns {

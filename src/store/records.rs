@@ -413,6 +413,36 @@ pub(super) async fn classified(
     Ok(())
 }
 
+/// The caller pressed 5 twice: the call says when, and the incident's
+/// trail says it once (a journal replay finds it done).
+pub(super) async fn silent_emergency(
+    conn: &mut AnyConnection,
+    id: &CallId,
+    incident: &str,
+    at: i64,
+) -> Result<(), StoreError> {
+    let done = sqlx::query("UPDATE calls SET silent_at = $1 WHERE id = $2 AND silent_at IS NULL")
+        .bind(at)
+        .bind(id.as_str())
+        .execute(&mut *conn)
+        .await?;
+    if done.rows_affected() == 1 {
+        let new = Some("55".to_string());
+        audit(
+            conn,
+            incident,
+            at,
+            "system",
+            "silent",
+            Some("silent"),
+            None,
+            new,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Notes that the database holds journal `journal` up to record `seq`.
 pub(super) async fn journal_applied(
     conn: &mut AnyConnection,

@@ -60,6 +60,13 @@ pub enum StoreCmd {
         category: String,
         at: i64,
     },
+    /// The caller pressed 5 twice: a silent emergency, on the call and on
+    /// its incident's audit trail (once).
+    SilentEmergency {
+        id: CallId,
+        incident: String,
+        at: i64,
+    },
     /// The call's recording could not be made after all: no file, and why.
     RecordingFailed {
         id: CallId,
@@ -368,7 +375,8 @@ async fn run(
                 StoreCmd::AssignAgency { incident_id, .. } => {
                     on_change(Changed::Incident(incident_id.clone()))
                 }
-                StoreCmd::Classified { incident, .. } => {
+                StoreCmd::Classified { incident, .. }
+                | StoreCmd::SilentEmergency { incident, .. } => {
                     on_change(Changed::Incident(incident.clone()))
                 }
                 _ => {}
@@ -645,6 +653,9 @@ async fn apply_on(conn: &mut AnyConnection, cmd: &StoreCmd) -> Result<(), StoreE
             category,
             at,
         } => records::classified(conn, incident, category, *at).await,
+        StoreCmd::SilentEmergency { id, incident, at } => {
+            records::silent_emergency(conn, id, incident, *at).await
+        }
         StoreCmd::RecordingFailed { id, error } => records::recording_failed(conn, id, error).await,
         StoreCmd::RecordingClosed { id, outcome } => {
             records::recording_closed(conn, id, outcome).await

@@ -194,6 +194,12 @@ pub fn shown<'e>(user: &User, ev: &'e LiveEvent) -> Option<Cow<'e, LiveEvent>> {
         }
         LiveEvent::IncidentLeft { .. } => false,
         LiveEvent::Figures(_) => everything,
+        LiveEvent::SilentEmergency { agent_id, .. } => {
+            everything || (agent_id.is_some() && user.agent_id == *agent_id)
+        }
+        LiveEvent::CallerVoice { agent_id, .. } => {
+            everything || user.agent_id.as_deref() == Some(agent_id)
+        }
         LiveEvent::Transfer {
             agent_id,
             agency,
@@ -266,6 +272,8 @@ mod tests {
             service: "112".into(),
             arrived_at: 0,
             bridged_at: 0,
+            speaking: false,
+            silent_emergency: false,
         });
         let siti = user(Role::CallTaker, Some("ct-01"), Some("ntpd"));
         let budi = user(Role::CallTaker, Some("ct-02"), Some("ntpd"));

@@ -188,7 +188,9 @@ pub async fn calltaker(State(s): State<AppState>, Extension(user): Extension<Use
          <p id=\"idle\" class=\"muted\">Menunggu panggilan…</p>\
          <section id=\"call-card\" class=\"card\" hidden>\
          <h2>Panggilan <span id=\"call-service\"></span> — <span id=\"call-caller\"></span> \
-         <span id=\"call-timer\" class=\"timer\">0:00</span> <span id=\"call-status\"></span></h2>\
+         <span id=\"call-timer\" class=\"timer\">0:00</span> <span id=\"call-status\"></span> \
+         <span id=\"call-silent\" class=\"silent-flag\" hidden>DARURAT DIAM: penelepon menekan 55</span> \
+         <span id=\"caller-quiet\" class=\"quiet-badge\" hidden></span></h2>\
          <p>Lokasi dari jaringan: <span id=\"call-location\">tidak diketahui</span></p>\
          <p>Insiden <a id=\"incident-link\" href=\"#\"></a> · <span id=\"repeat\"></span></p>\
          <div id=\"dispositions\" role=\"group\" aria-label=\"Jenis panggilan\">Jenis panggilan: \

@@ -361,6 +361,7 @@ async fn run(
         "service": ring.service,
         "location": ring.location,
         "waited_ms": ring.waited_ms,
+        "silent_emergency": ring.silent_emergency,
         // The browser needs the same STUN/TURN servers to reach us.
         "ice_servers": settings.ice_servers,
     }));

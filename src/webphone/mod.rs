@@ -103,6 +103,8 @@ pub struct Ring {
     pub service: String,
     pub location: Option<String>,
     pub waited_ms: u64,
+    /// The caller pressed 5 twice.
+    pub silent_emergency: bool,
 }
 
 /// Where a socket bound to `ip` is reached from this host: itself, or

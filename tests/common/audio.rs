@@ -69,12 +69,43 @@ pub fn alaw_tone_packet(seq: u16, ts: u32, ssrc: u32, freq: f64) -> Vec<u8> {
 /// A mono 8 kHz A-law WAV (format tag 6) holding a sine at `freq`.
 pub fn write_alaw_tone(path: &Path, freq: f64, seconds: f64) {
     let n = (8000.0 * seconds) as usize;
-    let data: Vec<u8> = (0..n)
-        .map(|i| {
-            let v = (2.0 * std::f64::consts::PI * freq * i as f64 / 8000.0).sin() * 12000.0;
-            Law::Alaw.encode(v as i16)
-        })
+    let samples: Vec<i16> = (0..n)
+        .map(|i| ((2.0 * std::f64::consts::PI * freq * i as f64 / 8000.0).sin() * 12000.0) as i16)
         .collect();
+    write_alaw(path, &samples);
+}
+
+/// Key presses as in-band DTMF: each key's two tones for `tone_ms`, then
+/// `gap_ms` of quiet, after `lead_ms` of quiet; 8 kHz samples.
+pub fn dtmf_samples(keys: &str, lead_ms: u32, tone_ms: u32, gap_ms: u32) -> Vec<i16> {
+    let freqs = |k: char| -> (f64, f64) {
+        let rows = [697.0, 770.0, 852.0, 941.0];
+        let cols = [1209.0, 1336.0, 1477.0, 1633.0];
+        let pad = ["123A", "456B", "789C", "*0#D"];
+        let r = pad.iter().position(|row| row.contains(k)).unwrap();
+        let c = pad[r].find(k).unwrap();
+        (rows[r], cols[c])
+    };
+    let mut out = vec![0i16; 8 * lead_ms as usize];
+    for k in keys.chars() {
+        let (a, b) = freqs(k);
+        for i in 0..8 * tone_ms as usize {
+            let t = i as f64 / 8000.0;
+            let v = 5000.0
+                * ((2.0 * std::f64::consts::PI * a * t).sin()
+                    + (2.0 * std::f64::consts::PI * b * t).sin());
+            out.push(v as i16);
+        }
+        out.extend(std::iter::repeat_n(0, 8 * gap_ms as usize));
+    }
+    out
+}
+
+/// A mono 8 kHz A-law WAV (format tag 6) of `samples`, as SIPp's
+/// `rtp_stream` plays it.
+pub fn write_alaw(path: &Path, samples: &[i16]) {
+    let n = samples.len();
+    let data: Vec<u8> = samples.iter().map(|&v| Law::Alaw.encode(v)).collect();
     let mut wav = Vec::new();
     wav.extend_from_slice(b"RIFF");
     wav.extend_from_slice(&(4 + 26 + 12 + 8 + data.len() as u32).to_le_bytes());

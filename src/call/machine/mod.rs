@@ -24,6 +24,7 @@ use crate::ids::{AgentId, CallId, IncidentId, QueueId, TransferId};
 use crate::leg::{AgentFailure, LegEnd};
 use crate::live::{BridgedCall, LiveEvent};
 use crate::media::g711::Law;
+use crate::media::listen::Twice;
 use crate::media::sdp::{self, Direction, Negotiated};
 use crate::store::StoreCmd;
 use std::collections::BTreeMap;
@@ -172,8 +173,8 @@ pub enum MediaOp {
     Complete,
     EndConsult,
     Clear,
-    /// The transfer prompt.
-    PlayTransfer,
+    /// One of the prompts, by name (`transfer`, `silent-ack`).
+    Prompt(&'static str),
     Stop,
 }
 
@@ -193,6 +194,8 @@ pub enum AcdOp {
     OfferFailed(Place, AgentId, OfferFailure),
     /// The agent is done with the call (wrap-up follows).
     CallEnded(AgentId, QueueId),
+    /// The caller is a silent emergency: ahead of everyone waiting.
+    Urgent,
 }
 
 /// What the driver does for the call.
@@ -230,8 +233,11 @@ pub enum Action {
     Store(Box<StoreCmd>),
     Live(Box<LiveEvent>),
     Acd(AcdOp),
-    /// Tell the caller their place in the queue.
-    Announce,
+    /// Tell the caller their place in the queue; `silent`: first ask a
+    /// caller who has not spoken to press 5 twice if they cannot.
+    Announce {
+        silent: bool,
+    },
     /// Open the consultation's recording and put the dispatcher's answer
     /// on record with it.
     RecordConsult {
@@ -342,6 +348,12 @@ pub enum Event {
     MediaFailed,
     /// The call's recording file is open (true), or could not be made.
     RecordingOpened(Result<(), String>),
+    /// The caller pressed a key.
+    Key(char),
+    /// The caller began speaking (true) or has been quiet a second.
+    Voice(bool),
+    /// Something came from the caller's line at last.
+    Sound,
     Shutdown,
 }
 
@@ -352,6 +364,8 @@ pub struct Rules {
     pub prompt_intervals: BTreeMap<String, Duration>,
     /// A caller gone this soon, before any agent answered: a ghost call.
     pub ghost_within: Duration,
+    /// A call whose line carried nothing at all is a ghost call too.
+    pub ghost_without_audio: bool,
 }
 
 impl Rules {
@@ -364,6 +378,7 @@ impl Rules {
                 .map(|(name, q)| (name.clone(), q.prompt_interval))
                 .collect(),
             ghost_within: config.server.dispositions.ghost_hang_up_within,
+            ghost_without_audio: config.server.dispositions.ghost_without_audio,
         }
     }
 
@@ -501,9 +516,29 @@ pub struct Call {
     /// A transfer asked of the ACD, whose answer comes next.
     pending: Option<transfer::Pending>,
     agent_answered: Option<Instant>,
+    /// What the caller's line says without words.
+    line: Line,
     next_leg: u32,
     out: Vec<Action>,
 }
+
+/// What the caller's line has said without words (`media::listen`).
+#[derive(Debug, Default)]
+struct Line {
+    speaking: bool,
+    /// They have spoken at some time in the call.
+    spoke: bool,
+    /// Anything at all came from the line.
+    sound: bool,
+    /// They pressed a key.
+    pressed: bool,
+    keys: Twice,
+    /// When they pressed 5 twice: a silent emergency.
+    silent_at: Option<Instant>,
+}
+
+/// How close together the two presses of 5 must come.
+const FIVE_TWICE_WITHIN: Duration = Duration::from_secs(4);
 
 impl Call {
     /// The call, answered; its first actions put the caller in the queue.
@@ -522,6 +557,7 @@ impl Call {
             transfers: 0,
             pending: None,
             agent_answered: None,
+            line: Line::default(),
             next_leg: 0,
             out: Vec::new(),
         };
@@ -545,6 +581,11 @@ impl Call {
     /// A name for a leg that joins from outside (a phone's consultation).
     pub fn reserve_leg(&mut self) -> LegId {
         self.new_leg()
+    }
+
+    /// Whether the caller pressed 5 twice (a silent emergency).
+    pub fn is_silent_emergency(&self) -> bool {
+        self.line.silent_at.is_some()
     }
 
     /// Why the call ended, once it has.
@@ -578,7 +619,8 @@ impl Call {
     pub fn handle_timeout(&mut self, now: Now) -> Vec<Action> {
         if self.announce_at.is_some_and(|t| t <= now.at) {
             self.announce_at = None;
-            self.out.push(Action::Announce);
+            let silent = !self.line.spoke && self.line.silent_at.is_none();
+            self.out.push(Action::Announce { silent });
         }
         match &self.stage {
             Stage::Overflowing { give_up, .. } if *give_up <= now.at => self.center_gave_up(now),
@@ -631,6 +673,9 @@ impl Call {
                 self.hang_up_caller();
                 self.end(EndCause::MediaFailed, now);
             }
+            Event::Key(key) => self.on_key(key, now),
+            Event::Voice(speaking) => self.on_voice(speaking),
+            Event::Sound => self.line.sound = true,
             Event::RecordingOpened(Ok(())) => {}
             Event::RecordingOpened(Err(error)) => {
                 tracing::error!(%error, "recording could not start; the call continues unrecorded");
@@ -673,6 +718,71 @@ impl Call {
         }
     }
 
+    /// A key from the caller: 5 twice is a silent emergency (the UK's
+    /// Silent Solution): someone there who cannot speak.
+    fn on_key(&mut self, key: char, now: Now) {
+        self.line.pressed = true;
+        let at = now.at.saturating_duration_since(self.caller.arrived);
+        let within = FIVE_TWICE_WITHIN.as_millis() as u64;
+        if self
+            .line
+            .keys
+            .pressed(key, at.as_millis() as u64, '5', within)
+        {
+            self.mark_silent_emergency(now);
+        }
+    }
+
+    /// Marks the call a silent emergency, once: on record and on the
+    /// incident's trail, ahead of every waiting caller, on the screens of
+    /// the call-taker who has it and of the supervisors; a caller still
+    /// waiting hears that the sign was received.
+    fn mark_silent_emergency(&mut self, now: Now) {
+        if self.line.silent_at.is_some() {
+            return;
+        }
+        warn!("the caller pressed 5 twice: a silent emergency");
+        self.line.silent_at = Some(now.at);
+        self.store(StoreCmd::SilentEmergency {
+            id: self.id.clone(),
+            incident: self.incident.to_string(),
+            at: now.wall_ms,
+        });
+        let (agent, waiting) = match &self.stage {
+            Stage::Waiting { ringing } => (ringing.as_ref(), true),
+            Stage::Overflowing { .. } => (None, true),
+            Stage::Talking { agent, .. } => (Some(agent), false),
+            _ => (None, false),
+        };
+        self.live(LiveEvent::SilentEmergency {
+            call_id: self.id.to_string(),
+            incident_id: self.incident.to_string(),
+            agent_id: agent.map(|a| a.who.to_string()),
+            at: now.wall_ms,
+        });
+        if waiting {
+            self.acd(AcdOp::Urgent);
+            self.media(MediaOp::Clear);
+            self.media(MediaOp::Prompt("silent-ack"));
+        }
+    }
+
+    /// The caller began or stopped speaking: the call-taker who has them
+    /// sees it ("penelepon diam N dtk").
+    fn on_voice(&mut self, speaking: bool) {
+        self.line.speaking = speaking;
+        self.line.spoke |= speaking;
+        self.line.sound |= speaking;
+        if let Stage::Talking { agent, .. } = &self.stage {
+            let agent_id = agent.who.to_string();
+            self.live(LiveEvent::CallerVoice {
+                call_id: self.id.to_string(),
+                agent_id,
+                speaking,
+            });
+        }
+    }
+
     /// The greeting or an announcement finished: the next announcement
     /// is due, unless someone is on the line.
     fn drained(&mut self, now: Now) {
@@ -694,6 +804,9 @@ impl Call {
         warn!("the agent is gone: the caller waits in the queue again");
         self.stage = Stage::Waiting { ringing: None };
         self.acd(AcdOp::Enqueue(self.queue.clone()));
+        if self.line.silent_at.is_some() {
+            self.acd(AcdOp::Urgent);
+        }
         self.announce_at = Some(now.at);
     }
 
@@ -749,11 +862,18 @@ impl Call {
             EndCause::Caller(LegEnd::RemoteBye | LegEnd::Cancelled)
         );
         let ghost = self.rules.ghost_within;
-        if caller_left
+        let gone_at_once = caller_left
             && self.agent_answered.is_none()
             && !ghost.is_zero()
-            && now.at.saturating_duration_since(self.caller.arrived) <= ghost
-        {
+            && now.at.saturating_duration_since(self.caller.arrived) <= ghost;
+        // Nothing came from the line the whole call, and no key: an open
+        // line with no one on it (a pocket dial's dead microphone), ended
+        // by the caller's side, the line's silence, or the call-taker.
+        let nothing_heard = self.rules.ghost_without_audio
+            && !self.line.sound
+            && !self.line.pressed
+            && (caller_left || matches!(cause, EndCause::RtpTimeout | EndCause::AgentBye));
+        if gone_at_once || nothing_heard {
             self.store(StoreCmd::Classified {
                 incident: self.incident.to_string(),
                 category: "ghost".into(),
@@ -835,6 +955,8 @@ impl Call {
             service: self.caller.service.clone(),
             arrived_at: self.caller.arrived_ms,
             bridged_at: now.wall_ms,
+            speaking: self.line.speaking,
+            silent_emergency: self.line.silent_at.is_some(),
         })
     }
 }

@@ -49,6 +49,7 @@ fn rules() -> Rules {
         ],
         prompt_intervals: [("ntpd-112".to_string(), 10 * SECOND)].into(),
         ghost_within: 5 * SECOND,
+        ghost_without_audio: true,
     }
 }
 
@@ -74,6 +75,10 @@ fn ok_sdp() -> Vec<u8> {
 
 impl T {
     fn new() -> (T, Vec<Action>) {
+        T::with_rules(rules())
+    }
+
+    fn with_rules(rules: Rules) -> (T, Vec<Action>) {
         let clock = Clock {
             start: Instant::now(),
             ms: 0,
@@ -92,7 +97,7 @@ impl T {
             },
             queue: QueueId("ntpd-112".into()),
             codec: pcma(),
-            rules: Arc::new(rules()),
+            rules: Arc::new(rules),
         });
         (
             T {
@@ -229,18 +234,21 @@ fn ghost(actions: &[Action]) -> bool {
 
 /// A caller gone within the configured time, before any agent answered,
 /// is a ghost call; one gone later, or after an agent answered, or ended
-/// by anyone else, is not.
+/// by anyone else, is not (their line carried sound).
 #[test]
 fn a_caller_gone_at_once_before_any_answer_is_a_ghost_call() {
     let (mut t, _) = T::new();
+    t.on(Event::Sound);
     t.after(2 * SECOND);
     assert!(ghost(&t.caller_hangs_up()), "gone at 2 s");
 
     let (mut t, _) = T::new();
+    t.on(Event::Sound);
     t.after(5 * SECOND);
     assert!(ghost(&t.caller_hangs_up()), "at 5 s, the bound");
 
     let (mut t, _) = T::new();
+    t.on(Event::Sound);
     t.after(6 * SECOND);
     assert!(
         !ghost(&t.caller_hangs_up()),
@@ -248,6 +256,7 @@ fn a_caller_gone_at_once_before_any_answer_is_a_ghost_call() {
     );
 
     let (mut t, _) = T::new();
+    t.on(Event::Sound);
     t.talking("ct-01");
     assert!(!ghost(&t.caller_hangs_up()), "an agent answered");
 
@@ -258,6 +267,161 @@ fn a_caller_gone_at_once_before_any_answer_is_a_ghost_call() {
     let (mut t, _) = T::new();
     let out = t.on(Event::Caller(Called::Ended(LegEnd::NoAck)));
     assert!(!ghost(&out), "no ACK came: not the caller's doing");
+}
+
+/// A line that carried nothing the whole call (no sound, no key) is a
+/// ghost call however long it lasted, answered or not, whoever hung up;
+/// one with any sound, or a key pressed, is not; and the rule can be
+/// turned off.
+#[test]
+fn a_line_with_nothing_on_it_is_a_ghost_call() {
+    let (mut t, _) = T::new();
+    t.after(60 * SECOND);
+    assert!(ghost(&t.caller_hangs_up()), "a minute of nothing, waiting");
+
+    let (mut t, _) = T::new();
+    let leg = t.talking("ct-01");
+    t.after(30 * SECOND);
+    let out = t.on(Event::Placed(leg, Placed::Ended));
+    assert!(ghost(&out), "the call-taker hung up on an empty line");
+
+    let (mut t, _) = T::new();
+    t.after(30 * SECOND);
+    assert!(ghost(&t.on(Event::RtpTimeout)), "the line went dead");
+
+    let (mut t, _) = T::new();
+    t.talking("ct-01");
+    t.on(Event::Sound);
+    t.after(30 * SECOND);
+    assert!(!ghost(&t.caller_hangs_up()), "something was heard");
+
+    let (mut t, _) = T::new();
+    t.on(Event::Key('1'));
+    t.after(30 * SECOND);
+    assert!(!ghost(&t.caller_hangs_up()), "a key was pressed");
+
+    let (mut t, _) = T::new();
+    t.after(30 * SECOND);
+    assert!(!ghost(&t.on(Event::Shutdown)), "siaga stopped");
+
+    let mut rules = rules();
+    rules.ghost_without_audio = false;
+    let (mut t, _) = T::with_rules(rules);
+    t.after(30 * SECOND);
+    assert!(!ghost(&t.caller_hangs_up()), "the rule is off");
+}
+
+fn silent_marked(actions: &[Action]) -> bool {
+    has(actions, |a| match a {
+        Action::Store(cmd) => matches!(cmd.as_ref(), StoreCmd::SilentEmergency { .. }),
+        _ => false,
+    })
+}
+
+/// 5 twice from a waiting caller: on record, ahead of everyone, the
+/// screens told, and the caller hears it was received; once only. Two
+/// 5s too far apart, or another key between, are nothing.
+#[test]
+fn five_twice_marks_a_silent_emergency_once() {
+    let (mut t, _) = T::new();
+    t.on(Event::Drained);
+    assert!(!silent_marked(&t.on(Event::Key('5'))));
+    t.after(SECOND);
+    let out = t.on(Event::Key('5'));
+    assert!(silent_marked(&out), "{out:?}");
+    assert!(has(&out, |a| matches!(a, Action::Acd(AcdOp::Urgent))));
+    assert!(has(&out, |a| matches!(
+        a,
+        Action::Media(MediaOp::Prompt("silent-ack"))
+    )));
+    assert!(has(&out, |a| matches!(
+        a,
+        Action::Live(ev) if matches!(ev.as_ref(), LiveEvent::SilentEmergency { agent_id: None, .. })
+    )));
+    assert!(t.call.is_silent_emergency());
+    t.on(Event::Key('5'));
+    assert!(t.on(Event::Key('5')).is_empty(), "marked once");
+    // Answered, then the call-taker's browser is lost: back in the queue,
+    // and still ahead of everyone there.
+    let leg = t.talking("ct-01");
+    let out = t.on(Event::Placed(leg, Placed::Lost));
+    assert!(has(&out, |a| matches!(a, Action::Acd(AcdOp::Enqueue(_)))));
+    assert!(has(&out, |a| matches!(a, Action::Acd(AcdOp::Urgent))));
+
+    let (mut t, _) = T::new();
+    t.on(Event::Key('5'));
+    t.after(5 * SECOND);
+    assert!(!silent_marked(&t.on(Event::Key('5'))), "too far apart");
+
+    let (mut t, _) = T::new();
+    t.on(Event::Key('5'));
+    t.on(Event::Key('1'));
+    assert!(!silent_marked(&t.on(Event::Key('5'))), "a key between");
+
+    // With a call-taker on the line: their screen is told, the caller
+    // hears nothing new over the conversation, no queue to move in.
+    let (mut t, _) = T::new();
+    t.talking("ct-01");
+    t.on(Event::Key('5'));
+    let out = t.on(Event::Key('5'));
+    assert!(silent_marked(&out));
+    assert!(!has(&out, |a| matches!(a, Action::Acd(AcdOp::Urgent))));
+    assert!(!has(&out, |a| matches!(a, Action::Media(_))));
+    assert!(has(&out, |a| matches!(
+        a,
+        Action::Live(ev) if matches!(ev.as_ref(), LiveEvent::SilentEmergency { agent_id: Some(a), .. } if a == "ct-01")
+    )));
+}
+
+/// A caller who says nothing through the greeting is asked to press 5
+/// twice in each announcement, until they speak or press it.
+#[test]
+fn a_caller_silent_through_the_greeting_is_asked_to_press_five_twice() {
+    let announced = |actions: &[Action]| {
+        actions.iter().find_map(|a| match a {
+            Action::Announce { silent } => Some(*silent),
+            _ => None,
+        })
+    };
+    let (mut t, _) = T::new();
+    t.on(Event::Drained);
+    assert_eq!(announced(&t.after(Duration::ZERO)), Some(true));
+    t.on(Event::Drained);
+    assert_eq!(announced(&t.after(10 * SECOND)), Some(true), "still silent");
+    t.on(Event::Voice(true));
+    t.on(Event::Voice(false));
+    t.on(Event::Drained);
+    assert_eq!(announced(&t.after(10 * SECOND)), Some(false), "they spoke");
+
+    let (mut t, _) = T::new();
+    t.on(Event::Key('5'));
+    t.on(Event::Key('5'));
+    t.on(Event::Drained);
+    assert_eq!(announced(&t.after(Duration::ZERO)), Some(false), "marked");
+}
+
+/// The call-taker's screen learns when the caller starts and stops
+/// speaking, only while they talk.
+#[test]
+fn the_desk_hears_when_the_caller_falls_silent() {
+    let voice = |actions: &[Action]| {
+        actions.iter().find_map(|a| match a {
+            Action::Live(ev) => match ev.as_ref() {
+                LiveEvent::CallerVoice {
+                    speaking, agent_id, ..
+                } => Some((*speaking, agent_id.clone())),
+                _ => None,
+            },
+            _ => None,
+        })
+    };
+    let (mut t, _) = T::new();
+    assert_eq!(voice(&t.on(Event::Voice(true))), None, "no one to tell");
+    t.talking("ct-01");
+    assert_eq!(
+        voice(&t.on(Event::Voice(false))),
+        Some((false, "ct-01".to_string()))
+    );
 }
 
 fn transfer_outcome(actions: &[Action]) -> Option<String> {
@@ -304,12 +468,15 @@ fn the_caller_is_queued_then_hears_their_place_after_the_greeting_and_every_inte
     assert_eq!(t.call.poll_timeout(), Some(t.clock.now().at));
     assert!(has(&t.after(Duration::ZERO), |a| matches!(
         a,
-        Action::Announce
+        Action::Announce { .. }
     )));
     // That announcement ends: the next one is an interval away.
     t.on(Event::Drained);
     assert!(t.after(9 * SECOND).is_empty());
-    assert!(has(&t.after(SECOND), |a| matches!(a, Action::Announce)));
+    assert!(has(&t.after(SECOND), |a| matches!(
+        a,
+        Action::Announce { .. }
+    )));
 }
 
 #[test]
@@ -647,7 +814,7 @@ fn a_transfer_from_the_panel_holds_the_caller_rings_a_dispatcher_and_answers_the
     )));
     assert!(has(&out, |a| matches!(
         a,
-        Action::Media(MediaOp::PlayTransfer)
+        Action::Media(MediaOp::Prompt("transfer"))
     )));
     assert_eq!(
         t.call.poll_timeout(),

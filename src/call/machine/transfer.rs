@@ -731,7 +731,7 @@ impl Call {
             requested_by: by.to_string(),
             at: now.wall_ms,
         })));
-        self.media(MediaOp::PlayTransfer);
+        self.media(MediaOp::Prompt("transfer"));
     }
 
     fn assign_agency(&mut self, t: &Transfer, by: &str, now: Now) {

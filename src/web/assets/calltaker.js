@@ -112,7 +112,12 @@
     // the new call's.
     if (current && dirty) await save();
     dirty = false;
-    current = { call_id: b.call_id, incident_id: b.incident_id, bridged_at: b.bridged_at, ended_at: null };
+    current = {
+      call_id: b.call_id, incident_id: b.incident_id, bridged_at: b.bridged_at, ended_at: null,
+      // Since when the caller has said nothing (null while they speak).
+      quiet_since: b.speaking ? null : Date.now(),
+    };
+    $("call-silent").hidden = !b.silent_emergency;
     $("idle").hidden = true;
     $("call-card").hidden = false;
     $("call-card").classList.add("flash");
@@ -148,6 +153,11 @@
     if (!current) return;
     const end = current.ended_at || Date.now();
     $("call-timer").textContent = siaga.duration(end - current.bridged_at);
+    // "penelepon diam N dtk": a caller quiet for 3 s or more, while the
+    // call lasts (a silent caller may be one who cannot speak).
+    const quiet = current.quiet_since == null || current.ended_at ? 0 : Date.now() - current.quiet_since;
+    $("caller-quiet").hidden = quiet < 3000;
+    $("caller-quiet").textContent = `penelepon diam ${Math.floor(quiet / 1000)} dtk`;
   }
   setInterval(tick, 250);
 
@@ -180,6 +190,12 @@
       $("call-status").textContent = ev.cause === "transferred" ? "— dialihkan" : "— panggilan berakhir";
       showTransfer(null);
       tick();
+    } else if (ev.type === "caller_voice" && current && ev.call_id === current.call_id) {
+      // The caller has been quiet a second by the time that is said.
+      current.quiet_since = ev.speaking ? null : Date.now() - 1000;
+      tick();
+    } else if (ev.type === "silent_emergency" && current && ev.call_id === current.call_id) {
+      $("call-silent").hidden = false;
     } else if (ev.type === "transfer" && current && ev.call_id === current.call_id) {
       showTransfer(ev);
     } else if (ev.type === "incident" && current && ev.incident.id === current.incident_id) {

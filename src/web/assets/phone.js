@@ -82,6 +82,7 @@
   banner.hidden = true;
   banner.setAttribute("role", "alert");
   banner.innerHTML = `<span class="ring-service" id="ring-service"></span>
+    <span id="ring-silent" class="silent-flag" hidden>DARURAT DIAM: penelepon menekan 55</span>
     <strong id="ring-number"></strong> <span id="ring-location"></span>
     <span>menunggu <span id="ring-waited" class="timer">0:00</span></span>
     <span id="ring-queue"></span>
@@ -121,6 +122,7 @@
     stopRinging();
     $("ring-service").textContent = ev.service || "?";
     $("ring-number").textContent = ev.caller_number || "nomor tidak diketahui";
+    $("ring-silent").hidden = !ev.silent_emergency;
     $("ring-location").textContent = ev.location ? "Lokasi: " + ev.location : "Lokasi tidak diketahui";
     $("ring-queue").textContent = `${waitingNow} penelepon dalam antrean`;
     const since = Date.now() - (ev.waited_ms || 0);

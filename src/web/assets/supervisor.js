@@ -24,7 +24,7 @@
     const rows = [];
     for (const q of queues) {
       for (const w of q.waiting) {
-        rows.push(`<tr class="waiting-row" data-call="${siaga.esc(w.call_id)}"><td>${siaga.esc(q.name)}</td><td class="position">${w.position}</td><td class="wait">${siaga.duration(w.wait_ms + since)}</td><td>${siaga.esc(w.ringing_agent || "")}</td></tr>`);
+        rows.push(`<tr class="waiting-row" data-call="${siaga.esc(w.call_id)}"><td>${siaga.esc(q.name)}</td><td class="position">${w.position}${w.urgent ? ' <span class="silent-flag">DARURAT DIAM (55)</span>' : ""}</td><td class="wait">${siaga.duration(w.wait_ms + since)}</td><td>${siaga.esc(w.ringing_agent || "")}</td></tr>`);
       }
     }
     $("queues").tBodies[0].innerHTML = rows.join("") || `<tr><td colspan="4" class="muted">Tidak ada penelepon menunggu</td></tr>`;
