@@ -10,6 +10,7 @@ pub mod ids;
 pub mod leg;
 pub mod live;
 pub mod media;
+pub mod pranks;
 pub(crate) mod priority;
 pub mod server;
 pub mod shared;

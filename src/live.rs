@@ -33,6 +33,8 @@ pub struct BridgedCall {
     pub speaking: bool,
     /// The caller pressed 5 twice.
     pub silent_emergency: bool,
+    /// Prank calls from the number lately, if it is a repeat prank caller.
+    pub pranks: u32,
 }
 
 /// Today's figures, as the supervisor sees them.

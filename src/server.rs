@@ -146,9 +146,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             first_admin(&config, &store).await;
         });
     }
+    let dispositions = &config.server.dispositions;
+    let pranks = crate::pranks::Pranks::new(dispositions.prank_repeat, dispositions.prank_window);
+    pranks.spawn(store.clone());
     let writer = {
         let live = live.clone();
         let store = store.clone();
+        let pranks = pranks.clone();
         let places = crate::store::Places {
             journal: Some(config.resolve(&config.server.database.journal_dir)),
             recordings: Some(config.resolve(&config.server.media.recordings_dir)),
@@ -157,6 +161,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         StoreWriter::spawn(store.clone(), places, move |changed| match changed {
             Changed::Calls => live.calls_changed(),
             Changed::Incident(id) => {
+                pranks.changed();
                 let (live, store) = (live.clone(), store.clone());
                 tokio::spawn(async move {
                     if let Ok(Some(incident)) = store.get_incident(&id).await {
@@ -191,6 +196,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             TakeOver {
                 store: store.clone(),
                 led: led_tx,
+                pranks: pranks.clone(),
             },
         ),
     };
@@ -258,6 +264,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         phones: phones.clone(),
         rules: Arc::new(crate::call::machine::Rules::of(&config)),
         leadership: leadership.clone(),
+        pranks,
     });
     live.spawn_feeds(
         acd.clone(),
@@ -298,6 +305,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         logins: Default::default(),
         phones: Some(phones),
         leadership: Some(leadership),
+        pranks: services.pranks.clone(),
     });
     // SIP's sockets, the RTP pool (a descriptor a port, twice over for
     // browser calls' gateways) and the recorder's files come first.
@@ -390,11 +398,14 @@ async fn first_admin(config: &Config, store: &Store) {
 struct TakeOver {
     store: Store,
     led: mpsc::UnboundedSender<()>,
+    /// Counted again at once: the old leader's last classifications.
+    pranks: crate::pranks::Pranks,
 }
 
 impl crate::cluster::OnLead for TakeOver {
     fn took_over(&self, previous: Option<String>) {
         let _ = self.led.send(());
+        self.pranks.changed();
         let Some(gone) = previous else { return };
         let store = self.store.clone();
         tokio::spawn(async move {

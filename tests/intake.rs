@@ -272,6 +272,13 @@ fn a_silent_caller_is_asked_to_press_five_twice_and_marked_when_they_do() {
     assert_eq!(marks.len(), 1, "{inc}");
     assert_eq!(marks[0]["actor"], "system", "{inc}");
     assert_eq!(marks[0]["new_value"], "55", "{inc}");
+    // The incident's page says it in words.
+    let (_, _, page) = server.get_bytes(&format!("/incidents/{incident}"), None);
+    let page = String::from_utf8_lossy(&page);
+    assert!(
+        page.contains("penelepon menekan 55 (darurat diam)"),
+        "{page}"
+    );
     assert!(
         inc["category"].is_null(),
         "a caller who pressed keys is no ghost: {inc}"
@@ -298,6 +305,123 @@ fn a_silent_caller_is_asked_to_press_five_twice_and_marked_when_they_do() {
     assert!(
         answered >= 9_000,
         "answered at {answered} ms, before the presses"
+    );
+}
+
+/// A number that pranked three times (`prank_repeat`, the example
+/// config's) is never refused: its next call is answered, greeted and
+/// recorded, but waits behind a caller who came after it; a supervisor
+/// clears the number. The pranks count however the number was written.
+#[test]
+fn a_repeat_prank_caller_is_answered_but_waits_behind_real_callers() {
+    let server = Server::start(Setup::default());
+    let from = |number: &str| {
+        let sipp = Sipp::new(CALLER_TONE);
+        std::fs::write(
+            sipp.workdir.path().join("callers.csv"),
+            format!("SEQUENTIAL\n{number};\n"),
+        )
+        .unwrap();
+        sipp
+    };
+    let calls = |server: &Server| server.get("/api/calls?limit=1000").1;
+    for (i, written) in ["081299990000", "+6281299990000", "6281299990000"]
+        .iter()
+        .enumerate()
+    {
+        let r = from(written).run(
+            "uac_tone.xml",
+            server.sip,
+            &["-s", "112", "-d", "1500"],
+            Duration::from_secs(30),
+        );
+        assert_eq!(r.code, Some(0), "SIPp:\n{}\n{}", r.output, r.errors);
+        let all = calls(&server);
+        let c = &all.as_array().unwrap()[0];
+        assert_eq!(all.as_array().unwrap().len(), i + 1);
+        let (status, _) = server.json_as(
+            &server.admin,
+            "PATCH",
+            &format!("/api/incidents/{}", c["incident_id"].as_str().unwrap()),
+            Some(r#"{"category":"prank","status":"closed"}"#),
+        );
+        assert_eq!(status, 200);
+    }
+    let began = std::time::Instant::now();
+    while server.get("/api/pranks").1
+        != serde_json::json!([{"number": "081299990000", "pranks": 3}])
+    {
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "{}",
+            server.get("/api/pranks").1
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let call_from = |number: &'static str| {
+        let sipp = from(number);
+        let target = server.sip;
+        std::thread::spawn(move || {
+            let args = ["-s", "112", "-d", "10000"];
+            sipp.run("uac_tone.xml", target, &args, Duration::from_secs(40))
+                .code
+        })
+    };
+    let waiting = |server: &Server| -> Vec<serde_json::Value> {
+        let (_, queues) = server.get("/api/queues");
+        queues
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|q| q["waiting"].as_array().unwrap().clone())
+            .collect()
+    };
+    let wait_for = |n: usize| {
+        let began = std::time::Instant::now();
+        loop {
+            let w = waiting(&server);
+            if w.len() == n {
+                return w;
+            }
+            assert!(began.elapsed() < Duration::from_secs(30), "{w:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let prankster = call_from("+62 812-9999-0000");
+    let theirs = wait_for(1)[0]["call_id"].clone();
+    let caller = call_from("081211112222");
+    let w = wait_for(2);
+    // The prankster came first, and waits second.
+    assert_ne!(w[0]["call_id"], theirs, "{w:?}");
+    assert_eq!(
+        (w[0]["position"].as_u64(), w[0]["low"].as_bool()),
+        (Some(1), Some(false))
+    );
+    assert_eq!(w[1]["call_id"], theirs, "{w:?}");
+    assert_eq!(
+        (w[1]["position"].as_u64(), w[1]["low"].as_bool()),
+        (Some(2), Some(true))
+    );
+
+    // Cleared by a supervisor: the number is nobody's business any more.
+    let (status, _) = server.json_as(
+        &server.admin,
+        "POST",
+        "/api/pranks/clear",
+        Some(r#"{"number":"0812 9999 0000"}"#),
+    );
+    assert_eq!(status, 204);
+    assert_eq!(server.get("/api/pranks").1, serde_json::json!([]));
+
+    assert_eq!(prankster.join().unwrap(), Some(0));
+    assert_eq!(caller.join().unwrap(), Some(0));
+    let id = w[1]["call_id"].as_str().unwrap();
+    let (_, c) = server.get(&format!("/api/calls/{id}"));
+    let c = server.wait_call_done(c["sip_call_id"].as_str().unwrap(), Duration::from_secs(20));
+    assert!(
+        c["answered_at"].as_i64().is_some() && c["recording_sha256"].is_string(),
+        "{c}"
     );
 }
 

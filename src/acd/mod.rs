@@ -12,7 +12,8 @@
 //! 3. a caller past `max_wait` moves to the overflow queue (never while
 //!    an agent's phone rings for it);
 //! 4. waiting calls, silent emergencies (`urgent`: the caller pressed 5
-//!    twice) before all others, then highest queue priority first, then
+//!    twice) before all others and repeat prank callers (`low`) after
+//!    them, then highest queue priority first, then
 //!    oldest arrival first (fair across queues; the same instant goes in
 //!    queue order, then by queue name), are offered to a ready, registered
 //!    agent meeting the call's requirements, chosen by the queue's
@@ -100,14 +101,24 @@ struct Waiting {
     /// Offered to this agent alone (a transfer to a named dispatcher).
     only: Option<String>,
     offer: Option<(String, Instant)>,
-    /// A silent emergency: ahead of everyone not one.
-    urgent: bool,
+    standing: Standing,
+}
+
+/// Where a caller stands against the others, whatever their queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Standing {
+    /// A silent emergency (the caller pressed 5 twice): ahead of all.
+    Urgent,
+    Normal,
+    /// A number with repeated prank calls: still answered, behind all.
+    Low,
 }
 
 impl Waiting {
-    /// A queue's order: silent emergencies first, then by arrival.
-    fn rank(&self) -> (bool, Instant) {
-        (!self.urgent, self.arrived)
+    /// A queue's order: by standing, then by arrival.
+    fn rank(&self) -> (Standing, Instant) {
+        (self.standing, self.arrived)
     }
 }
 
@@ -183,6 +194,8 @@ pub struct WaitingSnapshot {
     pub ringing_agent: Option<String>,
     /// A silent emergency (the caller pressed 5 twice).
     pub urgent: bool,
+    /// A repeat prank caller, waiting behind every other.
+    pub low: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -337,7 +350,9 @@ impl Acd {
             .queues
             .get_mut(queue)
             .ok_or_else(|| AcdError::UnknownQueue(queue.to_string()))?;
-        let idx = q.waiting.partition_point(|w| w.rank() <= (true, arrived));
+        let idx = q
+            .waiting
+            .partition_point(|w| w.rank() <= (Standing::Normal, arrived));
         q.waiting.insert(
             idx,
             Waiting {
@@ -347,7 +362,7 @@ impl Acd {
                 route_require,
                 only: None,
                 offer: None,
-                urgent: false,
+                standing: Standing::Normal,
             },
         );
         Ok(idx as u32 + 1)
@@ -355,18 +370,26 @@ impl Acd {
 
     /// A waiting caller who pressed 5 twice (a silent emergency) goes
     /// ahead of every caller who did not, in its queue and across queues,
-    /// and stays so if it overflows. False if it is not waiting.
-    pub fn urgent(&mut self, call: &CallId) -> bool {
+    /// and stays so if it overflows; a repeat prank caller goes behind
+    /// every other. False if it is not waiting.
+    pub fn stand(&mut self, call: &CallId, standing: Standing) -> bool {
         for q in self.queues.values_mut() {
             if let Some(i) = q.waiting.iter().position(|w| &w.call == call) {
                 let mut w = q.waiting.remove(i);
-                w.urgent = true;
+                // A silent emergency stays one.
+                if w.standing != Standing::Urgent {
+                    w.standing = standing;
+                }
                 let idx = q.waiting.partition_point(|x| x.rank() <= w.rank());
                 q.waiting.insert(idx, w);
                 return true;
             }
         }
         false
+    }
+
+    pub fn urgent(&mut self, call: &CallId) -> bool {
+        self.stand(call, Standing::Urgent)
     }
 
     /// Puts a call in a queue for one agent alone (who must still meet
@@ -611,14 +634,10 @@ impl Acd {
             {
                 // Config checking prevents this; the caller is never lost.
                 let _ = self.enqueue(w.call, &from, w.route_require, w.arrived, w.entered);
-                if w.urgent {
-                    self.urgent(&call);
-                }
+                self.stand(&call, w.standing);
                 continue;
             }
-            if w.urgent {
-                self.urgent(&call);
-            }
+            self.stand(&call, w.standing);
             actions.push(AcdAction::Overflowed { call, from, to });
         }
 
@@ -656,13 +675,13 @@ impl Acd {
         while ready > 0 {
             // The best caller not ringing anyone yet; cursors are in name
             // order and only a better key replaces, so names break ties.
-            let mut best: Option<(usize, (bool, i32, Instant))> = None;
+            let mut best: Option<(usize, (Standing, i32, Instant))> = None;
             for (k, c) in cursors.iter_mut().enumerate() {
                 while c.q.waiting.get(c.next).is_some_and(|w| w.offer.is_some()) {
                     c.next += 1;
                 }
                 if let Some(w) = c.q.waiting.get(c.next) {
-                    let key = (!w.urgent, -c.q.cfg.priority, w.arrived);
+                    let key = (w.standing, -c.q.cfg.priority, w.arrived);
                     if best.is_none_or(|(_, b)| key < b) {
                         best = Some((k, key));
                     }
@@ -793,7 +812,8 @@ impl Acd {
                             position: i as u32 + 1,
                             wait_ms: now.saturating_duration_since(w.arrived).as_millis() as u64,
                             ringing_agent: w.offer.as_ref().map(|(a, _)| a.clone()),
-                            urgent: w.urgent,
+                            urgent: w.standing == Standing::Urgent,
+                            low: w.standing == Standing::Low,
                         })
                         .collect(),
                     agents,

@@ -39,11 +39,12 @@ enum Cmd {
         /// Offer to this agent alone.
         only: Option<String>,
         arrived: Instant,
+        standing: super::Standing,
         notices: mpsc::UnboundedSender<AcdNotice>,
         reply: oneshot::Sender<Option<u32>>,
     },
     Leave(CallId),
-    Urgent(CallId),
+    Stand(CallId, super::Standing),
     Position(CallId, oneshot::Sender<Option<(String, u32)>>),
     Snapshot(oneshot::Sender<Vec<QueueSnapshot>>),
     Agents(oneshot::Sender<Vec<AgentSnapshot>>),
@@ -84,12 +85,17 @@ impl AcdHandle {
                         let now = Instant::now();
                         changed = !matches!(cmd, Cmd::Position(..) | Cmd::Snapshot(_) | Cmd::Agents(_) | Cmd::CallOf(..));
                         match cmd {
-                            Cmd::Enqueue { call, queue, require, only, arrived, notices, reply } => {
+                            Cmd::Enqueue { call, queue, require, only, arrived, standing, notices, reply } => {
                                 let pos = match only {
                                     Some(agent) => acd.enqueue_for(call.clone(), &queue, &agent, arrived, now),
                                     None => acd.enqueue(call.clone(), &queue, require, arrived, now),
                                 }
                                 .ok();
+                                // Placed before any offer is made (`poll`
+                                // runs after the command).
+                                if pos.is_some() && standing != super::Standing::Normal {
+                                    acd.stand(&call, standing);
+                                }
                                 if pos.is_some() {
                                     listeners.insert(call, notices);
                                 }
@@ -99,8 +105,8 @@ impl AcdHandle {
                                 acd.remove(&call, now);
                                 listeners.remove(&call);
                             }
-                            Cmd::Urgent(call) => {
-                                acd.urgent(&call);
+                            Cmd::Stand(call, standing) => {
+                                acd.stand(&call, standing);
                             }
                             Cmd::Position(call, reply) => {
                                 let _ = reply.send(acd.position(&call).map(|(q, p)| (q.to_string(), p)));
@@ -176,8 +182,34 @@ impl AcdHandle {
         arrived: Instant,
         notices: mpsc::UnboundedSender<AcdNotice>,
     ) -> Option<u32> {
-        self.queue_call(call, queue, require, None, arrived, notices)
+        let normal = super::Standing::Normal;
+        self.enqueue_standing(call, queue, require, arrived, normal, notices)
             .await
+    }
+
+    /// Queues a caller who may stand apart: a silent emergency, or a
+    /// repeat prank caller.
+    pub async fn enqueue_standing(
+        &self,
+        call: CallId,
+        queue: String,
+        require: Skills,
+        arrived: Instant,
+        standing: super::Standing,
+        notices: mpsc::UnboundedSender<AcdNotice>,
+    ) -> Option<u32> {
+        self.ask(|reply| Cmd::Enqueue {
+            call,
+            queue,
+            require,
+            only: None,
+            arrived,
+            standing,
+            notices,
+            reply,
+        })
+        .await
+        .flatten()
     }
 
     /// Queues a call for one agent alone (a transfer to a named dispatcher).
@@ -189,25 +221,13 @@ impl AcdHandle {
         arrived: Instant,
         notices: mpsc::UnboundedSender<AcdNotice>,
     ) -> Option<u32> {
-        self.queue_call(call, queue, Skills::new(), Some(agent), arrived, notices)
-            .await
-    }
-
-    async fn queue_call(
-        &self,
-        call: CallId,
-        queue: String,
-        require: Skills,
-        only: Option<String>,
-        arrived: Instant,
-        notices: mpsc::UnboundedSender<AcdNotice>,
-    ) -> Option<u32> {
         self.ask(|reply| Cmd::Enqueue {
             call,
             queue,
-            require,
-            only,
+            require: Skills::new(),
+            only: Some(agent),
             arrived,
+            standing: super::Standing::Normal,
             notices,
             reply,
         })
@@ -221,7 +241,7 @@ impl AcdHandle {
 
     /// The caller pressed 5 twice: ahead of every other waiting caller.
     pub fn urgent(&self, call: CallId) {
-        let _ = self.tx.send(Cmd::Urgent(call));
+        let _ = self.tx.send(Cmd::Stand(call, super::Standing::Urgent));
     }
 
     pub async fn position(&self, call: CallId) -> Option<(String, u32)> {

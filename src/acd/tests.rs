@@ -346,6 +346,60 @@ fn a_silent_emergency_goes_ahead_of_every_other_caller() {
     );
 }
 
+/// A repeat prank caller is still queued and still offered, but behind
+/// every other caller, however early it came and whatever its queue's
+/// priority; a silent emergency from that number goes ahead all the same.
+#[test]
+fn a_repeat_prank_caller_waits_behind_every_other() {
+    let t0 = Instant::now();
+    let mut a = acd(
+        vec![queue("q112", |q| q.priority = 10), queue("q119", |_| {})],
+        vec![agent("a1", &[])],
+        t0,
+        &[],
+    );
+    a.set_state("a1", Requested::NotReady("break".into()), t0)
+        .unwrap();
+    a.enqueue(id("prank"), "q112", Skills::new(), t0, t0)
+        .unwrap();
+    assert!(a.stand(&id("prank"), Standing::Low));
+    a.enqueue(id("later"), "q112", Skills::new(), t0 + s(5), t0 + s(5))
+        .unwrap();
+    a.enqueue(id("other"), "q119", Skills::new(), t0 + s(6), t0 + s(6))
+        .unwrap();
+    let order: Vec<(String, bool)> = a.snapshot(t0 + s(7))[0]
+        .waiting
+        .iter()
+        .map(|w| (w.call_id.0.clone(), w.low))
+        .collect();
+    assert_eq!(order, [("later".into(), false), ("prank".into(), true)]);
+    let mut served = Vec::new();
+    for (i, at) in [8, 9, 10].into_iter().enumerate() {
+        a.set_state("a1", Requested::Ready, t0 + s(at)).unwrap();
+        let offered = offers(&a.poll(t0 + s(at)));
+        assert_eq!(offered.len(), 1, "round {i}");
+        served.push(offered[0].0.clone());
+        a.remove(&id(&offered[0].0), t0 + s(at));
+    }
+    assert_eq!(served, ["later", "other", "prank"], "still served, last");
+
+    // The same number in trouble: 5 twice puts it first.
+    a.set_state("a1", Requested::NotReady("break".into()), t0 + s(11))
+        .unwrap();
+    a.enqueue(id("x"), "q112", Skills::new(), t0 + s(11), t0 + s(11))
+        .unwrap();
+    a.enqueue(id("prank2"), "q119", Skills::new(), t0 + s(12), t0 + s(12))
+        .unwrap();
+    a.stand(&id("prank2"), Standing::Low);
+    a.urgent(&id("prank2"));
+    a.stand(&id("prank2"), Standing::Low);
+    a.set_state("a1", Requested::Ready, t0 + s(13)).unwrap();
+    assert_eq!(
+        offers(&a.poll(t0 + s(13))),
+        vec![("prank2".into(), "a1".into())]
+    );
+}
+
 #[test]
 fn ring_timeout_sets_agent_not_ready_and_tries_the_next_at_once() {
     let t0 = Instant::now();

@@ -288,6 +288,7 @@ impl Driver {
         let (notice_tx, notices) = mpsc::unbounded_channel();
         let controls = s.controls.register(&c.call_id);
         let unended = Unended::new(&s.store, &c.call_id);
+        let pranks = s.pranks.of(c.caller_number.as_deref());
         let (call, actions) = Call::new(machine::Start {
             id: c.call_id.clone(),
             incident: c.incident_id.clone(),
@@ -299,6 +300,7 @@ impl Driver {
                 service: c.route.service.clone(),
                 arrived: c.arrived,
                 arrived_ms: c.arrived_ms,
+                pranks,
             },
             queue: QueueId(c.route.queue.clone()),
             codec: c.negotiated,
@@ -778,11 +780,12 @@ impl Driver {
         match op {
             AcdOp::Enqueue(queue) => {
                 let queued = acd
-                    .enqueue(
+                    .enqueue_standing(
                         self.id.clone(),
                         queue.to_string(),
                         self.require.clone(),
                         self.arrived,
+                        self.call.standing(),
                         self.notice_tx.clone(),
                     )
                     .await;
@@ -896,6 +899,7 @@ impl Driver {
                     location,
                     waited_ms: who.arrived.elapsed().as_millis() as u64,
                     silent_emergency: self.call.is_silent_emergency(),
+                    pranks: who.pranks,
                 };
                 Leg::Browser(s.phones.ring(agent.as_str(), ring)?)
             }

@@ -62,6 +62,8 @@ pub struct Services {
     pub rules: Arc<machine::Rules>,
     /// Whether this node leads (only the leader places call-backs).
     pub leadership: crate::cluster::Leadership,
+    /// The repeat prank callers, whose calls wait behind every other.
+    pub pranks: crate::pranks::Pranks,
 }
 
 /// A call whose end is not on record yet. Dropped so (its task panicked

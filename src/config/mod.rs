@@ -185,6 +185,14 @@ pub struct DispositionsSection {
     /// room that can be heard, is not (that may be a silent caller).
     #[serde(default = "default_true")]
     pub ghost_without_audio: bool,
+    /// A number with at least this many calls classified as pranks in the
+    /// last `prank_window` is a repeat prank caller: still answered,
+    /// greeted and recorded, but waiting behind every other caller, with
+    /// a badge on the call-taker's screen. 0: never.
+    #[serde(default = "default_prank_repeat")]
+    pub prank_repeat: u32,
+    #[serde(default = "default_prank_window", with = "humantime_serde")]
+    pub prank_window: Duration,
 }
 
 impl Default for DispositionsSection {
@@ -192,8 +200,18 @@ impl Default for DispositionsSection {
         DispositionsSection {
             ghost_hang_up_within: default_ghost_within(),
             ghost_without_audio: true,
+            prank_repeat: default_prank_repeat(),
+            prank_window: default_prank_window(),
         }
     }
+}
+
+fn default_prank_repeat() -> u32 {
+    3
+}
+
+fn default_prank_window() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
 }
 
 fn default_ghost_within() -> Duration {

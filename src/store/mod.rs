@@ -517,6 +517,40 @@ impl Store {
             .await?)
     }
 
+    /// The caller numbers and times of the incidents classified as pranks
+    /// since `since` (ms), and every supervisor's clearing of a number.
+    pub async fn pranks_since(
+        &self,
+        since: i64,
+    ) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>), StoreError> {
+        let pranks = sqlx::query_as::<_, (String, i64)>(
+            "SELECT caller_number, created_at FROM incidents \
+             WHERE category = 'prank' AND created_at >= $1 AND caller_number IS NOT NULL",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        let clears =
+            sqlx::query_as::<_, (String, i64)>("SELECT number, cleared_at FROM prank_clears")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok((pranks, clears))
+    }
+
+    /// A supervisor clears a number: its pranks so far no longer count.
+    pub async fn clear_pranks(&self, number: &str, at: i64, by: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO prank_clears (number, cleared_at, cleared_by) VALUES ($1, $2, $3) \
+             ON CONFLICT (number) DO UPDATE SET cleared_at = excluded.cleared_at, cleared_by = excluded.cleared_by",
+        )
+        .bind(number)
+        .bind(at)
+        .bind(by)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     pub async fn calls_of_incident(&self, id: &str) -> Result<Vec<CallRow>, StoreError> {
         let q = concat!(
             "SELECT ",

@@ -471,6 +471,53 @@ pub async fn abandoned(
     Ok(Json(rows.into_iter().map(CallView::from).collect()))
 }
 
+#[derive(serde::Serialize)]
+pub struct PrankNumber {
+    pub number: String,
+    pub pranks: u32,
+}
+
+/// The repeat prank callers now: their calls wait behind every other.
+pub async fn pranks(
+    State(s): State<AppState>,
+    Extension(user): Extension<User>,
+) -> Result<Json<Vec<PrankNumber>>, ApiError> {
+    user.require(SUPERVISE)?;
+    let list = s.pranks.list().into_iter();
+    Ok(Json(
+        list.map(|(number, pranks)| PrankNumber { number, pranks })
+            .collect(),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct ClearPranks {
+    pub number: String,
+}
+
+/// A supervisor clears a number: its pranks so far no longer count, and
+/// its next call waits like anyone's.
+pub async fn clear_pranks(
+    State(s): State<AppState>,
+    Extension(user): Extension<User>,
+    Json(body): Json<ClearPranks>,
+) -> Result<StatusCode, ApiError> {
+    user.require(SUPERVISE)?;
+    let number = crate::pranks::normalise(&body.number);
+    if number.is_empty() {
+        return Err(ApiError::BadRequest(
+            "no_number",
+            "a number is needed".into(),
+        ));
+    }
+    s.store
+        .clear_pranks(&number, now_ms(), &user.username)
+        .await?;
+    tracing::info!(%number, by = %user.username, "repeat prank caller cleared");
+    s.pranks.load(&s.store, now_ms()).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 pub async fn stats_today(
     State(s): State<AppState>,
     Extension(user): Extension<User>,

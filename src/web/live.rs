@@ -274,6 +274,7 @@ mod tests {
             bridged_at: 0,
             speaking: false,
             silent_emergency: false,
+            pranks: 0,
         });
         let siti = user(Role::CallTaker, Some("ct-01"), Some("ntpd"));
         let budi = user(Role::CallTaker, Some("ct-02"), Some("ntpd"));

@@ -41,6 +41,8 @@ pub struct AppState {
     pub phones: Option<crate::webphone::Phones>,
     /// Whether this node leads; absent likewise (it leads).
     pub leadership: Option<crate::cluster::Leadership>,
+    /// The repeat prank callers, as calls see them.
+    pub pranks: crate::pranks::Pranks,
 }
 
 /// The router, apart from any socket, so tests can drive it directly.
@@ -83,6 +85,8 @@ pub fn app(state: AppState) -> Router {
         .route("/api/agents", get(api::agents))
         .route("/api/agents/{id}/state", post(api::set_agent_state))
         .route("/api/abandoned", get(api::abandoned))
+        .route("/api/pranks", get(api::pranks))
+        .route("/api/pranks/clear", post(api::clear_pranks))
         .route("/api/stats/today", get(api::stats_today))
         .route("/api/users", get(api::list_users).post(api::create_user))
         .route("/api/users/{id}", axum::routing::patch(api::update_user))

@@ -190,6 +190,7 @@ pub async fn calltaker(State(s): State<AppState>, Extension(user): Extension<Use
          <h2>Panggilan <span id=\"call-service\"></span> — <span id=\"call-caller\"></span> \
          <span id=\"call-timer\" class=\"timer\">0:00</span> <span id=\"call-status\"></span> \
          <span id=\"call-silent\" class=\"silent-flag\" hidden>DARURAT DIAM: penelepon menekan 55</span> \
+         <span id=\"call-prank\" class=\"prank-flag\" hidden></span> \
          <span id=\"caller-quiet\" class=\"quiet-badge\" hidden></span></h2>\
          <p>Lokasi dari jaringan: <span id=\"call-location\">tidak diketahui</span></p>\
          <p>Insiden <a id=\"incident-link\" href=\"#\"></a> · <span id=\"repeat\"></span></p>\
@@ -294,7 +295,8 @@ pub async fn supervisor(State(s): State<AppState>, Extension(user): Extension<Us
          <section class=\"card\"><h2>Hari ini</h2><div id=\"figures\" class=\"figures\">{}{}{}{}{}{}{}{}</div></section>\
          <section class=\"card\"><h2>Antrean</h2><table id=\"queues\"><thead><tr><th>Antrean</th><th>No.</th><th>Menunggu</th><th>Berdering di</th></tr></thead><tbody></tbody></table></section>\
          <section class=\"card\"><h2>Agen</h2><table id=\"agents\"><thead><tr><th>Agen</th><th>Instansi</th><th>Status</th><th>Sejak</th><th>Telepon</th></tr></thead><tbody></tbody></table></section>\
-         <section class=\"card\"><h2>Panggilan terputus (belum dijawab)</h2><table id=\"abandoned\"><thead><tr><th>Waktu</th><th>Nomor</th><th>Menunggu</th><th></th></tr></thead><tbody></tbody></table><p id=\"callback-msg\" role=\"status\"></p></section>",
+         <section class=\"card\"><h2>Panggilan terputus (belum dijawab)</h2><table id=\"abandoned\"><thead><tr><th>Waktu</th><th>Nomor</th><th>Menunggu</th><th></th></tr></thead><tbody></tbody></table><p id=\"callback-msg\" role=\"status\"></p></section>\
+         <section class=\"card\"><h2>Nomor sering iseng</h2><p class=\"muted\">Tetap dijawab dan direkam, tetapi menunggu di belakang penelepon lain. Tidak pernah diblokir.</p><table id=\"pranks\"><thead><tr><th>Nomor</th><th>Panggilan iseng</th><th></th></tr></thead><tbody></tbody></table><p id=\"prank-msg\" role=\"status\"></p></section>",
         figure("fig-calls", "Panggilan"),
         figure("fig-answered", "Dijawab"),
         figure("fig-10s", "Dijawab ≤ 10 dtk"),
@@ -439,6 +441,7 @@ fn action_name(action: &str) -> &str {
         "callback" => "telepon balik",
         "transfer_started" => "pengalihan dimulai",
         "transfer_ended" => "pengalihan selesai",
+        "silent" => "penelepon menekan 55 (darurat diam)",
         other => other,
     }
 }
@@ -452,6 +455,7 @@ fn field_name(field: &str) -> &str {
         "notes" => "Catatan",
         "agency" => "Instansi",
         "status" => "Status",
+        "silent" => "Tanda darurat diam",
         other => other,
     }
 }

@@ -362,6 +362,7 @@ async fn run(
         "location": ring.location,
         "waited_ms": ring.waited_ms,
         "silent_emergency": ring.silent_emergency,
+        "pranks": ring.pranks,
         // The browser needs the same STUN/TURN servers to reach us.
         "ice_servers": settings.ice_servers,
     }));

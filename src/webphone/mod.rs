@@ -105,6 +105,8 @@ pub struct Ring {
     pub waited_ms: u64,
     /// The caller pressed 5 twice.
     pub silent_emergency: bool,
+    /// Prank calls from the number lately, if a repeat prank caller.
+    pub pranks: u32,
 }
 
 /// Where a socket bound to `ip` is reached from this host: itself, or

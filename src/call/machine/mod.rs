@@ -412,6 +412,9 @@ pub struct Caller {
     /// When they arrived; earlier is served first.
     pub arrived: Instant,
     pub arrived_ms: i64,
+    /// Prank calls from this number lately, when that many make it a
+    /// repeat prank caller (`[dispositions] prank_repeat`); else 0.
+    pub pranks: u32,
 }
 
 /// Everything a call starts with once its caller is answered.
@@ -586,6 +589,18 @@ impl Call {
     /// Whether the caller pressed 5 twice (a silent emergency).
     pub fn is_silent_emergency(&self) -> bool {
         self.line.silent_at.is_some()
+    }
+
+    /// Where the caller stands in the queues: a silent emergency ahead of
+    /// all, a number with repeated pranks behind all.
+    pub fn standing(&self) -> crate::acd::Standing {
+        if self.is_silent_emergency() {
+            crate::acd::Standing::Urgent
+        } else if self.caller.pranks > 0 {
+            crate::acd::Standing::Low
+        } else {
+            crate::acd::Standing::Normal
+        }
     }
 
     /// Why the call ended, once it has.
@@ -804,9 +819,6 @@ impl Call {
         warn!("the agent is gone: the caller waits in the queue again");
         self.stage = Stage::Waiting { ringing: None };
         self.acd(AcdOp::Enqueue(self.queue.clone()));
-        if self.line.silent_at.is_some() {
-            self.acd(AcdOp::Urgent);
-        }
         self.announce_at = Some(now.at);
     }
 
@@ -957,6 +969,7 @@ impl Call {
             bridged_at: now.wall_ms,
             speaking: self.line.speaking,
             silent_emergency: self.line.silent_at.is_some(),
+            pranks: self.caller.pranks,
         })
     }
 }

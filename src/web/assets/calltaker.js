@@ -118,6 +118,8 @@
       quiet_since: b.speaking ? null : Date.now(),
     };
     $("call-silent").hidden = !b.silent_emergency;
+    $("call-prank").hidden = !b.pranks;
+    $("call-prank").textContent = b.pranks ? `SERING ISENG: ${b.pranks}× iseng akhir-akhir ini` : "";
     $("idle").hidden = true;
     $("call-card").hidden = false;
     $("call-card").classList.add("flash");

@@ -83,6 +83,7 @@
   banner.setAttribute("role", "alert");
   banner.innerHTML = `<span class="ring-service" id="ring-service"></span>
     <span id="ring-silent" class="silent-flag" hidden>DARURAT DIAM: penelepon menekan 55</span>
+    <span id="ring-prank" class="prank-flag" hidden></span>
     <strong id="ring-number"></strong> <span id="ring-location"></span>
     <span>menunggu <span id="ring-waited" class="timer">0:00</span></span>
     <span id="ring-queue"></span>
@@ -123,6 +124,8 @@
     $("ring-service").textContent = ev.service || "?";
     $("ring-number").textContent = ev.caller_number || "nomor tidak diketahui";
     $("ring-silent").hidden = !ev.silent_emergency;
+    $("ring-prank").hidden = !ev.pranks;
+    $("ring-prank").textContent = ev.pranks ? `SERING ISENG (${ev.pranks}×)` : "";
     $("ring-location").textContent = ev.location ? "Lokasi: " + ev.location : "Lokasi tidak diketahui";
     $("ring-queue").textContent = `${waitingNow} penelepon dalam antrean`;
     const since = Date.now() - (ev.waited_ms || 0);

@@ -24,7 +24,7 @@
     const rows = [];
     for (const q of queues) {
       for (const w of q.waiting) {
-        rows.push(`<tr class="waiting-row" data-call="${siaga.esc(w.call_id)}"><td>${siaga.esc(q.name)}</td><td class="position">${w.position}${w.urgent ? ' <span class="silent-flag">DARURAT DIAM (55)</span>' : ""}</td><td class="wait">${siaga.duration(w.wait_ms + since)}</td><td>${siaga.esc(w.ringing_agent || "")}</td></tr>`);
+        rows.push(`<tr class="waiting-row" data-call="${siaga.esc(w.call_id)}"><td>${siaga.esc(q.name)}</td><td class="position">${w.position}${w.urgent ? ' <span class="silent-flag">DARURAT DIAM (55)</span>' : ""}${w.low ? ' <span class="prank-flag">sering iseng</span>' : ""}</td><td class="wait">${siaga.duration(w.wait_ms + since)}</td><td>${siaga.esc(w.ringing_agent || "")}</td></tr>`);
       }
     }
     $("queues").tBodies[0].innerHTML = rows.join("") || `<tr><td colspan="4" class="muted">Tidak ada penelepon menunggu</td></tr>`;
@@ -39,6 +39,28 @@
       `<tr class="abandoned-row" data-call="${siaga.esc(c.id)}"><td>${siaga.datetime(c.arrived_at)}</td><td>${siaga.esc(c.caller_number || "tidak diketahui")}</td><td>${siaga.duration(c.wait_ms || 0)}</td><td>${c.caller_number ? `<button type="button" class="callback-btn" data-call="${siaga.esc(c.id)}">Telepon balik</button>` : ""}</td></tr>`).join("")
       || `<tr><td colspan="4" class="muted">Tidak ada</td></tr>`;
   }
+
+  async function loadPranks() {
+    const list = await siaga.api("GET", "/api/pranks").catch(() => []);
+    $("pranks").tBodies[0].innerHTML = list.map((p) =>
+      `<tr class="prank-row" data-number="${siaga.esc(p.number)}"><td>${siaga.esc(p.number)}</td><td>${p.pranks}×</td><td><button type="button" class="clear-prank-btn" data-number="${siaga.esc(p.number)}">Hapus tanda</button></td></tr>`).join("")
+      || `<tr><td colspan="3" class="muted">Tidak ada</td></tr>`;
+  }
+  loadPranks();
+  setInterval(loadPranks, 30000);
+  $("pranks").addEventListener("click", async (e) => {
+    const b = e.target.closest(".clear-prank-btn");
+    if (!b) return;
+    b.disabled = true;
+    try {
+      await siaga.api("POST", "/api/pranks/clear", { number: b.dataset.number });
+      $("prank-msg").textContent = `Tanda sering iseng untuk ${b.dataset.number} dihapus.`;
+      loadPranks();
+    } catch (err) {
+      $("prank-msg").textContent = "Gagal menghapus tanda: " + err.message;
+      b.disabled = false;
+    }
+  });
 
   $("abandoned").addEventListener("click", async (e) => {
     const b = e.target.closest(".callback-btn");
