@@ -257,6 +257,28 @@ fn unregistered_agents_get_no_calls_and_the_caller_is_listed_as_abandoned() {
     assert_eq!(q["waiting"].as_array().unwrap().len(), 0);
     // ct-01, ct-02 and medic-01 all have triage >= 1.
     assert_eq!(q["agents"]["logged_out"], 3, "{q}");
+
+    // The same number calls again and reaches an agent: the list says
+    // it got through since.
+    assert!(a[0]["got_through_at"].is_null());
+    let _ct01 = ready_phone(&server, "ct-01", true, 700.0);
+    let again = call(&server, "112", 2500);
+    let answered = again["agent_answered_at"].as_i64().expect("answered");
+    let (_, abandoned) = server.get("/api/abandoned");
+    assert_eq!(abandoned[0]["id"], c["id"], "{abandoned}");
+    assert_eq!(abandoned[0]["got_through_at"], answered, "{abandoned}");
+
+    // Classified as a prank: no one to call back.
+    let incident = c["incident_id"].as_str().unwrap();
+    let (status, _) = server.json_as(
+        &server.admin,
+        "PATCH",
+        &format!("/api/incidents/{incident}"),
+        Some(r#"{"category":"prank"}"#),
+    );
+    assert_eq!(status, 200);
+    let (_, abandoned) = server.get("/api/abandoned");
+    assert_eq!(abandoned, serde_json::json!([]));
 }
 
 /// RFC 3261 §22 with RFC 7616: a REGISTER without credentials is

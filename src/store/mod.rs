@@ -154,6 +154,16 @@ pub struct CallRow {
     pub silent_at: Option<i64>,
 }
 
+/// An abandoned call, and whether its caller got through since.
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct AbandonedRow {
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub call: CallRow,
+    /// When a later call from the same number reached an agent.
+    pub got_through_at: Option<i64>,
+}
+
 #[derive(Debug, Clone, Serialize, FromRow)]
 pub struct IncidentRow {
     pub id: String,
@@ -363,20 +373,28 @@ impl Store {
     /// Callers who hung up before any agent answered, and callers cut off
     /// by a node's failure (first: we cut them off), whom no call-back has
     /// reached yet: the call-back list.
-    pub async fn list_abandoned(&self, limit: i64) -> Result<Vec<CallRow>, StoreError> {
+    /// The call-back list: callers who hung up before an agent answered
+    /// (and those a node's failure cut off, first), newest first, with
+    /// when the same number later reached an agent, if it did. Calls
+    /// classified as pranks are not on it.
+    pub async fn list_abandoned(&self, limit: i64) -> Result<Vec<AbandonedRow>, StoreError> {
         let q = concat!(
             "SELECT ",
             call_columns!(),
+            ", (SELECT MIN(l.agent_answered_at) FROM calls l WHERE l.caller_number = calls.caller_number",
+            " AND l.arrived_at > calls.arrived_at AND l.agent_answered_at IS NOT NULL) AS got_through_at",
             " FROM calls WHERE ended_at IS NOT NULL AND direction = 'inbound'",
             " AND ((agent_answered_at IS NULL AND end_cause IN ('caller_bye', 'caller_cancel'))",
             " OR end_cause = 'node_failure')",
             // Once a call-back reached an agent, the caller is served.
             " AND NOT EXISTS (SELECT 1 FROM calls cb WHERE cb.callback_of = calls.id",
             " AND cb.agent_answered_at IS NOT NULL)",
+            " AND NOT EXISTS (SELECT 1 FROM incidents i WHERE i.id = calls.incident_id",
+            " AND i.category = 'prank')",
             " ORDER BY CASE WHEN end_cause = 'node_failure' THEN 0 ELSE 1 END, arrived_at DESC",
             " LIMIT $1"
         );
-        Ok(sqlx::query_as::<_, CallRow>(q)
+        Ok(sqlx::query_as::<_, AbandonedRow>(q)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?)
@@ -915,12 +933,12 @@ pub(crate) mod tests {
             assert!(ended("ca").await, "the gone node's call is closed");
             assert!(ended("ca2").await, "closed even with its recording away");
             let listed = store.list_abandoned(10).await.unwrap();
-            let mut first: Vec<&str> = listed[..2].iter().map(|c| c.id.as_str()).collect();
+            let mut first: Vec<&str> = listed[..2].iter().map(|c| c.call.id.as_str()).collect();
             first.sort();
             assert_eq!(first, ["ca", "ca2"], "cut off by us: first to call back");
             assert!(listed[..2]
                 .iter()
-                .all(|c| c.end_cause.as_deref() == Some("node_failure")));
+                .all(|c| c.call.end_cause.as_deref() == Some("node_failure")));
             assert!(!ended("cb").await, "the leader's own call goes on");
             assert!(
                 !ended("c0").await,
@@ -1042,7 +1060,7 @@ pub(crate) mod tests {
         let calls = store.list_calls(10).await.unwrap();
         assert_eq!(calls[0].id, "c3");
         assert_eq!(
-            store.list_abandoned(10).await.unwrap()[0].id,
+            store.list_abandoned(10).await.unwrap()[0].call.id,
             "c3",
             "no agent answered c3"
         );

@@ -123,6 +123,8 @@ pub async fn meta(State(s): State<AppState>) -> Json<serde_json::Value> {
         "priorities": PRIORITIES.iter().map(|(id, name)| serde_json::json!({ "id": id, "name": name })).collect::<Vec<_>>(),
         "agencies": s.config.agencies,
         "roles": Role::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+        // Whether a trunk can place call-backs (`outbound`).
+        "callbacks": s.config.server.trunks.iter().any(|t| t.outbound.is_some()),
     }))
 }
 
@@ -465,10 +467,30 @@ pub async fn abandoned(
     State(s): State<AppState>,
     Extension(user): Extension<User>,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Vec<CallView>>, ApiError> {
+) -> Result<Json<Vec<AbandonedView>>, ApiError> {
     user.require(SUPERVISE)?;
     let rows = s.store.list_abandoned(limit(&q)).await?;
-    Ok(Json(rows.into_iter().map(CallView::from).collect()))
+    // A repeat prank caller's hang-up is no one to call back.
+    let rows = rows
+        .into_iter()
+        .filter(|r| s.pranks.of(r.call.caller_number.as_deref()) == 0);
+    Ok(Json(rows.map(AbandonedView::from).collect()))
+}
+
+#[derive(Serialize)]
+pub struct AbandonedView {
+    #[serde(flatten)]
+    call: CallView,
+    got_through_at: Option<i64>,
+}
+
+impl From<crate::store::AbandonedRow> for AbandonedView {
+    fn from(r: crate::store::AbandonedRow) -> Self {
+        AbandonedView {
+            call: r.call.into(),
+            got_through_at: r.got_through_at,
+        }
+    }
 }
 
 #[derive(serde::Serialize)]

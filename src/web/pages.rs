@@ -295,7 +295,7 @@ pub async fn supervisor(State(s): State<AppState>, Extension(user): Extension<Us
          <section class=\"card\"><h2>Hari ini</h2><div id=\"figures\" class=\"figures\">{}{}{}{}{}{}{}{}</div></section>\
          <section class=\"card\"><h2>Antrean</h2><table id=\"queues\"><thead><tr><th>Antrean</th><th>No.</th><th>Menunggu</th><th>Berdering di</th></tr></thead><tbody></tbody></table></section>\
          <section class=\"card\"><h2>Agen</h2><table id=\"agents\"><thead><tr><th>Agen</th><th>Instansi</th><th>Status</th><th>Sejak</th><th>Telepon</th></tr></thead><tbody></tbody></table></section>\
-         <section class=\"card\"><h2>Panggilan terputus (belum dijawab)</h2><table id=\"abandoned\"><thead><tr><th>Waktu</th><th>Nomor</th><th>Menunggu</th><th></th></tr></thead><tbody></tbody></table><p id=\"callback-msg\" role=\"status\"></p></section>\
+         <section class=\"card\"><h2>Panggilan terputus (belum dijawab)</h2><table id=\"abandoned\"><thead><tr><th>Terakhir</th><th>Nomor</th><th>Layanan</th><th>Menunggu paling lama</th><th></th></tr></thead><tbody></tbody></table><p id=\"callback-msg\" role=\"status\"></p></section>\
          <section class=\"card\"><h2>Nomor sering iseng</h2><p class=\"muted\">Tetap dijawab dan direkam, tetapi menunggu di belakang penelepon lain. Tidak pernah diblokir.</p><table id=\"pranks\"><thead><tr><th>Nomor</th><th>Panggilan iseng</th><th></th></tr></thead><tbody></tbody></table><p id=\"prank-msg\" role=\"status\"></p></section>",
         figure("fig-calls", "Panggilan"),
         figure("fig-answered", "Dijawab"),

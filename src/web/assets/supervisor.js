@@ -33,11 +33,35 @@
   }
   setInterval(render, 1000);
 
+  // One row per number (the newest of its calls first): how often it
+  // hung up, its service, the longest wait, and whether it got through
+  // since; "Telepon balik" only where a trunk can place call-backs.
+  let canCallBack = null;
   async function loadAbandoned() {
-    const list = await siaga.api("GET", "/api/abandoned?limit=50").catch(() => []);
-    $("abandoned").tBodies[0].innerHTML = list.map((c) =>
-      `<tr class="abandoned-row" data-call="${siaga.esc(c.id)}"><td>${siaga.datetime(c.arrived_at)}</td><td>${siaga.esc(c.caller_number || "tidak diketahui")}</td><td>${siaga.duration(c.wait_ms || 0)}</td><td>${c.caller_number ? `<button type="button" class="callback-btn" data-call="${siaga.esc(c.id)}">Telepon balik</button>` : ""}</td></tr>`).join("")
-      || `<tr><td colspan="4" class="muted">Tidak ada</td></tr>`;
+    if (canCallBack === null) {
+      canCallBack = await siaga.api("GET", "/api/meta").then((m) => !!m.callbacks).catch(() => null);
+    }
+    const list = await siaga.api("GET", "/api/abandoned?limit=200").catch(() => []);
+    const groups = new Map();
+    for (const c of list) {
+      const key = c.caller_number || "id:" + c.id;
+      const g = groups.get(key);
+      if (g) {
+        g.count++;
+        g.wait = Math.max(g.wait, c.wait_ms || 0);
+      } else {
+        groups.set(key, { last: c, count: 1, wait: c.wait_ms || 0 });
+      }
+    }
+    $("abandoned").tBodies[0].innerHTML = [...groups.values()].slice(0, 50).map(({ last: c, count, wait }) => {
+      const through = c.got_through_at != null;
+      const act = through
+        ? `<span class="muted">sudah tersambung ${siaga.datetime(c.got_through_at)}</span>`
+        : c.caller_number && canCallBack
+          ? `<button type="button" class="callback-btn" data-call="${siaga.esc(c.id)}">Telepon balik</button>`
+          : "";
+      return `<tr class="abandoned-row${through ? " got-through" : ""}" data-call="${siaga.esc(c.id)}"><td>${siaga.datetime(c.arrived_at)}</td><td>${siaga.esc(c.caller_number || "tidak diketahui")}${count > 1 ? ` <span class="count">(${count}×)</span>` : ""}</td><td>${siaga.esc(c.service)}</td><td>${siaga.duration(wait)}</td><td>${act}</td></tr>`;
+    }).join("") || `<tr><td colspan="5" class="muted">Tidak ada</td></tr>`;
   }
 
   async function loadPranks() {
