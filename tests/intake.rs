@@ -39,16 +39,22 @@ fn sipp_tone_call(server: &Server, service: &str, ms: u32, tcp: bool) {
 
 fn tone_call(server: &Server, service: &str, ms: u32, tcp: bool) -> String {
     sipp_tone_call(server, service, ms, tcp);
-    // SIPp's Call-ID for call 1 of this process.
+    newest_call(server, service)["sip_call_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The newest call made to `service` on this server, as listed now.
+fn newest_call(server: &Server, service: &str) -> serde_json::Value {
     let calls = server.get("/api/calls?limit=1000").1;
-    let newest = calls
+    calls
         .as_array()
         .unwrap()
         .iter()
         .find(|c| c["dialed"] == service)
         .cloned()
-        .unwrap();
-    newest["sip_call_id"].as_str().unwrap().to_string()
+        .expect("no call")
 }
 
 /// Checks the recording of a call: caller's tone on the left in every
@@ -189,14 +195,7 @@ fn a_call_over_tcp_is_taken_like_udp() {
 
 /// The one call made to `service` on this server, once it has ended.
 fn the_call(server: &Server, service: &str) -> serde_json::Value {
-    let calls = server.get("/api/calls?limit=1000").1;
-    let call = calls
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["dialed"] == service)
-        .cloned()
-        .expect("no call");
+    let call = newest_call(server, service);
     server.wait_call_done(
         call["sip_call_id"].as_str().unwrap(),
         Duration::from_secs(20),

@@ -281,6 +281,17 @@ mod tests {
         move |i| amp * (2.0 * std::f64::consts::PI * freq * i as f64 / 8000.0).sin()
     }
 
+    /// A voiced sound: the harmonics of `f0` up to 3.4 kHz, falling off
+    /// as 1/n from `amp`.
+    fn voice(f0: f64, amp: f64) -> impl Fn(usize) -> f64 {
+        move |i| {
+            (1..)
+                .take_while(|h| f64::from(*h) * f0 <= 3400.0)
+                .map(|h: u32| sine(f0 * f64::from(h), amp / f64::from(h))(i))
+                .sum()
+        }
+    }
+
     fn dtmf(key: char, amp: f64) -> impl Fn(usize) -> f64 {
         let (r, c) = (0..4)
             .flat_map(|r| (0..4).map(move |c| (r, c)))
@@ -336,14 +347,7 @@ mod tests {
         let hiss = frames_of(noise(3000.0, 7), 20);
         let off_pad = frames_of(|i| sine(1000.0, 2000.0)(i) + sine(500.0, 2000.0)(i), 3);
         // A vowel-like sound: a 120 Hz voice's harmonics up to 3.4 kHz.
-        let vowel = frames_of(
-            |i| {
-                (1..28)
-                    .map(|h| sine(120.0 * h as f64, 4000.0 / h as f64)(i))
-                    .sum()
-            },
-            20,
-        );
+        let vowel = frames_of(voice(120.0, 4000.0), 20);
         for (name, frames) in [
             ("silence", quiet),
             ("one tone", one_tone),
@@ -439,14 +443,7 @@ mod tests {
         }
         assert!(!vad.heard_sound(), "digital silence is not sound");
         // A vowel at a speaking level.
-        let vowel = frames_of(
-            |i| {
-                (1..20)
-                    .map(|h| sine(140.0 * h as f64, 3000.0 / h as f64)(i))
-                    .sum()
-            },
-            10,
-        );
+        let vowel = frames_of(voice(140.0, 3000.0), 10);
         let said: Vec<Option<Heard>> = vowel.iter().map(|f| vad.frame(f)).collect();
         assert_eq!(said[2], Some(Heard::Speaking), "{said:?}");
         assert!(said.iter().filter(|s| s.is_some()).count() == 1);
