@@ -67,11 +67,18 @@ fn phone_on_and_ready(server: &Server, b: &Browser, agent: &str) {
 struct CallerMedia {
     port: u16,
     stop: Arc<AtomicBool>,
+    /// Cleared: the caller falls silent (A-law silence instead of the tone).
+    speaking: Arc<AtomicBool>,
+    /// Keys to press, sent as RFC 4733 telephone-events (payload 101).
+    keys: Arc<std::sync::Mutex<std::collections::VecDeque<u8>>>,
     thread: std::thread::JoinHandle<Vec<i16>>,
 }
 
 impl CallerMedia {
     fn start(tone_hz: f64) -> CallerMedia {
+        let speaking = Arc::new(AtomicBool::new(true));
+        let keys: Arc<std::sync::Mutex<std::collections::VecDeque<u8>>> = Arc::default();
+        let (talk, pressed) = (speaking.clone(), keys.clone());
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(5)))
             .unwrap();
@@ -96,7 +103,29 @@ impl CallerMedia {
                 }
                 let Some(to) = peer else { continue };
                 if Instant::now() >= next {
-                    let pkt = alaw_tone_packet(seq, ts, 0x5151_0001, tone_hz);
+                    let key = pressed.lock().unwrap().pop_front();
+                    if let Some(event) = key {
+                        // One press: 100 ms of event packets, the end
+                        // three times, all with the press's timestamp.
+                        for i in 1..=8u16 {
+                            let mut pkt = vec![0x80, 101];
+                            pkt.extend_from_slice(&seq.to_be_bytes());
+                            pkt.extend_from_slice(&ts.to_be_bytes());
+                            pkt.extend_from_slice(&0x5151_0001u32.to_be_bytes());
+                            let end = if i >= 6 { 0x80 } else { 0 };
+                            pkt.extend_from_slice(&[event, end | 10]);
+                            pkt.extend_from_slice(&(160 * i.min(5)).to_be_bytes());
+                            let _ = sock.send_to(&pkt, to);
+                            seq = seq.wrapping_add(1);
+                        }
+                        ts = ts.wrapping_add(800);
+                        next += Duration::from_millis(100);
+                        continue;
+                    }
+                    let mut pkt = alaw_tone_packet(seq, ts, 0x5151_0001, tone_hz);
+                    if !talk.load(Ordering::Relaxed) {
+                        pkt[12..].fill(0xD5);
+                    }
                     let _ = sock.send_to(&pkt, to);
                     seq = seq.wrapping_add(1);
                     ts = ts.wrapping_add(160);
@@ -106,7 +135,13 @@ impl CallerMedia {
             assert!(!empty, "an RTP packet without payload reached the caller");
             heard
         });
-        CallerMedia { port, stop, thread }
+        CallerMedia {
+            port,
+            stop,
+            speaking,
+            keys,
+            thread,
+        }
     }
 
     /// What the caller heard, decoded.
@@ -424,6 +459,61 @@ fn a_prank_is_disposed_of_in_one_key() {
         "on the audit trail: {}",
         inc["audit"]
     );
+    let _ = caller.join();
+    drop(media.finish());
+}
+
+/// A caller who falls silent on the call-taker's line: the card counts
+/// it ("penelepon diam N dtk") and drops the count when they speak again;
+/// 5 twice (telephone-events) puts "DARURAT DIAM" on the card at once.
+#[test]
+fn the_desk_counts_a_callers_silence_and_shows_five_twice() {
+    let server = Server::start(setup());
+    let (b, _mic) = siti_ready_in_browser(&server, "desk_silent_caller");
+    let media = CallerMedia::start(CALLER_HZ);
+    let call_id = format!("desk-silent-{}", free_udp_port());
+    let caller = sipp_caller(&server, &media, &call_id, 40000);
+    answer_in_browser(&b);
+    let badge =
+        "const q = document.querySelector('#caller-quiet'); return q.hidden ? null : q.textContent";
+    assert_eq!(
+        b.js(badge, vec![]),
+        serde_json::Value::Null,
+        "the caller speaks"
+    );
+    media.speaking.store(false, Ordering::Relaxed);
+    let shown = b.wait_for(
+        "the caller's silence counted",
+        "const q = document.querySelector('#caller-quiet'); return !q.hidden && /^penelepon diam [3-9] dtk$/.test(q.textContent) && q.textContent",
+        WAIT,
+    );
+    assert!(
+        shown.as_str().unwrap().starts_with("penelepon diam"),
+        "{shown}"
+    );
+    b.screenshot("call-card-caller-silent");
+    media.speaking.store(true, Ordering::Relaxed);
+    b.wait_for(
+        "speaking again: no count",
+        "return document.querySelector('#caller-quiet').hidden",
+        WAIT,
+    );
+    assert!(
+        b.js(
+            "return document.querySelector('#call-silent').hidden",
+            vec![]
+        ) == true
+    );
+    media.keys.lock().unwrap().extend([5, 5]);
+    b.wait_for(
+        "DARURAT DIAM on the card",
+        "return !document.querySelector('#call-silent').hidden",
+        WAIT,
+    );
+    b.screenshot("call-card-silent-emergency");
+    b.click("#phone-hangup");
+    let done = server.wait_call_done(&call_id, WAIT);
+    assert!(done["silent_at"].as_i64().is_some(), "{done}");
     let _ = caller.join();
     drop(media.finish());
 }
