@@ -431,6 +431,68 @@ fn a_caller_leaving_while_the_agent_rings_cancels_the_ringing() {
     });
 }
 
+/// A quick disposition on a desk phone's call: the panel ends the call
+/// (`POST /api/calls/{id}/hangup`), and both the caller's leg and the
+/// desk phone's end, as the call-taker's hang-up; the phone is free for
+/// the next call.
+#[test]
+fn the_panel_hangs_up_a_desk_phones_call() {
+    let server = Server::start(agents_setup(None));
+    let agent = ready_phone(&server, "ct-01", true, AGENT_TONE);
+    // A raw caller, so it can take the server's BYE.
+    let c = RawSip::new(server.sip, "127.0.0.1");
+    let rtp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rtp_port = rtp.local_addr().unwrap().port();
+    let call_id = format!("panel-hangup-{rtp_port}");
+    c.send(&common::rawsip::invite(
+        c.local(),
+        server.sip,
+        "112",
+        &call_id,
+        "z9hG4bK-ph-1",
+        rtp_port,
+    ));
+    let (code, ok) = c.final_status(Duration::from_secs(3)).unwrap();
+    assert_eq!(code, 200);
+    let dialog = common::rawsip::Dialog::from_ok(server.sip, c.local(), &call_id, &ok);
+    c.send(&dialog.request("ACK", 1, "z9hG4bK-ph-2", None));
+    server.wait_agent("ct-01", "on the call", |a| a["state"] == "on_call");
+    // The call's record follows the call (records never hold calls up).
+    let began = std::time::Instant::now();
+    let id = loop {
+        if let Some(call) = server.calls_with(&call_id).first() {
+            break call["id"].as_str().unwrap().to_string();
+        }
+        assert!(began.elapsed() < Duration::from_secs(10), "no record");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let hang_up = || {
+        server.json_as(
+            &server.admin,
+            "POST",
+            &format!("/api/calls/{id}/hangup"),
+            Some("{}"),
+        )
+    };
+    let (status, body) = hang_up();
+    assert_eq!(status, 204, "{body}");
+    let msgs = c.collect(Duration::from_secs(3));
+    let bye = msgs
+        .iter()
+        .map(|(_, m)| m)
+        .find(|m| m.starts_with("BYE "))
+        .expect("BYE to the caller");
+    c.send(&common::rawsip::ok_to(bye));
+    let done = server.wait_call_done(&call_id, Duration::from_secs(10));
+    assert_eq!(done["end_cause"], "agent_bye", "{done}");
+    let log = agent.log_when(|log| log.contains("terminated") || log.contains("closed"));
+    assert!(
+        log.contains("terminated") || log.contains("closed"),
+        "{log}"
+    );
+    assert_ne!(hang_up().0, 204, "nothing left to hang up");
+}
+
 /// On hold (re-INVITE from the agent's phone) the caller hears hold music,
 /// not the agent; on resume the agent again. The agent's BYE ends both
 /// legs and the caller gets a BYE.

@@ -503,6 +503,7 @@ impl Driver {
             Control::Complete { by, reply } => (Request::Complete { by }, reply),
             Control::Conference { by, reply } => (Request::Conference { by }, reply),
             Control::Cancel { by, reply } => (Request::Cancel { by }, reply),
+            Control::HangUp { by, reply } => (Request::HangUp { by }, reply),
             Control::Consult {
                 agent,
                 agency,

@@ -34,6 +34,9 @@ pub enum Control {
     Conference { by: String, reply: Reply },
     /// The dispatcher's leg ends; the agent has the caller again.
     Cancel { by: String, reply: Reply },
+    /// The call-taker ends the call from the panel (a quick disposition):
+    /// the caller's leg and their phone's, desk phone or browser alike.
+    HangUp { by: String, reply: Reply },
     /// The agent's phone dialed `agency` while on this call: ring its
     /// dispatchers and connect them to this leg (not to the caller).
     Consult {

@@ -842,6 +842,27 @@ pub async fn transfer(
     ))
 }
 
+/// The call-taker ends their call from the panel (a quick disposition
+/// on a desk phone's call): the caller's leg and the phone's end.
+pub async fn hang_up(
+    State(s): State<AppState>,
+    Extension(user): Extension<User>,
+    Path(call_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    use crate::call::Control;
+    may_steer(&s, &user, &call_id)?;
+    let controls = s
+        .controls
+        .clone()
+        .ok_or_else(|| ApiError::Conflict("calls_off", "calls are not running".into()))?;
+    let by = user.username.clone();
+    controls
+        .send(&call_id, |reply| Control::HangUp { by, reply })
+        .await
+        .map_err(|m| ApiError::Conflict("hangup_refused", m))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `complete`, `conference` or `cancel` a warm transfer in progress.
 pub async fn transfer_action(
     State(s): State<AppState>,

@@ -69,6 +69,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/calls/{id}", get(api::get_call))
         .route("/api/calls/{id}/incident", post(api::link_call))
         .route("/api/calls/{id}/callback", post(api::callback))
+        .route("/api/calls/{id}/hangup", post(api::hang_up))
         .route("/api/calls/{id}/transfer", post(api::transfer))
         .route(
             "/api/calls/{id}/transfer/{action}",

@@ -317,6 +317,10 @@ pub enum Request {
     Cancel {
         by: String,
     },
+    /// The call-taker ends the call from the panel.
+    HangUp {
+        by: String,
+    },
 }
 
 /// What happens to the call.

@@ -917,6 +917,38 @@ fn conference_and_complete_before_the_dispatcher_answers_are_refused() {
     }
 }
 
+/// The call-taker ends the call from the panel (a quick disposition on
+/// a desk phone): their phone's leg and the caller's end, the call ends
+/// as theirs, once; with a transfer under way or no one on the line it
+/// is refused, and nothing moves.
+#[test]
+fn the_call_taker_hangs_up_from_the_panel() {
+    let (mut t, _) = T::new();
+    let (token, out) = t.request(Request::HangUp { by: "siti".into() });
+    assert!(matches!(
+        replied(&out, token),
+        Some(ReplyWith::Done(Err(_)))
+    ));
+    assert!(t.call.ended().is_none(), "a waiting caller is not hung up");
+
+    let leg = t.talking("ct-01");
+    let (token, out) = t.request(Request::HangUp { by: "siti".into() });
+    assert_eq!(replied(&out, token), Some(&ReplyWith::Done(Ok(()))));
+    assert!(ends(&out, leg), "the desk phone's leg: {out:?}");
+    assert!(has(&out, |a| matches!(a, Action::EndLeg { leg: None, .. })));
+    assert!(acd_ended(&out, "ct-01"));
+    assert_eq!(t.call.ended(), Some(&EndCause::AgentBye));
+
+    let (mut t, _) = T::transferring();
+    t.dispatcher_rings("disp-damkar-01");
+    let (token, out) = t.request(Request::HangUp { by: "siti".into() });
+    assert!(matches!(
+        replied(&out, token),
+        Some(ReplyWith::Done(Err(_)))
+    ));
+    assert!(t.call.ended().is_none());
+}
+
 #[test]
 fn cancel_gives_the_caller_back_to_the_call_taker() {
     let (mut t, _) = T::transferring();

@@ -163,6 +163,24 @@ impl Call {
                     self.reply(token, not_on_line());
                 }
             },
+            Request::HangUp { by } => match &self.stage {
+                Stage::Talking {
+                    agent,
+                    transfer: None,
+                } => {
+                    let leg = agent.leg;
+                    info!(by = %by, "the call-taker ended the call from the panel");
+                    self.event("hangup", by, now);
+                    self.end_leg(leg, None);
+                    self.hang_up_caller();
+                    self.end(super::EndCause::AgentBye, now);
+                    self.reply(token, ReplyWith::Done(Ok(())));
+                }
+                _ => self.reply(
+                    token,
+                    ReplyWith::Done(Err("the call is not with its call-taker alone".into())),
+                ),
+            },
             Request::Cancel { by } => match self.take_transfer() {
                 Some((t, agent)) => {
                     self.give_up(t, "cancelled", &by, agent.as_ref(), now);

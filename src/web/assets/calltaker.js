@@ -333,7 +333,11 @@
     }
     $("saved-msg").textContent = "Menutup…";
     if (!(await save({ status: "closed" }))) return;
-    if (siaga.hangup) siaga.hangup();
+    // The browser phone's call ends in the tab; a desk phone's by the
+    // server (the call may have ended already: nothing to say then).
+    if (!(siaga.hangup && siaga.hangup()) && !current.ended_at) {
+      await siaga.api("POST", `/api/calls/${encodeURIComponent(current.call_id)}/hangup`, {}).catch(() => {});
+    }
     closeCard();
   }
   const dispositionButtons = [...document.querySelectorAll("#dispositions button")];
