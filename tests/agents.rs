@@ -431,6 +431,40 @@ fn a_caller_leaving_while_the_agent_rings_cancels_the_ringing() {
     });
 }
 
+/// A caller on raw SIP (so it can take the server's BYE), answered and
+/// ACKed: its SIP socket, its RTP socket, the Call-ID and the 200 OK.
+struct RawCall {
+    c: RawSip,
+    rtp: std::net::UdpSocket,
+    call_id: String,
+    ok: String,
+}
+
+fn raw_call(server: &Server, name: &str) -> RawCall {
+    let c = RawSip::new(server.sip, "127.0.0.1");
+    let rtp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rtp_port = rtp.local_addr().unwrap().port();
+    let call_id = format!("{name}-{rtp_port}");
+    c.send(&common::rawsip::invite(
+        c.local(),
+        server.sip,
+        "112",
+        &call_id,
+        &format!("z9hG4bK-{name}-1"),
+        rtp_port,
+    ));
+    let (code, ok) = c.final_status(Duration::from_secs(3)).unwrap();
+    assert_eq!(code, 200);
+    let dialog = common::rawsip::Dialog::from_ok(server.sip, c.local(), &call_id, &ok);
+    c.send(&dialog.request("ACK", 1, &format!("z9hG4bK-{name}-2"), None));
+    RawCall {
+        c,
+        rtp,
+        call_id,
+        ok,
+    }
+}
+
 /// A quick disposition on a desk phone's call: the panel ends the call
 /// (`POST /api/calls/{id}/hangup`), and both the caller's leg and the
 /// desk phone's end, as the call-taker's hang-up; the phone is free for
@@ -440,22 +474,7 @@ fn the_panel_hangs_up_a_desk_phones_call() {
     let server = Server::start(agents_setup(None));
     let agent = ready_phone(&server, "ct-01", true, AGENT_TONE);
     // A raw caller, so it can take the server's BYE.
-    let c = RawSip::new(server.sip, "127.0.0.1");
-    let rtp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let rtp_port = rtp.local_addr().unwrap().port();
-    let call_id = format!("panel-hangup-{rtp_port}");
-    c.send(&common::rawsip::invite(
-        c.local(),
-        server.sip,
-        "112",
-        &call_id,
-        "z9hG4bK-ph-1",
-        rtp_port,
-    ));
-    let (code, ok) = c.final_status(Duration::from_secs(3)).unwrap();
-    assert_eq!(code, 200);
-    let dialog = common::rawsip::Dialog::from_ok(server.sip, c.local(), &call_id, &ok);
-    c.send(&dialog.request("ACK", 1, "z9hG4bK-ph-2", None));
+    let RawCall { c, call_id, .. } = raw_call(&server, "panel-hangup");
     server.wait_agent("ct-01", "on the call", |a| a["state"] == "on_call");
     // The call's record follows the call (records never hold calls up).
     let began = std::time::Instant::now();
@@ -502,23 +521,12 @@ fn agent_hold_resume_and_hang_up() {
     let agent = ready_phone(&server, "ct-01", true, AGENT_TONE);
 
     // A raw caller, so it can take the server's BYE.
-    let c = RawSip::new(server.sip, "127.0.0.1");
-    let rtp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let rtp_port = rtp.local_addr().unwrap().port();
-    let l = c.local();
-    let call_id = format!("hold-{rtp_port}");
-    c.send(&common::rawsip::invite(
-        l,
-        server.sip,
-        "112",
-        &call_id,
-        "z9hG4bK-ho-1",
-        rtp_port,
-    ));
-    let (code, ok) = c.final_status(Duration::from_secs(3)).unwrap();
-    assert_eq!(code, 200);
-    let dialog = common::rawsip::Dialog::from_ok(server.sip, c.local(), &call_id, &ok);
-    c.send(&dialog.request("ACK", 1, "z9hG4bK-ho-2", None));
+    let RawCall {
+        c,
+        rtp,
+        call_id,
+        ok,
+    } = raw_call(&server, "hold");
     // Send the caller's tone for the whole call from a thread.
     let server_rtp = ok
         .split("m=audio ")

@@ -388,10 +388,6 @@ impl Acd {
         false
     }
 
-    pub fn urgent(&mut self, call: &CallId) -> bool {
-        self.stand(call, Standing::Urgent)
-    }
-
     /// Puts a call in a queue for one agent alone (who must still meet
     /// the queue's requirements): a transfer to a named dispatcher.
     pub fn enqueue_for(

@@ -308,8 +308,8 @@ fn a_silent_emergency_goes_ahead_of_every_other_caller() {
     }
     a.enqueue(id("high"), "q119", Skills::new(), t0, t0)
         .unwrap();
-    assert!(a.urgent(&id("silent")));
-    assert!(!a.urgent(&id("nobody")), "not waiting");
+    assert!(a.stand(&id("silent"), Standing::Urgent));
+    assert!(!a.stand(&id("nobody"), Standing::Urgent), "not waiting");
     let order = |a: &Acd, q: &str| -> Vec<(String, bool)> {
         a.snapshot(t0 + s(5))
             .into_iter()
@@ -391,7 +391,7 @@ fn a_repeat_prank_caller_waits_behind_every_other() {
     a.enqueue(id("prank2"), "q119", Skills::new(), t0 + s(12), t0 + s(12))
         .unwrap();
     a.stand(&id("prank2"), Standing::Low);
-    a.urgent(&id("prank2"));
+    a.stand(&id("prank2"), Standing::Urgent);
     a.stand(&id("prank2"), Standing::Low);
     a.set_state("a1", Requested::Ready, t0 + s(13)).unwrap();
     assert_eq!(

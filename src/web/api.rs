@@ -731,6 +731,14 @@ pub async fn update_user(
 
 /// Who may steer a call's transfer: the agent talking on it, or a
 /// supervisor.
+/// The calls' controls, for a user who may steer `call_id` (`may_steer`).
+fn steer(s: &AppState, user: &User, call_id: &str) -> Result<crate::call::Controls, ApiError> {
+    may_steer(s, user, call_id)?;
+    s.controls
+        .clone()
+        .ok_or_else(|| ApiError::Conflict("calls_off", "calls are not running".into()))
+}
+
 fn may_steer(s: &AppState, user: &User, call_id: &str) -> Result<(), ApiError> {
     user.require(FLOOR)?;
     if user.is(SUPERVISE) {
@@ -765,11 +773,7 @@ pub async fn transfer(
     Path(call_id): Path<String>,
     Json(req): Json<TransferRequest>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    may_steer(&s, &user, &call_id)?;
-    let controls = s
-        .controls
-        .clone()
-        .ok_or_else(|| ApiError::Conflict("calls_off", "calls are not running".into()))?;
+    let controls = steer(&s, &user, &call_id)?;
     let named = req.agent.as_ref().filter(|a| !a.is_empty());
     let agency = match (named, &req.agency) {
         (Some(a), given) => {
@@ -850,11 +854,7 @@ pub async fn hang_up(
     Path(call_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     use crate::call::Control;
-    may_steer(&s, &user, &call_id)?;
-    let controls = s
-        .controls
-        .clone()
-        .ok_or_else(|| ApiError::Conflict("calls_off", "calls are not running".into()))?;
+    let controls = steer(&s, &user, &call_id)?;
     let by = user.username.clone();
     controls
         .send(&call_id, |reply| Control::HangUp { by, reply })
@@ -870,11 +870,7 @@ pub async fn transfer_action(
     Path((call_id, action)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     use crate::call::Control;
-    may_steer(&s, &user, &call_id)?;
-    let controls = s
-        .controls
-        .clone()
-        .ok_or_else(|| ApiError::Conflict("calls_off", "calls are not running".into()))?;
+    let controls = steer(&s, &user, &call_id)?;
     let by = user.username.clone();
     let result = match action.as_str() {
         "complete" => {
